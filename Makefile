@@ -1,0 +1,33 @@
+# lambexp — every target installs what it needs first (a .venv in this folder).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/adam_vs_lamb.yaml
+
+.PHONY: install run test test-fast bench-optim tensorboard clean
+
+install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: install  ## the main job: fetch MNIST if needed, run $(CONFIG) (Adam vs LAMB)
+	$(VENV)/bin/lambexp run $(CONFIG)
+
+test: install  ## lint, then the whole test suite
+	$(VENV)/bin/ruff check lambexp tests benchmarks
+	$(VENV)/bin/pytest -q
+
+test-fast: install  ## the suite without tests marked slow
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
+	$(PY) benchmarks/bench_optim.py
+
+tensorboard: install  ## TensorBoard on runs/
+	$(VENV)/bin/lambexp tensorboard
+
+clean:  ## remove the virtualenv and caches (runs/ is kept)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,51 @@
+"""The seed: pytorch-lamb's per-tensor Lamb as the blog's experiments ran it (May 2019), kept
+faithful for the benchmarks' baseline, host syncs (``r1 == 0``, ``min(r1/r2, 10)``) included."""
+
+import math
+
+import torch
+from torch.optim import Optimizer
+
+
+class SeedLamb(Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0, adam=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.adam = adam
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                beta1, beta2 = group["betas"]
+                state["step"] += 1
+                if group["weight_decay"] != 0:
+                    grad.add_(p, alpha=group["weight_decay"])
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = exp_avg_sq.sqrt().add_(group["eps"])
+                bias_correction1 = 1 - beta1 ** state["step"]
+                bias_correction2 = 1 - beta2 ** state["step"]
+                step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
+                adam_step = exp_avg / denom
+                r1 = p.pow(2).mean().sqrt()
+                r2 = adam_step.pow(2).mean().sqrt()
+                r = 1 if r1 == 0 or r2 == 0 else min(r1 / r2, 10)
+                state["r1"], state["r2"], state["r"] = r1, r2, r
+                if self.adam:
+                    r = 1
+                p.add_(adam_step, alpha=-step_size * float(r))
+        return loss

@@ -1,0 +1,251 @@
+"""Lamb/Lars against independent implementations, and everything a torch optimizer must do."""
+
+import copy
+import re
+
+import pytest
+import timm.optim
+import torch
+import torch_optimizer
+from torch import nn
+
+from lambexp.optim import Lamb, Lars, build_optimizer
+
+F64 = torch.float64
+
+
+def small_net(seed=0, dtype=F64):
+    torch.manual_seed(seed)
+    # tanh keeps every gradient non-zero, so ε = 0 never divides 0 by 0
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+def batches(n=50, seed=1, dtype=F64):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=gen, dtype=dtype),
+             torch.randn(16, 3, generator=gen, dtype=dtype)) for _ in range(n)]
+
+
+def train(net, opt, data):
+    for x, y in data:
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def assert_same(a, b, tol):
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+def test_blog_adam_mode_equals_torch_adam_with_l2():
+    data = batches()
+    a, b = small_net(), small_net()
+    mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.01, adam=True)
+    ref = torch.optim.Adam(b.parameters(), lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.01)
+    assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
+
+
+def test_paper_adam_mode_equals_torch_adam():
+    data = batches()
+    a, b = small_net(), small_net()
+    mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, variant="paper", adam=True)
+    ref = torch.optim.Adam(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6)
+    assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
+
+
+def test_paper_rule_equals_timm_lamb():
+    data = batches()
+    a, b = small_net(), small_net()
+    mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                variant="paper", clamp=None)
+    ref = timm.optim.Lamb(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6,
+                          weight_decay=0.01, max_grad_norm=None, always_adapt=True)
+    assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
+
+
+def test_paper_rule_equals_torch_optimizer_lamb():
+    data = batches()
+    a, b = small_net(), small_net()
+    mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                variant="paper", clamp=10, bias_correction=False)
+    ref = torch_optimizer.Lamb(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6,
+                               weight_decay=0.01, clamp_value=10, debias=False)
+    assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
+
+
+def test_sgd_mode_equals_torch_sgd():
+    data = batches()
+    a, b = small_net(), small_net()
+    mine = Lars(a.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01, sgd=True)
+    ref = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
+
+
+OPTIMIZERS = {
+    "lamb-blog": lambda p, **kw: Lamb(p, lr=0.01, weight_decay=0.01, **kw),
+    "lamb-paper": lambda p, **kw: Lamb(p, lr=0.01, weight_decay=0.01, variant="paper", **kw),
+    "adam-blog": lambda p, **kw: Lamb(p, lr=0.01, adam=True, **kw),
+    "lars": lambda p, **kw: Lars(p, lr=0.5, weight_decay=0.01, **kw),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_foreach_equals_reference_path(name, dtype):
+    data = batches(20, dtype=dtype)
+    a, b = small_net(dtype=dtype), small_net(dtype=dtype)
+    fast = OPTIMIZERS[name](a.parameters(), foreach=True)
+    slow = OPTIMIZERS[name](b.parameters(), foreach=False)
+    tol = 1e-12 if dtype == F64 else 1e-5
+    assert_same(train(a, fast, data), train(b, slow, data), tol)
+    for key in ("r", "r1", "r2"):
+        torch.testing.assert_close(fast.trust_stats()[key], slow.trust_stats()[key], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_state_dict_round_trip_continues_identically(name):
+    data = batches(20)
+    net = small_net()
+    opt = OPTIMIZERS[name](net.parameters())
+    train(net, opt, data[:10])
+    twin = copy.deepcopy(net)
+    twin_opt = OPTIMIZERS[name](twin.parameters())
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    after = train(net, opt, data[10:])
+    twin_after = train(twin, twin_opt, data[10:])
+    for x, y in zip(after, twin_after, strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_solves_a_quadratic(name):
+    torch.manual_seed(0)
+    target = torch.randn(5, 5, dtype=F64)
+    w = nn.Parameter(torch.zeros(5, 5, dtype=F64) + 0.1)
+    opt = OPTIMIZERS[name]([w])
+    for _ in range(2000):
+        opt.zero_grad()
+        ((w - target) ** 2).sum().backward()
+        opt.step()
+    assert ((w - target) ** 2).sum().item() < 0.05 * (target**2).sum().item()
+
+
+def test_params_without_grad_are_untouched_and_read_nan():
+    net = small_net()
+    frozen = net[2].weight
+    before = frozen.detach().clone()
+    opt = Lamb(net.named_parameters(), lr=0.1)
+    opt.zero_grad()
+    net(torch.randn(4, 6, dtype=F64)).sum().backward()
+    frozen.grad = None
+    opt.step()
+    assert torch.equal(frozen.detach(), before)
+    assert frozen not in opt.state
+    stats = opt.trust_stats()
+    assert stats["name"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert torch.isnan(stats["r"][2]) and not torch.isnan(stats["r"][[0, 1, 3]]).any()
+
+
+def test_param_groups_keep_biases_out_of_decay_and_adaptation():
+    net, twin = small_net(), small_net()
+    data = batches(10)
+    weights = [p for n, p in net.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in net.named_parameters() if n.endswith("bias")]
+    opt = Lamb([{"params": weights}, {"params": biases, "weight_decay": 0.0, "adam": True}],
+               lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.1)
+    train(net, opt, data)
+    # the biases, alone, must have moved exactly as under torch's Adam without decay:
+    # replay the same gradients on the twin's biases through torch.optim.Adam.
+    twin_opt = torch.optim.Adam([p for n, p in twin.named_parameters() if n.endswith("bias")],
+                                lr=0.01, betas=(0.9, 0.99), eps=0.0)
+    twin_w = Lamb([p for n, p in twin.named_parameters() if n.endswith("weight")],
+                  lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.1)
+    for x, y in data:
+        twin_opt.zero_grad()
+        twin_w.zero_grad()
+        nn.functional.mse_loss(twin(x), y).backward()
+        twin_opt.step()
+        twin_w.step()
+    assert_same(list(net.parameters()), list(twin.parameters()), 1e-12)
+    assert opt.param_groups[1]["weight_decay"] == 0.0 and opt.param_groups[0]["weight_decay"] == 0.1
+
+
+def test_lr_scheduler_and_closure():
+    net, twin = small_net(), small_net()
+    data = batches(6)
+    opt = Lamb(net.parameters(), lr=0.02)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    twin_opt = Lamb(twin.parameters(), lr=0.02)
+    for i, (x, y) in enumerate(data):
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(net(x), y)
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)
+        assert torch.equal(loss, nn.functional.mse_loss(twin(x), y))  # returned, pre-step
+        sched.step()
+        twin_opt.param_groups[0]["lr"] = 0.02 if i < 3 else 0.01  # StepLR halves after 3 steps
+        twin_opt.zero_grad()
+        nn.functional.mse_loss(twin(x), y).backward()
+        twin_opt.step()
+    assert opt.param_groups[0]["lr"] == 0.005
+    assert_same(list(net.parameters()), list(twin.parameters()), 1e-12)
+
+
+@pytest.mark.parametrize("kwargs, name, value", [
+    ({"lr": -0.1}, "lr", "-0.1"),
+    ({"betas": (1.0, 0.99)}, "betas[0]", "1.0"),
+    ({"betas": (0.9, -0.1)}, "betas[1]", "-0.1"),
+    ({"eps": -1e-8}, "eps", "-1e-08"),
+    ({"weight_decay": -0.01}, "weight_decay", "-0.01"),
+    ({"variant": "nope"}, "variant", "'nope'"),
+    ({"clamp": 0.0}, "clamp", "0.0"),
+])
+def test_invalid_hyperparameters_name_argument_and_value(kwargs, name, value):
+    with pytest.raises(ValueError, match=re.escape(f"invalid {name}: {value} (must be")):
+        Lamb([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_invalid_lars_and_unknown_optimizer():
+    with pytest.raises(ValueError, match=r"invalid momentum: 1.5"):
+        Lars([nn.Parameter(torch.zeros(2))], momentum=1.5)
+    with pytest.raises(ValueError, match=r"invalid trust_coefficient: 0"):
+        Lars([nn.Parameter(torch.zeros(2))], trust_coefficient=0)
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'"):
+        build_optimizer("adamw", [nn.Parameter(torch.zeros(2))])
+
+
+def test_sparse_gradients_are_refused():
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = Lamb(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_trust_stats_stay_on_device_as_tensors():
+    net = small_net(dtype=torch.float32)
+    opt = Lamb(net.parameters())
+    opt.zero_grad()
+    net(torch.randn(4, 6)).sum().backward()
+    opt.step()
+    stats = opt.trust_stats()
+    assert [stats[k].shape for k in ("r", "r1", "r2")] == [(4,)] * 3
+    assert stats["name"] == ["group0.param0", "group0.param1", "group0.param2", "group0.param3"]
+    assert stats["r"].device == net[0].weight.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_cuda_matches_cpu(name):
+    data = batches(10, dtype=torch.float32)
+    a, b = small_net(dtype=torch.float32), small_net(dtype=torch.float32).cuda()
+    cpu = train(a, OPTIMIZERS[name](a.parameters()), data)
+    gpu_opt = OPTIMIZERS[name](b.parameters())
+    gpu = train(b, gpu_opt, [(x.cuda(), y.cuda()) for x, y in data])
+    assert_same(cpu, [p.cpu() for p in gpu], 1e-4)
+    assert gpu_opt.trust_stats()["r"].is_cuda
