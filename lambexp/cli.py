@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from lambexp.errors import ConfigError, UserError
@@ -36,21 +37,21 @@ DataDir = Annotated[Path | None, typer.Option(
     show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output (for logs and CI)")]
 
-_debug = {"on": False}
-
-
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False):
-    _debug["on"] = debug
+def main(ctx: typer.Context,
+         debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False):
+    ctx.obj = {"debug": debug}
 
 
 @contextmanager
 def reported() -> Iterator[None]:
     """Turn exceptions into one line per problem on stderr and the documented exit code."""
+    ctx = click.get_current_context(silent=True)
+    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
     try:
         yield
     except UserError as err:
-        if _debug["on"]:
+        if debug:
             traceback.print_exc()
         lines = err.lines if isinstance(err, ConfigError) else [
             f"error: {err}", *(f"  {line}" for line in err.lines if line != str(err))]
@@ -60,7 +61,7 @@ def reported() -> Iterator[None]:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
     except Exception as err:
-        if _debug["on"]:
+        if debug:
             traceback.print_exc()
         typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the "
                    "traceback)", err=True)

@@ -65,10 +65,8 @@ class TensorBoardSink:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         clean = {k: hparam_value(v) for k, v in hparams.items()}
-        for summary in hparams_summary(clean, metrics):
+        for summary in hparams_summary(clean, metrics):  # metrics: tags already logged
             self.writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value)
 
     def flush(self) -> None:
         self.writer.flush()

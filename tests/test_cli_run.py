@@ -1,0 +1,175 @@
+"""`lambexp run` end to end on a tiny MNIST-format data set, event files read back with TensorBoard."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from typer.testing import CliRunner
+
+from lambexp.cli import app
+
+LENET_TENSORS = 8  # conv1, conv2, fc1, fc2: a weight and a bias each
+TWO_ARMS = """\
+name: tiny
+epochs: 2
+batch_size: 64
+log_interval: 2
+betas: [0.9, 0.99]
+lr: 0.01
+device: cpu
+arms:
+  - name: adam
+    optimizer: adam
+  - name: lamb
+    optimizer: lamb
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_dirs(runs):
+    return sorted(p for p in runs.glob("*/*") if p.is_dir())
+
+
+@pytest.fixture
+def two_arm_run(tiny_mnist_env, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TWO_ARMS)
+    runs = tmp_path / "runs"
+    result = invoke("run", config, "--runs-dir", runs, "--quiet")
+    assert result.exit_code == 0, result.output
+    [run_dir] = run_dirs(runs)
+    return run_dir, result.output
+
+
+def events(arm_dir):
+    acc = EventAccumulator(str(arm_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def test_two_arms_write_events_summaries_and_config(two_arm_run):
+    run_dir, output = two_arm_run
+    assert output.splitlines()[0] == f"run folder: {run_dir}"  # printed first and last
+    assert output.splitlines()[-1] == f"run folder: {run_dir}"
+    assert "name: tiny" in (run_dir / "config.yaml").read_text()
+    assert json.loads((run_dir / "environment.json").read_text())["torch"] == torch.__version__
+    # 256 training images, batch 64: 4 steps an epoch, 8 in all, logged every 2 → 4 log steps
+    for arm in ("adam", "lamb"):
+        acc = events(run_dir / arm)
+        tags = acc.Tags()
+        for tag in ("train/loss", "test/loss", "test/accuracy", "lr", "throughput/samples_per_s",
+                    "trust_layer/conv1.weight/r", "trust_layer/fc2.bias/r2"):
+            assert tag in tags["scalars"], (arm, tag)
+        assert [e.step for e in acc.Scalars("train/loss")] == [128, 256, 384, 512]  # samples seen
+        assert [e.step for e in acc.Scalars("test/accuracy")] == [256, 512]  # after each epoch
+        for key in ("r", "r1", "r2"):
+            hist = acc.Histograms(f"trust/{key}")
+            assert len(hist) == 4
+            assert all(h.histogram_value.num == LENET_TENSORS for h in hist)
+            # the histogram holds the same numbers as the per-layer scalars at that step
+            layers = [t for t in tags["scalars"] if t.startswith("trust_layer/") and t.endswith(f"/{key}")]
+            assert len(layers) == LENET_TENSORS
+            total = sum(acc.Scalars(t)[-1].value for t in layers)
+            assert hist[-1].histogram_value.sum == pytest.approx(total, rel=1e-5)
+        summary = json.loads((run_dir / arm / "summary.json").read_text())
+        assert summary["final_test_accuracy"] == pytest.approx(acc.Scalars("test/accuracy")[-1].value)
+        assert summary["steps"] == 8 and summary["samples"] == 512
+        assert summary["nonfinite"] is False and summary["samples_per_second"] > 0
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = HParamsPluginData.FromString(content).session_start_info
+        assert start.hparams["arm"].string_value == arm
+        assert start.hparams["optimizer"].string_value == arm  # the arms are named after them
+        assert start.hparams["lr"].number_value == pytest.approx(0.01)
+
+
+def test_adam_arm_applies_no_trust_ratio_but_logs_it(two_arm_run):
+    run_dir, _ = two_arm_run
+    r = [h.histogram_value for h in events(run_dir / "adam").Histograms("trust/r")]
+    assert all(h.max > 0 for h in r)  # r is computed for Adam too, as in the blog's figure
+
+
+def test_same_seed_gives_identical_metrics(two_arm_run, tmp_path):
+    run_dir, _ = two_arm_run
+    result = invoke("run", tmp_path / "tiny.yaml", "--runs-dir", tmp_path / "runs2", "--quiet")
+    assert result.exit_code == 0
+    [again] = run_dirs(tmp_path / "runs2")
+    for arm in ("adam", "lamb"):
+        first = json.loads((run_dir / arm / "summary.json").read_text())
+        second = json.loads((again / arm / "summary.json").read_text())
+        assert first["history"] == second["history"]
+        assert first["final_train_loss"] == second["final_train_loss"]
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    (TWO_ARMS.replace("  - name: lamb\n    optimizer: lamb\n",
+                      "  - name: lamb\n    optimizer: lamb\n    lr: -0.1\n"),
+     [], "arms[1].lr: must be > 0 (got -0.1)"),
+    (TWO_ARMS.replace("epochs: 2", "epochs: 2\nepoch: 3"), [], "epoch: unknown key"),
+    (TWO_ARMS.replace("betas: [0.9, 0.99]", "betas: [0.9, 1.5]"), [], "betas[1]"),
+    (TWO_ARMS.replace("batch_size: 64", "batch_size: 0"), [], "batch_size: must be >= 1"),
+    (TWO_ARMS.replace("name: lamb", "name: adam"), [], "duplicate"),
+    (TWO_ARMS, ["epochs"], "epochs"),
+    (TWO_ARMS, ["arms.nosuch.lr=0.1"], "nosuch"),
+    (TWO_ARMS, ["optimizer=adamw"], "optimizer"),
+])
+def test_config_errors_exit_2_with_key_path_and_no_run_dir(tiny_mnist_env, tmp_path, text,
+                                                           overrides, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", str(config), *overrides, "--runs-dir", str(runs)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {config}: " in result.output and expected in result.output
+    assert "Traceback" not in result.output
+    assert not runs.exists() or not any(runs.rglob("*"))
+
+
+def test_missing_file_and_cuda_without_gpu(tiny_mnist_env, tmp_path):
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "nope.yaml" in result.output
+    if torch.cuda.is_available():
+        return
+    config = tmp_path / "cuda.yaml"
+    config.write_text(TWO_ARMS.replace("device: cpu", "device: cuda"))
+    result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "cuda" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_show_config_and_shipped_configs(tmp_path):
+    configs = sorted(p for p in __import__("pathlib").Path("configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    result = invoke("validate", *configs)
+    assert result.exit_code == 0 and result.output.count("ok: ") == len(configs)
+    shown = invoke("show-config", "configs/adam_vs_lamb.yaml", "epochs=1", "arms.lamb.lr=0.1")
+    assert shown.exit_code == 0
+    assert shown.output.count("epochs: 1") == 2 and "lr: 0.1\n" in shown.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\narms: []\n")
+    result = CliRunner().invoke(app, ["validate", "configs/adam_vs_lamb.yaml", str(bad)])
+    assert result.exit_code == 2 and f"error: {bad}: arms" in result.output
+
+
+def test_data_verify_good_and_corrupt(tiny_mnist_env):
+    result = invoke("data", "verify")
+    assert result.exit_code == 0 and result.output.count("ok ") == 4
+    path = tiny_mnist_env.data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    result = CliRunner().invoke(app, ["data", "verify"])
+    assert result.exit_code == 2
+    assert "t10k-labels-idx1-ubyte" in result.output and "--force" in result.output
+
+
+def test_python_dash_m_and_help():
+    out = subprocess.run([sys.executable, "-m", "lambexp", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "Exit codes" in out.stdout and "run" in out.stdout
