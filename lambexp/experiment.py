@@ -24,8 +24,10 @@ from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.errors import UserError
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
-from lambexp.sinks import TensorBoardSink
+from lambexp.sinks import JsonlSink, Tee, TensorBoardSink
 from lambexp.train import Progress, fit
+
+METRICS_FILE = "metrics.jsonl"  # every logged number of an arm, exact; what the report reads
 
 
 def pick_device(name: str) -> torch.device:
@@ -89,7 +91,8 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     model = build_model(arm.model).to(device)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm))
     start = time.perf_counter()
-    with TensorBoardSink(arm_dir) as sink:
+    with TensorBoardSink(arm_dir) as board, JsonlSink(arm_dir / METRICS_FILE) as jsonl:
+        sink = Tee(board, jsonl)
         state = fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
                     epochs=arm.epochs, batch_size=arm.batch_size, seed=arm.seed,
                     log_interval=arm.log_interval, eval_interval=arm.eval_interval, sink=sink,

@@ -1,4 +1,5 @@
-"""Where the loop's numbers go: a small sink interface, the TensorBoard sink, and an in-memory sink.
+"""Where the loop's numbers go: a small sink interface, the TensorBoard sink, a JSON-lines sink that
+the report reads, an in-memory sink for tests, and a tee.
 
 Only this module imports tensorboard. Tags written (the x-axis step is training samples seen):
 ``train/loss``, ``train/step``, ``lr``, ``test/loss``, ``test/accuracy``, ``throughput/samples_per_s``;
@@ -8,6 +9,7 @@ histograms ``trust/r``, ``trust/r1``, ``trust/r2`` across the parameter tensors;
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -76,6 +78,75 @@ class TensorBoardSink:
 
     def __exit__(self, *exc) -> None:
         self.writer.close()
+
+
+class JsonlSink:
+    """Appends one JSON object per line to ``path``: ``{"kind": "scalars", "step", "values"}`` and
+    ``{"kind": "trust", "step", "name", "r", "r1", "r2"}`` (lists in parameter order). Exact
+    values, cheap to read back: the report's source."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+
+    def _write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self._write({"kind": "scalars", "step": step, "values": values})
+
+    def trust(self, step: int, stats: dict) -> None:
+        names, table = trust_table(stats)
+        self._write({"kind": "trust", "step": step, "name": names,
+                     **{k: row.tolist() for k, row in zip(TRUST_KEYS, table)}})
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        self._write({"kind": "hparams", "hparams": {k: hparam_value(v) for k, v in hparams.items()},
+                     "metrics": metrics})
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+class Tee:
+    """Sends everything to several sinks."""
+
+    def __init__(self, *sinks: Sink):
+        self.sinks = sinks
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.scalars(step, values)
+
+    def trust(self, step: int, stats: dict) -> None:
+        names, table = trust_table(stats)  # one copy from the device for all sinks
+        on_host = {"name": names, **dict(zip(TRUST_KEYS, table))}
+        for sink in self.sinks:
+            sink.trust(step, on_host)
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.hparams(hparams, metrics)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records a JsonlSink wrote; a torn last line (a killed process) is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 class MemorySink:
