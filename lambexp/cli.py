@@ -106,18 +106,19 @@ def print_summaries(run_dir: Path) -> None:
 @app.command()
 def validate(configs: Annotated[list[Path], typer.Argument(help="experiment YAML files")]):
     """Check experiment files without running anything; one line per problem."""
-    from lambexp.config import load_experiment
+    with reported():
+        from lambexp.config import load_experiment
 
-    problems = []
-    for path in configs:
-        try:
-            exp = load_experiment(path)
-            typer.echo(f"ok: {path} ({exp.name}: {len(exp.arms)} arms)")
-        except ConfigError as err:
-            problems += err.lines
-    if problems:
-        typer.echo("\n".join(problems), err=True)
-        raise typer.Exit(2)
+        problems = []
+        for path in configs:
+            try:
+                exp = load_experiment(path)
+                typer.echo(f"ok: {path} ({exp.name}: {len(exp.arms)} arms, "
+                           f"{len(exp.expect)} expectations)")
+            except ConfigError as err:
+                problems += err.lines
+        if problems:
+            raise ConfigError(problems[0], lines=problems)
 
 
 @app.command("show-config")

@@ -22,12 +22,11 @@ import torch
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.errors import UserError
+from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
 from lambexp.sinks import JsonlSink, Tee, TensorBoardSink
 from lambexp.train import Progress, fit
-
-METRICS_FILE = "metrics.jsonl"  # every logged number of an arm, exact; what the report reads
 
 
 def pick_device(name: str) -> torch.device:
@@ -121,7 +120,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         sink.hparams({"arm": arm.name, **arm.model_dump(exclude={"name", "data_dir"})},
                      {"test/accuracy": final["test/accuracy"], "test/loss": final["test/loss"],
                       "train/loss": state.last_loss})
-    write_json(arm_dir / "summary.json", summary)
+    write_json(arm_dir / SUMMARY_FILE, summary)
     return summary
 
 
@@ -148,8 +147,8 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
         ensure_mnist(folder, log=say)
     run_dir = make_run_dir(runs_root / exp.name)
     on_start(run_dir)
-    (run_dir / "config.yaml").write_text(experiment_to_yaml(exp))
-    write_json(run_dir / "environment.json", environment(argv or sys.argv))
+    (run_dir / CONFIG_FILE).write_text(experiment_to_yaml(exp))
+    write_json(run_dir / ENVIRONMENT_FILE, environment(argv or sys.argv))
     loaded: dict[tuple, MnistTensors] = {}
     for arm in exp.arms:
         key = (data_dirs[arm.name], devices[arm.name])

@@ -71,6 +71,7 @@ def validate_experiment(raw: object, source: str = "<mapping>",
     except ValidationError as err:
         problems += pydantic_problems(err)
     problems += _duplicate_arm_names(raw.get("arms"))
+    problems += unknown_arm_references(raw)
     if problems or spec is None:
         raise _error(source, *in_file_order(raw, problems))
     return resolve(spec)
@@ -97,15 +98,37 @@ def _duplicate_arm_names(arms: object) -> list[tuple[tuple, str]]:
     return out
 
 
+def unknown_arm_references(raw: dict) -> list[tuple[tuple, str]]:
+    """(loc, problem) for each `arm`, `above` or `below` naming no arm of the file."""
+    arms, expect = raw.get("arms"), raw.get("expect")
+    if not isinstance(arms, list) or not isinstance(expect, list):
+        return []
+    names = [a.get("name") for a in arms if isinstance(a, dict)]
+    out = []
+    for i, item in enumerate(expect):
+        if not isinstance(item, dict):
+            continue
+        for key in ("arm", "above", "below"):
+            value = item.get(key, MISSING)
+            if isinstance(value, str) and value not in names:
+                where = f"expect[{i}].{key}"
+                out.append((("expect", i, key),
+                            problem(where, f"no arm of that name (arms: {', '.join(map(str, names))})",
+                                    value)))
+    return out
+
+
 def experiment_to_yaml(experiment: Experiment) -> str:
     """The fully resolved experiment as YAML: its header and every arm with every setting.
 
     load_experiment reads it back to an equal Experiment (apart from ``source``); each run
     saves it beside its results so the settings used are on record.
     """
-    data = experiment.model_dump(mode="json", include=set(Header.model_fields))
+    data = experiment.model_dump(mode="json", include=set(Header.model_fields) - {"expect"})
     data["arms"] = [{"name": arm.name, **arm.model_dump(mode="json", exclude={"name"})}
                     for arm in experiment.arms]
+    if experiment.expect:
+        data["expect"] = [e.model_dump(mode="json", exclude_none=True) for e in experiment.expect]
     return dump_document(data)
 
 

@@ -10,11 +10,14 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
+from lambexp.config.expect import Expectation
 from lambexp.config.schema import ARM_KEYS, NAME_RULE, TOP_KEYS
 from lambexp.config.yaml_io import flow
 
+EXPECT_KEYS: tuple[str, ...] = tuple(Expectation.model_fields)
+
 MISSING = object()  # "got" for a key that is not there at all
-_LISTS = ("arms", "betas")  # the keys whose items are addressed by [index]
+_LISTS = ("arms", "betas", "expect", "between")  # the keys whose items are addressed by [index]
 
 _MESSAGES = {  # pydantic error type → our message; {…} are filled from the error's ctx
     "missing": "required key is missing",
@@ -77,8 +80,8 @@ def _number(value: object) -> object:
 def _message(err: dict) -> str:
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
-        in_arm = len(loc) == 3 and loc[0] == "arms"
-        return unknown_key_message(loc[-1], ARM_KEYS if in_arm else TOP_KEYS)
+        allowed = {"arms": ARM_KEYS, "expect": EXPECT_KEYS}.get(loc[0]) if len(loc) == 3 else None
+        return unknown_key_message(loc[-1], allowed or TOP_KEYS)
     if kind == "literal_error":  # ctx: "'adam', 'lamb' or 'sgd'"
         return "must be one of " + ctx["expected"].replace("'", "").replace(" or ", ", ")
     if kind == "value_error" and "error" in ctx:  # our own validators' words

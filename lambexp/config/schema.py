@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from lambexp.config.expect import Expectation
+
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
 Rule = Literal["blog", "paper"]
 ModelName = Literal["lenet", "mlp"]
@@ -88,7 +90,8 @@ class Header(_Frozen):
 
     name: Name = Field(description="identifier-like name of the experiment; its folder name")
     description: str = Field("", description="what it reproduces, in words")
-    # A later `expect:` list of claims (checked by the report) goes here, as one more field.
+    expect: tuple[Expectation, ...] = Field((), description=(
+        "the post's claims as checks on measured numbers (see lambexp/config/expect.py)"))
 
 
 class ArmSpec(Settings):

@@ -1,0 +1,72 @@
+"""Expectations: the blog's claims stated as data beside the arms, checked by the report.
+
+Each is one comparison of a measured quantity of one arm (optionally one layer) with a number,
+a boolean, or the same quantity of another arm:
+
+    expect:
+      - claim: LAMB reaches the better final test accuracy
+        arm: lamb
+        measure: final_accuracy
+        above: adam              # an arm name (same measure there) or a number
+      - claim: at lr 0.1 LAMB diverges
+        arm: lamb_lr0.1
+        measure: diverged
+        equals: true
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+MEASURES = {  # name → what it is (the report computes each from the run files)
+    "final_accuracy": "test accuracy after the last epoch, in [0, 1]",
+    "best_accuracy": "best test accuracy over the epochs, in [0, 1]",
+    "final_loss": "last logged training loss",
+    "diverged": "loss became non-finite, or rose above its first value after falling below it",
+    "r_max": "largest trust ratio r over training (all layers, or `layer`)",
+    "r_median": "median of r over training (all layers, or `layer`)",
+    "r_start_median": "median of r across layers at the first log",
+    "r1_final_max": "largest weight norm r1 at the last log (all layers, or `layer`)",
+    "r1_growth_max": "largest growth of r1, last log / first log (all layers, or `layer`)",
+}
+Measure = Literal[tuple(MEASURES)]  # type: ignore[valid-type]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+COMPARATORS = ("above", "below", "equals", "between")
+
+
+class Expectation(BaseModel):
+    """One claim: `arm`'s `measure` is above / below / equals / between something."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    claim: str = Field(description="the claim in words, as the report prints it")
+    arm: str = Field(description="the arm measured")
+    measure: Measure = Field(description="what is measured: " + "; ".join(MEASURES))
+    layer: str | None = Field(None, description="a parameter name (e.g. fc1.weight); r/r1 only")
+    above: Number | str | None = Field(None, description="a number, or an arm's same measure")
+    below: Number | str | None = Field(None, description="a number, or an arm's same measure")
+    equals: StrictBool | None = Field(None, description="for diverged: true or false")
+    between: tuple[Number, Number] | None = Field(None, description="[low, high], inclusive")
+
+    @model_validator(mode="after")
+    def _one_comparator(self) -> Expectation:
+        given = [c for c in COMPARATORS if getattr(self, c) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(COMPARATORS)}"
+                             f" (got {', '.join(given) or 'none'})")
+        if (self.measure == "diverged") != (self.equals is not None):
+            raise ValueError("measure diverged takes `equals: true|false`; other measures take"
+                             " above, below or between")
+        if self.between is not None and not self.between[0] <= self.between[1]:
+            raise ValueError(f"between: low must be <= high (got {list(self.between)})")
+        return self
+
+    @property
+    def comparator(self) -> str:
+        return next(c for c in COMPARATORS if getattr(self, c) is not None)
+
+    @property
+    def reference(self):
+        return getattr(self, self.comparator)

@@ -1,0 +1,254 @@
+"""The report's figures as PNG files: training curves, the post's trust-ratio ridge plots, per-layer norms
+and accuracy against batch size. Every function takes plain data (``ArmSeries``, dicts) and returns the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.colors import to_rgb
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from lambexp.report.series import ArmSeries
+
+matplotlib.use("Agg")  # files only, never a window: the report runs headless
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+
+DPI = 110
+OPTIMIZER_COLORS = {"adam": "#1f77b4", "torch_adam": "#1f77b4", "lamb": "#d62728",
+                    "lars": "#2ca02c", "sgd": "#7f7f7f"}  # the post: Adam blue, LAMB red
+PALETTE = ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+TRUST_TITLES = {"r": "r (trust ratio)", "r1": "r₁ (weight norm)", "r2": "r₂ (update norm)"}
+MAX_RIDGES = 40  # rows drawn per ridge panel; more logged steps are subsampled evenly
+RIDGE_GRID = 256  # points on each ridge's x grid
+RIDGE_BANDWIDTH = 1 / 60  # Gaussian kernel width as a fraction of the column's x span (log10 or linear)
+RIDGE_OVERLAP = 2.5  # the tallest ridge in a figure, in row spacings
+
+
+def arm_colors(arms: list[tuple[str, str]]) -> dict[str, str]:
+    """Colour per arm from (arm name, optimizer name) pairs: by optimizer (the post's Adam blue,
+    LAMB red) when that tells the arms apart, else by arm order (the post: lr 0.01 blue, lr 0.1 green).
+    """
+    by_optimizer = [OPTIMIZER_COLORS.get(opt) for _, opt in arms]
+    if None not in by_optimizer and len(set(by_optimizer)) == len(arms):
+        return {name: color for (name, _), color in zip(arms, by_optimizer)}
+    return {name: PALETTE[i % len(PALETTE)] for i, (name, _) in enumerate(arms)}
+
+
+def fmt_samples(x: float, _pos=None) -> str:
+    """60000 → '60k', 1200000 → '1.2M': tick labels for training samples seen."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _color(colors: dict[str, str], key: str, index: int) -> str:
+    return colors.get(key, PALETTE[index % len(PALETTE)])
+
+
+def _stack(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds' (n_i, 2) tables on their union x grid: x (k,) and y (S, k), NaN where a seed has no finite
+    value (seeds that diverged or stopped early are simply shorter or NaN there)."""
+    xs = np.unique(np.concatenate([t[:, 0] for t in tables]))
+    ys = np.full((len(tables), len(xs)), np.nan)
+    for i, t in enumerate(tables):
+        ys[i, np.searchsorted(xs, t[:, 0])] = t[:, 1]
+    ys[~np.isfinite(ys)] = np.nan
+    return xs, ys
+
+
+def _mean_band(ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over seeds (axis 0) of the finite values; NaN where no seed is finite."""
+    count = np.isfinite(ys).sum(axis=0)
+    mean = np.where(count > 0, np.nansum(ys, axis=0) / np.maximum(count, 1), np.nan)
+    return mean, np.fmin.reduce(ys, axis=0), np.fmax.reduce(ys, axis=0)
+
+
+def _last_finite_before_blowup(table: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) of the last finite point before the first non-finite value, or None if all are finite."""
+    bad = np.flatnonzero(~np.isfinite(table[:, 1]))
+    if len(bad) == 0 or bad[0] == 0:
+        return None
+    return float(table[bad[0] - 1, 0]), float(table[bad[0] - 1, 1])
+
+
+def _plot_seeds(ax: plt.Axes, tables: list[np.ndarray], color: str, label: str, scale: float = 1.0) -> None:
+    """Mean over seeds as a line; min–max band when there are two or more seeds."""
+    xs, ys = _stack([t for t in tables if len(t)] or [np.empty((0, 2))])
+    mean, lo, hi = _mean_band(ys * scale)
+    ax.plot(xs, mean, color=color, lw=1.8, label=label)
+    if len(tables) >= 2:
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def curves(title: str, runs: dict[str, list[ArmSeries]], colors: dict[str, str], path: Path,
+           samples_per_epoch: int | None = None) -> Path:
+    """Training loss (log scale) and test accuracy (%) against training samples seen, one colour per arm:
+    the mean over seeds as a line, the min–max over seeds as a band, ✕ where a seed's loss became
+    non-finite. ``samples_per_epoch`` adds an epoch axis on top.
+    """
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    for i, (arm, seeds) in enumerate(runs.items()):
+        color = _color(colors, arm, i)
+        blowups = [p for p in (_last_finite_before_blowup(s.train_loss) for s in seeds) if p]
+        diverged = sum(bool(s.summary.get("nonfinite")) or not np.isfinite(s.train_loss[:, 1]).all()
+                       for s in seeds)
+        note = f", diverged {diverged}/{len(seeds)}" if diverged else ""
+        label = f"{arm} ({len(seeds)} seed{'s' * (len(seeds) > 1)}{note})"
+        _plot_seeds(ax_loss, [s.train_loss for s in seeds], color, label)
+        _plot_seeds(ax_acc, [s.test_accuracy for s in seeds], color, label, scale=100.0)
+        for x, y in blowups:
+            ax_loss.plot(x, y, "X", ms=11, color=color, mec="black", mew=0.8, zorder=5)
+    ax_loss.set(yscale="log", ylabel="training loss (log scale)", title="training loss")
+    ax_acc.set(ylabel="test accuracy (%)", title="test accuracy")
+    handles, labels = ax_loss.get_legend_handles_labels()
+    if any(a.get_marker() == "X" for a in ax_loss.lines):
+        handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
+        labels.append("last finite loss before NaN/inf")
+    ax_loss.legend(handles, labels, fontsize=9)
+    ax_acc.legend(fontsize=9)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("training samples seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(fmt_samples))
+        ax.grid(alpha=0.3, which="both" if ax is ax_acc else "major")
+        if samples_per_epoch:
+            top = ax.secondary_xaxis("top", functions=(lambda x: x / samples_per_epoch,
+                                                       lambda e: e * samples_per_epoch))
+            top.set_xlabel("epoch", fontsize=9)
+    fig.suptitle(f"{title}\nline: mean over seeds · band: min–max over seeds", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _ridge_axis(values: list[np.ndarray]) -> tuple[bool, float, float]:
+    """(log scale?, lo, hi) for one column: log10 when the finite positive values span > 20×."""
+    v = np.concatenate([a[np.isfinite(a)].ravel() for a in values])
+    if len(v) == 0:
+        return False, 0.0, 1.0
+    log = v.min() > 0 and v.max() / v.min() > 20
+    lo, hi = (np.log10(v.min()), np.log10(v.max())) if log else (v.min(), v.max())
+    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+    return log, lo - 0.05 * span, hi + 0.05 * span
+
+
+def _densities(table: np.ndarray, log: bool, grid: np.ndarray) -> np.ndarray:
+    """(T, len(grid)) Gaussian-kernel density of each row's finite values (one per layer) on ``grid``;
+    in log10 space when ``log``. Unnormalised: a row's area is proportional to its count of layers."""
+    width = (grid[-1] - grid[0]) * RIDGE_BANDWIDTH
+    v = np.where(np.isfinite(table) & (table > 0 if log else True), table, np.nan)
+    v = np.log10(v) if log else v
+    z = (grid[None, None, :] - v[:, :, None]) / width  # (T, L, G)
+    return np.nansum(np.exp(-0.5 * z**2), axis=1)
+
+
+def _ridge_panel(ax: plt.Axes, steps: np.ndarray, dens: np.ndarray, x: np.ndarray, color: str,
+                 height: float) -> None:
+    """One ridge per row of ``dens``, first at the top, later rows drawn in front and darker."""
+    n = len(dens)
+    rgb = np.array(to_rgb(color))
+    for i, d in enumerate(dens):
+        base = n - 1 - i
+        shade = 0.75 * (1 - i / max(n - 1, 1))  # early rows pale, late rows the arm's full colour
+        if not d.any():
+            continue
+        ax.fill_between(x, base, base + d * height, color=rgb + (1 - rgb) * shade, lw=0, zorder=2 * i)
+        ax.plot(x, base + d * height, color=rgb * 0.8, lw=0.7, zorder=2 * i + 1)
+    ticks = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(int))
+    ax.yaxis.set_major_locator(FixedLocator(n - 1 - ticks))
+    ax.set_yticklabels([fmt_samples(s) for s in steps[ticks]])
+    ax.set_ylim(-0.5, n - 1 + RIDGE_OVERLAP)
+
+
+def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str], path: Path) -> Path:
+    """The post's histogram figure: per arm (rows) and per r, r1, r2 (columns) a ridge plot, one ridge per
+    logged step (first at the top) showing the spread of that quantity over the layers as a Gaussian-kernel
+    density (log10 x when a column spans decades). Columns share x across arms; NaN/inf are skipped.
+    """
+    keys = list(TRUST_TITLES)
+    picks = {arm: np.unique(np.linspace(0, len(s.trust_steps) - 1, MAX_RIDGES).round().astype(int))
+             if len(s.trust_steps) else np.zeros(0, int) for arm, s in runs.items()}
+    fig, axes = plt.subplots(len(runs), 3, figsize=(13, 0.6 + 4.4 * len(runs)), sharex="col", squeeze=False)
+    for col, key in enumerate(keys):
+        log, lo, hi = _ridge_axis([getattr(s, key)[picks[a]] for a, s in runs.items()])
+        grid = np.linspace(lo, hi, RIDGE_GRID)
+        dens = {a: _densities(getattr(s, key)[picks[a]], log, grid) for a, s in runs.items()}
+        peak = max([d.max() for d in dens.values() if d.size] + [1e-12])
+        for row, (arm, s) in enumerate(runs.items()):
+            ax = axes[row, col]
+            _ridge_panel(ax, s.trust_steps[picks[arm]], dens[arm], 10**grid if log else grid,
+                         _color(colors, arm, row), RIDGE_OVERLAP / peak)
+            ax.set_xscale("log" if log else "linear")
+            ax.grid(axis="x", alpha=0.3, which="both")
+            ax.set_title(TRUST_TITLES[key] if row == 0 else "", fontsize=11)
+            if col == 0:
+                ax.set_ylabel(f"{arm}\ntraining samples seen ↓", fontsize=11)
+            else:
+                ax.yaxis.set_major_locator(NullLocator())
+            if log:
+                ax.set_xlim(10**lo, 10**hi)
+        axes[-1, col].set_xlabel(f"{key} per layer" + (" (log scale)" if log else ""))
+    fig.suptitle(f"{title}\none ridge per logged step: density of the value over the layers", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "r1") -> Path:
+    """``key`` (r1, the weight norm, by default) of every layer over training, one panel per arm, one line
+    per parameter tensor (biases dashed), log y shared across panels; a dotted line where values turn NaN/inf.
+    """
+    fig, axes = plt.subplots(1, len(runs), figsize=(1 + 5 * len(runs), 4.5), sharey=True, squeeze=False)
+    for ax, (arm, s) in zip(axes[0], runs.items()):
+        table = getattr(s, key)
+        layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in s.names))  # one colour per module
+        for j, name in enumerate(s.names):
+            y = np.where(np.isfinite(table[:, j]) & (table[:, j] > 0), table[:, j], np.nan)
+            color = plt.cm.tab10(layers.index(name.rsplit(".", 1)[0]) % 10)
+            ls = "--" if name.endswith("bias") else "-"
+            ax.plot(s.trust_steps, y, color=color, ls=ls, lw=1.5, label=name)
+        bad = np.flatnonzero(~np.isfinite(table).all(axis=1)) if table.size else []
+        if len(bad):
+            ax.axvline(s.trust_steps[bad[0]], color="black", ls=":", lw=1.2, label="first NaN/inf")
+        ax.set(yscale="log", title=arm, xlabel="training samples seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(fmt_samples))
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(f"{TRUST_TITLES.get(key, key)}, log scale")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    axes[0, -1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1),
+                       fontsize=9, title="parameter (-- bias)", title_fontsize=9)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_vs_batch(title: str, points: dict[str, list[tuple[int, float, float]]], colors: dict[str, str],
+                      path: Path) -> Path:
+    """Final test accuracy against batch size (log2 x), one line per optimizer label; each point is
+    (batch size, mean accuracy, std over seeds) with accuracies in [0, 1], drawn in % with ±1 std bars.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    batches = sorted({b for pts in points.values() for b, _, _ in pts})
+    for i, (label, pts) in enumerate(points.items()):
+        b, mean, std = (np.array(c, dtype=float) for c in zip(*sorted(pts))) if pts else ([], [], [])
+        ax.errorbar(b, np.asarray(mean) * 100, yerr=np.asarray(std) * 100, color=_color(colors, label, i),
+                    marker="o", ms=5, lw=1.8, capsize=4, label=label)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(batches))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(xlabel="batch size (log2 scale)", ylabel="final test accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(title="mean ± 1 std over seeds", fontsize=9, title_fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,55 @@
+"""One arm's logged numbers for one seed, read back from its run folder (metrics.jsonl, summary.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lambexp.layout import METRICS_FILE, SUMMARY_FILE
+from lambexp.sinks import read_jsonl
+
+
+@dataclass
+class ArmSeries:
+    """Everything the report uses of one arm and seed. x is training samples seen throughout."""
+
+    arm: str
+    seed: int
+    train_loss: np.ndarray  # (n, 2): samples, loss, every log_interval batches
+    test_loss: np.ndarray  # (m, 2): samples, mean test loss, after each epoch
+    test_accuracy: np.ndarray  # (m, 2): samples, accuracy in [0, 1]
+    trust_steps: np.ndarray  # (T,) samples at each trust log
+    names: list[str]  # (L,) parameter names, in parameter order
+    r: np.ndarray  # (T, L) trust ratio of each tensor at each log
+    r1: np.ndarray  # (T, L) weight-norm part
+    r2: np.ndarray  # (T, L) update-norm part
+    summary: dict = field(default_factory=dict)  # summary.json as written by the run
+
+
+def _pairs(records: list[dict], tag: str) -> np.ndarray:
+    rows = [(r["step"], r["values"][tag]) for r in records
+            if r["kind"] == "scalars" and tag in r["values"]]
+    return np.array(rows, dtype=float).reshape(-1, 2)
+
+
+def load_arm(arm_dir: Path, seed: int) -> ArmSeries:
+    """Read ``arm_dir``'s metrics.jsonl and summary.json (which must exist: a finished arm)."""
+    records = read_jsonl(arm_dir / METRICS_FILE)
+    trust = [r for r in records if r["kind"] == "trust"]
+    names = trust[0]["name"] if trust else []
+
+    def table(key: str) -> np.ndarray:
+        return np.array([r[key] for r in trust], dtype=float).reshape(len(trust), len(names))
+
+    return ArmSeries(
+        arm=arm_dir.name, seed=seed,
+        train_loss=_pairs(records, "train/loss"),
+        test_loss=_pairs(records, "test/loss"),
+        test_accuracy=_pairs(records, "test/accuracy"),
+        trust_steps=np.array([r["step"] for r in trust], dtype=float),
+        names=names, r=table("r"), r1=table("r1"), r2=table("r2"),
+        summary=json.loads((arm_dir / SUMMARY_FILE).read_text()),
+    )
