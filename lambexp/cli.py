@@ -74,18 +74,15 @@ def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None
         quiet: Quiet = False):
     """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/<name>/<time>/."""
     with reported():
-        from rich.console import Console
-
         from lambexp.config import load_experiment
         from lambexp.experiment import run_experiment
-        from lambexp.progress import progress_factory
 
         exp = load_experiment(config, overrides or ())
         run_dir = run_experiment(
             exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,
             say=(lambda s: None) if quiet else (lambda s: print(s, flush=True)),
             on_start=lambda path: print(f"run folder: {path}", flush=True),
-            progress_for=progress_factory(quiet, Console()))
+            progress_for=_progress(quiet))
         if not quiet:
             print_summaries(run_dir)
         print(f"run folder: {run_dir}")
@@ -101,6 +98,46 @@ def print_summaries(run_dir: Path) -> None:
         bad = f"step {s['nonfinite_step']}" if s["nonfinite"] else "no"
         print(f"{s['arm']:16s} {s['final_test_accuracy']:9.2%} {s['best_test_accuracy']:9.2%} "
               f"{bad:>10s} {s['samples_per_second']:9.0f} {s['wall_seconds']:7.1f}")
+
+
+@app.command()
+def reproduce(configs: Annotated[list[Path] | None, typer.Argument(
+                  help="experiment YAML files (default: every configs/*.yaml)", show_default=False)] = None,
+              seeds: Annotated[int, typer.Option(help="seeds per arm: the config's seed, +1, +2, …")] = 1,
+              out: Annotated[Path, typer.Option(help="folder for the runs and the report")] = Path(
+                  "runs/reproduce"),
+              data_dir: DataDir = None, quiet: Quiet = False):
+    """Run every experiment for SEEDS seeds (arms finished before are skipped), then write
+    OUT/REPORT.md, OUT/report.html and the figures: which of the post's claims hold."""
+    with reported():
+        from lambexp.report.build import build_report
+        from lambexp.reproduce import default_configs
+        from lambexp.reproduce import reproduce as run_all
+
+        folders = run_all(configs or default_configs(), seeds=seeds, out=out, data_dir=data_dir,
+                          argv=sys.argv, say=(lambda s: None) if quiet else typer.echo,
+                          progress_for=_progress(quiet))
+        typer.echo(f"report: {build_report(folders, out)}")
+
+
+@app.command()
+def report(run_dirs: Annotated[list[Path], typer.Argument(
+               help="run folders: a reproduce folder, an experiment folder, or a `run` folder")],
+           out: Annotated[Path | None, typer.Option(
+               help="where to write (default: the first RUN_DIR)")] = None):
+    """Build REPORT.md, report.html and figures from finished runs alone (no training)."""
+    with reported():
+        from lambexp.report.build import build_report
+
+        typer.echo(f"report: {build_report(run_dirs, out or run_dirs[0])}")
+
+
+def _progress(quiet: bool):
+    from rich.console import Console
+
+    from lambexp.progress import progress_factory
+
+    return progress_factory(quiet, Console())
 
 
 @app.command()

@@ -131,6 +131,35 @@ def write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
+class ArmInputs:
+    """Each arm's device and verified MNIST, checked up front and loaded once per (folder, device)."""
+
+    def __init__(self, arms: Sequence[Arm], data_dir: Path | None, say: Callable[[str], None]):
+        self.data_dir = data_dir
+        for arm in arms:
+            pick_device(arm.device)  # cuda without a GPU fails here, before anything is written
+        for folder in {self.folder(arm) for arm in arms}:
+            ensure_mnist(folder, log=say)
+        self._loaded: dict[tuple, MnistTensors] = {}
+
+    def folder(self, arm: Arm) -> Path | None:
+        """--data-dir, else the arm's data_dir, else None (the default folder)."""
+        chosen = self.data_dir or arm.data_dir
+        return Path(chosen) if chosen else None
+
+    def data(self, arm: Arm) -> tuple[MnistTensors, torch.device]:
+        key = (self.folder(arm), pick_device(arm.device))
+        if key not in self._loaded:
+            self._loaded[key] = load_mnist(*key)
+        return self._loaded[key], key[1]
+
+
+def write_run_header(run_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
+    """config.yaml (fully resolved) and environment.json, before any training."""
+    (run_dir / CONFIG_FILE).write_text(experiment_to_yaml(exp))
+    write_json(run_dir / ENVIRONMENT_FILE, environment(argv or sys.argv))
+
+
 def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = None,
                    argv: Sequence[str] = (), say: Callable[[str], None] = print,
                    on_start: Callable[[Path], None] = lambda run_dir: None,
@@ -140,19 +169,11 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
     Devices are checked and MNIST is fetched and verified before the run folder is created, so
     a failure there leaves nothing behind.
     """
-    devices = {arm.name: pick_device(arm.device) for arm in exp.arms}
-    data_dirs = {arm.name: Path(data_dir or arm.data_dir) if (data_dir or arm.data_dir) else None
-                 for arm in exp.arms}
-    for folder in set(data_dirs.values()):
-        ensure_mnist(folder, log=say)
+    inputs = ArmInputs(exp.arms, data_dir, say)
     run_dir = make_run_dir(runs_root / exp.name)
     on_start(run_dir)
-    (run_dir / CONFIG_FILE).write_text(experiment_to_yaml(exp))
-    write_json(run_dir / ENVIRONMENT_FILE, environment(argv or sys.argv))
-    loaded: dict[tuple, MnistTensors] = {}
+    write_run_header(run_dir, exp, argv)
     for arm in exp.arms:
-        key = (data_dirs[arm.name], devices[arm.name])
-        if key not in loaded:
-            loaded[key] = load_mnist(key[0], key[1])
-        run_arm(arm, loaded[key], devices[arm.name], run_dir / arm.name, progress_for(arm))
+        data, device = inputs.data(arm)
+        run_arm(arm, data, device, run_dir / arm.name, progress_for(arm))
     return run_dir

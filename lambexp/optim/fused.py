@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 
 # The hyper-parameter tensor ``hp``, in this order, built by ``hyper_parameters``:
-# lr (blog: the step size s), β1, β2, ε, λ, c (∞ for no clamp), adam (1.0 or 0.0),
+# lr (blog: the step size s), 1−β1, β2, 1−β2 (both 1−β in float64 first: in float32, 1 − 0.999
+# is off by 5e-5), ε, λ, c (∞ for no clamp), adam (1.0 or 0.0),
 # 1−β1ᵗ and √(1−β2ᵗ) (paper only; 1.0 when bias correction is off).
-HP_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "clamp", "adam", "bc1", "sqrt_bc2")
+HP_FIELDS = ("lr", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "weight_decay", "clamp",
+             "adam", "bc1", "sqrt_bc2")
 
 # Inductor, left to itself, recomputes a = m/(√v+ε) in the second pass and then keeps the new
 # m, v in scratch buffers until that pass: two more full-size streams, ~1.5× slower on the CPU.
@@ -32,8 +34,8 @@ def hyper_parameters(group: dict, step: int, like: Tensor) -> Tensor:
         lr, bc1, bc2 = group["lr"] * math.sqrt(bc2) / bc1, 1.0, 1.0  # s, folded in
     elif not group["bias_correction"]:
         bc1, bc2 = 1.0, 1.0
-    values = [lr if group["variant"] == "blog" else group["lr"], beta1, beta2, group["eps"],
-              group["weight_decay"], clamp, float(group["adam"]), bc1, math.sqrt(bc2)]
+    values = [lr if group["variant"] == "blog" else group["lr"], 1 - beta1, beta2, 1 - beta2,
+              group["eps"], group["weight_decay"], clamp, float(group["adam"]), bc1, math.sqrt(bc2)]
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
@@ -46,10 +48,10 @@ def blog_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor) -> Tensor:
         r1 = RMS(w) ;  r2 = RMS(a) ;  r = 1 if r1 = 0 or r2 = 0, else min(r1/r2, c)
         w  ← w − s·r·a            (r replaced by 1 when adam)
     """
-    s, beta1, beta2, eps, lam, c, adam, _, _ = hp.unbind()
+    s, one_minus_beta1, beta2, one_minus_beta2, eps, lam, c, adam, _, _ = hp.unbind()
     g = g + lam * w
-    m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).add_((1 - beta2) * g * g)
+    m.lerp_(g, one_minus_beta1)
+    v.mul_(beta2).add_(one_minus_beta2 * g * g)
     a = m / (torch.sqrt(v) + eps)
     r1, r2 = _rms(w), _rms(a)
     r = _ratio(r1, r2, c)
@@ -65,9 +67,9 @@ def paper_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor) -> Tensor
         r1 = min(‖w‖₂, c) ;  r2 = ‖u‖₂ ;  r = 1 if r1 = 0 or r2 = 0, else r1/r2
         w  ← w − lr·r·u           (r replaced by 1 when adam)
     """
-    lr, beta1, beta2, eps, lam, c, adam, bc1, sqrt_bc2 = hp.unbind()
-    m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).add_((1 - beta2) * g * g)
+    lr, one_minus_beta1, beta2, one_minus_beta2, eps, lam, c, adam, bc1, sqrt_bc2 = hp.unbind()
+    m.lerp_(g, one_minus_beta1)
+    v.mul_(beta2).add_(one_minus_beta2 * g * g)
     u = (m / bc1) / (torch.sqrt(v) / sqrt_bc2 + eps) + lam * w
     r1 = torch.minimum(torch.linalg.vector_norm(w), c)
     r2 = torch.linalg.vector_norm(u)
@@ -85,14 +87,32 @@ def _ratio(r1: Tensor, r2: Tensor, c: Tensor | None) -> Tensor:
     return torch.where((r1 > 0) & (r2 > 0), q, 1.0)
 
 
+class CompileFailed(RuntimeError):
+    """torch.compile cannot build the fused step here (no C++ compiler, unsupported Python, ...)."""
+
+
 @functools.cache
 def kernel(variant: str):
-    """The compiled step of ``variant`` ("blog" or "paper"); compiled on its first call.
+    """The compiled step of ``variant`` ("blog" or "paper"): ``kernel(w, g, m, v, hp) -> [r, r1, r2]``.
 
-    One graph per dtype and device, plus one for tensors of at most 4096 elements (inductor
-    sums longer ones in a cascade), and one per tensor size 0 or 1 (torch.compile treats those
-    sizes as constants). Step sizes and hyper-parameters arrive in ``hp`` and never recompile.
+    Compiles on its first call for each dtype and device, once more for tensors of at most 4096
+    elements (inductor sums longer ones in a cascade) and for sizes 0 and 1 (which torch.compile
+    treats as constants). Step sizes and hyper-parameters arrive in ``hp`` and never recompile.
+    Raises CompileFailed when torch.compile cannot run or its compiler fails.
     """
-    step = blog_step if variant == "blog" else paper_step
+    import torch._dynamo
+    import torch._inductor.config
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise CompileFailed("torch.compile does not support this Python")
     options = {k: v for k, v in COMPILE_OPTIONS.items() if hasattr(torch._inductor.config, k)}
-    return torch.compile(step, fullgraph=True, dynamic=True, options=options)
+    compiled = torch.compile(blog_step if variant == "blog" else paper_step, fullgraph=True,
+                             dynamic=True, options=options)
+
+    def step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor) -> Tensor:
+        try:
+            return compiled(w, g, m, v, hp)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            raise CompileFailed(str(err)) from err
+
+    return step

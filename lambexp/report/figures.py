@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.transforms import blended_transform_factory
 
 from lambexp.report.series import ArmSeries
 
@@ -69,13 +70,6 @@ def _stack(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def _mean_band(ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, min and max over seeds (axis 0) of the finite values; NaN where no seed is finite."""
-    count = np.isfinite(ys).sum(axis=0)
-    mean = np.where(count > 0, np.nansum(ys, axis=0) / np.maximum(count, 1), np.nan)
-    return mean, np.fmin.reduce(ys, axis=0), np.fmax.reduce(ys, axis=0)
-
-
 def _last_finite_before_blowup(table: np.ndarray) -> tuple[float, float] | None:
     """(x, y) of the last finite point before the first non-finite value, or None if all are finite."""
     bad = np.flatnonzero(~np.isfinite(table[:, 1]))
@@ -85,49 +79,62 @@ def _last_finite_before_blowup(table: np.ndarray) -> tuple[float, float] | None:
 
 
 def _plot_seeds(ax: plt.Axes, tables: list[np.ndarray], color: str, label: str, scale: float = 1.0) -> None:
-    """Mean over seeds as a line; min–max band when there are two or more seeds."""
+    """Mean over seeds as a line and, for two or more seeds, their min–max as a band — both only where
+    every seed is finite; where some are not (diverged, or ended early) the rest are drawn one by one, thin.
+    """
     xs, ys = _stack([t for t in tables if len(t)] or [np.empty((0, 2))])
-    mean, lo, hi = _mean_band(ys * scale)
-    ax.plot(xs, mean, color=color, lw=1.8, label=label)
-    if len(tables) >= 2:
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
+    ys = ys * scale
+    ax.plot(xs, ys.mean(axis=0), color=color, lw=1.8, label=label)  # NaN (a gap) where any seed is NaN
+    if len(ys) < 2:
+        return
+    ax.fill_between(xs, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, lw=0)
+    partial = ~np.isfinite(ys).all(axis=0)
+    joined = partial | np.r_[partial[1:], False]  # and the point before, to join the mean line
+    for y in ys:
+        ax.plot(xs, np.where(joined, y, np.nan), color=color, lw=0.9, alpha=0.8)
+
+
+def _samples_axis(ax: plt.Axes, samples_per_epoch: int | None) -> None:
+    """x label and 60k-style ticks for training samples seen; an epoch axis on top when the epoch is known."""
+    ax.set_xlabel("training samples seen")
+    ax.xaxis.set_major_formatter(FuncFormatter(fmt_samples))
+    if samples_per_epoch:
+        top = ax.secondary_xaxis("top", functions=(lambda x: x / samples_per_epoch,
+                                                   lambda e: e * samples_per_epoch))
+        top.set_xlabel("epoch", fontsize=9)
 
 
 def curves(title: str, runs: dict[str, list[ArmSeries]], colors: dict[str, str], path: Path,
            samples_per_epoch: int | None = None) -> Path:
     """Training loss (log scale) and test accuracy (%) against training samples seen, one colour per arm:
-    the mean over seeds as a line, the min–max over seeds as a band, ✕ where a seed's loss became
-    non-finite. ``samples_per_epoch`` adds an epoch axis on top.
+    the mean over seeds as a line, the min–max over seeds as a band, ✕ at a seed's last finite loss
+    before it turned NaN/inf. ``samples_per_epoch`` adds an epoch axis on top.
     """
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for i, (arm, seeds) in enumerate(runs.items()):
         color = _color(colors, arm, i)
-        blowups = [p for p in (_last_finite_before_blowup(s.train_loss) for s in seeds) if p]
         diverged = sum(bool(s.summary.get("nonfinite")) or not np.isfinite(s.train_loss[:, 1]).all()
                        for s in seeds)
         note = f", diverged {diverged}/{len(seeds)}" if diverged else ""
         label = f"{arm} ({len(seeds)} seed{'s' * (len(seeds) > 1)}{note})"
         _plot_seeds(ax_loss, [s.train_loss for s in seeds], color, label)
         _plot_seeds(ax_acc, [s.test_accuracy for s in seeds], color, label, scale=100.0)
-        for x, y in blowups:
+        for x, y in filter(None, (_last_finite_before_blowup(s.train_loss) for s in seeds)):
             ax_loss.plot(x, y, "X", ms=11, color=color, mec="black", mew=0.8, zorder=5)
     ax_loss.set(yscale="log", ylabel="training loss (log scale)", title="training loss")
     ax_acc.set(ylabel="test accuracy (%)", title="test accuracy")
     handles, labels = ax_loss.get_legend_handles_labels()
-    if any(a.get_marker() == "X" for a in ax_loss.lines):
+    if any(line.get_marker() == "X" for line in ax_loss.lines):
         handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
         labels.append("last finite loss before NaN/inf")
     ax_loss.legend(handles, labels, fontsize=9)
     ax_acc.legend(fontsize=9)
     for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("training samples seen")
-        ax.xaxis.set_major_formatter(FuncFormatter(fmt_samples))
-        ax.grid(alpha=0.3, which="both" if ax is ax_acc else "major")
-        if samples_per_epoch:
-            top = ax.secondary_xaxis("top", functions=(lambda x: x / samples_per_epoch,
-                                                       lambda e: e * samples_per_epoch))
-            top.set_xlabel("epoch", fontsize=9)
-    fig.suptitle(f"{title}\nline: mean over seeds · band: min–max over seeds", fontsize=12)
+        _samples_axis(ax, samples_per_epoch)
+        ax.grid(alpha=0.3)
+    several = max(map(len, runs.values()), default=0) >= 2
+    fig.suptitle(title + ("\nline: mean over seeds · band: min–max over seeds · thin lines: single seeds "
+                          "where another has no finite value" if several else ""), fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -155,16 +162,21 @@ def _densities(table: np.ndarray, log: bool, grid: np.ndarray) -> np.ndarray:
 
 def _ridge_panel(ax: plt.Axes, steps: np.ndarray, dens: np.ndarray, x: np.ndarray, color: str,
                  height: float) -> None:
-    """One ridge per row of ``dens``, first at the top, later rows drawn in front and darker."""
+    """One ridge per row of ``dens``, first at the top, later rows drawn in front and darker;
+    a note where the rows turn empty (every value NaN/inf)."""
     n = len(dens)
     rgb = np.array(to_rgb(color))
     for i, d in enumerate(dens):
-        base = n - 1 - i
+        base, shown = n - 1 - i, d > 2e-3 * d.max()  # trimmed to where the ridge is visible
         shade = 0.75 * (1 - i / max(n - 1, 1))  # early rows pale, late rows the arm's full colour
-        if not d.any():
-            continue
-        ax.fill_between(x, base, base + d * height, color=rgb + (1 - rgb) * shade, lw=0, zorder=2 * i)
-        ax.plot(x, base + d * height, color=rgb * 0.8, lw=0.7, zorder=2 * i + 1)
+        ax.fill_between(x, base, base + d * height, where=shown, color=rgb + (1 - rgb) * shade, lw=0,
+                        zorder=2 * i)
+        ax.plot(x, np.where(shown, base + d * height, np.nan), color=rgb * 0.8, lw=0.7, zorder=2 * i + 1)
+    empty = np.flatnonzero(~dens.any(axis=1)) if n else []
+    if len(empty):
+        ax.text(0.5, n - 1 - empty[0], f"no finite values from {fmt_samples(steps[empty[0]])} ↓",
+                transform=blended_transform_factory(ax.transAxes, ax.transData), ha="center", va="center",
+                color="0.3", fontsize=9, bbox={"fc": "white", "ec": "0.7", "boxstyle": "round"})
     ticks = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(int))
     ax.yaxis.set_major_locator(FixedLocator(n - 1 - ticks))
     ax.set_yticklabels([fmt_samples(s) for s in steps[ticks]])
@@ -208,7 +220,8 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
     """``key`` (r1, the weight norm, by default) of every layer over training, one panel per arm, one line
     per parameter tensor (biases dashed), log y shared across panels; a dotted line where values turn NaN/inf.
     """
-    fig, axes = plt.subplots(1, len(runs), figsize=(1 + 5 * len(runs), 4.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(1 + 5 * len(runs), 4.5), sharex=True, sharey=True,
+                             squeeze=False)
     for ax, (arm, s) in zip(axes[0], runs.items()):
         table = getattr(s, key)
         layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in s.names))  # one colour per module
@@ -220,8 +233,8 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
         bad = np.flatnonzero(~np.isfinite(table).all(axis=1)) if table.size else []
         if len(bad):
             ax.axvline(s.trust_steps[bad[0]], color="black", ls=":", lw=1.2, label="first NaN/inf")
-        ax.set(yscale="log", title=arm, xlabel="training samples seen")
-        ax.xaxis.set_major_formatter(FuncFormatter(fmt_samples))
+        ax.set(yscale="log", title=arm)
+        _samples_axis(ax, None)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(f"{TRUST_TITLES.get(key, key)}, log scale")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}

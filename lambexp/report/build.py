@@ -1,0 +1,141 @@
+"""Run folders → REPORT.md, report.html and PNG figures: the claims table, the figures, the environment.
+
+Every number comes from the run files (metrics.jsonl, summary.json, config.yaml, environment.json).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lambexp.config.expect import Expectation
+from lambexp.report import figures
+from lambexp.report.claims import ClaimResult, check, diverged, mean_std
+from lambexp.report.collect import ExperimentRuns, collect, find_experiments
+from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+
+PERCENT = {"final_accuracy", "best_accuracy"}
+
+
+def fmt(measure: str, value: float | None) -> str:
+    """A measured value as a person reads it: 98.12%, yes/no, 4.53, 0.0312."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if measure == "diverged":
+        return "yes" if value else "no"
+    if measure in PERCENT:
+        return f"{value:.2%}"
+    return f"{value:.4g}"
+
+
+def _reference(e: Expectation, result: ClaimResult) -> str:
+    if e.comparator == "equals":
+        return f"= {fmt('diverged', float(e.equals))}"
+    if e.comparator == "between":
+        return f"in [{fmt(e.measure, e.between[0])}, {fmt(e.measure, e.between[1])}]"
+    sign = ">" if e.comparator == "above" else "<"
+    if isinstance(e.reference, str):
+        mean, std = mean_std(result.references)
+        return f"{sign} {e.reference}: {fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
+    return f"{sign} {fmt(e.measure, float(e.reference))}"
+
+
+def claim_rows(runs: ExperimentRuns) -> list[list[str]]:
+    rows = []
+    for e in runs.experiment.expect:
+        result = check(e, runs.seeds)
+        per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
+        mean, std = mean_std(result.values)
+        what = f"{e.arm}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
+        rows.append([runs.experiment.name, e.claim, what, per_seed or "n/a",
+                     f"{fmt(e.measure, mean)} ± {fmt(e.measure, std)}", _reference(e, result),
+                     result.verdict])
+    return rows
+
+
+def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
+    rows = []
+    for arm in runs.experiment.arms:
+        series = runs.arm_runs(arm.name)
+        if not series:
+            rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}", "0",
+                         "not finished", "", "", ""])
+            continue
+        acc = mean_std([s.summary["final_test_accuracy"] for s in series])
+        wall = mean_std([s.summary["wall_seconds"] for s in series])
+        speed = mean_std([s.summary["samples_per_second"] for s in series])
+        bad = sum(diverged(s) for s in series)
+        rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}",
+                     str(len(series)), f"{acc[0]:.2%} ± {acc[1]:.2%}", f"{bad} of {len(series)}",
+                     f"{wall[0]:.0f}", f"{speed[0]:.0f}"])
+    return rows
+
+
+def experiment_figures(runs: ExperimentRuns, out_dir: Path) -> list[Block]:
+    exp = runs.experiment
+    colors = figures.arm_colors([(a.name, a.optimizer) for a in exp.arms])
+    by_arm = {a.name: runs.arm_runs(a.name) for a in exp.arms if runs.arm_runs(a.name)}
+    if not by_arm:
+        return [Para("No finished arms yet.")]
+    first_seed = {name: series[0] for name, series in by_arm.items()}
+    folder = out_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{exp.name}: {exp.description}" if exp.description else exp.name
+    made = [
+        (figures.curves(title, by_arm, colors, folder / f"{exp.name}_curves.png"),
+         "training loss and test accuracy"),
+        (figures.trust_ridges(title, first_seed, colors, folder / f"{exp.name}_trust.png"),
+         "r, r1, r2 across layers over training (first seed)"),
+        (figures.layer_norms(title, first_seed, folder / f"{exp.name}_r1_layers.png"),
+         "per-layer weight norm r1 (first seed)"),
+    ]
+    return [Image(path.relative_to(out_dir), alt) for path, alt in made]
+
+
+def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
+    rows = []
+    for runs in all_runs:
+        env = runs.environment
+        devices = sorted({s.summary.get("device", "?") for arms in runs.seeds.values()
+                          for s in arms.values()})
+        rows.append([runs.experiment.name, ", ".join(devices), env.get("torch", "?"),
+                     env.get("python", "?"), str(env.get("cpu_threads", "?")),
+                     env.get("cuda") or "none", (env.get("git_commit") or "?")[:10]])
+    return rows
+
+
+def build_report(paths: list[Path], out_dir: Path) -> Path:
+    """Write REPORT.md, report.html and figures/ into ``out_dir`` from the finished runs under
+    ``paths``; return the path of REPORT.md."""
+    all_runs = [collect(p) for p in find_experiments(paths)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(s.summary.get("wall_seconds", 0) for r in all_runs for arms in r.seeds.values()
+                for s in arms.values())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[Block] = [
+        Heading("lambexp: does 'An intuitive understanding of the LAMB optimizer' reproduce?", 1),
+        Para(f"Built {stamp} from {len(all_runs)} experiment folder(s); every number below is read"
+             f" from the run files. Training wall time, all arms and seeds: {total / 60:.1f} min."),
+        Heading("Claims"),
+        Para("Per seed: the measured value (s<seed>: value). REPRODUCED: the claim held for every"
+             " seed; NOT REPRODUCED: for none; MIXED: for some (k of n)."),
+        Table(["experiment", "claim", "measured", "per seed", "mean ± std", "compared with",
+               "verdict"], [row for r in all_runs for row in claim_rows(r)]),
+    ]
+    for runs in all_runs:
+        exp = runs.experiment
+        blocks += [Heading(f"{exp.name}"), Para(exp.description or ""),
+                   Table(["arm", "optimizer", "lr", "weight decay", "seeds", "final test accuracy",
+                          "diverged", "wall s / arm", "samples/s"], arm_rows(runs))]
+        blocks += experiment_figures(runs, out_dir)
+    blocks += [Heading("Environment"),
+               Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],
+                     environment_rows(all_runs))]
+    title = "lambexp reproduction report"
+    tmp_md, tmp_html = out_dir / ".REPORT.md.tmp", out_dir / ".report.html.tmp"
+    tmp_md.write_text(to_markdown(blocks), encoding="utf-8")
+    tmp_html.write_text(to_html(blocks, out_dir, title), encoding="utf-8")
+    tmp_md.replace(out_dir / "REPORT.md")
+    tmp_html.replace(out_dir / "report.html")
+    return out_dir / "REPORT.md"

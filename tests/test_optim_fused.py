@@ -1,0 +1,125 @@
+"""Lamb(fused=True), the torch.compile'd step of fused.py, against the reference path (foreach=False)."""
+
+import pytest
+import torch
+from torch import nn
+
+from lambexp.optim import Lamb, fused
+
+F64 = torch.float64
+
+
+def small_net(seed=0, dtype=torch.float32, width=8):
+    torch.manual_seed(seed)
+    # tanh keeps every gradient non-zero; all tensors stay small, so one graph per rule and dtype
+    return nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 3)).to(dtype)
+
+
+def batches(n=10, seed=1, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=gen, dtype=dtype),
+             torch.randn(16, 3, generator=gen, dtype=dtype)) for _ in range(n)]
+
+
+def train(net, opt, data, scheduler=None):
+    for x, y in data:
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def assert_same(net_a, opt_a, net_b, opt_b, data, tol):
+    for x, y in zip(train(net_a, opt_a, data), train(net_b, opt_b, data), strict=True):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+    for key in ("r", "r1", "r2"):
+        torch.testing.assert_close(opt_a.trust_stats()[key], opt_b.trust_stats()[key], rtol=tol, atol=tol)
+
+
+CASES = {
+    "blog": dict(variant="blog", weight_decay=0.01),
+    "blog-adam": dict(variant="blog", adam=True),
+    "blog-no-clamp": dict(variant="blog", weight_decay=0.01, clamp=None),
+    "paper": dict(variant="paper", weight_decay=0.01),
+    "paper-adam": dict(variant="paper", weight_decay=0.01, adam=True),
+    "paper-no-clamp-no-bias-correction": dict(variant="paper", clamp=None, bias_correction=False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("case", CASES)
+def test_fused_equals_reference_path(case, dtype):
+    data = batches(dtype=dtype)
+    a, b = small_net(dtype=dtype), small_net(dtype=dtype)
+    fast = Lamb(a.parameters(), lr=0.01, fused=True, **CASES[case])
+    slow = Lamb(b.parameters(), lr=0.01, foreach=False, **CASES[case])
+    assert_same(a, fast, b, slow, data, 1e-12 if dtype == F64 else 1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["blog", "paper"])
+def test_fused_equals_reference_path_on_large_tensors(variant):
+    # 6000 weights: inductor's graph for tensors over 4096 elements sums in a cascade
+    data = batches()
+    a, b = small_net(width=1000), small_net(width=1000)
+    fast = Lamb(a.parameters(), lr=0.01, weight_decay=0.01, variant=variant, fused=True)
+    slow = Lamb(b.parameters(), lr=0.01, weight_decay=0.01, variant=variant, foreach=False)
+    assert_same(a, fast, b, slow, data, 1e-5)
+
+
+@pytest.mark.parametrize("variant", ["blog", "paper"])
+def test_twenty_steps_with_a_changing_lr_do_not_recompile(variant):
+    net = small_net()
+    opt = Lamb(net.parameters(), lr=0.01, weight_decay=0.01, variant=variant, fused=True)
+    train(net, opt, batches(2))  # compiles (or finds the graph compiled by an earlier test)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        train(net, opt, batches(20, seed=2), scheduler)
+
+
+def test_an_empty_tensor_is_stepped_like_the_reference():
+    def params():
+        torch.manual_seed(0)
+        return [nn.Parameter(torch.empty(0)), nn.Parameter(torch.randn(5))]
+
+    a, b = params(), params()
+    fast, slow = Lamb(a, lr=0.1, fused=True), Lamb(b, lr=0.1, foreach=False)
+    for opt, ps in ((fast, a), (slow, b)):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    torch.testing.assert_close(a[1], b[1])
+    for key in ("r", "r1", "r2"):
+        torch.testing.assert_close(fast.trust_stats()[key], slow.trust_stats()[key])
+
+
+def test_fused_with_foreach_false_is_refused():
+    with pytest.raises(ValueError, match="fused=True and foreach=False"):
+        Lamb(small_net().parameters(), fused=True, foreach=False)
+
+
+def test_a_compile_failure_warns_once_and_finishes_with_foreach(monkeypatch):
+    calls = []
+
+    real_kernel = fused.kernel
+
+    def failing_kernel(variant):
+        real = real_kernel(variant)
+
+        def step(*args):
+            calls.append(1)
+            if len(calls) == 2:  # the second tensor of the first step: the first is already done
+                raise fused.CompileFailed("no working C++ compiler")
+            return real(*args)
+        return step
+
+    data = batches(3)
+    a, b = small_net(), small_net()
+    fast = Lamb(a.parameters(), lr=0.01, weight_decay=0.01, fused=True)
+    slow = Lamb(b.parameters(), lr=0.01, weight_decay=0.01, foreach=False)
+    monkeypatch.setattr(fused, "kernel", failing_kernel)
+    with pytest.warns(UserWarning, match="torch.compile failed") as caught:
+        assert_same(a, fast, b, slow, data, 1e-5)
+    assert len(caught) == 1 and len(calls) == 2

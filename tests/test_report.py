@@ -1,0 +1,179 @@
+"""The report on hand-written run folders (known values → known verdicts), and `reproduce` resuming."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lambexp.cli import app
+from lambexp.report.build import build_report
+from lambexp.report.claims import measure
+from lambexp.report.series import load_arm
+
+CONFIG = """\
+name: toy
+epochs: 1
+batch_size: 64
+log_interval: 2
+device: cpu
+arms:
+  - name: adam
+    optimizer: adam
+  - name: lamb
+    optimizer: lamb
+expect:
+  - claim: LAMB beats Adam
+    arm: lamb
+    measure: final_accuracy
+    above: adam
+  - claim: Adam does not diverge
+    arm: adam
+    measure: diverged
+    equals: false
+  - claim: LAMB diverges
+    arm: lamb
+    measure: diverged
+    equals: true
+  - claim: LAMB's r peaks between 3 and 6
+    arm: lamb
+    measure: r_max
+    between: [3, 6]
+  - claim: conv weight grows over 2x
+    arm: lamb
+    measure: r1_growth_max
+    layer: w1
+    above: 2
+"""
+NAMES = ["w1", "b1"]
+
+
+def write_arm(folder, *, acc, losses, r, r1, nonfinite=False):
+    """A finished arm as lambexp writes it: metrics.jsonl lines and summary.json, values given."""
+    folder.mkdir(parents=True)
+    lines = [{"kind": "scalars", "step": 100 * (i + 1), "values": {"train/loss": loss}}
+             for i, loss in enumerate(losses)]
+    lines += [{"kind": "trust", "step": 100 * (i + 1), "name": NAMES, "r": ri, "r1": r1i,
+               "r2": [1.0, 1.0]} for i, (ri, r1i) in enumerate(zip(r, r1))]
+    lines += [{"kind": "scalars", "step": 400, "values": {"test/accuracy": a, "test/loss": 0.1}}
+              for a in acc]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = {"status": "finished", "final_test_accuracy": acc[-1], "nonfinite": nonfinite,
+               "wall_seconds": 10.0, "samples_per_second": 1000.0, "device": "cpu"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def two_seed_folder(tmp_path):
+    exp = tmp_path / "repro" / "toy"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(CONFIG)
+    # seed 1: LAMB better (0.98 > 0.97) and diverges by the loss-rise rule (2.3 → 0.5 → 2.5);
+    # r max 4.5; w1's r1 grows 1 → 3 (3x)
+    write_arm(exp / "seed1" / "adam", acc=[0.90, 0.97], losses=[2.3, 1.0, 0.5], r=[[0.1, 0.2]] * 3,
+              r1=[[1.0, 1.0]] * 3)
+    write_arm(exp / "seed1" / "lamb", acc=[0.95, 0.98], losses=[2.3, 0.5, 2.5],
+              r=[[0.2, 0.3], [4.5, 1.0], [2.0, 1.0]], r1=[[1.0, 0.5], [2.0, 0.5], [3.0, 0.5]])
+    # seed 2: LAMB worse (0.96 < 0.97), diverges by a non-finite loss; r max 7; w1 r1 1 → 1.5
+    write_arm(exp / "seed2" / "adam", acc=[0.91, 0.97], losses=[2.3, 1.0, 0.4], r=[[0.1, 0.2]] * 3,
+              r1=[[1.0, 1.0]] * 3)
+    write_arm(exp / "seed2" / "lamb", acc=[0.95, 0.96], losses=[2.3, 0.5, float("nan")],
+              r=[[0.2, 0.3], [7.0, 1.0], [float("nan"), 1.0]], r1=[[1.0, 9.0], [1.5, 9.0], [1.5, 9.0]],
+              nonfinite=True)
+    return tmp_path / "repro"
+
+
+def claim_row(report: str, claim: str) -> str:
+    [row] = [line for line in report.splitlines() if f"| {claim} |" in line]
+    return row
+
+
+def test_measures_on_hand_written_values(two_seed_folder):
+    lamb1 = load_arm(two_seed_folder / "toy" / "seed1" / "lamb", 1)
+    assert measure(lamb1, "r_max") == 4.5
+    assert measure(lamb1, "r_start_median") == pytest.approx(0.25)  # median of 0.2, 0.3
+    assert measure(lamb1, "r_median") == pytest.approx(1.0)  # of 0.2 0.3 4.5 1 2 1
+    assert measure(lamb1, "r1_growth_max", "w1") == 3.0
+    assert measure(lamb1, "r1_growth_max") == 3.0  # b1 stays at 0.5: growth 1
+    assert measure(lamb1, "r1_final_max") == 3.0
+    assert measure(lamb1, "diverged") == 1.0  # 2.3 → 0.5 → 2.5: rose above its start
+    assert measure(lamb1, "final_accuracy") == 0.98
+    adam1 = load_arm(two_seed_folder / "toy" / "seed1" / "adam", 1)
+    assert measure(adam1, "diverged") == 0.0
+    lamb2 = load_arm(two_seed_folder / "toy" / "seed2" / "lamb", 2)
+    assert measure(lamb2, "r_max") == 7.0  # the NaN is skipped
+    assert measure(lamb2, "final_loss") == 0.5  # last finite loss
+    assert measure(lamb2, "r_max", "b1") == 1.0
+    assert measure(lamb2, "r_start_median", "w1") == 0.2
+
+
+def test_verdicts_reproduced_not_reproduced_and_mixed(two_seed_folder, tmp_path):
+    report = build_report([two_seed_folder], tmp_path / "out").read_text()
+    assert "MIXED (1 of 2 seeds)" in claim_row(report, "LAMB beats Adam")
+    assert "s1: 98.00% · s2: 96.00%" in claim_row(report, "LAMB beats Adam")
+    assert "> adam: 97.00% ± 0.00%" in claim_row(report, "LAMB beats Adam")
+    assert claim_row(report, "Adam does not diverge").endswith("| REPRODUCED |")
+    assert claim_row(report, "LAMB diverges").endswith("| REPRODUCED |")  # both rules of divergence
+    assert "MIXED (1 of 2 seeds)" in claim_row(report, "LAMB's r peaks between 3 and 6")
+    row = claim_row(report, "conv weight grows over 2x")
+    assert "s1: 3 · s2: 1.5" in row and "MIXED (1 of 2 seeds)" in row
+    assert "5.75 ± 1.768" in claim_row(report, "LAMB's r peaks between 3 and 6")  # mean of 4.5, 7
+
+
+def test_not_reproduced_and_figures(two_seed_folder, tmp_path):
+    config = two_seed_folder / "toy" / "config.yaml"
+    config.write_text(config.read_text().replace("above: adam", "below: 0.5"))
+    out = tmp_path / "out"
+    report = build_report([two_seed_folder], out).read_text()
+    assert claim_row(report, "LAMB beats Adam").endswith("| NOT REPRODUCED |")
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert [p.name for p in pngs] == ["toy_curves.png", "toy_r1_layers.png", "toy_trust.png"]
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert f"figures/{png.name}" in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "NOT REPRODUCED" in html
+
+
+def test_report_cli_and_no_runs(two_seed_folder, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(two_seed_folder)])
+    assert result.exit_code == 0 and (two_seed_folder / "REPORT.md").is_file()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "no such folder" in result.output
+
+
+@pytest.mark.parametrize("expect, message", [
+    ("  - claim: x\n    arm: nosuch\n    measure: r_max\n    above: 1\n",
+     "expect[0].arm: no arm of that name"),
+    ("  - claim: x\n    arm: lamb\n    measure: speed\n    above: 1\n", "expect[0].measure: must be one of"),
+    ("  - claim: x\n    arm: lamb\n    measure: r_max\n", "expect[0]: give exactly one of"),
+    ("  - claim: x\n    arm: lamb\n    measure: r_max\n    above: 1\n    when: now\n",
+     "expect[0].when: unknown key"),
+])
+def test_expectation_schema_errors_exit_2(tmp_path, expect, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.split("expect:")[0] + "expect:\n" + expect)
+    result = CliRunner().invoke(app, ["validate", str(config)])
+    assert result.exit_code == 2 and f"error: {config}: {message}" in result.output
+
+
+def test_reproduce_runs_only_unfinished_arms(tiny_mnist_env, tmp_path):
+    config = tmp_path / "toy.yaml"
+    config.write_text(CONFIG.split("expect:")[0])
+    out = tmp_path / "repro"
+    first = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--quiet"])
+    assert first.exit_code == 0, first.output
+    adam = out / "toy" / "seed1" / "adam" / "summary.json"
+    stamp = adam.stat().st_mtime_ns
+    (out / "toy" / "seed1" / "lamb" / "summary.json").unlink()  # as if stopped during lamb
+    second = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "toy/seed1/adam: finished before, skipped" in second.output
+    assert "toy/seed1/lamb: unfinished attempt found, starting it again" in second.output
+    assert adam.stat().st_mtime_ns == stamp  # not run again
+    assert json.loads((out / "toy" / "seed1" / "lamb" / "summary.json").read_text())["status"] == "finished"
+    assert (out / "REPORT.md").is_file()
+    # two seeds: seed 2 is new, seed 1 is all skipped
+    third = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "2"])
+    assert third.exit_code == 0 and third.output.count("finished before, skipped") == 2
+    assert (out / "toy" / "seed2" / "lamb" / "summary.json").is_file()

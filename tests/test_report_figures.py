@@ -1,0 +1,102 @@
+"""The report's figures render to readable PNGs from small hand-built series, NaN/inf and ragged seeds too."""
+
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from lambexp.report import figures
+from lambexp.report.series import ArmSeries
+
+NAMES = ["conv1.weight", "conv1.bias", "fc.weight"]  # 3 tensors: a weight, a bias, a weight
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def series(arm: str, seed: int, n: int = 12, blowup: int | None = None) -> ArmSeries:
+    """``n`` loss and trust logs, 3 test evaluations; from index ``blowup`` on, loss and r are NaN/inf."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(1, n + 1) * 1000.0
+    loss = 2.3 * np.exp(-x / 4000) + 0.05 + 0.01 * rng.random(n)
+    r1 = np.outer(1 + x / 5000, [0.5, 0.05, 0.2]) * rng.uniform(0.9, 1.1, (n, 3))  # (n, 3)
+    r2 = np.outer(np.exp(-x / 8000), [0.1, 0.2, 0.05]) + 1e-3  # (n, 3)
+    r = np.minimum(r1 / r2, 10.0)
+    if blowup is not None:
+        loss[blowup] = np.inf
+        loss[blowup + 1:] = np.nan
+        r[blowup:, 0], r1[blowup:] = np.nan, np.inf
+    test_x = np.array([n / 3, 2 * n / 3, n]) * 1000.0
+    acc = np.array([0.90, 0.95, 0.97 if blowup is None else 0.098])
+    return ArmSeries(arm, seed, np.c_[x, loss], np.c_[test_x, 1 - acc], np.c_[test_x, acc], x, NAMES,
+                     r, r1, r2, {"nonfinite": blowup is not None})
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, list[ArmSeries]]:
+    """Two arms, two seeds each; the second arm's first seed diverges and its second is shorter."""
+    return {"adam": [series("adam", 1), series("adam", 2)],
+            "lamb": [series("lamb", 1, blowup=6), series("lamb", 2, n=9)]}
+
+
+COLORS = {"adam": "#1f77b4", "lamb": "#d62728"}
+
+
+def assert_png(path: Path, min_width: int = 500, min_height: int = 300) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 10_000
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert min_width <= width <= 4000 and min_height <= height <= 4000
+
+
+def test_curves(runs, tmp_path):
+    path = figures.curves("test: adam vs lamb", runs, COLORS, tmp_path / "curves.png", samples_per_epoch=4000)
+    assert path == tmp_path / "curves.png"
+    assert_png(path, min_width=1000)
+
+
+def test_curves_one_seed_and_missing_color(tmp_path):
+    one = {"adam": [series("adam", 1)], "other": [series("other", 3, blowup=0)]}
+    assert_png(figures.curves("one seed", one, {}, tmp_path / "sub" / "one.png"))
+
+
+def test_trust_ridges(runs, tmp_path):
+    path = figures.trust_ridges("test: trust", {a: s[0] for a, s in runs.items()}, COLORS, tmp_path / "t.png")
+    assert_png(path, min_width=1000, min_height=600)
+
+
+def test_trust_ridges_subsamples_long_runs(tmp_path):
+    path = figures.trust_ridges("test: long", {"lamb": series("lamb", 1, n=45)}, {}, tmp_path / "t.png")
+    assert_png(path, min_width=1000)
+
+
+def test_layer_norms(runs, tmp_path):
+    path = figures.layer_norms("test: r1 per layer", {a: s[0] for a, s in runs.items()}, tmp_path / "n.png")
+    assert_png(path, min_width=800)
+
+
+def test_accuracy_vs_batch(tmp_path):
+    points = {"adam": [(512, 0.98, 0.002), (4096, 0.95, 0.01)],
+              "lamb": [(4096, 0.97, 0.0), (512, 0.985, 0.001)]}  # unsorted on purpose
+    assert_png(figures.accuracy_vs_batch("test: batch", points, COLORS, tmp_path / "b.png"))
+
+
+def test_arm_colors_by_optimizer_when_distinct():
+    colors = figures.arm_colors([("adam", "adam"), ("lamb", "lamb")])
+    assert colors == {"adam": "#1f77b4", "lamb": "#d62728"}
+    assert figures.arm_colors([("a", "torch_adam"), ("l", "lamb")]) == {"a": "#1f77b4", "l": "#d62728"}
+
+
+@pytest.mark.parametrize("arms", [
+    [("lamb_lr0.01", "lamb"), ("lamb_lr0.1", "lamb")],
+    [("adam", "adam"), ("torch", "torch_adam")],  # distinct optimizers, same colour: fall back to order
+    [("x", "mystery"), ("y", "lamb"), ("z", "lamb"), ("w", "adam")],
+])
+def test_arm_colors_distinct_when_optimizers_repeat(arms):
+    colors = figures.arm_colors(arms)
+    assert list(colors) == [name for name, _ in arms]
+    assert len(set(colors.values())) == len(arms)
+    assert colors[arms[0][0]] == "#1f77b4"  # the post: first (lr 0.01) blue, second (lr 0.1) green
+
+
+def test_fmt_samples():
+    assert [figures.fmt_samples(v) for v in (0, 512, 60000, 1_200_000)] == ["0", "512", "60k", "1.2M"]
