@@ -15,6 +15,7 @@ import click
 import typer
 
 from lambexp.errors import ConfigError, UserError
+from lambexp.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
               "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C).")
@@ -44,12 +45,19 @@ def main(ctx: typer.Context,
 
 
 @contextmanager
-def reported() -> Iterator[None]:
-    """Turn exceptions into one line per problem on stderr and the documented exit code."""
+def reported(stop=None, resume_hint: list[Path] | None = None) -> Iterator[None]:
+    """Turn exceptions into one line per problem on stderr and the documented exit code.
+    ``stop``: the graceful_stop flag, whose signal decides an interruption's code (130 / 143)."""
+    from lambexp.train import Interrupted
+
     ctx = click.get_current_context(silent=True)
     debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
     try:
         yield
+    except Interrupted:
+        hint = f"; continue with: lambexp resume {resume_hint[0]}" if resume_hint else ""
+        typer.echo(f"interrupted: the arm in progress was checkpointed{hint}", err=True)
+        raise typer.Exit(stop.exit_code if stop else 130) from None
     except UserError as err:
         if debug:
             traceback.print_exc()
@@ -72,31 +80,61 @@ def reported() -> Iterator[None]:
 def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None,
         runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
         quiet: Quiet = False):
-    """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/<name>/<time>/."""
-    with reported():
+    """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/<name>/<time>/.
+
+    Ctrl-C or SIGTERM checkpoints the arm in progress (exit 130 / 143; a second one exits at
+    once); `lambexp resume RUN_FOLDER` continues it. A diverged arm is a result: exit 0."""
+    started: list[Path] = []
+    with graceful_stop() as stop, reported(stop, started):
         from lambexp.config import load_experiment
         from lambexp.experiment import run_experiment
 
         exp = load_experiment(config, overrides or ())
-        run_dir = run_experiment(
-            exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,
-            say=(lambda s: None) if quiet else (lambda s: print(s, flush=True)),
-            on_start=lambda path: print(f"run folder: {path}", flush=True),
-            progress_for=_progress(quiet))
+
+        def on_start(path: Path) -> None:
+            started.append(path)
+            print(f"run folder: {path}", flush=True)
+
+        run_dir = run_experiment(exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,
+                                 say=_say(quiet), on_start=on_start, progress_for=_progress(quiet),
+                                 stop_requested=stop)
         if not quiet:
-            print_summaries(run_dir)
+            print_summaries(sorted(run_dir.glob("*/summary.json")))
         print(f"run folder: {run_dir}")
 
 
-def print_summaries(run_dir: Path) -> None:
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(
+               help="a run folder (runs/<experiment>/<time>) or a reproduce folder")],
+           data_dir: DataDir = None, quiet: Quiet = False):
+    """Continue every unfinished arm of RUN_DIR from its last checkpoint (on the CPU the result is
+    identical to an uninterrupted run); finished arms are left alone."""
+    with graceful_stop() as stop, reported(stop, [run_dir]):
+        from lambexp.reproduce import resume as resume_all
+
+        folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
+                             progress_for=_progress(quiet), stop_requested=stop)
+        if not quiet:
+            print_summaries(sorted(p for f in folders for p in f.glob("**/summary.json")))
+        print(f"run folder: {run_dir}")
+
+
+def _say(quiet: bool):
+    return (lambda s: None) if quiet else (lambda s: print(s, flush=True))
+
+
+def print_summaries(paths: list[Path]) -> None:
     import json
 
-    print(f"{'arm':16s} {'final acc':>9s} {'best acc':>9s} {'non-finite':>10s} {'samples/s':>9s}"
+    def pct(x):
+        return "n/a" if x is None else f"{x:.2%}"
+
+    print(f"{'arm':24s} {'final acc':>9s} {'best acc':>9s} {'diverged':>10s} {'samples/s':>9s}"
           f" {'wall s':>7s}")
-    for path in sorted(run_dir.glob("*/summary.json")):
+    for path in paths:
         s = json.loads(path.read_text())
-        bad = f"step {s['nonfinite_step']}" if s["nonfinite"] else "no"
-        print(f"{s['arm']:16s} {s['final_test_accuracy']:9.2%} {s['best_test_accuracy']:9.2%} "
+        bad = f"step {s['diverged_step']}" if s["diverged"] else "no"
+        print(f"{s['arm']:24s} {pct(s['final_test_accuracy']):>9s} {pct(s['best_test_accuracy']):>9s} "
               f"{bad:>10s} {s['samples_per_second']:9.0f} {s['wall_seconds']:7.1f}")
 
 
@@ -109,14 +147,14 @@ def reproduce(configs: Annotated[list[Path] | None, typer.Argument(
               data_dir: DataDir = None, quiet: Quiet = False):
     """Run every experiment for SEEDS seeds (arms finished before are skipped), then write
     OUT/REPORT.md, OUT/report.html and the figures: which of the post's claims hold."""
-    with reported():
+    with graceful_stop() as stop, reported(stop, [out]):
         from lambexp.report.build import build_report
         from lambexp.reproduce import default_configs
         from lambexp.reproduce import reproduce as run_all
 
         folders = run_all(configs or default_configs(), seeds=seeds, out=out, data_dir=data_dir,
-                          argv=sys.argv, say=(lambda s: None) if quiet else typer.echo,
-                          progress_for=_progress(quiet))
+                          argv=sys.argv, say=_say(quiet), progress_for=_progress(quiet),
+                          stop_requested=stop)
         typer.echo(f"report: {build_report(folders, out)}")
 
 

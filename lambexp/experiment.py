@@ -10,23 +10,24 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from lambexp.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.errors import UserError
 from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
-from lambexp.sinks import JsonlSink, Tee, TensorBoardSink
-from lambexp.train import Progress, fit
+from lambexp.sinks import JsonlSink, Tee, TensorBoardSink, read_jsonl
+from lambexp.train import Interrupted, LoopOptions, LoopState, Progress, fit
 
 
 def pick_device(name: str) -> torch.device:
@@ -42,15 +43,19 @@ def pick_device(name: str) -> torch.device:
 def make_run_dir(parent: Path) -> Path:
     """A new folder ``parent/<UTC timestamp>``, created exclusively: a second run in the same
     second gets ``-1``, ``-2``, …; an existing folder is never reused."""
-    parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
-        try:
-            path = parent / f"{stamp}{suffix}"
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
+            try:
+                path = parent / f"{stamp}{suffix}"
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise UserError(f"{parent}: cannot create a run folder there"
+                        f" ({err.strerror or err}); pass a writable --runs-dir") from None
     raise UserError(f"could not create a new run folder in {parent}")
 
 
@@ -83,45 +88,96 @@ def optimizer_args(arm: Arm) -> dict:
                 trust_coefficient=arm.trust_coefficient)
 
 
+def loop_options(arm: Arm, stop_requested: Callable[[], bool]) -> LoopOptions:
+    return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
+                       eval_interval=arm.eval_interval, on_nonfinite=arm.on_nonfinite,
+                       stop_requested=stop_requested)
+
+
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
-            progress: Progress) -> dict:
-    """Train one arm into ``arm_dir`` (TensorBoard events + summary.json); return its summary."""
+            progress: Progress, stop_requested: Callable[[], bool] = lambda: False) -> dict:
+    """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json) and return
+    its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise starts
+    afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request the
+    state is checkpointed, the summary says interrupted, and Interrupted is raised."""
     torch.manual_seed(arm.seed)
     model = build_model(arm.model).to(device)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm))
-    start = time.perf_counter()
-    with TensorBoardSink(arm_dir) as board, JsonlSink(arm_dir / METRICS_FILE) as jsonl:
+    checkpoint = arm_dir / CHECKPOINT_FILE
+    state = None
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint, model, opt)
+        progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
+    elif arm_dir.exists():
+        shutil.rmtree(arm_dir)
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    resumed = state is not None
+    state = state or LoopState()
+    truncate_jsonl(arm_dir / METRICS_FILE, state.samples)
+    with TensorBoardSink(arm_dir, purge_step=state.samples + 1 if resumed else None) as board, \
+            JsonlSink(arm_dir / METRICS_FILE) as jsonl:
         sink = Tee(board, jsonl)
-        state = fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
-                    epochs=arm.epochs, batch_size=arm.batch_size, seed=arm.seed,
-                    log_interval=arm.log_interval, eval_interval=arm.eval_interval, sink=sink,
-                    progress=progress)
-        bad = int(state.first_bad_step.item()) if state.first_bad_step is not None else -1
-        final = state.history[-1]
-        summary = {
-            "arm": arm.name,
-            "status": "finished",
-            "final_test_accuracy": final["test/accuracy"],
-            "best_test_accuracy": max(h["test/accuracy"] for h in state.history),
-            "final_test_loss": final["test/loss"],
-            "final_train_loss": state.last_loss,
-            "nonfinite": bad >= 0,
-            "nonfinite_step": bad if bad >= 0 else None,
-            "steps": state.step,
-            "samples": state.samples,
-            "wall_seconds": time.perf_counter() - start,
-            "train_seconds": state.train_seconds,
-            "samples_per_second": state.samples / max(state.train_seconds, 1e-9),
-            "device": str(device),
-            "torch": torch.__version__,
-            "history": state.history,
-        }
+
+        def at_epoch_end(st: LoopState) -> None:
+            if (st.epoch - 1) % arm.checkpoint_every == 0:
+                save_checkpoint(checkpoint, model, opt, st)
+
+        try:
+            fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
+                epochs=arm.epochs, seed=arm.seed, options=loop_options(arm, stop_requested),
+                sink=sink, progress=progress, state=state, on_epoch_end=at_epoch_end)
+        except Interrupted:
+            save_checkpoint(checkpoint, model, opt, state)
+            write_json(arm_dir / SUMMARY_FILE, summarize(arm, state, device, "interrupted"))
+            raise
+        summary = summarize(arm, state, device, "finished")
         sink.scalars(state.samples, {"throughput/samples_per_s": summary["samples_per_second"]})
+        final = state.history[-1] if state.history else {}
         sink.hparams({"arm": arm.name, **arm.model_dump(exclude={"name", "data_dir"})},
-                     {"test/accuracy": final["test/accuracy"], "test/loss": final["test/loss"],
+                     {"test/accuracy": final.get("test/accuracy", float("nan")),
+                      "test/loss": final.get("test/loss", float("nan")),
                       "train/loss": state.last_loss})
     write_json(arm_dir / SUMMARY_FILE, summary)
+    checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     return summary
+
+
+def summarize(arm: Arm, state: LoopState, device: torch.device, status: str) -> dict:
+    """summary.json: the arm's outcome. Accuracies are of the last evaluation before any
+    divergence; a diverged arm is a finished result, with the step and reason."""
+    accuracies = [h["test/accuracy"] for h in state.history]
+    final = state.history[-1] if state.history else {}
+    return {
+        "arm": arm.name,
+        "status": status,
+        "final_test_accuracy": final.get("test/accuracy"),
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "final_test_loss": final.get("test/loss"),
+        "final_train_loss": state.last_loss,
+        "diverged": state.diverged_step is not None,
+        "diverged_step": state.diverged_step,
+        "diverged_reason": state.diverged_reason,
+        "epochs_done": state.epoch - 1,
+        "steps": state.step,
+        "samples": state.samples,
+        "wall_seconds": state.wall_seconds,
+        "train_seconds": state.train_seconds,
+        "samples_per_second": state.samples / max(state.train_seconds, 1e-9),
+        "device": str(device),
+        "torch": torch.__version__,
+        "seed": arm.seed,
+        "history": state.history,
+    }
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the records up to ``last_step`` (a resumed arm logs the rest again), atomically."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step and r["kind"] != "hparams"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -163,7 +219,8 @@ def write_run_header(run_dir: Path, exp: Experiment, argv: Sequence[str]) -> Non
 def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = None,
                    argv: Sequence[str] = (), say: Callable[[str], None] = print,
                    on_start: Callable[[Path], None] = lambda run_dir: None,
-                   progress_for: Callable[[Arm], Progress] = lambda arm: Progress()) -> Path:
+                   progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+                   stop_requested: Callable[[], bool] = lambda: False) -> Path:
     """Run every arm of ``exp``; return the new run folder.
 
     Devices are checked and MNIST is fetched and verified before the run folder is created, so
@@ -175,5 +232,5 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
     write_run_header(run_dir, exp, argv)
     for arm in exp.arms:
         data, device = inputs.data(arm)
-        run_arm(arm, data, device, run_dir / arm.name, progress_for(arm))
+        run_arm(arm, data, device, run_dir / arm.name, progress_for(arm), stop_requested)
     return run_dir

@@ -23,6 +23,9 @@ class LineProgress(Progress):
     def advance(self, step: int, loss: float) -> None:
         self.loss = loss
 
+    def note(self, message: str) -> None:
+        self.write(f"[{self.name}] {message}")
+
     def epoch_end(self, epoch: int, metrics: dict) -> None:
         self.write(_epoch_line(self.name, epoch, self.epochs, metrics, self.loss))
 
@@ -47,9 +50,9 @@ class BarProgress(LineProgress):
                                 console=console, transient=True)
         self.task = None
 
-    def begin(self, total_steps: int) -> None:
+    def begin(self, total_steps: int, done: int = 0) -> None:
         self.bar.start()
-        self.task = self.bar.add_task(self.name, total=total_steps, status="")
+        self.task = self.bar.add_task(self.name, total=total_steps, completed=done, status="")
 
     def advance(self, step: int, loss: float) -> None:
         super().advance(step, loss)

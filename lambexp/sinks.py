@@ -42,10 +42,12 @@ def hparam_value(value):
 class TensorBoardSink:
     """Writes one TensorBoard run into ``logdir``; use as a context manager."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, purge_step: int | None = None):
+        """``purge_step``: on resume, TensorBoard hides this run's events at steps >= it that an
+        earlier session wrote after its last checkpoint."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(logdir))
+        self.writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():

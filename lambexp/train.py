@@ -1,14 +1,16 @@
 """The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, over tensors already on the device.
 
-The loop never reads a value back to the host except at a log step (every ``log_interval``
-batches) and at an evaluation; the step of the first non-finite loss is tracked on the device.
+The loop reads values back to the host only at a log step (every ``log_interval`` batches) and at
+an evaluation; the step of the first non-finite loss is tracked on the device and checked there.
 The TensorBoard step (x-axis) is the number of training samples seen, the same unit for every arm
-whatever its batch size.
+whatever its batch size. ``LoopState`` holds everything needed to continue mid-epoch.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,53 +23,103 @@ from lambexp.sinks import Sink
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
 
 
-@dataclass
 class Progress:
     """What the loop tells whoever watches it (a progress bar, a log line); all no-ops here."""
 
-    def begin(self, total_steps: int) -> None: ...
+    def begin(self, total_steps: int, done: int = 0) -> None: ...
     def advance(self, step: int, loss: float) -> None: ...
     def epoch_end(self, epoch: int, metrics: dict) -> None: ...
+    def note(self, message: str) -> None: ...
     def end(self) -> None: ...
+
+
+class Interrupted(Exception):
+    """Raised by ``fit`` when ``stop_requested()`` turned true; the state is consistent to save."""
 
 
 @dataclass
 class LoopState:
     step: int = 0  # optimizer steps taken
     samples: int = 0  # training samples seen: the TensorBoard x-axis
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch done
+    epoch_rng: Tensor | None = None  # shuffling generator's state before this epoch's permutation
     train_seconds: float = 0.0  # wall time spent in training steps (not evaluation)
-    first_bad_step: Tensor | None = None  # on device: step of the first non-finite loss, or -1
-    last_loss: float = float("nan")
+    wall_seconds: float = 0.0  # wall time in fit, evaluation included, over every session
+    last_loss: float = float("nan")  # last logged (finite) training loss
+    diverged_step: int | None = None  # first step whose loss (or a parameter) was non-finite
+    diverged_reason: str | None = None
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    first_bad: Tensor | None = field(default=None, repr=False)  # on device: first bad step or -1
+
+
+@dataclass
+class LoopOptions:
+    batch_size: int
+    log_interval: int
+    eval_interval: int | None = None
+    on_nonfinite: str = "stop"  # stop | continue
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
+    """first_bad ← step of the first non-finite loss, on the device, without a host sync."""
+    bad = torch.where(torch.isfinite(loss), -1, state.step)
+    state.first_bad = bad if state.first_bad is None else torch.where(
+        state.first_bad >= 0, state.first_bad, bad)
+
+
+def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
+                    progress: Progress, on_nonfinite: str) -> bool:
+    """The log step's one host sync: loss, first non-finite step, parameters finite. Logs the
+    step (after a divergence only when continuing). Returns True once the run has diverged."""
+    params_ok = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
+    value, first_bad, ok = torch.stack([loss.detach().double(), state.first_bad.double(),
+                                        params_ok.double()]).tolist()
+    bad = first_bad >= 0 or not ok
+    if bad and state.diverged_step is None:
+        state.diverged_step = int(first_bad) if first_bad >= 0 else state.step
+        state.diverged_reason = "non-finite loss" if first_bad >= 0 else "non-finite parameter"
+    if math.isfinite(value):
+        state.last_loss = value
+    if not bad or on_nonfinite == "continue":
+        log_train(sink, opt, state, loss=value)
+        progress.advance(state.step, value)
+    return bad
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
-                    batch_size: int, generator: torch.Generator, log_interval: int, sink: Sink,
-                    state: LoopState, progress: Progress, eval_every: int | None = None,
-                    test: tuple[Tensor, Tensor] | None = None) -> None:
-    """One pass over (x, y) in batches of a seeded permutation; logs every ``log_interval`` steps."""
+                    generator: torch.Generator, options: LoopOptions, sink: Sink,
+                    state: LoopState, progress: Progress,
+                    test: tuple[Tensor, Tensor] | None = None) -> str:
+    """Continue epoch ``state.epoch`` from batch ``state.batch`` in the order of a seeded
+    permutation. Returns "done", "diverged" (and on_nonfinite is stop) or "interrupted"."""
     model.train()
     t0 = time.perf_counter()
-    for idx in epoch_batches(len(x), batch_size, generator, x.device):
+    batches = list(epoch_batches(len(x), options.batch_size, generator, x.device))
+    outcome = "done"
+    for idx in batches[state.batch:]:
+        if options.stop_requested():
+            outcome = "interrupted"
+            break
         opt.zero_grad(set_to_none=True)
         loss = F.nll_loss(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
-        state.step += 1
-        state.samples += len(idx)
-        bad = torch.where(torch.isfinite(loss), -1, state.step)
-        state.first_bad_step = bad if state.first_bad_step is None else torch.where(
-            state.first_bad_step >= 0, state.first_bad_step, bad)
-        if state.step % log_interval == 0:
-            state.last_loss = loss.item()  # the one host sync per log_interval
-            log_train(sink, opt, state, loss=state.last_loss)
-            progress.advance(state.step, state.last_loss)
-        if eval_every and test is not None and state.step % eval_every == 0:
+        state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
+        _track_nonfinite(state, loss)
+        if state.step % options.log_interval == 0:
+            bad = _check_log_step(model, opt, state, loss, sink, progress, options.on_nonfinite)
+            if bad and options.on_nonfinite == "stop":
+                outcome = "diverged"
+                break
+        if options.eval_interval and test is not None and state.step % options.eval_interval == 0:
             state.train_seconds += time.perf_counter() - t0
             log_eval(sink, state, *evaluate(model, *test))
             model.train()
             t0 = time.perf_counter()
     state.train_seconds += time.perf_counter() - t0
+    return outcome
 
 
 def log_train(sink: Sink, opt: torch.optim.Optimizer, state: LoopState, loss: float) -> None:
@@ -97,23 +149,49 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
 
 
 def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tensor],
-        test: tuple[Tensor, Tensor], *, epochs: int, batch_size: int, seed: int,
-        log_interval: int, sink: Sink, progress: Progress | None = None,
-        eval_interval: int | None = None) -> LoopState:
-    """Train for ``epochs`` epochs, evaluating on ``test`` after each; returns the loop's state."""
+        test: tuple[Tensor, Tensor], *, epochs: int, seed: int, options: LoopOptions, sink: Sink,
+        progress: Progress | None = None, state: LoopState | None = None,
+        on_epoch_end: Callable[[LoopState], None] = lambda state: None) -> LoopState:
+    """Train until ``epochs`` epochs are done (or the run diverges), evaluating after each epoch.
+
+    ``state`` continues an earlier run exactly where it stopped (see ``LoopState``).
+    ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint).
+    Raises Interrupted, leaving ``state`` consistent, when ``options.stop_requested()``.
+    """
     progress = progress or Progress()
-    generator = torch.Generator().manual_seed(seed)
-    state = LoopState()
-    steps_per_epoch = -(-len(train[0]) // batch_size)
-    progress.begin(epochs * steps_per_epoch)
+    state = state or LoopState()
+    generator = torch.Generator()
+    if state.epoch_rng is None:
+        generator.manual_seed(seed)
+        state.epoch_rng = generator.get_state()
+    generator.set_state(state.epoch_rng)
+    steps_per_epoch = -(-len(train[0]) // options.batch_size)
+    progress.begin(epochs * steps_per_epoch, done=state.step)
+    mark = [time.perf_counter()]
+
+    def clock() -> None:
+        now = time.perf_counter()
+        state.wall_seconds += now - mark[0]
+        mark[0] = now
+
     try:
-        for epoch in range(1, epochs + 1):
-            train_one_epoch(model, opt, *train, batch_size=batch_size, generator=generator,
-                            log_interval=log_interval, sink=sink, state=state, progress=progress,
-                            eval_every=eval_interval, test=test)
+        while state.epoch <= epochs:
+            outcome = train_one_epoch(model, opt, *train, generator=generator, options=options,
+                                      sink=sink, state=state, progress=progress, test=test)
+            if outcome == "interrupted":
+                raise Interrupted(f"stopped at step {state.step}")
+            if outcome == "diverged":
+                progress.note(f"diverged at step {state.diverged_step} ({state.diverged_reason});"
+                              " this arm stops here")
+                break
             log_eval(sink, state, *evaluate(model, *test))
             sink.flush()
-            progress.epoch_end(epoch, state.history[-1])
+            progress.epoch_end(state.epoch, state.history[-1])
+            state.epoch, state.batch, state.epoch_rng = state.epoch + 1, 0, generator.get_state()
+            clock()
+            on_epoch_end(state)
     finally:
+        clock()
+        sink.flush()
         progress.end()
     return state

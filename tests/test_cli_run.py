@@ -81,7 +81,7 @@ def test_two_arms_write_events_summaries_and_config(two_arm_run):
         summary = json.loads((run_dir / arm / "summary.json").read_text())
         assert summary["final_test_accuracy"] == pytest.approx(acc.Scalars("test/accuracy")[-1].value)
         assert summary["steps"] == 8 and summary["samples"] == 512
-        assert summary["nonfinite"] is False and summary["samples_per_second"] > 0
+        assert summary["diverged"] is False and summary["samples_per_second"] > 0
         content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         start = HParamsPluginData.FromString(content).session_start_info
         assert start.hparams["arm"].string_value == arm

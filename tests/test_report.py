@@ -57,7 +57,7 @@ def write_arm(folder, *, acc, losses, r, r1, nonfinite=False):
     lines += [{"kind": "scalars", "step": 400, "values": {"test/accuracy": a, "test/loss": 0.1}}
               for a in acc]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    summary = {"status": "finished", "final_test_accuracy": acc[-1], "nonfinite": nonfinite,
+    summary = {"status": "finished", "final_test_accuracy": acc[-1], "diverged": nonfinite,
                "wall_seconds": 10.0, "samples_per_second": 1000.0, "device": "cpu"}
     (folder / "summary.json").write_text(json.dumps(summary))
 
@@ -169,7 +169,7 @@ def test_reproduce_runs_only_unfinished_arms(tiny_mnist_env, tmp_path):
     second = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out)])
     assert second.exit_code == 0, second.output
     assert "toy/seed1/adam: finished before, skipped" in second.output
-    assert "toy/seed1/lamb: unfinished attempt found, starting it again" in second.output
+    assert "toy/seed1/lamb: continuing" in second.output
     assert adam.stat().st_mtime_ns == stamp  # not run again
     assert json.loads((out / "toy" / "seed1" / "lamb" / "summary.json").read_text())["status"] == "finished"
     assert (out / "REPORT.md").is_file()

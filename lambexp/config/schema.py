@@ -80,6 +80,11 @@ class Settings(_Frozen):
     eval_interval: Annotated[Int, Field(ge=1)] | None = Field(None, description=(
         "steps between extra test evaluations; null: test only after each epoch"))
     data_dir: str | None = Field(None, description="folder holding MNIST; null: the default one")
+    on_nonfinite: Literal["stop", "continue"] = Field("stop", description=(
+        "when the loss or a parameter turns non-finite: stop the arm there (a result, not an "
+        "error), or continue to watch the collapse"))
+    checkpoint_every: Int = Field(1, ge=1, description=(
+        "epochs between checkpoints (model, optimizer, RNG, position), for `lambexp resume`"))
 
 
 SETTINGS: tuple[str, ...] = tuple(Settings.model_fields)

@@ -15,7 +15,7 @@ from lambexp.report.series import ArmSeries
 
 def diverged(s: ArmSeries) -> bool:
     """Loss non-finite at any step, or risen above its first logged value after falling below it."""
-    if s.summary.get("nonfinite"):
+    if s.summary.get("diverged"):
         return True
     loss = s.train_loss[:, 1] if len(s.train_loss) else np.array([])
     if len(loss) == 0:

@@ -180,7 +180,7 @@ def _ridge_panel(ax: plt.Axes, steps: np.ndarray, dens: np.ndarray, x: np.ndarra
     ticks = np.unique(np.linspace(0, n - 1, min(n, 6)).round().astype(int))
     ax.yaxis.set_major_locator(FixedLocator(n - 1 - ticks))
     ax.set_yticklabels([fmt_samples(s) for s in steps[ticks]])
-    ax.set_ylim(-0.5, n - 1 + RIDGE_OVERLAP)
+    ax.set_ylim(-0.5, n - 0.7 + RIDGE_OVERLAP)
 
 
 def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str], path: Path) -> Path:

@@ -1,0 +1,214 @@
+"""Faults: divergence is a result, an interruption loses nothing, bad input is refused cleanly."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lambexp.cli import app
+from lambexp.config import parse_experiment
+from lambexp.data import load_mnist
+from lambexp.experiment import make_run_dir, run_arm
+from lambexp.train import Interrupted, Progress
+
+BOOM = """\
+name: boom
+epochs: 2
+batch_size: 32
+log_interval: 1
+device: cpu
+arms:
+  - name: boom
+    optimizer: sgd
+    lr: 1.0e+8
+  - name: fine
+    optimizer: lamb
+    lr: 0.01
+"""
+LONG = """\
+name: long
+epochs: {epochs}
+batch_size: 64
+log_interval: 2
+device: cpu
+arms:
+  - name: lamb
+    optimizer: lamb
+    lr: 0.01
+"""
+
+
+def summary(arm_dir):
+    return json.loads((arm_dir / "summary.json").read_text())
+
+
+def only_run_dir(runs):
+    [run_dir] = [p for p in runs.glob("*/*") if p.is_dir()]
+    return run_dir
+
+
+def test_divergence_stops_the_arm_and_is_a_result(tiny_mnist_env, tmp_path):
+    config = tmp_path / "boom.yaml"
+    config.write_text(BOOM)
+    result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    boom, fine = summary(run_dir / "boom"), summary(run_dir / "fine")
+    assert boom["status"] == "finished" and boom["diverged"] is True
+    assert boom["diverged_reason"] in ("non-finite loss", "non-finite parameter")
+    assert 1 <= boom["diverged_step"] <= 8
+    assert boom["steps"] == boom["diverged_step"]  # log_interval 1: stopped at that very step
+    assert boom["steps"] < 16  # 256 images / 32 × 2 epochs = 16 steps had it not stopped
+    assert "[boom] diverged at step" in result.output
+    assert fine["diverged"] is False and fine["steps"] == 16  # the other arm still ran
+    records = [json.loads(line) for line in (run_dir / "boom" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["values"]["train/loss"] for r in records if "train/loss" in r.get("values", {})]
+    assert all(v == v and abs(v) != float("inf") for v in losses)  # only finite values logged
+
+
+def test_on_nonfinite_continue_keeps_training(tiny_mnist_env, tmp_path):
+    config = tmp_path / "boom.yaml"
+    config.write_text(BOOM.replace("device: cpu", "device: cpu\non_nonfinite: continue"))
+    result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert result.exit_code == 0, result.output
+    boom = summary(only_run_dir(tmp_path / "runs") / "boom")
+    assert boom["diverged"] is True and boom["steps"] == 16 and boom["epochs_done"] == 2
+
+
+def _arm_and_data(tiny_mnist, text):
+    exp = parse_experiment(text)
+    return exp.arms[0], load_mnist(tiny_mnist.data_dir, "cpu")
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 9])  # mid-epoch, at an epoch boundary, later epoch
+def test_interrupt_at_a_chosen_step_then_resume_is_identical(tiny_mnist_env, tmp_path, stop_at):
+    arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
+    whole = run_arm(arm, data, __import__("torch").device("cpu"), tmp_path / "whole", Progress())
+    steps = iter(range(10_000))
+    with pytest.raises(Interrupted):
+        run_arm(arm, data, __import__("torch").device("cpu"), tmp_path / "cut", Progress(),
+                stop_requested=lambda: next(steps) >= stop_at)
+    cut = summary(tmp_path / "cut")
+    assert cut["status"] == "interrupted" and cut["steps"] == stop_at
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    resumed = run_arm(arm, data, __import__("torch").device("cpu"), tmp_path / "cut", Progress())
+    assert resumed["history"] == whole["history"]  # every test loss and accuracy, bit for bit
+    assert resumed["final_train_loss"] == whole["final_train_loss"]
+    assert resumed["steps"] == whole["steps"] and resumed["status"] == "finished"
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+    logged = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["kind"] == "trust"]
+    assert logged == sorted(set(logged))  # no step logged twice across the two sessions
+
+
+def _cli(*args, env):
+    return [sys.executable, "-m", "lambexp", *map(str, args)], env
+
+
+def _start_and_signal(config, runs, signum):
+    """Start `lambexp run` in a real process; once it has logged, send ``signum``."""
+    proc = subprocess.Popen([sys.executable, "-m", "lambexp", "run", str(config), "--runs-dir",
+                             str(runs), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*/*/lamb/metrics.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_sigint_to_a_real_process_then_resume_matches_a_straight_run(tiny_mnist_env, tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG.format(epochs=15))
+    code, err = _start_and_signal(config, tmp_path / "runs", signal.SIGINT)
+    assert code == 130, err
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert f"lambexp resume {run_dir}" in err and summary(run_dir / "lamb")["status"] == "interrupted"
+    assert summary(run_dir / "lamb")["steps"] < 60  # 15 epochs × 4 steps: it stopped early
+    done = subprocess.run([sys.executable, "-m", "lambexp", "resume", str(run_dir), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    straight = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "straight"), "-q"])
+    assert straight.exit_code == 0
+    a = summary(run_dir / "lamb")
+    b = summary(only_run_dir(tmp_path / "straight") / "lamb")
+    assert a["status"] == "finished" and a["steps"] == 60
+    assert a["history"] == b["history"] and a["final_train_loss"] == b["final_train_loss"]
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_with_a_checkpoint(tiny_mnist_env, tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(LONG.format(epochs=15))
+    code, err = _start_and_signal(config, tmp_path / "runs", signal.SIGTERM)
+    assert code == 143, err
+    arm_dir = only_run_dir(tmp_path / "runs") / "lamb"
+    assert (arm_dir / "checkpoint.pt").is_file() and summary(arm_dir)["status"] == "interrupted"
+
+
+def test_run_folders_are_distinct_under_concurrency(tmp_path):
+    made, errors = [], []
+
+    def make():
+        try:
+            made.append(make_run_dir(tmp_path / "exp"))
+        except Exception as err:  # noqa: BLE001 - collected and asserted on below
+            errors.append(err)
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(made)) == 8
+
+
+def test_unwritable_runs_dir_exit_2_nothing_written(tiny_mnist_env, tmp_path):
+    config = tmp_path / "boom.yaml"
+    config.write_text(BOOM)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(blocker / "runs")])
+    assert result.exit_code == 2
+    [line] = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "cannot create a run folder" in line and "Traceback" not in result.output
+    assert blocker.read_text() == "not a folder"
+
+
+def test_corrupt_data_is_never_trained_on(tiny_mnist_env, tmp_path):
+    raw = Path(tiny_mnist_env.data_dir) / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-100])  # truncated
+    config = tmp_path / "boom.yaml"
+    config.write_text(BOOM)
+    result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "train-images-idx3-ubyte" in result.output and "lambexp data fetch --force" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\narms: [{name: a}\n", "invalid YAML"),
+    ("name: x\nmodel: resnet\narms: [{name: a}]\n", "model: must be one of lenet, mlp"),
+    ("name: x\nrule: nope\narms: [{name: a}]\n", "rule: must be one of blog, paper"),
+    ("name: x\narms: [{name: a, optimizer: adamw}]\n", "arms[0].optimizer: must be one of"),
+    ("name: x\non_nonfinite: ignore\narms: [{name: a}]\n", "on_nonfinite: must be one of stop, continue"),
+])
+def test_bad_config_lines(tmp_path, text, expected):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_directory_instead_of_config(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory" in result.output
