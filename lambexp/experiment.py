@@ -101,7 +101,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request the
     state is checkpointed, the summary says interrupted, and Interrupted is raised."""
     torch.manual_seed(arm.seed)
-    model = build_model(arm.model).to(device)
+    model = build_model(arm.model, device)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm))
     checkpoint = arm_dir / CHECKPOINT_FILE
     state = None

@@ -44,8 +44,9 @@ class MLP(nn.Module):
 MODELS = {"lenet": LeNet, "mlp": MLP}
 
 
-def build_model(name: str) -> nn.Module:
-    """A fresh model by name (``lenet`` or ``mlp``), initialised from torch's current RNG."""
+def build_model(name: str, device: torch.device | str = "cpu") -> nn.Module:
+    """A fresh model by name (``lenet`` or ``mlp``), initialised from torch's current RNG, on
+    ``device``. Convolutions run channels-last: faster on the CPU (``make bench``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (one of: {', '.join(MODELS)})")
-    return MODELS[name]()
+    return MODELS[name]().to(device, memory_format=torch.channels_last)

@@ -108,7 +108,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
         opt.step()
         state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
         _track_nonfinite(state, loss)
-        if state.step % options.log_interval == 0:
+        if (state.step - 1) % options.log_interval == 0:  # steps 1, 1+k, …: the blog's batch_idx % k
             bad = _check_log_step(model, opt, state, loss, sink, progress, options.on_nonfinite)
             if bad and options.on_nonfinite == "stop":
                 outcome = "diverged"

@@ -164,7 +164,7 @@ def test_nan_and_infinity_are_refused():
 
 ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, eps, clamp, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, log_interval, "
-            "eval_interval, data_dir")
+            "eval_interval, data_dir, on_nonfinite, checkpoint_every")
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -13,8 +13,9 @@ NAMES = ["conv1.weight", "conv1.bias", "fc.weight"]  # 3 tensors: a weight, a bi
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def series(arm: str, seed: int, n: int = 12, blowup: int | None = None) -> ArmSeries:
-    """``n`` loss and trust logs, 3 test evaluations; from index ``blowup`` on, loss and r are NaN/inf."""
+def series(arm: str, seed: int, n: int = 12, blowup: int | None = None, stopped: bool = False) -> ArmSeries:
+    """``n`` loss and trust logs, 3 test evaluations; from index ``blowup`` on, loss and r are NaN/inf;
+    ``stopped``: the summary says it diverged though every logged value is finite (training stopped)."""
     rng = np.random.default_rng(seed)
     x = np.arange(1, n + 1) * 1000.0
     loss = 2.3 * np.exp(-x / 4000) + 0.05 + 0.01 * rng.random(n)
@@ -28,14 +29,14 @@ def series(arm: str, seed: int, n: int = 12, blowup: int | None = None) -> ArmSe
     test_x = np.array([n / 3, 2 * n / 3, n]) * 1000.0
     acc = np.array([0.90, 0.95, 0.97 if blowup is None else 0.098])
     return ArmSeries(arm, seed, np.c_[x, loss], np.c_[test_x, 1 - acc], np.c_[test_x, acc], x, NAMES,
-                     r, r1, r2, {"nonfinite": blowup is not None})
+                     r, r1, r2, {"diverged": blowup is not None or stopped})
 
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, list[ArmSeries]]:
-    """Two arms, two seeds each; the second arm's first seed diverges and its second is shorter."""
+    """Two arms, two seeds each; the second arm's seeds diverge: one logs NaN/inf, one stops early."""
     return {"adam": [series("adam", 1), series("adam", 2)],
-            "lamb": [series("lamb", 1, blowup=6), series("lamb", 2, n=9)]}
+            "lamb": [series("lamb", 1, blowup=6), series("lamb", 2, n=9, stopped=True)]}
 
 
 COLORS = {"adam": "#1f77b4", "lamb": "#d62728"}
@@ -55,7 +56,8 @@ def test_curves(runs, tmp_path):
 
 
 def test_curves_one_seed_and_missing_color(tmp_path):
-    one = {"adam": [series("adam", 1)], "other": [series("other", 3, blowup=0)]}
+    one = {"adam": [series("adam", 1)], "nan_from_start": [series("x", 3, blowup=0)],
+           "short": [series("s", 4, n=5)]}
     assert_png(figures.curves("one seed", one, {}, tmp_path / "sub" / "one.png"))
 
 
@@ -67,6 +69,16 @@ def test_trust_ridges(runs, tmp_path):
 def test_trust_ridges_subsamples_long_runs(tmp_path):
     path = figures.trust_ridges("test: long", {"lamb": series("lamb", 1, n=45)}, {}, tmp_path / "t.png")
     assert_png(path, min_width=1000)
+
+
+def test_trust_figures_with_an_arm_that_logs_none(tmp_path):
+    """torch's own Adam logs no r, r1, r2: its panels say so, the other arm's still draw."""
+    bare = series("torch_adam", 1)
+    bare.trust_steps, bare.names = np.zeros(0), []
+    bare.r = bare.r1 = bare.r2 = np.zeros((0, 0))
+    arms = {"torch_adam": bare, "lamb": series("lamb", 1)}
+    assert_png(figures.trust_ridges("test: bare", arms, COLORS, tmp_path / "t.png"), min_width=1000)
+    assert_png(figures.layer_norms("test: bare", arms, tmp_path / "n.png", key="r2"), min_width=800)
 
 
 def test_layer_norms(runs, tmp_path):

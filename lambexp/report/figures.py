@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only, never a window: the report runs headless
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
 DPI = 110
+MIN_ACCURACY_SPAN = 5.0  # percentage points: the test-accuracy axis never zooms in further
 OPTIMIZER_COLORS = {"adam": "#1f77b4", "torch_adam": "#1f77b4", "lamb": "#d62728",
                     "lars": "#2ca02c", "sgd": "#7f7f7f"}  # the post: Adam blue, LAMB red
 PALETTE = ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -70,12 +71,21 @@ def _stack(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def _last_finite_before_blowup(table: np.ndarray) -> tuple[float, float] | None:
-    """(x, y) of the last finite point before the first non-finite value, or None if all are finite."""
-    bad = np.flatnonzero(~np.isfinite(table[:, 1]))
-    if len(bad) == 0 or bad[0] == 0:
+def _diverged(s: ArmSeries) -> bool:
+    """Whether the run says so (summary ``diverged``, or the older ``nonfinite``) or logged a NaN/inf loss."""
+    flagged = s.summary.get("diverged", s.summary.get("nonfinite"))
+    return bool(flagged) or not np.isfinite(s.train_loss[:, 1]).all()
+
+
+def _divergence_mark(s: ArmSeries) -> tuple[float, float] | None:
+    """(x, loss) of the last finite loss logged before a diverged run's first NaN/inf (or its end, when
+    training stopped at the divergence); None when the run did not diverge or has no finite loss."""
+    finite = np.isfinite(s.train_loss[:, 1])
+    bad = np.flatnonzero(~finite)
+    last = (bad[0] if len(bad) else len(finite)) - 1
+    if not _diverged(s) or last < 0:
         return None
-    return float(table[bad[0] - 1, 0]), float(table[bad[0] - 1, 1])
+    return float(s.train_loss[last, 0]), float(s.train_loss[last, 1])
 
 
 def _plot_seeds(ax: plt.Axes, tables: list[np.ndarray], color: str, label: str, scale: float = 1.0) -> None:
@@ -83,15 +93,17 @@ def _plot_seeds(ax: plt.Axes, tables: list[np.ndarray], color: str, label: str, 
     every seed is finite; where some are not (diverged, or ended early) the rest are drawn one by one, thin.
     """
     xs, ys = _stack([t for t in tables if len(t)] or [np.empty((0, 2))])
-    ys = ys * scale
-    ax.plot(xs, ys.mean(axis=0), color=color, lw=1.8, label=label)  # NaN (a gap) where any seed is NaN
+    ax.plot(xs, ys.mean(axis=0) * scale, color=color, lw=1.8, label=label)  # gaps where any seed is NaN
     if len(ys) < 2:
         return
-    ax.fill_between(xs, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, lw=0)
-    partial = ~np.isfinite(ys).all(axis=0)
-    joined = partial | np.r_[partial[1:], False]  # and the point before, to join the mean line
-    for y in ys:
-        ax.plot(xs, np.where(joined, y, np.nan), color=color, lw=0.9, alpha=0.8)
+    ax.fill_between(xs, ys.min(axis=0) * scale, ys.max(axis=0) * scale, color=color, alpha=0.2, lw=0)
+    full = xs[np.isfinite(ys).all(axis=0)]
+    for t in tables:
+        t = t[np.isfinite(t[:, 1])]
+        own = ~np.isin(t[:, 0], full)
+        own[:-1] |= own[1:]  # and the point before each stretch, to join the mean line
+        lone = "." if own.sum() == 1 else ""  # a single point draws no line
+        ax.plot(t[own, 0], t[own, 1] * scale, color=color, lw=0.9, alpha=0.8, marker=lone)
 
 
 def _samples_axis(ax: plt.Axes, samples_per_epoch: int | None) -> None:
@@ -104,30 +116,42 @@ def _samples_axis(ax: plt.Axes, samples_per_epoch: int | None) -> None:
         top.set_xlabel("epoch", fontsize=9)
 
 
+def _widen_accuracy(ax: plt.Axes) -> None:
+    """At least MIN_ACCURACY_SPAN points of y within [0, 100]: noise of one point must not fill the panel."""
+    lo, hi = ax.get_ylim()
+    pad = max(0.0, MIN_ACCURACY_SPAN - (hi - lo)) / 2
+    ax.set_ylim(max(lo - pad, 0.0), min(hi + pad, 100.0))
+
+
+def _loss_legend(ax: plt.Axes) -> None:
+    """The arms' legend, plus what ✕ means when the panel has one."""
+    handles, labels = ax.get_legend_handles_labels()
+    if any(line.get_marker() == "X" for line in ax.lines):
+        handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
+        labels.append("last finite loss logged before divergence")
+    ax.legend(handles, labels, fontsize=9)
+
+
 def curves(title: str, runs: dict[str, list[ArmSeries]], colors: dict[str, str], path: Path,
            samples_per_epoch: int | None = None) -> Path:
     """Training loss (log scale) and test accuracy (%) against training samples seen, one colour per arm:
-    the mean over seeds as a line, the min–max over seeds as a band, ✕ at a seed's last finite loss
-    before it turned NaN/inf. ``samples_per_epoch`` adds an epoch axis on top.
+    the mean over seeds as a line, the min–max over seeds as a band, ✕ at a diverged seed's last
+    finite loss. ``samples_per_epoch`` adds an epoch axis on top.
     """
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for i, (arm, seeds) in enumerate(runs.items()):
         color = _color(colors, arm, i)
-        diverged = sum(bool(s.summary.get("nonfinite")) or not np.isfinite(s.train_loss[:, 1]).all()
-                       for s in seeds)
+        diverged = sum(map(_diverged, seeds))
         note = f", diverged {diverged}/{len(seeds)}" if diverged else ""
         label = f"{arm} ({len(seeds)} seed{'s' * (len(seeds) > 1)}{note})"
         _plot_seeds(ax_loss, [s.train_loss for s in seeds], color, label)
         _plot_seeds(ax_acc, [s.test_accuracy for s in seeds], color, label, scale=100.0)
-        for x, y in filter(None, (_last_finite_before_blowup(s.train_loss) for s in seeds)):
+        for x, y in filter(None, map(_divergence_mark, seeds)):
             ax_loss.plot(x, y, "X", ms=11, color=color, mec="black", mew=0.8, zorder=5)
     ax_loss.set(yscale="log", ylabel="training loss (log scale)", title="training loss")
     ax_acc.set(ylabel="test accuracy (%)", title="test accuracy")
-    handles, labels = ax_loss.get_legend_handles_labels()
-    if any(line.get_marker() == "X" for line in ax_loss.lines):
-        handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
-        labels.append("last finite loss before NaN/inf")
-    ax_loss.legend(handles, labels, fontsize=9)
+    _widen_accuracy(ax_acc)
+    _loss_legend(ax_loss)
     ax_acc.legend(fontsize=9)
     for ax in (ax_loss, ax_acc):
         _samples_axis(ax, samples_per_epoch)
@@ -140,22 +164,25 @@ def curves(title: str, runs: dict[str, list[ArmSeries]], colors: dict[str, str],
 
 
 def _ridge_axis(values: list[np.ndarray]) -> tuple[bool, float, float]:
-    """(log scale?, lo, hi) for one column: log10 when the finite positive values span > 20×."""
+    """(log10 scale?, lo, hi) for one column: log when nothing is negative and the positive finite values
+    span more than 20× (norms decay to 0 in a dead network: zeros then sit at the left edge)."""
     v = np.concatenate([a[np.isfinite(a)].ravel() for a in values])
+    pos = v[v > 0]
+    log = len(pos) > 0 and v.min() >= 0 and pos.max() / pos.min() > 20
     if len(v) == 0:
         return False, 0.0, 1.0
-    log = v.min() > 0 and v.max() / v.min() > 20
-    lo, hi = (np.log10(v.min()), np.log10(v.max())) if log else (v.min(), v.max())
+    lo, hi = (np.log10(pos.min()), np.log10(pos.max())) if log else (v.min(), v.max())
     span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
     return log, lo - 0.05 * span, hi + 0.05 * span
 
 
 def _densities(table: np.ndarray, log: bool, grid: np.ndarray) -> np.ndarray:
     """(T, len(grid)) Gaussian-kernel density of each row's finite values (one per layer) on ``grid``;
-    in log10 space when ``log``. Unnormalised: a row's area is proportional to its count of layers."""
+    in log10 space when ``log``, zeros then at the grid's left end. Unnormalised: one bump per layer."""
     width = (grid[-1] - grid[0]) * RIDGE_BANDWIDTH
-    v = np.where(np.isfinite(table) & (table > 0 if log else True), table, np.nan)
-    v = np.log10(v) if log else v
+    v = np.where(np.isfinite(table), table, np.nan)
+    if log:
+        v = np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.where(v == 0, grid[0], np.nan))
     z = (grid[None, None, :] - v[:, :, None]) / width  # (T, L, G)
     return np.nansum(np.exp(-0.5 * z**2), axis=1)
 
@@ -165,6 +192,10 @@ def _ridge_panel(ax: plt.Axes, steps: np.ndarray, dens: np.ndarray, x: np.ndarra
     """One ridge per row of ``dens``, first at the top, later rows drawn in front and darker;
     a note where the rows turn empty (every value NaN/inf)."""
     n = len(dens)
+    if n == 0:  # e.g. torch's own Adam, which computes no trust ratio
+        ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="0.3")
+        ax.yaxis.set_major_locator(NullLocator())
+        return
     rgb = np.array(to_rgb(color))
     for i, d in enumerate(dens):
         base, shown = n - 1 - i, d > 2e-3 * d.max()  # trimmed to where the ridge is visible
@@ -172,7 +203,7 @@ def _ridge_panel(ax: plt.Axes, steps: np.ndarray, dens: np.ndarray, x: np.ndarra
         ax.fill_between(x, base, base + d * height, where=shown, color=rgb + (1 - rgb) * shade, lw=0,
                         zorder=2 * i)
         ax.plot(x, np.where(shown, base + d * height, np.nan), color=rgb * 0.8, lw=0.7, zorder=2 * i + 1)
-    empty = np.flatnonzero(~dens.any(axis=1)) if n else []
+    empty = np.flatnonzero(~dens.any(axis=1))
     if len(empty):
         ax.text(0.5, n - 1 - empty[0], f"no finite values from {fmt_samples(steps[empty[0]])} ↓",
                 transform=blended_transform_factory(ax.transAxes, ax.transData), ha="center", va="center",
@@ -210,7 +241,9 @@ def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str],
                 ax.yaxis.set_major_locator(NullLocator())
             if log:
                 ax.set_xlim(10**lo, 10**hi)
-        axes[-1, col].set_xlabel(f"{key} per layer" + (" (log scale)" if log else ""))
+        zeros = log and any((getattr(s, key)[picks[a]] == 0).any() for a, s in runs.items())
+        scale = " (log scale; 0 at the left edge)" if zeros else " (log scale)" if log else ""
+        axes[-1, col].set_xlabel(f"{key} per layer{scale}")
     fig.suptitle(f"{title}\none ridge per logged step: density of the value over the layers", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)

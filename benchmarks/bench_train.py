@@ -1,0 +1,107 @@
+"""Training throughput, side by side in one process: the seed's pipeline vs lambexp's trainer.
+
+Run: ``make bench`` (or ``python benchmarks/bench_train.py --rounds 3 --batches 40``).
+Workload: the blog's — LeNet, batch 512, MNIST, the LAMB blog rule, r/r1/r2 logged every 30
+batches. The rounds alternate the pipelines; medians are shown. Also printed: LeNet's training
+FLOPs per sample, a matmul peak measured in the same run, and the share of it reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_pipeline import seed_samples_per_second  # noqa: E402
+
+from lambexp.data import default_data_dir, load_mnist, verify_mnist  # noqa: E402
+from lambexp.model import LeNet, build_model  # noqa: E402
+from lambexp.optim import Lamb  # noqa: E402
+from lambexp.sinks import JsonlSink, Tee, TensorBoardSink  # noqa: E402
+from lambexp.train import LoopOptions, fit  # noqa: E402
+
+BATCH, LOG_INTERVAL = 512, 30
+
+
+def real_mnist() -> Path | None:
+    folder = default_data_dir()
+    return folder if all(c.ok for c in verify_mnist(folder)) else None
+
+
+def train_tensors(n: int, data_dir: Path | None):
+    """(x, y, test_x, test_y): real MNIST when present, else synthetic tensors of its shape."""
+    if data_dir is not None:
+        d = load_mnist(data_dir, "cpu")
+        return d.train_x[:n], d.train_y[:n], d.test_x, d.test_y
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(n, 1, 28, 28, generator=gen), torch.randint(0, 10, (n,), generator=gen),
+            torch.randn(10000, 1, 28, 28, generator=gen), torch.randint(0, 10, (10000,), generator=gen))
+
+
+def lambexp_samples_per_second(n: int, data_dir: Path | None, log_interval: int = LOG_INTERVAL) -> float:
+    """lambexp's loop as `lambexp run` drives it (TensorBoard + JSON-lines sinks), one epoch of n."""
+    x, y, tx, ty = train_tensors(n, data_dir)
+    torch.manual_seed(1)
+    model = build_model("lenet")
+    opt = Lamb(model.named_parameters(), lr=0.01, betas=(0.9, 0.99))
+    with tempfile.TemporaryDirectory() as tmp, TensorBoardSink(Path(tmp)) as tb, \
+            JsonlSink(Path(tmp) / "m.jsonl") as js:
+        state = fit(model, opt, (x, y), (tx, ty), epochs=1, seed=1, sink=Tee(tb, js),
+                    options=LoopOptions(batch_size=BATCH, log_interval=log_interval))
+    return state.samples / state.train_seconds
+
+
+def flops_per_sample() -> float:
+    """Training FLOPs (forward + backward) of LeNet per sample, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = LeNet(), torch.randn(64, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.nll_loss(model(x), torch.zeros(64, dtype=torch.long)).backward()
+    return counter.get_total_flops() / 64
+
+
+def matmul_gflops(size: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=60, help="training batches per measurement")
+    args = ap.parse_args()
+    n = args.batches * BATCH
+    data_dir = real_mnist()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; data: "
+          f"{'real MNIST' if data_dir else 'synthetic tensors (MNIST not found)'}; "
+          f"{args.batches} batches of {BATCH} per measurement, {args.rounds} rounds")
+    runs = {"seed pipeline": [], "lambexp": [], "lambexp, no trust logging": []}
+    for _ in range(args.rounds):
+        runs["seed pipeline"].append(seed_samples_per_second(n, data_dir, LOG_INTERVAL))
+        runs["lambexp"].append(lambexp_samples_per_second(n, data_dir))
+        runs["lambexp, no trust logging"].append(lambexp_samples_per_second(n, data_dir, 10**9))
+    speed = {k: statistics.median(v) for k, v in runs.items()}
+    flops, peak = flops_per_sample(), matmul_gflops()
+    limit = peak * 1e9 / flops
+    print(f"\n{'pipeline':28s} {'samples/s':>10s} {'× seed':>8s} {'% of limit':>11s}")
+    for name, s in speed.items():
+        print(f"{name:28s} {s:10.0f} {s / speed['seed pipeline']:7.2f}× {s / limit:10.1%}")
+    print(f"\nLeNet training cost {flops / 1e6:.1f} MFLOP/sample; matmul peak {peak:.0f} GFLOP/s;"
+          f" compute limit {limit:.0f} samples/s")
+    cost = 1 - speed["lambexp"] / speed["lambexp, no trust logging"]
+    print(f"trust-statistics logging every {LOG_INTERVAL} batches costs {cost:.1%} of training time")
+
+
+if __name__ == "__main__":
+    main()
