@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
+SEEDS ?= 1
 
-.PHONY: install run test test-fast bench-optim tensorboard clean
+.PHONY: install run reproduce-all test test-fast bench bench-optim tensorboard clean
 
 install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
 
@@ -16,12 +17,18 @@ $(VENV)/.installed: pyproject.toml
 run: install  ## the main job: fetch MNIST if needed, run $(CONFIG) (Adam vs LAMB)
 	$(VENV)/bin/lambexp run $(CONFIG)
 
+reproduce-all: install  ## every experiment of configs/, one seed, then runs/reproduce/REPORT.md
+	$(VENV)/bin/lambexp reproduce --seeds $(SEEDS)
+
 test: install  ## lint, then the whole test suite
 	$(VENV)/bin/ruff check lambexp tests benchmarks
 	$(VENV)/bin/pytest -q
 
 test-fast: install  ## the suite without tests marked slow
 	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: install  ## training samples/s: the seed's pipeline vs lambexp's trainer, side by side
+	$(PY) benchmarks/bench_train.py
 
 bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py

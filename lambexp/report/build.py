@@ -83,7 +83,8 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path) -> list[Block]:
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{exp.name}: {exp.description}" if exp.description else exp.name
     made = [
-        (figures.curves(title, by_arm, colors, folder / f"{exp.name}_curves.png"),
+        (figures.curves(title, by_arm, colors, folder / f"{exp.name}_curves.png",
+                        samples_per_epoch=_samples_per_epoch(by_arm)),
          "training loss and test accuracy"),
         (figures.trust_ridges(title, first_seed, colors, folder / f"{exp.name}_trust.png"),
          "r, r1, r2 across layers over training (first seed)"),
@@ -91,6 +92,15 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path) -> list[Block]:
          "per-layer weight norm r1 (first seed)"),
     ]
     return [Image(path.relative_to(out_dir), alt) for path, alt in made]
+
+
+def _samples_per_epoch(by_arm: dict) -> int | None:
+    """Training samples in one epoch, from the first evaluation's position (None if unknown)."""
+    for series in by_arm.values():
+        history = series[0].summary.get("history") or []
+        if history:
+            return history[0]["samples"]
+    return None
 
 
 def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
