@@ -83,12 +83,16 @@ def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None
     """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/<name>/<time>/.
 
     Ctrl-C or SIGTERM checkpoints the arm in progress (exit 130 / 143; a second one exits at
-    once); `lambexp resume RUN_FOLDER` continues it. A diverged arm is a result: exit 0."""
+    once); `lambexp resume RUN_FOLDER` continues it. A diverged arm is a result: exit 0.
+    Under torchrun every process trains with DDP (batch_size is global); rank 0 writes and prints."""
     started: list[Path] = []
     with graceful_stop() as stop, reported(stop, started):
         from lambexp.config import load_experiment
+        from lambexp.distributed import is_lead_process
         from lambexp.experiment import run_experiment
 
+        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
+        quiet = quiet or not lead
         exp = load_experiment(config, overrides or ())
 
         def on_start(path: Path) -> None:
@@ -100,7 +104,8 @@ def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None
                                  stop_requested=stop)
         if not quiet:
             print_summaries(sorted(run_dir.glob("*/summary.json")))
-        print(f"run folder: {run_dir}")
+        if lead:
+            print(f"run folder: {run_dir}")
 
 
 @app.command()
@@ -110,13 +115,17 @@ def resume(run_dir: Annotated[Path, typer.Argument(
     """Continue every unfinished arm of RUN_DIR from its last checkpoint (on the CPU the result is
     identical to an uninterrupted run); finished arms are left alone."""
     with graceful_stop() as stop, reported(stop, [run_dir]):
+        from lambexp.distributed import is_lead_process
         from lambexp.reproduce import resume as resume_all
 
+        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
+        quiet = quiet or not lead
         folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
                              progress_for=_progress(quiet), stop_requested=stop)
         if not quiet:
             print_summaries(sorted(p for f in folders for p in f.glob("**/summary.json")))
-        print(f"run folder: {run_dir}")
+        if lead:
+            print(f"run folder: {run_dir}")
 
 
 def _say(quiet: bool):
@@ -148,14 +157,18 @@ def reproduce(configs: Annotated[list[Path] | None, typer.Argument(
     """Run every experiment for SEEDS seeds (arms finished before are skipped), then write
     OUT/REPORT.md, OUT/report.html and the figures: which of the post's claims hold."""
     with graceful_stop() as stop, reported(stop, [out]):
+        from lambexp.distributed import is_lead_process
         from lambexp.report.build import build_report
         from lambexp.reproduce import default_configs
         from lambexp.reproduce import reproduce as run_all
 
+        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
+        quiet = quiet or not lead
         folders = run_all(configs or default_configs(), seeds=seeds, out=out, data_dir=data_dir,
                           argv=sys.argv, say=_say(quiet), progress_for=_progress(quiet),
                           stop_requested=stop)
-        typer.echo(f"report: {build_report(folders, out)}")
+        if lead:
+            typer.echo(f"report: {build_report(folders, out)}")
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 The only place where config objects become plain arguments for the model, optimizer, loop and sink.
 Layout: ``<runs>/<experiment>/<timestamp>/{config.yaml, environment.json, <arm>/...}``; each arm
-folder is one TensorBoard run plus ``summary.json``.
+folder is one TensorBoard run plus ``summary.json``. Under torchrun every rank runs the same arms
+and rank 0 alone writes the folder (``lambexp.distributed``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,11 +24,12 @@ import torch
 from lambexp.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
+from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import UserError
 from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
-from lambexp.sinks import JsonlSink, Tee, TensorBoardSink, read_jsonl
+from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink, read_jsonl
 from lambexp.train import Interrupted, LoopOptions, LoopState, Progress, fit
 
 
@@ -77,6 +80,7 @@ def environment(argv: Sequence[str]) -> dict:
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)),  # processes (torchrun), 1 without
         "git_commit": commit or None,
     }
 
@@ -88,47 +92,67 @@ def optimizer_args(arm: Arm) -> dict:
                 trust_coefficient=arm.trust_coefficient)
 
 
-def loop_options(arm: Arm, stop_requested: Callable[[], bool]) -> LoopOptions:
+def loop_options(arm: Arm, stop_requested: Callable[[], bool], world: World = SINGLE) -> LoopOptions:
     return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
                        eval_interval=arm.eval_interval, on_nonfinite=arm.on_nonfinite,
-                       stop_requested=stop_requested)
+                       stop_requested=stop_requested, world=world)
+
+
+def prepare_arm_dir(arm_dir: Path) -> bool:
+    """True when ``arm_dir`` holds a checkpoint to continue from; otherwise clear what an
+    unfinished attempt without a checkpoint left. Either way ``arm_dir`` exists afterwards."""
+    resume = (arm_dir / CHECKPOINT_FILE).is_file()
+    if not resume and arm_dir.exists():
+        shutil.rmtree(arm_dir)
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    return resume
+
+
+@contextmanager
+def arm_sink(arm_dir: Path, samples: int, resumed: bool, write: bool) -> Iterator[Sink]:
+    """TensorBoard + metrics.jsonl in ``arm_dir`` (a resumed arm's records past ``samples``
+    dropped); a sink that writes nothing when not ``write`` (ranks > 0 under torchrun)."""
+    if not write:
+        yield Tee()
+        return
+    truncate_jsonl(arm_dir / METRICS_FILE, samples)
+    with TensorBoardSink(arm_dir, purge_step=samples + 1 if resumed else None) as board, \
+            JsonlSink(arm_dir / METRICS_FILE) as jsonl:
+        yield Tee(board, jsonl)
 
 
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
-            progress: Progress, stop_requested: Callable[[], bool] = lambda: False) -> dict:
+            progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
+            world: World = SINGLE) -> dict:
     """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json) and return
     its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise starts
     afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request the
-    state is checkpointed, the summary says interrupted, and Interrupted is raised."""
+    state is checkpointed, the summary says interrupted, and Interrupted is raised.
+    Under torchrun every rank calls this alike: rank 0 decides whether to resume and writes every
+    file; every rank loads the same checkpoint (so ``arm_dir`` must be on a shared file system
+    to resume on several machines)."""
     torch.manual_seed(arm.seed)
     model = build_model(arm.model, device)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm))
     checkpoint = arm_dir / CHECKPOINT_FILE
-    state = None
-    if checkpoint.is_file():
-        state = load_checkpoint(checkpoint, model, opt)
+    resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
+    state = load_checkpoint(checkpoint, model, opt) if resumed else LoopState()
+    if resumed:
         progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
-    elif arm_dir.exists():
-        shutil.rmtree(arm_dir)
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    resumed = state is not None
-    state = state or LoopState()
-    truncate_jsonl(arm_dir / METRICS_FILE, state.samples)
-    with TensorBoardSink(arm_dir, purge_step=state.samples + 1 if resumed else None) as board, \
-            JsonlSink(arm_dir / METRICS_FILE) as jsonl:
-        sink = Tee(board, jsonl)
+    with arm_sink(arm_dir, state.samples, resumed, write=world.lead) as sink:
 
         def at_epoch_end(st: LoopState) -> None:
-            if (st.epoch - 1) % arm.checkpoint_every == 0:
+            if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
                 save_checkpoint(checkpoint, model, opt, st)
 
         try:
             fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
-                epochs=arm.epochs, seed=arm.seed, options=loop_options(arm, stop_requested),
+                epochs=arm.epochs, seed=arm.seed, options=loop_options(arm, stop_requested, world),
                 sink=sink, progress=progress, state=state, on_epoch_end=at_epoch_end)
         except Interrupted:
-            save_checkpoint(checkpoint, model, opt, state)
-            write_json(arm_dir / SUMMARY_FILE, summarize(arm, state, device, "interrupted"))
+            if world.lead:
+                save_checkpoint(checkpoint, model, opt, state)
+                write_json(arm_dir / SUMMARY_FILE, summarize(arm, state, device, "interrupted"))
             raise
         summary = summarize(arm, state, device, "finished")
         sink.scalars(state.samples, {"throughput/samples_per_s": summary["samples_per_second"]})
@@ -137,8 +161,9 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                      {"test/accuracy": final.get("test/accuracy", float("nan")),
                       "test/loss": final.get("test/loss", float("nan")),
                       "train/loss": state.last_loss})
-    write_json(arm_dir / SUMMARY_FILE, summary)
-    checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    if world.lead:
+        write_json(arm_dir / SUMMARY_FILE, summary)
+        checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     return summary
 
 
@@ -216,6 +241,15 @@ def write_run_header(run_dir: Path, exp: Experiment, argv: Sequence[str]) -> Non
     write_json(run_dir / ENVIRONMENT_FILE, environment(argv or sys.argv))
 
 
+def start_run(runs_root: Path, exp: Experiment, argv: Sequence[str],
+              on_start: Callable[[Path], None]) -> Path:
+    """A new run folder with its config.yaml and environment.json."""
+    run_dir = make_run_dir(runs_root / exp.name)
+    on_start(run_dir)
+    write_run_header(run_dir, exp, argv)
+    return run_dir
+
+
 def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = None,
                    argv: Sequence[str] = (), say: Callable[[str], None] = print,
                    on_start: Callable[[Path], None] = lambda run_dir: None,
@@ -224,13 +258,13 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
     """Run every arm of ``exp``; return the new run folder.
 
     Devices are checked and MNIST is fetched and verified before the run folder is created, so
-    a failure there leaves nothing behind.
+    a failure there leaves nothing behind. Under torchrun every rank trains every arm with DDP;
+    rank 0 creates the run folder (its path sent to the others) and alone calls ``on_start``.
     """
-    inputs = ArmInputs(exp.arms, data_dir, say)
-    run_dir = make_run_dir(runs_root / exp.name)
-    on_start(run_dir)
-    write_run_header(run_dir, exp, argv)
-    for arm in exp.arms:
-        data, device = inputs.data(arm)
-        run_arm(arm, data, device, run_dir / arm.name, progress_for(arm), stop_requested)
+    with process_group() as world:
+        inputs = world.local_first(lambda: ArmInputs(exp.arms, data_dir, say))
+        run_dir = world.from_lead(lambda: start_run(runs_root, exp, argv, on_start))
+        for arm in exp.arms:
+            data, device = inputs.data(arm)
+            run_arm(arm, data, device, run_dir / arm.name, progress_for(arm), stop_requested, world)
     return run_dir

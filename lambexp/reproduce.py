@@ -2,15 +2,18 @@
 
 Reproduce layout: ``<out>/<experiment>/{config.yaml, environment.json, seed<k>/<arm>/}``; a `run`
 folder holds ``<arm>/`` directly. An arm whose summary.json says finished is never run again; an
-unfinished one continues from its checkpoint, or starts again when it has none.
+unfinished one continues from its checkpoint, or starts again when it has none. Under torchrun
+rank 0 decides what is finished and writes the folders; every rank trains (``lambexp.distributed``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml, load_experiment
+from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import UserError
 from lambexp.experiment import ArmInputs, run_arm, write_run_header
 from lambexp.layout import CONFIG_FILE
@@ -57,15 +60,16 @@ def existing_arms(exp: Experiment, exp_dir: Path) -> list[tuple[Arm, Path]]:
 
 
 def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
-                progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool]) -> None:
-    """Run each (label, arm, folder) that is not finished; Interrupted propagates."""
+                progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
+                world: World = SINGLE) -> None:
+    """Run each (label, arm, folder) that is not finished (rank 0's view); Interrupted propagates."""
     for label, arm, arm_dir in work:
-        if is_finished(arm_dir):
+        if world.from_lead(partial(is_finished, arm_dir)):
             say(f"{label}: finished before, skipped")
             continue
         say(f"{label}: {'continuing' if arm_dir.exists() else 'training'}")
         data, device = inputs.data(arm)
-        run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested)
+        run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested, world)
 
 
 def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
@@ -80,13 +84,14 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     names = [e.name for e in exps]
     if len(set(names)) != len(names):
         raise UserError(f"two configs share an experiment name: {', '.join(names)}")
-    inputs = ArmInputs([arm for e in exps for arm in e.arms], data_dir, say)
-    work = []
-    for exp in exps:
-        claim_folder(out / exp.name, exp, argv)
-        work += [(f"{exp.name}/seed{arm.seed}/{arm.name}", arm, arm_dir)
-                 for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name)]
-    run_pending(work, inputs, say, progress_for, stop_requested)
+    with process_group() as world:
+        inputs = world.local_first(lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
+        work = []
+        for exp in exps:
+            world.from_lead(partial(claim_folder, out / exp.name, exp, argv))
+            work += [(f"{exp.name}/seed{arm.seed}/{arm.name}", arm, arm_dir)
+                     for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name)]
+        run_pending(work, inputs, say, progress_for, stop_requested, world)
     return [out / exp.name for exp in exps]
 
 
@@ -100,6 +105,7 @@ def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
         exp = load_experiment(exp_dir / CONFIG_FILE)
         work += [(f"{exp_dir.relative_to(run_dir.parent)}/{arm_dir.relative_to(exp_dir)}", arm, arm_dir)
                  for arm, arm_dir in existing_arms(exp, exp_dir)]
-    inputs = ArmInputs([arm for _, arm, _ in work], data_dir, say)
-    run_pending(work, inputs, say, progress_for, stop_requested)
+    with process_group() as world:
+        inputs = world.local_first(lambda: ArmInputs([arm for _, arm, _ in work], data_dir, say))
+        run_pending(work, inputs, say, progress_for, stop_requested, world)
     return folders

@@ -4,6 +4,8 @@ The loop reads values back to the host only at a log step (every ``log_interval`
 an evaluation; the step of the first non-finite loss is tracked on the device and checked there.
 The TensorBoard step (x-axis) is the number of training samples seen, the same unit for every arm
 whatever its batch size. ``LoopState`` holds everything needed to continue mid-epoch.
+Under torchrun (``LoopOptions.world``) the model is wrapped in DDP and each global batch is split
+over the ranks; every rank then takes the same step, logs the same numbers and stops at the same step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lambexp.data import epoch_batches
+from lambexp.distributed import SINGLE, World, unwrap
 from lambexp.sinks import Sink
 
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
@@ -59,7 +62,8 @@ class LoopOptions:
     log_interval: int
     eval_interval: int | None = None
     on_nonfinite: str = "stop"  # stop | continue
-    stop_requested: Callable[[], bool] = lambda: False
+    stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
+    world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
 
 
 def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
@@ -69,23 +73,58 @@ def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
         state.first_bad >= 0, state.first_bad, bad)
 
 
-def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
-                    progress: Progress, on_nonfinite: str) -> bool:
-    """The log step's one host sync: loss, first non-finite step, parameters finite. Logs the
-    step (after a divergence only when continuing). Returns True once the run has diverged."""
+def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
+    """The loss to backpropagate for the global batch ``idx`` (B,): its mean NLL in one process.
+
+    Under DDP the rank takes its contiguous slice of ``idx`` and returns the sum of its per-sample
+    losses × W / B. DDP averages the gradients over the W ranks, so the gradient is
+    (1/B) Σ over the whole batch: the one-process gradient, however B divides by W (a rank whose
+    slice is empty contributes zero) and in a partial last batch too.
+    """
+    if not world.active:
+        return F.nll_loss(model(x[idx]), y[idx])
+    local = idx.tensor_split(world.size)[world.rank]  # (B/W rounded up or down,)
+    return F.nll_loss(model(x[local]), y[local], reduction="sum") * (world.size / len(idx))
+
+
+def _log_step_values(model: nn.Module, state: LoopState, loss: Tensor,
+                     options: LoopOptions) -> tuple[float, float, bool, bool]:
+    """(loss, first non-finite step or -1, parameters finite, stop requested), in one host sync.
+
+    Under DDP, over every rank in one all_gather: the global batch's mean loss, the earliest bad
+    step of any rank, every rank's parameters finite, any rank's stop request; so all ranks take
+    the same decision at the same step and none waits in a collective for one that has left."""
     params_ok = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
-    value, first_bad, ok = torch.stack([loss.detach().double(), state.first_bad.double(),
-                                        params_ok.double()]).tolist()
+    row = torch.stack([loss.detach().double(), state.first_bad.double(), params_ok.double()])
+    world = options.world
+    if not world.active:
+        value, first_bad, ok = row.tolist()
+        return value, first_bad, bool(ok), False  # one process polls for a stop before each step
+    stop = torch.tensor([float(options.stop_requested())], dtype=row.dtype, device=row.device)
+    rows = world.gather(torch.cat([row, stop]))  # (W, 4)
+    first = torch.where(rows[:, 1] >= 0, rows[:, 1], math.inf).min()
+    value, first_bad, ok, stop = torch.stack([
+        rows[:, 0].sum() / world.size,  # Σ_r (S_r · W/B) / W = the global batch's mean loss
+        torch.where(first.isinf(), -1.0, first), rows[:, 2].min(), rows[:, 3].max()]).tolist()
+    return value, first_bad, ok == 1, stop > 0
+
+
+def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
+                    progress: Progress, options: LoopOptions) -> tuple[bool, bool]:
+    """The log step's one host sync: loss, first non-finite step, parameters finite (and, under
+    DDP, stop requests). Logs the step (after a divergence only when continuing). Returns
+    (diverged, stop requested)."""
+    value, first_bad, ok, stop = _log_step_values(model, state, loss, options)
     bad = first_bad >= 0 or not ok
     if bad and state.diverged_step is None:
         state.diverged_step = int(first_bad) if first_bad >= 0 else state.step
         state.diverged_reason = "non-finite loss" if first_bad >= 0 else "non-finite parameter"
     if math.isfinite(value):
         state.last_loss = value
-    if not bad or on_nonfinite == "continue":
+    if not bad or options.on_nonfinite == "continue":
         log_train(sink, opt, state, loss=value)
         progress.advance(state.step, value)
-    return bad
+    return bad, stop
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
@@ -93,29 +132,33 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
                     state: LoopState, progress: Progress,
                     test: tuple[Tensor, Tensor] | None = None) -> str:
     """Continue epoch ``state.epoch`` from batch ``state.batch`` in the order of a seeded
-    permutation. Returns "done", "diverged" (and on_nonfinite is stop) or "interrupted"."""
+    permutation. Returns "done", "diverged" (and on_nonfinite is stop) or "interrupted".
+    ``model`` may be DDP-wrapped (see ``fit``); evaluations use the model inside."""
     model.train()
     t0 = time.perf_counter()
     batches = list(epoch_batches(len(x), options.batch_size, generator, x.device))
     outcome = "done"
     for idx in batches[state.batch:]:
-        if options.stop_requested():
+        if not options.world.active and options.stop_requested():  # DDP: at log steps, below
             outcome = "interrupted"
             break
         opt.zero_grad(set_to_none=True)
-        loss = F.nll_loss(model(x[idx]), y[idx])
+        loss = batch_loss(model, x, y, idx, options.world)
         loss.backward()
         opt.step()
         state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
         _track_nonfinite(state, loss)
         if (state.step - 1) % options.log_interval == 0:  # steps 1, 1+k, …: the blog's batch_idx % k
-            bad = _check_log_step(model, opt, state, loss, sink, progress, options.on_nonfinite)
+            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options)
             if bad and options.on_nonfinite == "stop":
                 outcome = "diverged"
                 break
+            if stop:
+                outcome = "interrupted"
+                break
         if options.eval_interval and test is not None and state.step % options.eval_interval == 0:
             state.train_seconds += time.perf_counter() - t0
-            log_eval(sink, state, *evaluate(model, *test))
+            log_eval(sink, state, *evaluate(unwrap(model), *test, options.world))
             model.train()
             t0 = time.perf_counter()
     state.train_seconds += time.perf_counter() - t0
@@ -136,16 +179,25 @@ def log_eval(sink: Sink, state: LoopState, loss: float, accuracy: float) -> None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """Mean NLL loss and accuracy (in [0, 1]) of ``model`` on (x, y)."""
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, world: World = SINGLE) -> tuple[float, float]:
+    """Mean NLL loss and accuracy (in [0, 1]) of ``model`` on (x, y).
+
+    Under DDP each rank evaluates its contiguous shard and the sums are added over the ranks: the
+    whole set's numbers (the parameters are the same on every rank), identical on every rank, for
+    one all_reduce; evaluating the whole set on every rank would not shrink with W as training does.
+    """
     model.eval()
+    n = len(x)
+    if world.active:
+        x, y = x.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for i in range(0, len(x), EVAL_BATCH):
         out = model(x[i:i + EVAL_BATCH])  # (B, 10) log-probabilities
         loss_sum += F.nll_loss(out, y[i:i + EVAL_BATCH], reduction="sum")
         correct += (out.argmax(dim=1) == y[i:i + EVAL_BATCH]).sum()
-    return loss_sum.item() / len(x), correct.item() / len(x)
+    loss, right = world.sum_over_ranks(torch.stack([loss_sum.double(), correct.double()])).tolist()
+    return loss / n, right / n
 
 
 def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tensor],
@@ -157,6 +209,9 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
     ``state`` continues an earlier run exactly where it stopped (see ``LoopState``).
     ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint).
     Raises Interrupted, leaving ``state`` consistent, when ``options.stop_requested()``.
+    Under DDP (``options.world``) every rank calls ``fit`` with the same arguments; the model is
+    wrapped in DDP for the training steps, and the permutation, from the same seeded generator,
+    is the same on every rank.
     """
     progress = progress or Progress()
     state = state or LoopState()
@@ -165,6 +220,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
         generator.manual_seed(seed)
         state.epoch_rng = generator.get_state()
     generator.set_state(state.epoch_rng)
+    net = options.world.wrap(model)  # DDP: broadcasts rank 0's parameters, averages gradients
     steps_per_epoch = -(-len(train[0]) // options.batch_size)
     progress.begin(epochs * steps_per_epoch, done=state.step)
     mark = [time.perf_counter()]
@@ -176,7 +232,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
 
     try:
         while state.epoch <= epochs:
-            outcome = train_one_epoch(model, opt, *train, generator=generator, options=options,
+            outcome = train_one_epoch(net, opt, *train, generator=generator, options=options,
                                       sink=sink, state=state, progress=progress, test=test)
             if outcome == "interrupted":
                 raise Interrupted(f"stopped at step {state.step}")
@@ -184,7 +240,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
                 progress.note(f"diverged at step {state.diverged_step} ({state.diverged_reason});"
                               " this arm stops here")
                 break
-            log_eval(sink, state, *evaluate(model, *test))
+            log_eval(sink, state, *evaluate(model, *test, options.world))
             sink.flush()
             progress.epoch_end(state.epoch, state.history[-1])
             state.epoch, state.batch, state.epoch_rng = state.epoch + 1, 0, generator.get_state()
