@@ -92,10 +92,14 @@ def optimizer_args(arm: Arm) -> dict:
                 trust_coefficient=arm.trust_coefficient)
 
 
-def loop_options(arm: Arm, stop_requested: Callable[[], bool], world: World = SINGLE) -> LoopOptions:
+def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
+                 world: World = SINGLE) -> LoopOptions:
+    """The arm's loop settings as plain values; warm-up epochs become steps of this data set."""
+    steps_per_epoch = -(-n_train // arm.batch_size)
     return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
                        eval_interval=arm.eval_interval, on_nonfinite=arm.on_nonfinite,
-                       stop_requested=stop_requested, world=world)
+                       stop_requested=stop_requested, world=world,
+                       warmup_steps=round(arm.warmup_epochs * steps_per_epoch))
 
 
 def prepare_arm_dir(arm_dir: Path) -> bool:
@@ -146,9 +150,10 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                 save_checkpoint(checkpoint, model, opt, st)
 
         try:
+            options = loop_options(arm, len(data.train_x), stop_requested, world)
             fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
-                epochs=arm.epochs, seed=arm.seed, options=loop_options(arm, stop_requested, world),
-                sink=sink, progress=progress, state=state, on_epoch_end=at_epoch_end)
+                epochs=arm.epochs, seed=arm.seed, options=options, sink=sink, progress=progress,
+                state=state, on_epoch_end=at_epoch_end)
         except Interrupted:
             if world.lead:
                 save_checkpoint(checkpoint, model, opt, state)

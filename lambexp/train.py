@@ -64,6 +64,7 @@ class LoopOptions:
     on_nonfinite: str = "stop"  # stop | continue
     stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
     world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant
 
 
 def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
@@ -142,6 +143,8 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
         if not options.world.active and options.stop_requested():  # DDP: at log steps, below
             outcome = "interrupted"
             break
+        if options.warmup_steps:
+            warm_up(opt, state.step + 1, options.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss = batch_loss(model, x, y, idx, options.world)
         loss.backward()
@@ -163,6 +166,14 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
             t0 = time.perf_counter()
     state.train_seconds += time.perf_counter() - t0
     return outcome
+
+
+def warm_up(opt: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """lr of step ``step`` (1-based) = the group's initial lr × min(1, step / warmup_steps).
+    Stateless: a resumed run gets the same rates from the step count alone."""
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # saved with the optimizer's state_dict
+        group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
 
 
 def log_train(sink: Sink, opt: torch.optim.Optimizer, state: LoopState, loss: float) -> None:

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lambexp.cli import app
 from lambexp.config import parse_experiment
 from lambexp.data import load_mnist
 from lambexp.experiment import make_run_dir, run_arm
-from lambexp.train import Interrupted, Progress
+from lambexp.train import Interrupted, Progress, warm_up
 
 BOOM = """\
 name: boom
@@ -89,15 +90,15 @@ def _arm_and_data(tiny_mnist, text):
 @pytest.mark.parametrize("stop_at", [3, 4, 9])  # mid-epoch, at an epoch boundary, later epoch
 def test_interrupt_at_a_chosen_step_then_resume_is_identical(tiny_mnist_env, tmp_path, stop_at):
     arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
-    whole = run_arm(arm, data, __import__("torch").device("cpu"), tmp_path / "whole", Progress())
+    whole = run_arm(arm, data, torch.device("cpu"), tmp_path / "whole", Progress())
     steps = iter(range(10_000))
     with pytest.raises(Interrupted):
-        run_arm(arm, data, __import__("torch").device("cpu"), tmp_path / "cut", Progress(),
+        run_arm(arm, data, torch.device("cpu"), tmp_path / "cut", Progress(),
                 stop_requested=lambda: next(steps) >= stop_at)
     cut = summary(tmp_path / "cut")
     assert cut["status"] == "interrupted" and cut["steps"] == stop_at
     assert (tmp_path / "cut" / "checkpoint.pt").is_file()
-    resumed = run_arm(arm, data, __import__("torch").device("cpu"), tmp_path / "cut", Progress())
+    resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "cut", Progress())
     assert resumed["history"] == whole["history"]  # every test loss and accuracy, bit for bit
     assert resumed["final_train_loss"] == whole["final_train_loss"]
     assert resumed["steps"] == whole["steps"] and resumed["status"] == "finished"
@@ -212,3 +213,17 @@ def test_bad_config_lines(tmp_path, text, expected):
 def test_directory_instead_of_config(tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path)])
     assert result.exit_code == 2 and "is a directory" in result.output
+
+
+def test_linear_warmup_sets_the_rate_of_each_step():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=0.4)
+    rates = []
+    for step in range(1, 7):
+        warm_up(opt, step, warmup_steps=4)
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    twin = torch.optim.SGD([p], lr=0.4)
+    twin.load_state_dict(opt.state_dict())  # a resumed run: initial_lr comes back with the state
+    warm_up(twin, 2, warmup_steps=4)
+    assert twin.param_groups[0]["lr"] == pytest.approx(0.2)

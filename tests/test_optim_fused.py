@@ -9,9 +9,10 @@ from lambexp.optim import Lamb, fused
 F64 = torch.float64
 
 
-def small_net(seed=0, dtype=torch.float32, width=8):
+def small_net(seed=0, dtype=torch.float32, width=700):
     torch.manual_seed(seed)
-    # tanh keeps every gradient non-zero; all tensors stay small, so one graph per rule and dtype
+    # tanh keeps every gradient non-zero. The 6×700 weight (over 4096 elements) takes a kernel
+    # call of its own; the other three tensors are packed into one call.
     return nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 3)).to(dtype)
 
 
@@ -48,9 +49,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("case", CASES)
-def test_fused_equals_reference_path(case, dtype):
+def test_fused_equals_reference_path(case, dtype=torch.float32):
     data = batches(dtype=dtype)
     a, b = small_net(dtype=dtype), small_net(dtype=dtype)
     fast = Lamb(a.parameters(), lr=0.01, fused=True, **CASES[case])
@@ -58,15 +58,10 @@ def test_fused_equals_reference_path(case, dtype):
     assert_same(a, fast, b, slow, data, 1e-12 if dtype == F64 else 1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["blog", "paper"])
-def test_fused_equals_reference_path_on_large_tensors(variant):
-    # 6000 weights: inductor's graph for tensors over 4096 elements sums in a cascade
-    data = batches()
-    a, b = small_net(width=1000), small_net(width=1000)
-    fast = Lamb(a.parameters(), lr=0.01, weight_decay=0.01, variant=variant, fused=True)
-    slow = Lamb(b.parameters(), lr=0.01, weight_decay=0.01, variant=variant, foreach=False)
-    assert_same(a, fast, b, slow, data, 1e-5)
+@pytest.mark.parametrize("case", ["blog", "paper"])
+def test_fused_equals_reference_path_in_float64(case):
+    # the cases differ only in the values of hp, so two cover float64's own graphs
+    test_fused_equals_reference_path(case, dtype=F64)
 
 
 @pytest.mark.parametrize("variant", ["blog", "paper"])

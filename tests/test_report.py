@@ -177,3 +177,44 @@ def test_reproduce_runs_only_unfinished_arms(tiny_mnist_env, tmp_path):
     third = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "2"])
     assert third.exit_code == 0 and third.output.count("finished before, skipped") == 2
     assert (out / "toy" / "seed2" / "lamb" / "summary.json").is_file()
+
+
+BATCHES = """\
+name: batches
+device: cpu
+arms:
+  - {name: adam_b1, optimizer: adam, batch_size: 1}
+  - {name: lamb_b1, optimizer: lamb, batch_size: 1}
+  - {name: adam_b2, optimizer: adam, batch_size: 2}
+  - {name: lamb_b2, optimizer: lamb, batch_size: 2}
+  - {name: adam_b4, optimizer: adam, batch_size: 4}
+  - {name: lamb_b4, optimizer: lamb, batch_size: 4}
+expect:
+  - claim: LAMB keeps within a point
+    arm: [lamb_b4, lamb_b1]
+    measure: final_accuracy
+    above: -0.01
+  - claim: Adam loses more than LAMB
+    arm: [adam_b4, adam_b1]
+    measure: final_accuracy
+    below: [lamb_b4, lamb_b1]
+"""
+
+
+def test_pair_claims_and_the_batch_figure(tmp_path):
+    exp = tmp_path / "repro" / "batches"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(BATCHES)
+    # final accuracies: adam 0.98 → 0.90 (−8 points), lamb 0.98 → 0.975 (−0.5 points)
+    for name, acc in [("adam_b1", 0.98), ("adam_b2", 0.95), ("adam_b4", 0.90),
+                      ("lamb_b1", 0.98), ("lamb_b2", 0.978), ("lamb_b4", 0.975)]:
+        write_arm(exp / name, acc=[acc], losses=[2.3, 0.5], r=[[0.5, 0.5]] * 2, r1=[[1.0, 1.0]] * 2)
+    out = tmp_path / "out"
+    report = build_report([tmp_path / "repro"], out).read_text()
+    row = claim_row(report, "LAMB keeps within a point")
+    assert "lamb_b4 − lamb_b1: final_accuracy" in row and "s1: -0.50%" in row
+    assert row.endswith("| REPRODUCED |")
+    row = claim_row(report, "Adam loses more than LAMB")
+    assert "s1: -8.00%" in row and "< lamb_b4 − lamb_b1: -0.50%" in row and row.endswith("| REPRODUCED |")
+    png = out / "figures" / "batches_batch.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "figures/batches_batch.png" in report

@@ -12,6 +12,10 @@ a boolean, or the same quantity of another arm:
         arm: lamb_lr0.1
         measure: diverged
         equals: true
+      - claim: Adam loses more accuracy from batch 512 to 16384 than LAMB
+        arm: [adam_b16384, adam_b512]      # a pair: the first arm's measure minus the second's
+        measure: final_accuracy
+        below: [lamb_b16384, lamb_b512]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ MEASURES = {  # name → what it is (the report computes each from the run files
 }
 Measure = Literal[tuple(MEASURES)]  # type: ignore[valid-type]
 Number = Annotated[float, Field(allow_inf_nan=False)]
+Pair = tuple[str, str]  # [a, b]: arm a's measure minus arm b's
 COMPARATORS = ("above", "below", "equals", "between")
 
 
@@ -42,11 +47,13 @@ class Expectation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     claim: str = Field(description="the claim in words, as the report prints it")
-    arm: str = Field(description="the arm measured")
+    arm: str | Pair = Field(description="the arm measured, or [a, b]: a's measure minus b's")
     measure: Measure = Field(description="what is measured: " + "; ".join(MEASURES))
     layer: str | None = Field(None, description="a parameter name (e.g. fc1.weight); r/r1 only")
-    above: Number | str | None = Field(None, description="a number, or an arm's same measure")
-    below: Number | str | None = Field(None, description="a number, or an arm's same measure")
+    above: Number | str | Pair | None = Field(None, description=(
+        "a number, an arm's same measure, or [a, b]: a's minus b's"))
+    below: Number | str | Pair | None = Field(None, description=(
+        "a number, an arm's same measure, or [a, b]: a's minus b's"))
     equals: StrictBool | None = Field(None, description="for diverged: true or false")
     between: tuple[Number, Number] | None = Field(None, description="[low, high], inclusive")
 

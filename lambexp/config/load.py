@@ -110,11 +110,13 @@ def unknown_arm_references(raw: dict) -> list[tuple[tuple, str]]:
             continue
         for key in ("arm", "above", "below"):
             value = item.get(key, MISSING)
-            if isinstance(value, str) and value not in names:
-                where = f"expect[{i}].{key}"
-                out.append((("expect", i, key),
-                            problem(where, f"no arm of that name (arms: {', '.join(map(str, names))})",
-                                    value)))
+            named = value if isinstance(value, list) else [value]
+            for name in named:
+                if isinstance(name, str) and name not in names:
+                    where = f"expect[{i}].{key}"
+                    out.append((("expect", i, key),
+                                problem(where, f"no arm of that name (arms: {', '.join(map(str, names))})",
+                                        name)))
     return out
 
 

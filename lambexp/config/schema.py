@@ -76,6 +76,8 @@ class Settings(_Frozen):
     seed: Int = Field(1, ge=0, le=2**32 - 1, description="seeds torch (init, shuffling) once per arm")
     model: ModelName = Field("lenet", description="lenet: PyTorch's MNIST-example CNN; mlp")
     device: Device = Field("auto", description="auto: cuda when available, else cpu")
+    warmup_epochs: Float = Field(0.0, ge=0, description=(
+        "linear learning-rate warm-up from 0 to lr over this many epochs, then constant; 0: none"))
     log_interval: Int = Field(30, ge=1, description="batches between train-loss and r, r1, r2 logs")
     eval_interval: Annotated[Int, Field(ge=1)] | None = Field(None, description=(
         "steps between extra test evaluations; null: test only after each epoch"))

@@ -63,6 +63,7 @@ class Lamb(TrustRatioOptimizer):
                         clamp=clamp, adam=adam, bias_correction=bias_correction, foreach=foreach,
                         fused=fused)
         self._compile_failed = False  # set when torch.compile failed: fused groups take foreach
+        self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # fused: (device, sizes) -> seg, sizes
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -122,27 +123,54 @@ class Lamb(TrustRatioOptimizer):
         return [torch.cat(col) for col in zip(*runs)]
 
     def _fused_step(self, group: dict, w: list[Tensor]):
-        """One compiled call per tensor; if torch.compile fails, warn and finish with foreach."""
-        out, hp = [], {}  # hp: step count -> hyper-parameter tensor, usually one entry
+        """fused.py's compiled step: one call per large tensor, one for all the small ones.
+
+        If torch.compile fails, warn and step the tensors not yet stepped with foreach.
+        """
+        done, stats = [], []  # indices into w stepped so far, and their (3, k) columns r, r1, r2
         try:
             kernel = fused.kernel(group["variant"])
-            for p in w:
-                state = self.state[p]
-                t = state["step"]
-                if t not in hp:
-                    hp[t] = fused.hyper_parameters(group, t, p)
-                if p.numel() == 0:  # the kernel's RMS would divide 0 by 0
-                    out.append(torch.stack(self._reference_step(group, [p]), dim=1)[0])
-                    continue
-                out.append(kernel(*_flat(p, p.grad, state["m"], state["v"]), hp[t]))
+            for t, index in _by_step(self.state, w).items():
+                hp = fused.hyper_parameters(group, t, w[index[0]])
+                small = [j for j in index if fused.packable(w[j], self.state[w[j]])]
+                if small:  # even one: its own graph would bring one more compile
+                    stats.append(self._packed_step(kernel, [w[j] for j in small], hp))
+                    done += small
+                for j in sorted(set(index) - set(done)):
+                    p, state = w[j], self.state[w[j]]
+                    if p.numel() == 0:  # the kernel's RMS would divide 0 by 0
+                        stats.append(torch.stack(self._reference_step(group, [p])))
+                    else:
+                        stats.append(kernel(*_flat(p, p.grad, state["m"], state["v"]), hp)[:, None])
+                    done.append(j)
         except fused.CompileFailed as err:
             self._compile_failed = True
             warnings.warn(f"Lamb(fused=True): torch.compile failed, using the foreach step "
                           f"instead ({str(err).strip().splitlines()[0]})", stacklevel=3)
-            rest = self._chunked_foreach_step(group, w[len(out):])
-            done = torch.stack(out, dim=1) if out else rest[0].new_empty(3, 0)
-            return [torch.cat([d, r]) for d, r in zip(done, rest)]
-        return list(torch.stack(out, dim=1))  # rows r, r1, r2
+            rest = sorted(set(range(len(w))) - set(done))
+            stats.append(torch.stack(self._chunked_foreach_step(group, [w[j] for j in rest])))
+            done += rest
+        table = torch.cat(stats, dim=1)
+        if done != sorted(done):  # back to the order of w
+            table = table[:, torch.tensor(done, device=table.device).argsort()]
+        return list(table)
+
+    def _packed_step(self, kernel, w: list[Tensor], hp: Tensor) -> Tensor:
+        """Small tensors laid end to end through one kernel call; returns their (3, T) stats."""
+        sizes = tuple(p.numel() for p in w)
+        key = (w[0].device, sizes)
+        if key not in self._layouts:
+            if len(self._layouts) >= 16:  # the set of tensors with a gradient keeps changing
+                self._layouts.clear()
+            self._layouts[key] = fused.pack(w)
+        flat_w = [p.view(-1) for p in w]
+        flat_m = [self.state[p]["m"].view(-1) for p in w]
+        flat_v = [self.state[p]["v"].view(-1) for p in w]
+        packed = [torch.cat(xs) for xs in (flat_w, [p.grad.reshape(-1) for p in w], flat_m, flat_v)]
+        stats = kernel(*packed, hp, *self._layouts[key])
+        for xs, x in zip((flat_w, flat_m, flat_v), (packed[0], packed[2], packed[3])):
+            torch._foreach_copy_(xs, x.split(sizes))
+        return stats
 
     def _foreach_step(self, group: dict, w: list[Tensor]):
         steps = [self.state[p]["step"] for p in w]
@@ -178,6 +206,14 @@ class Lamb(TrustRatioOptimizer):
         r = rules.ratio(r1, r2)
         _descend(w, u, [lr] * len(w), None if group["adam"] else r)
         return r, r1, r2
+
+
+def _by_step(state: dict, w: list[Tensor]) -> dict[int, list[int]]:
+    """Indices of ``w`` by step count (one entry unless tensors joined at different steps)."""
+    index: dict[int, list[int]] = {}
+    for j, p in enumerate(w):
+        index.setdefault(state[p]["step"], []).append(j)
+    return index
 
 
 def _flat(*xs: Tensor) -> list[Tensor]:

@@ -35,10 +35,15 @@ def _reference(e: Expectation, result: ClaimResult) -> str:
     if e.comparator == "between":
         return f"in [{fmt(e.measure, e.between[0])}, {fmt(e.measure, e.between[1])}]"
     sign = ">" if e.comparator == "above" else "<"
-    if isinstance(e.reference, str):
-        mean, std = mean_std(result.references)
-        return f"{sign} {e.reference}: {fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
-    return f"{sign} {fmt(e.measure, float(e.reference))}"
+    if isinstance(e.reference, float | int):
+        return f"{sign} {fmt(e.measure, float(e.reference))}"
+    mean, std = mean_std(result.references)
+    return f"{sign} {_name(e.reference)}: {fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
+
+
+def _name(ref) -> str:
+    """An arm, or a pair [a, b] written as "a − b"."""
+    return ref if isinstance(ref, str) else f"{ref[0]} − {ref[1]}"
 
 
 def claim_rows(runs: ExperimentRuns) -> list[list[str]]:
@@ -47,7 +52,7 @@ def claim_rows(runs: ExperimentRuns) -> list[list[str]]:
         result = check(e, runs.seeds)
         per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
         mean, std = mean_std(result.values)
-        what = f"{e.arm}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
+        what = f"{_name(e.arm)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
         rows.append([runs.experiment.name, e.claim, what, per_seed or "n/a",
                      f"{fmt(e.measure, mean)} ± {fmt(e.measure, std)}", _reference(e, result),
                      result.verdict])
@@ -91,7 +96,26 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path) -> list[Block]:
         (figures.layer_norms(title, first_seed, folder / f"{exp.name}_r1_layers.png"),
          "per-layer weight norm r1 (first seed)"),
     ]
+    if len({a.batch_size for a in exp.arms}) >= 3:
+        made.append((batch_figure(runs, title, folder / f"{exp.name}_batch.png"),
+                     "final test accuracy against batch size (mean ± std over seeds)"))
     return [Image(path.relative_to(out_dir), alt) for path, alt in made]
+
+
+BATCH_COLORS = {"adam": "#1f77b4", "lamb (blog)": "#d62728", "lamb (paper)": "#9467bd"}
+
+
+def batch_figure(runs: ExperimentRuns, title: str, path: Path) -> Path:
+    """Final test accuracy against batch size, one line per optimizer (and LAMB rule)."""
+    points: dict[str, list[tuple[int, float, float]]] = {}
+    for arm in runs.experiment.arms:
+        finished = runs.arm_runs(arm.name)
+        if not finished:
+            continue
+        label = f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
+        mean, std = mean_std([s.summary["final_test_accuracy"] for s in finished])
+        points.setdefault(label, []).append((arm.batch_size, mean, std))
+    return figures.accuracy_vs_batch(title, points, BATCH_COLORS, path)
 
 
 def _samples_per_epoch(by_arm: dict) -> int | None:

@@ -107,18 +107,32 @@ def _holds(e: Expectation, value: float, reference: float | None) -> bool:
     return value < reference
 
 
+def _arms_named(ref) -> list[str]:
+    """The arm names an `arm`/`above`/`below` value refers to (none for a number)."""
+    if isinstance(ref, str):
+        return [ref]
+    return list(ref) if isinstance(ref, tuple | list) else []
+
+
+def _value(ref, arms: dict[str, ArmSeries], e: Expectation) -> float:
+    """An arm's measure, or for a pair [a, b] a's measure minus b's."""
+    if isinstance(ref, str):
+        return measure(arms[ref], e.measure, e.layer)
+    a, b = ref
+    return measure(arms[a], e.measure, e.layer) - measure(arms[b], e.measure, e.layer)
+
+
 def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
     """Check ``e`` on each seed that has every arm it needs. ``runs``: seed → arm name → series."""
-    other = e.reference if isinstance(e.reference, str) else None
+    needed = _arms_named(e.arm) + (_arms_named(e.reference) if e.comparator != "between" else [])
     result = ClaimResult(e, [], [], [], [])
     for seed, arms in sorted(runs.items()):
-        if e.arm not in arms or (other and other not in arms):
+        if not all(name in arms for name in needed):
             continue
-        value = measure(arms[e.arm], e.measure, e.layer)
-        if other:
-            reference = measure(arms[other], e.measure, e.layer)
-        elif e.comparator in ("above", "below"):
-            reference = float(e.reference)
+        value = _value(e.arm, arms, e)
+        if e.comparator in ("above", "below"):
+            is_number = isinstance(e.reference, float | int)
+            reference = float(e.reference) if is_number else _value(e.reference, arms, e)
         else:
             reference = None
         result.seeds.append(seed)
