@@ -164,11 +164,10 @@ def reproduce(configs: Annotated[list[Path] | None, typer.Argument(
 
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or not lead
-        folders = run_all(configs or default_configs(), seeds=seeds, out=out, data_dir=data_dir,
-                          argv=sys.argv, say=_say(quiet), progress_for=_progress(quiet),
-                          stop_requested=stop)
+        run_all(configs or default_configs(), seeds=seeds, out=out, data_dir=data_dir,
+                argv=sys.argv, say=_say(quiet), progress_for=_progress(quiet), stop_requested=stop)
         if lead:
-            typer.echo(f"report: {build_report(folders, out)}")
+            typer.echo(f"report: {build_report([out], out)}")  # every experiment finished in OUT
 
 
 @app.command()

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,8 +145,9 @@ def test_missing_file_and_cuda_without_gpu(tiny_mnist_env, tmp_path):
 
 
 def test_validate_show_config_and_shipped_configs(tmp_path):
-    configs = sorted(p for p in __import__("pathlib").Path("configs").glob("*.yaml"))
-    assert len(configs) >= 5
+    configs = sorted(Path("configs").rglob("*.yaml"))
+    assert Path("configs/beyond/large_batch.yaml") in configs
+    assert len(configs) >= 6
     result = invoke("validate", *configs)
     assert result.exit_code == 0 and result.output.count("ok: ") == len(configs)
     shown = invoke("show-config", "configs/adam_vs_lamb.yaml", "epochs=1", "arms.lamb.lr=0.1")

@@ -38,7 +38,7 @@ def errors_of(text: str, overrides=(), source="x.yaml") -> list[str]:
 # --- the shipped configs -------------------------------------------------------------------
 
 def test_every_shipped_config_loads_and_is_named_after_its_file():
-    paths = sorted(CONFIGS.glob("*.yaml"))
+    paths = sorted(CONFIGS.rglob("*.yaml"))
     assert set(SHIPPED) <= {p.stem for p in paths}
     for path in paths:
         exp = load_experiment(path)

@@ -51,10 +51,13 @@ def claim_rows(runs: ExperimentRuns) -> list[list[str]]:
     for e in runs.experiment.expect:
         result = check(e, runs.seeds)
         per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
-        mean, std = mean_std(result.values)
+        if e.measure == "diverged":
+            summary = f"{sum(v == 1.0 for v in result.values)} of {len(result.values)} seeds"
+        else:
+            mean, std = mean_std(result.values)
+            summary = f"{fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
         what = f"{_name(e.arm)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
-        rows.append([runs.experiment.name, e.claim, what, per_seed or "n/a",
-                     f"{fmt(e.measure, mean)} ± {fmt(e.measure, std)}", _reference(e, result),
+        rows.append([runs.experiment.name, e.claim, what, per_seed or "n/a", summary, _reference(e, result),
                      result.verdict])
     return rows
 

@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
 from lambexp.report.series import ArmSeries
@@ -233,6 +233,7 @@ def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str],
             _ridge_panel(ax, s.trust_steps[picks[arm]], dens[arm], 10**grid if log else grid,
                          _color(colors, arm, row), RIDGE_OVERLAP / peak)
             ax.set_xscale("log" if log else "linear")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short decades
             ax.grid(axis="x", alpha=0.3, which="both")
             ax.set_title(TRUST_TITLES[key] if row == 0 else "", fontsize=11)
             if col == 0:
