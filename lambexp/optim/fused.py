@@ -1,8 +1,6 @@
-"""``Lamb(fused=True)``'s step: one tensor's whole LAMB update as one torch.compile'd (inductor) kernel.
-
-The equations are those of ``rules.py``; the hyper-parameters travel as one small tensor, so a new
-step size or learning rate never recompiles. Nothing is compiled until the first fused step.
-"""
+"""``Lamb(fused=True)``'s step: the rules of ``rules.py`` as torch.compile'd (inductor) kernels,
+a tensor's whole update in one call. Hyper-parameters travel as a tensor, so a new step size never
+recompiles; nothing is compiled before the first fused step."""
 
 from __future__ import annotations
 
