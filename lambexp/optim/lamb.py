@@ -11,10 +11,7 @@ from torch import Tensor
 from lambexp.optim import fused, rules
 from lambexp.optim.trust import (
     TrustRatioOptimizer,
-    by_device_and_dtype,
-    cache_chunks,
     check_range,
-    params_with_grad,
 )
 
 VARIANTS = ("blog", "paper")
@@ -76,27 +73,14 @@ class Lamb(TrustRatioOptimizer):
             group["eps"] = DEFAULT_EPS[group["variant"]]
         validate_group(group)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            for bucket in by_device_and_dtype(params, params_with_grad(group)):
-                w = [params[j] for j in bucket]
-                for p in w:
-                    self._advance(p)
-                if group["foreach"] is False:
-                    stats = self._reference_step(group, w)
-                elif group.get("fused") and not self._compile_failed:
-                    stats = self._fused_step(group, w)
-                else:
-                    stats = self._chunked_foreach_step(group, w)
-                self._record(gi, group, bucket, *stats)
-        return loss
+    def _step_tensors(self, group: dict, w: list[Tensor]):
+        for p in w:
+            self._advance(p)
+        if group["foreach"] is False:
+            return self._reference_step(group, w)
+        if group.get("fused") and not self._compile_failed:
+            return self._fused_step(group, w)
+        return self._chunked_foreach_step(group, w)
 
     def _advance(self, p: Tensor) -> None:
         state = self.state[p]
@@ -120,10 +104,6 @@ class Lamb(TrustRatioOptimizer):
             state["m"], state["v"] = new.m, new.v
             out.append((new.r, new.r1, new.r2))
         return [torch.stack(col) for col in zip(*out)]
-
-    def _chunked_foreach_step(self, group: dict, w: list[Tensor]):
-        runs = [self._foreach_step(group, run) for run in cache_chunks(w)]
-        return [torch.cat(col) for col in zip(*runs)]
 
     def _fused_step(self, group: dict, w: list[Tensor]):
         """fused.py's compiled step: one call per large tensor, one for all the small ones.

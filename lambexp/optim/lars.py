@@ -8,10 +8,7 @@ from torch import Tensor
 from lambexp.optim import rules
 from lambexp.optim.trust import (
     TrustRatioOptimizer,
-    by_device_and_dtype,
-    cache_chunks,
     check_range,
-    params_with_grad,
 )
 
 
@@ -47,27 +44,13 @@ class Lars(TrustRatioOptimizer):
         eta = group["trust_coefficient"]
         check_range("trust_coefficient", eta, eta > 0, "> 0")
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            for bucket in by_device_and_dtype(params, params_with_grad(group)):
-                w = [params[j] for j in bucket]
-                for p in w:
-                    if not self.state[p]:
-                        self.state[p]["buf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["foreach"] is False:
-                    stats = self._reference_step(group, w)
-                else:
-                    runs = [self._foreach_step(group, run) for run in cache_chunks(w)]
-                    stats = [torch.cat(col) for col in zip(*runs)]
-                self._record(gi, group, bucket, *stats)
-        return loss
+    def _step_tensors(self, group: dict, w: list[Tensor]):
+        for p in w:
+            if not self.state[p]:
+                self.state[p]["buf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["foreach"] is False:
+            return self._reference_step(group, w)
+        return self._chunked_foreach_step(group, w)
 
     def _reference_step(self, group: dict, w: list[Tensor]):
         out = []

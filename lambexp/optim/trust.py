@@ -20,6 +20,32 @@ class TrustRatioOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._stats: dict[int, Tensor] = {}  # group index -> (3, n_params): rows r, r1, r2
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss.
+
+        Parameters without a gradient are skipped; each group's tensors go to ``_step_tensors``
+        in runs sharing a device and dtype, and their r, r1, r2 are recorded."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for gi, group in enumerate(self.param_groups):
+            params = group["params"]
+            for bucket in by_device_and_dtype(params, params_with_grad(group)):
+                w = [params[j] for j in bucket]
+                self._record(gi, group, bucket, *self._step_tensors(group, w))
+        return loss
+
+    def _step_tensors(self, group: dict, w: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Update the tensors ``w`` of ``group`` in place; return their r, r1, r2 as vectors."""
+        raise NotImplementedError
+
+    def _chunked_foreach_step(self, group: dict, w: list[Tensor]):
+        """``_foreach_step`` over cache-sized runs of ``w`` (see ``cache_chunks``), stats joined."""
+        runs = [self._foreach_step(group, run) for run in cache_chunks(w)]
+        return [torch.cat(col) for col in zip(*runs)]
+
     def trust_stats(self) -> dict:
         """The latest r, r1, r2 of every parameter tensor, in parameter order.
 
