@@ -43,7 +43,7 @@ class BarProgress(LineProgress):
         )
         from rich.progress import Progress as RichProgress
 
-        super().__init__(name, epochs, console.print)
+        super().__init__(name, epochs, lambda line: console.print(line, markup=False, highlight=False))
         self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
