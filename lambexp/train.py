@@ -234,6 +234,8 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
     net = options.world.wrap(model)  # DDP: broadcasts rank 0's parameters, averages gradients
     steps_per_epoch = -(-len(train[0]) // options.batch_size)
     progress.begin(epochs * steps_per_epoch, done=state.step)
+    if state.step:  # resumed: show where it stands before the next log step
+        progress.advance(state.step, state.last_loss)
     mark = [time.perf_counter()]
 
     def clock() -> None:
