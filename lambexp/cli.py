@@ -18,7 +18,8 @@ from lambexp.errors import ConfigError, UserError
 from lambexp.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
-              "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C).")
+              "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C), 143 terminated "
+              "(SIGTERM).")
 
 app = typer.Typer(
     help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
@@ -54,10 +55,12 @@ def reported(stop=None, resume_hint: list[Path] | None = None) -> Iterator[None]
     debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
     try:
         yield
-    except Interrupted:
+    except Interrupted as err:
         hint = f"; continue with: lambexp resume {resume_hint[0]}" if resume_hint else ""
-        typer.echo(f"interrupted: the arm in progress was checkpointed{hint}", err=True)
+        typer.echo(f"interrupted {err}{hint}", err=True)
         raise typer.Exit(stop.exit_code if stop else 130) from None
+    except typer.Exit:
+        raise  # a command's own exit code (typer.Exit), not an error
     except UserError as err:
         if debug:
             traceback.print_exc()

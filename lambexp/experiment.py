@@ -213,7 +213,10 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 def write_json(path: Path, value: dict) -> None:
     """Write atomically: a reader sees the old file or the whole new one, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -268,8 +271,12 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
     """
     with process_group() as world:
         inputs = world.local_first(lambda: ArmInputs(exp.arms, data_dir, say))
+        if stop_requested():  # e.g. Ctrl-C while MNIST was fetched: leave nothing behind
+            raise Interrupted("before training began; nothing was written")
         run_dir = world.from_lead(lambda: start_run(runs_root, exp, argv, on_start))
         for arm in exp.arms:
+            if not world.active and stop_requested():  # under DDP the ranks agree at log steps
+                raise Interrupted("between arms; the finished arms are kept")
             data, device = inputs.data(arm)
             run_arm(arm, data, device, run_dir / arm.name, progress_for(arm), stop_requested, world)
     return run_dir

@@ -18,7 +18,7 @@ from lambexp.errors import UserError
 from lambexp.experiment import ArmInputs, run_arm, write_run_header
 from lambexp.layout import CONFIG_FILE
 from lambexp.report.collect import SEED_DIR, find_experiments, is_finished, seed_dir
-from lambexp.train import Progress
+from lambexp.train import Interrupted, Progress
 
 CONFIG_DIR = Path("configs")
 DEFAULT_OUT = Path("runs/reproduce")
@@ -67,6 +67,8 @@ def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
         if world.from_lead(partial(is_finished, arm_dir)):
             say(f"{label}: finished before, skipped")
             continue
+        if not world.active and stop_requested():  # under DDP the ranks agree at log steps
+            raise Interrupted("between arms; the finished arms are kept")
         say(f"{label}: {'continuing' if arm_dir.exists() else 'training'}")
         data, device = inputs.data(arm)
         run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested, world)

@@ -111,15 +111,17 @@ def _log_step_values(model: nn.Module, state: LoopState, loss: Tensor,
 
 
 def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
-                    progress: Progress, options: LoopOptions) -> tuple[bool, bool]:
-    """The log step's one host sync: loss, first non-finite step, parameters finite (and, under
-    DDP, stop requests). Logs the step (after a divergence only when continuing). Returns
-    (diverged, stop requested)."""
+                    progress: Progress, options: LoopOptions, log: bool = True) -> tuple[bool, bool]:
+    """The check's one host sync: loss, first non-finite step, parameters finite (and, under
+    DDP, stop requests). At a log step, logs it (after a divergence only when continuing).
+    Returns (diverged, stop requested)."""
     value, first_bad, ok, stop = _log_step_values(model, state, loss, options)
     bad = first_bad >= 0 or not ok
     if bad and state.diverged_step is None:
         state.diverged_step = int(first_bad) if first_bad >= 0 else state.step
         state.diverged_reason = "non-finite loss" if first_bad >= 0 else "non-finite parameter"
+    if not log:
+        return bad, stop
     if math.isfinite(value):
         state.last_loss = value
     if not bad or options.on_nonfinite == "continue":
@@ -151,15 +153,18 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
         opt.step()
         state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
         _track_nonfinite(state, loss)
-        if (state.step - 1) % options.log_interval == 0:  # steps 1, 1+k, …: the blog's batch_idx % k
-            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options)
+        logs = (state.step - 1) % options.log_interval == 0  # steps 1, 1+k, …: the blog's batch_idx % k
+        evaluates = bool(options.eval_interval and test is not None
+                         and state.step % options.eval_interval == 0)
+        if logs or evaluates or state.batch == len(batches):  # no evaluation of a diverged model
+            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options, log=logs)
             if bad and options.on_nonfinite == "stop":
                 outcome = "diverged"
                 break
             if stop:
                 outcome = "interrupted"
                 break
-        if options.eval_interval and test is not None and state.step % options.eval_interval == 0:
+        if evaluates:
             state.train_seconds += time.perf_counter() - t0
             log_eval(sink, state, *evaluate(unwrap(model), *test, options.world))
             model.train()
@@ -248,7 +253,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
             outcome = train_one_epoch(net, opt, *train, generator=generator, options=options,
                                       sink=sink, state=state, progress=progress, test=test)
             if outcome == "interrupted":
-                raise Interrupted(f"stopped at step {state.step}")
+                raise Interrupted(f"at step {state.step}; the arm in progress was checkpointed")
             if outcome == "diverged":
                 progress.note(f"diverged at step {state.diverged_step} ({state.diverged_reason});"
                               " this arm stops here")

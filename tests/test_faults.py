@@ -227,3 +227,52 @@ def test_linear_warmup_sets_the_rate_of_each_step():
     twin.load_state_dict(opt.state_dict())  # a resumed run: initial_lr comes back with the state
     warm_up(twin, 2, warmup_steps=4)
     assert twin.param_groups[0]["lr"] == pytest.approx(0.2)
+
+
+class Bomb(torch.nn.Module):
+    """A linear classifier whose output turns NaN on its ``at``-th training forward."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.fc, self.at, self.calls = torch.nn.Linear(784, 10), at, 0
+
+    def forward(self, x):
+        out = torch.log_softmax(self.fc(x.flatten(1)), dim=1)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                out = out * float("nan")
+        return out
+
+
+def test_divergence_after_the_last_log_step_is_caught_before_evaluation():
+    from lambexp.sinks import MemorySink
+    from lambexp.train import LoopOptions, fit
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    model = Bomb(at=3)  # steps 1..4 of the one epoch; only step 1 is a log step
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = fit(model, opt, (x, y), (x, y), epochs=1, seed=0, sink=MemorySink(),
+                options=LoopOptions(batch_size=16, log_interval=100))
+    assert state.diverged_step == 3 and state.diverged_reason == "non-finite loss"
+    assert state.history == []  # the diverged model was not evaluated
+
+
+def test_an_unreadable_checkpoint_is_a_user_error(tiny_mnist_env, tmp_path):
+    from lambexp.errors import UserError
+
+    arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=1))
+    (tmp_path / "arm").mkdir()
+    (tmp_path / "arm" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="unreadable checkpoint.*delete it"):
+        run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", Progress())
+
+
+def test_tensorboard_verb_passes_its_exit_code(monkeypatch, tmp_path):
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: 0)
+    (tmp_path / "runs").mkdir()
+    result = CliRunner().invoke(app, ["tensorboard", "--logdir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: 3)
+    assert CliRunner().invoke(app, ["tensorboard", "--logdir", str(tmp_path / "runs")]).exit_code == 3
