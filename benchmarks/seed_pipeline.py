@@ -15,11 +15,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from seed_lamb import SeedLamb
+from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets, transforms
 
-from lambexp.model import LeNet
+
+class Net(nn.Module):
+    """pytorch/examples' MNIST Net of 2019, as pytorch-lamb's test_lamb.py imported it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5, 1)
+        self.conv2 = nn.Conv2d(20, 50, 5, 1)
+        self.fc1 = nn.Linear(4 * 4 * 50, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = x.view(-1, 4 * 4 * 50)
+        x = F.relu(self.fc1(x))
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
 
 
 def log_lamb_rs(optimizer, event_writer, token_count):
@@ -47,7 +67,7 @@ def seed_dataset(n: int, data_dir: Path | None):
 def seed_samples_per_second(n: int, data_dir: Path | None, log_interval: int) -> float:
     torch.manual_seed(1)
     loader = DataLoader(seed_dataset(n, data_dir), batch_size=512, shuffle=True)
-    model = LeNet()
+    model = Net()
     optimizer = SeedLamb(model.parameters(), lr=0.01, betas=(0.9, 0.99), weight_decay=0)
     with tempfile.TemporaryDirectory() as tmp:
         writer = SummaryWriter(tmp)

@@ -19,8 +19,10 @@ class LeNet(nn.Module):
         self.fc2 = nn.Linear(500, 10)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, 1, 28, 28)
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2)  # (B, 20, 12, 12)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2, 2)  # (B, 50, 4, 4)
+        # ReLU after the pool: max and ReLU commute exactly (ReLU is monotone), values and
+        # gradients alike, and ReLU then runs on a quarter of the elements.
+        x = F.relu(F.max_pool2d(self.conv1(x), 2, 2))  # (B, 20, 12, 12)
+        x = F.relu(F.max_pool2d(self.conv2(x), 2, 2))  # (B, 50, 4, 4)
         x = torch.flatten(x, 1)  # (B, 800)
         x = F.relu(self.fc1(x))  # (B, 500)
         return F.log_softmax(self.fc2(x), dim=1)  # (B, 10)
