@@ -15,21 +15,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from seed_lamb import SeedLamb
-from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets, transforms
 
+from lambexp.model import LeNet
 
-class Net(nn.Module):
-    """pytorch/examples' MNIST Net of 2019, as pytorch-lamb's test_lamb.py imported it."""
 
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5, 1)
-        self.conv2 = nn.Conv2d(20, 50, 5, 1)
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.fc2 = nn.Linear(500, 10)
+class Net(LeNet):
+    """pytorch/examples' MNIST Net of 2019, as pytorch-lamb's test_lamb.py imported it: LeNet's
+    layers with its forward as written then (ReLU before the pool, no channels-last)."""
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
