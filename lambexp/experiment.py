@@ -26,10 +26,10 @@ from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import UserError
-from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE
+from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE, read_jsonl
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
-from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink, read_jsonl
+from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink
 from lambexp.train import Interrupted, LoopOptions, LoopState, Progress, fit
 
 

@@ -140,17 +140,6 @@ class Tee:
             sink.flush()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records a JsonlSink wrote; a torn last line (a killed process) is skipped."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 class MemorySink:
     """Keeps everything in lists, for tests and for code that wants the numbers directly."""
 

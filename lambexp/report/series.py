@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lambexp.layout import METRICS_FILE, SUMMARY_FILE
-from lambexp.sinks import read_jsonl
+from lambexp.layout import METRICS_FILE, SUMMARY_FILE, read_jsonl
 
 
 @dataclass
