@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
-SEEDS ?= 1
+SEEDS ?= 3
 
 .PHONY: install run reproduce-all test test-fast bench bench-optim tensorboard clean
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 run: install  ## the main job: fetch MNIST if needed, run $(CONFIG) (Adam vs LAMB)
 	$(VENV)/bin/lambexp run $(CONFIG)
 
-reproduce-all: install  ## every experiment of configs/, one seed, then runs/reproduce/REPORT.md
+reproduce-all: install  ## every experiment of configs/, $(SEEDS) seeds (default 3), then runs/reproduce/REPORT.md
 	$(VENV)/bin/lambexp reproduce --seeds $(SEEDS)
 
 test: install  ## lint, then the whole test suite

@@ -153,18 +153,30 @@ def print_summaries(paths: list[Path]) -> None:
 @app.command()
 def reproduce(configs: Annotated[list[Path] | None, typer.Argument(
                   help="experiment YAML files (default: every configs/*.yaml)", show_default=False)] = None,
-              seeds: Annotated[int, typer.Option(help="seeds per arm: the config's seed, +1, +2, …")] = 1,
+              seeds: Annotated[int, typer.Option(help="seeds per arm: the config's seed, +1, +2, …")] = 3,
               out: Annotated[Path, typer.Option(help="folder for the runs and the report")] = Path(
                   "runs/reproduce"),
+              plan: Annotated[bool, typer.Option(
+                  "--plan", help="print the distinct trainings it would run, one per line, then"
+                  " their number; train nothing")] = False,
               data_dir: DataDir = None, quiet: Quiet = False):
-    """Run every experiment for SEEDS seeds (arms finished before are skipped), then write
-    OUT/REPORT.md, OUT/report.html and the figures: which of the post's claims hold."""
+    """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
+    figures: which of the post's claims hold, k of n seeds each.
+
+    Arms finished before are skipped. Arms that are the same training once resolved (E1's LAMB is
+    E3's lr 0.01) are trained once per seed and shared: the other experiment's arm folder is a
+    link to it."""
     with graceful_stop() as stop, reported(stop, [out]):
         from lambexp.distributed import is_lead_process
         from lambexp.report.build import build_report
-        from lambexp.reproduce import default_configs
+        from lambexp.reproduce import default_configs, load_all, make_plan, plan_lines
         from lambexp.reproduce import reproduce as run_all
 
+        if plan:
+            if seeds < 1:
+                raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+            typer.echo("\n".join(plan_lines(make_plan(load_all(configs or default_configs()), seeds, out))))
+            return
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or not lead
         run_all(configs or default_configs(), seeds=seeds, out=out, data_dir=data_dir,

@@ -88,7 +88,7 @@ def environment(argv: Sequence[str]) -> dict:
 def optimizer_args(arm: Arm) -> dict:
     """The arm's optimizer hyper-parameters as plain keyword arguments for ``build_optimizer``."""
     return dict(lr=arm.lr, betas=tuple(arm.betas), eps=arm.eps, weight_decay=arm.weight_decay,
-                rule=arm.rule, clamp=arm.clamp, momentum=arm.momentum,
+                rule=arm.rule, bias_correction=arm.bias_correction, clamp=arm.clamp, momentum=arm.momentum,
                 trust_coefficient=arm.trust_coefficient)
 
 
@@ -97,7 +97,7 @@ def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
     """The arm's loop settings as plain values; warm-up epochs become steps of this data set."""
     steps_per_epoch = -(-n_train // arm.batch_size)
     return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
-                       eval_interval=arm.eval_interval, on_nonfinite=arm.on_nonfinite,
+                       eval_interval=arm.eval_interval, on_divergence=arm.on_divergence,
                        stop_requested=stop_requested, world=world,
                        warmup_steps=round(arm.warmup_epochs * steps_per_epoch))
 
@@ -157,12 +157,13 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         except Interrupted:
             if world.lead:
                 save_checkpoint(checkpoint, model, opt, state)
-                write_json(arm_dir / SUMMARY_FILE, summarize(arm, state, device, "interrupted"))
+                write_json(arm_dir / SUMMARY_FILE,
+                           summarize(arm, state, device, "interrupted", len(data.train_x)))
             raise
-        summary = summarize(arm, state, device, "finished")
+        summary = summarize(arm, state, device, "finished", len(data.train_x))
         sink.scalars(state.samples, {"throughput/samples_per_s": summary["samples_per_second"]})
         final = state.history[-1] if state.history else {}
-        sink.hparams({"arm": arm.name, **arm.model_dump(exclude={"name", "data_dir"})},
+        sink.hparams(arm_hparams(arm, device),
                      {"test/accuracy": final.get("test/accuracy", float("nan")),
                       "test/loss": final.get("test/loss", float("nan")),
                       "train/loss": state.last_loss})
@@ -172,9 +173,19 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     return summary
 
 
-def summarize(arm: Arm, state: LoopState, device: torch.device, status: str) -> dict:
-    """summary.json: the arm's outcome. Accuracies are of the last evaluation before any
-    divergence; a diverged arm is a finished result, with the step and reason."""
+def arm_hparams(arm: Arm, device: torch.device) -> dict:
+    """The arm's settings as TensorBoard hparams: the device it ran on (not ``auto``), and the
+    betas as two numbers (hparams take scalars only)."""
+    settings = arm.model_dump(exclude={"name", "data_dir", "betas"})
+    return {"arm": arm.name, **settings, "device": str(device), "beta1": arm.betas[0],
+            "beta2": arm.betas[1]}
+
+
+def summarize(arm: Arm, state: LoopState, device: torch.device, status: str,
+              samples_per_epoch: int) -> dict:
+    """summary.json: the arm's outcome. ``diverged`` is the trainer's decision by the one rule of
+    lambexp.divergence, with the step and reason; the accuracies are of the last evaluation
+    (when the arm stopped at its divergence, the last one before it)."""
     accuracies = [h["test/accuracy"] for h in state.history]
     final = state.history[-1] if state.history else {}
     return {
@@ -188,6 +199,7 @@ def summarize(arm: Arm, state: LoopState, device: torch.device, status: str) -> 
         "diverged_step": state.diverged_step,
         "diverged_reason": state.diverged_reason,
         "epochs_done": state.epoch - 1,
+        "samples_per_epoch": samples_per_epoch,
         "steps": state.step,
         "samples": state.samples,
         "wall_seconds": state.wall_seconds,

@@ -4,11 +4,19 @@ Reproduce layout: ``<out>/<experiment>/{config.yaml, environment.json, seed<k>/<
 folder holds ``<arm>/`` directly. An arm whose summary.json says finished is never run again; an
 unfinished one continues from its checkpoint, or starts again when it has none. Under torchrun
 rank 0 decides what is finished and writes the folders; every rank trains (``lambexp.distributed``).
+
+Arms that are the same training once resolved (every setting and the seed equal, only the name
+differs: E1's LAMB is E3's lr 0.01) are trained once per seed, in the folder of the first
+experiment that uses them; the other experiments' ``seed<k>/<arm>`` is a relative symbolic link
+to it, so every reader (report, resume, TensorBoard's folder) finds it where it expects it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -59,6 +67,104 @@ def existing_arms(exp: Experiment, exp_dir: Path) -> list[tuple[Arm, Path]]:
             for s in seeds for arm in exp.arms]
 
 
+def training_key(arm: Arm) -> str:
+    """Two arms with equal keys train identically: every resolved setting, the seed included,
+    but not the name."""
+    return json.dumps(arm.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+
+
+@dataclass
+class Training:
+    """One distinct training: the arm it runs (as its first user names it) and the folder it writes."""
+
+    label: str  # <experiment>/seed<k>/<arm> of the folder, relative to the reproduce folder
+    arm: Arm
+    folder: Path
+    shared_by: list[str] = field(default_factory=list)  # the other arms that read it (labels)
+
+
+@dataclass
+class Plan:
+    trainings: list[Training]
+    links: list[tuple[Path, Path]]  # (arm folder, the training folder it points to)
+    arms: int  # experiment arms × seeds that the plan serves
+
+
+def _trainings_on_disk(out: Path) -> dict[str, Path]:
+    """training_key → folder, for every arm folder already under ``out`` (not links), so a later
+    invocation shares what an earlier one trained."""
+    found: dict[str, Path] = {}
+    for config in sorted(out.glob(f"*/{CONFIG_FILE}")):
+        try:
+            exp = load_experiment(config)
+        except UserError:
+            continue  # a folder of another config version: reproduce refuses it when it is used
+        for arm, arm_dir in existing_arms(exp, config.parent):
+            if arm_dir.is_dir() and not arm_dir.is_symlink():
+                found.setdefault(training_key(arm), arm_dir)
+    return found
+
+
+def make_plan(exps: Sequence[Experiment], seeds: int, out: Path) -> Plan:
+    """The distinct trainings that ``seeds`` seeds of ``exps`` need, and the links that let every
+    experiment find its arms. An arm folder already on disk stays its own training."""
+    on_disk = _trainings_on_disk(out) if out.is_dir() else {}
+    by_folder: dict[Path, Training] = {}  # by resolved folder
+    by_key: dict[str, Training] = {}
+    links, arms = [], 0
+    for exp in exps:
+        for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name):
+            arms += 1
+            label, key = f"{exp.name}/seed{arm.seed}/{arm.name}", training_key(arm)
+            if arm_dir.is_symlink() or arm_dir.is_dir():  # linked or trained before: as it is
+                folder = arm_dir.resolve() if arm_dir.is_symlink() else arm_dir
+            else:
+                folder = by_key[key].folder if key in by_key else on_disk.get(key, arm_dir)
+                if folder != arm_dir:
+                    links.append((arm_dir, folder))
+            training = by_folder.get(folder.resolve())
+            if training is None:
+                training = Training(_label(folder, out), arm, folder)
+                by_folder[folder.resolve()] = training
+                by_key.setdefault(key, training)
+            if training.label != label:
+                training.shared_by.append(label)
+    # Seed by seed: an interrupted reproduction has whole seeds to report on.
+    return Plan(sorted(by_folder.values(), key=lambda t: t.arm.seed), links, arms)
+
+
+def _label(folder: Path, out: Path) -> str:
+    try:
+        return folder.resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(folder)
+
+
+def link_shared(links: list[tuple[Path, Path]]) -> None:
+    """Each arm folder that shares a training becomes a relative link to it."""
+    for link, target in links:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, link.parent), link, target_is_directory=True)
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """`lambexp reproduce --plan`: one line per distinct training, then their number."""
+    lines = []
+    for t in plan.trainings:
+        a = t.arm
+        rule = f" ({a.rule}{'' if a.bias_correction else ', no bias correction'})" \
+            if a.optimizer in ("adam", "lamb") else ""
+        state = "finished" if is_finished(t.folder) else "to continue" if t.folder.exists() else "to train"
+        shared = f"; also {', '.join(t.shared_by)}" if t.shared_by else ""
+        lines.append(f"{t.label}: {a.optimizer}{rule} lr {a.lr:g}, wd {a.weight_decay:g}, betas "
+                     f"{a.betas[0]:g}/{a.betas[1]:g}, batch {a.batch_size}, {a.epochs} epochs,"
+                     f" seed {a.seed} [{state}{shared}]")
+    pending = sum(not is_finished(t.folder) for t in plan.trainings)
+    lines.append(f"{len(plan.trainings)} trainings ({pending} not finished) for {plan.arms} arms"
+                 f" (experiment arms × seeds)")
+    return lines
+
+
 def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
                 progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
                 world: World = SINGLE) -> None:
@@ -74,26 +180,35 @@ def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
         run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested, world)
 
 
-def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
-              argv: Sequence[str] = (), say: Say = print,
-              progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
-              stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
-    """Run what is not yet finished; return the experiment folders. Every config is validated,
-    and MNIST checked, before anything runs."""
-    if seeds < 1:
-        raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+def load_all(configs: Sequence[Path]) -> list[Experiment]:
+    """Every config, validated, with distinct experiment names."""
     exps = [load_experiment(c) for c in configs]
     names = [e.name for e in exps]
     if len(set(names)) != len(names):
         raise UserError(f"two configs share an experiment name: {', '.join(names)}")
+    return exps
+
+
+def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
+              argv: Sequence[str] = (), say: Say = print,
+              progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+              stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
+    """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
+    experiment folders. Every config is validated, and MNIST checked, before anything runs."""
+    if seeds < 1:
+        raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+    exps = load_all(configs)
     with process_group() as world:
         inputs = world.local_first(lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
-        work = []
-        for exp in exps:
-            world.from_lead(partial(claim_folder, out / exp.name, exp, argv))
-            work += [(f"{exp.name}/seed{arm.seed}/{arm.name}", arm, arm_dir)
-                     for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name)]
-        run_pending(work, inputs, say, progress_for, stop_requested, world)
+
+        def prepare() -> list[tuple[str, Arm, Path]]:
+            for exp in exps:
+                claim_folder(out / exp.name, exp, argv)
+            plan = make_plan(exps, seeds, out)
+            link_shared(plan.links)
+            return [(t.label, t.arm, t.folder) for t in plan.trainings]
+
+        run_pending(world.from_lead(prepare), inputs, say, progress_for, stop_requested, world)
     return [out / exp.name for exp in exps]
 
 
@@ -102,11 +217,16 @@ def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
            stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
     """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder)."""
     folders = find_experiments([run_dir])
-    work = []
+    found = []
     for exp_dir in folders:
         exp = load_experiment(exp_dir / CONFIG_FILE)
-        work += [(f"{exp_dir.relative_to(run_dir.parent)}/{arm_dir.relative_to(exp_dir)}", arm, arm_dir)
-                 for arm, arm_dir in existing_arms(exp, exp_dir)]
+        found += [(f"{exp_dir.relative_to(run_dir.parent)}/{arm_dir.relative_to(exp_dir)}", arm, arm_dir)
+                  for arm, arm_dir in existing_arms(exp, exp_dir)]
+    work, seen = [], set()
+    for label, arm, arm_dir in sorted(found, key=lambda item: item[2].is_symlink()):  # stable
+        if arm_dir.resolve() not in seen:  # a shared training once, under its own folder's name
+            seen.add(arm_dir.resolve())
+            work.append((label, arm, arm_dir.resolve()))
     with process_group() as world:
         inputs = world.local_first(lambda: ArmInputs([arm for _, arm, _ in work], data_dir, say))
         run_pending(work, inputs, say, progress_for, stop_requested, world)

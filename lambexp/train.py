@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lambexp.data import epoch_batches
 from lambexp.distributed import SINGLE, World, unwrap
+from lambexp.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
 from lambexp.sinks import Sink
 
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
@@ -50,8 +51,10 @@ class LoopState:
     train_seconds: float = 0.0  # wall time spent in training steps (not evaluation)
     wall_seconds: float = 0.0  # wall time in fit, evaluation included, over every session
     last_loss: float = float("nan")  # last logged (finite) training loss
-    diverged_step: int | None = None  # first step whose loss (or a parameter) was non-finite
+    diverged_step: int | None = None  # the step at which it diverged (lambexp.divergence)
     diverged_reason: str | None = None
+    first_loss: float | None = None  # LossWatch.first: the first logged training loss
+    loss_fell: bool = False  # LossWatch.fell: a logged loss has been below first_loss / 2
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
     first_bad: Tensor | None = field(default=None, repr=False)  # on device: first bad step or -1
 
@@ -61,7 +64,7 @@ class LoopOptions:
     batch_size: int
     log_interval: int
     eval_interval: int | None = None
-    on_nonfinite: str = "stop"  # stop | continue
+    on_divergence: str = "stop"  # stop | continue (lambexp.divergence says when it diverged)
     stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
     world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant
@@ -111,23 +114,32 @@ def _log_step_values(model: nn.Module, state: LoopState, loss: Tensor,
 
 
 def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
-                    progress: Progress, options: LoopOptions, log: bool = True) -> tuple[bool, bool]:
+                    progress: Progress, options: LoopOptions, x: int, log: bool = True) -> tuple[bool, bool]:
     """The check's one host sync: loss, first non-finite step, parameters finite (and, under
-    DDP, stop requests). At a log step, logs it (after a divergence only when continuing).
-    Returns (diverged, stop requested)."""
+    DDP, stop requests). At a log step, logs the loss at ``x`` (samples seen before its batch)
+    and feeds it to the divergence rule; a non-finite value is logged only when continuing.
+    Returns (diverged here, stop requested)."""
     value, first_bad, ok, stop = _log_step_values(model, state, loss, options)
-    bad = first_bad >= 0 or not ok
-    if bad and state.diverged_step is None:
-        state.diverged_step = int(first_bad) if first_bad >= 0 else state.step
-        state.diverged_reason = "non-finite loss" if first_bad >= 0 else "non-finite parameter"
+    nonfinite = first_bad >= 0 or not ok
+    reason = None
+    if first_bad >= 0:
+        reason, step = NONFINITE_LOSS, int(first_bad)
+    elif not ok:
+        reason, step = NONFINITE_PARAMETER, state.step
+    elif log:
+        watch = LossWatch(state.first_loss, state.loss_fell)
+        reason, step = watch.update(value), state.step
+        state.first_loss, state.loss_fell = watch.first, watch.fell
+    if reason is not None and state.diverged_step is None:
+        state.diverged_step, state.diverged_reason = step, reason
     if not log:
-        return bad, stop
+        return reason is not None, stop
     if math.isfinite(value):
         state.last_loss = value
-    if not bad or options.on_nonfinite == "continue":
-        log_train(sink, opt, state, loss=value)
+    if not nonfinite or options.on_divergence == "continue":
+        log_train(sink, opt, x, state.step, loss=value)
         progress.advance(state.step, value)
-    return bad, stop
+    return reason is not None, stop
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
@@ -135,7 +147,10 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
                     state: LoopState, progress: Progress,
                     test: tuple[Tensor, Tensor] | None = None) -> str:
     """Continue epoch ``state.epoch`` from batch ``state.batch`` in the order of a seeded
-    permutation. Returns "done", "diverged" (and on_nonfinite is stop) or "interrupted".
+    permutation. Returns "done", "diverged" (and on_divergence is stop) or "interrupted".
+    Logs the loss and r, r1, r2 after the batches whose index in the epoch is a multiple of
+    ``log_interval`` (the post's ``batch_idx % log_interval == 0``), at x = the samples seen before
+    that batch, as its script did.
     ``model`` may be DDP-wrapped (see ``fit``); evaluations use the model inside."""
     model.train()
     t0 = time.perf_counter()
@@ -147,18 +162,20 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
             break
         if options.warmup_steps:
             warm_up(opt, state.step + 1, options.warmup_steps)
+        batch_index, seen_before = state.batch, state.samples
         opt.zero_grad(set_to_none=True)
         loss = batch_loss(model, x, y, idx, options.world)
         loss.backward()
         opt.step()
         state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
         _track_nonfinite(state, loss)
-        logs = (state.step - 1) % options.log_interval == 0  # steps 1, 1+k, …: the blog's batch_idx % k
+        logs = batch_index % options.log_interval == 0  # the post's `batch_idx % log_interval`
         evaluates = bool(options.eval_interval and test is not None
                          and state.step % options.eval_interval == 0)
         if logs or evaluates or state.batch == len(batches):  # no evaluation of a diverged model
-            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options, log=logs)
-            if bad and options.on_nonfinite == "stop":
+            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options,
+                                        x=seen_before, log=logs)
+            if bad and options.on_divergence == "stop":
                 outcome = "diverged"
                 break
             if stop:
@@ -181,11 +198,11 @@ def warm_up(opt: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
         group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
 
 
-def log_train(sink: Sink, opt: torch.optim.Optimizer, state: LoopState, loss: float) -> None:
-    sink.scalars(state.samples, {"train/loss": loss, "lr": opt.param_groups[0]["lr"],
-                                 "train/step": state.step})
+def log_train(sink: Sink, opt: torch.optim.Optimizer, x: int, step: int, loss: float) -> None:
+    """The batch's loss, the lr and the optimizer's r, r1, r2 at x (samples seen before the batch)."""
+    sink.scalars(x, {"train/loss": loss, "lr": opt.param_groups[0]["lr"], "train/step": step})
     if hasattr(opt, "trust_stats"):
-        sink.trust(state.samples, opt.trust_stats())
+        sink.trust(x, opt.trust_stats())
 
 
 def log_eval(sink: Sink, state: LoopState, loss: float, accuracy: float) -> None:

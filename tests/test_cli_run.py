@@ -21,7 +21,7 @@ batch_size: 64
 log_interval: 2
 betas: [0.9, 0.99]
 lr: 0.01
-device: cpu
+device: auto
 arms:
   - name: adam
     optimizer: adam
@@ -61,14 +61,15 @@ def test_two_arms_write_events_summaries_and_config(two_arm_run):
     assert output.splitlines()[-1] == f"run folder: {run_dir}"
     assert "name: tiny" in (run_dir / "config.yaml").read_text()
     assert json.loads((run_dir / "environment.json").read_text())["torch"] == torch.__version__
-    # 256 training images, batch 64: 4 steps an epoch, 8 in all, logged at steps 1, 3, 5, 7
+    # 256 training images, batch 64: 4 batches an epoch, 8 in all; logged after batches 0 and 2 of
+    # each epoch (the post's batch_idx % 2 == 0) at the samples seen before them: 0, 128 | 256, 384
     for arm in ("adam", "lamb"):
         acc = events(run_dir / arm)
         tags = acc.Tags()
         for tag in ("train/loss", "test/loss", "test/accuracy", "lr", "throughput/samples_per_s",
                     "trust_layer/conv1.weight/r", "trust_layer/fc2.bias/r2"):
             assert tag in tags["scalars"], (arm, tag)
-        assert [e.step for e in acc.Scalars("train/loss")] == [64, 192, 320, 448]  # samples seen
+        assert [e.step for e in acc.Scalars("train/loss")] == [0, 128, 256, 384]
         assert [e.step for e in acc.Scalars("test/accuracy")] == [256, 512]  # after each epoch
         for key in ("r", "r1", "r2"):
             hist = acc.Histograms(f"trust/{key}")
@@ -88,6 +89,11 @@ def test_two_arms_write_events_summaries_and_config(two_arm_run):
         assert start.hparams["arm"].string_value == arm
         assert start.hparams["optimizer"].string_value == arm  # the arms are named after them
         assert start.hparams["lr"].number_value == pytest.approx(0.01)
+        used = "cuda" if torch.cuda.is_available() else "cpu"
+        assert start.hparams["device"].string_value == used  # the device used, not "auto"
+        assert start.hparams["beta1"].number_value == pytest.approx(0.9)
+        assert start.hparams["beta2"].number_value == pytest.approx(0.99)
+        assert start.hparams["bias_correction"].number_value == 1  # true
 
 
 def test_adam_arm_applies_no_trust_ratio_but_logs_it(two_arm_run):
@@ -138,7 +144,7 @@ def test_missing_file_and_cuda_without_gpu(tiny_mnist_env, tmp_path):
     if torch.cuda.is_available():
         return
     config = tmp_path / "cuda.yaml"
-    config.write_text(TWO_ARMS.replace("device: cpu", "device: cuda"))
+    config.write_text(TWO_ARMS.replace("device: auto", "device: cuda"))
     result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "cuda" in result.output
     assert not (tmp_path / "runs").exists()

@@ -73,15 +73,15 @@ def test_blog_configs_have_the_blogs_settings(stem, arms):
         assert {k: arm.model_dump()[k] for k in expected} == expected, arm.name
 
 
-def test_readme_config_is_torch_adam_against_lamb_with_decay():
+def test_readme_config_is_the_june_2019_rule_in_both_arms():
+    """E6 as SPEC §1 states it: one optimizer class, the paper rule without bias correction, betas
+    (0.9, 0.999), eps 1e-6, ‖w‖ clamped at 10, decoupled decay 0.01 in both arms, 6 epochs."""
     adam, lamb = load_experiment(CONFIGS / "readme_lr02.yaml").arms
-    assert (adam.name, adam.optimizer, adam.lr, adam.betas, adam.eps, adam.weight_decay) == (
-        "adam", "torch_adam", 0.02, (0.9, 0.999), 1e-8, 0.0)
-    assert (lamb.name, lamb.optimizer, lamb.rule, lamb.lr, lamb.betas, lamb.weight_decay) == (
-        "lamb", "lamb", "blog", 0.02, (0.9, 0.99), 0.01)
-    assert adam.epochs == lamb.epochs == 10
-    assert adam.batch_size == lamb.batch_size == 512
-    assert adam.log_interval == lamb.log_interval == 30
+    assert (adam.name, adam.optimizer, lamb.name, lamb.optimizer) == ("adam", "adam", "lamb", "lamb")
+    for arm in (adam, lamb):
+        assert (arm.rule, arm.bias_correction, arm.lr, arm.betas, arm.eps, arm.clamp, arm.weight_decay) == (
+            "paper", False, 0.02, (0.9, 0.999), 1e-6, 10.0, 0.01), arm.name
+        assert (arm.epochs, arm.batch_size, arm.log_interval, arm.seed) == (6, 512, 30, 1)
 
 
 # --- resolution ----------------------------------------------------------------------------
@@ -162,9 +162,9 @@ def test_nan_and_infinity_are_refused():
 
 # --- one exact line per problem ------------------------------------------------------------
 
-ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, eps, clamp, momentum, "
+ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, eps, clamp, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, warmup_epochs, log_interval, "
-            "eval_interval, data_dir, on_nonfinite, checkpoint_every")
+            "eval_interval, data_dir, on_divergence, checkpoint_every")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -212,12 +212,37 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, eps, clamp, momentu
       "error: x.yaml: eval_interval: must be >= 1 (got 0)",
       "error: x.yaml: arms[0].epochs: must be an integer (got 3x)"]),
     ("name: e\n1: 2\narms: [{name: a}]\n", ["error: x.yaml: 1: keys must be strings (got 1)"]),
+    ("name: e\nbias_correction: false\narms: [{name: a}, {name: b, rule: paper}]\n",
+     ["error: x.yaml: bias_correction: false needs rule: paper (arm a has rule: blog, which always "
+      "folds the bias correction into its step size) (got false)"]),
+    ("name: e\narms: [{name: a, optimizer: torch_adam, bias_correction: false}]\n",
+     ["error: x.yaml: arms[0].bias_correction: only the LAMB rules have it (arm a is optimizer "
+      "torch_adam) (got false)"]),
+    ("name: e\narms: [{name: a}]\nexpect: [{claim: c, arm: a, measure: r_max, within_epochs: 1, above: 1}]\n",
+     ["error: x.yaml: expect[0]: within_epochs applies to measure min_train_loss only (got {above: 1, "
+      "arm: a, claim: c, measure: r_max, within_epoch...)"]),
+    ("name: e\narms: [{name: a}]\nexpect: [{claim: c, arm: a, measure: r_max, also: [speed], above: 1}]\n",
+     ["error: x.yaml: expect[0].also[0]: must be one of final_accuracy, best_accuracy, final_loss, "
+      "min_train_loss, diverged, r_max, r_median, r_start_median, r1_final_max, r1_growth_max (got speed)"]),
     ("name: e\nseed: 4294967296\narms: [{name: a, momentum: 1}]\n",
      ["error: x.yaml: seed: must be <= 4294967295 (got 4294967296)",
       "error: x.yaml: arms[0].momentum: must be < 1 (got 1)"]),
 ])
 def test_invalid_config_gives_exactly_these_lines(text, expected):
     assert errors_of(text) == expected
+
+
+def test_bias_correction_reaches_the_paper_rule_and_show_config():
+    exp = parse_experiment("name: e\nrule: paper\nbias_correction: false\narms: [{name: a}]\n")
+    assert exp.arms[0].bias_correction is False
+    assert "bias_correction: false" in experiment_to_yaml(exp)
+    assert parse_experiment("name: e\narms: [{name: a}]\n").arms[0].bias_correction is True
+
+
+def test_every_shipped_claim_quotes_its_source():
+    for config in sorted(CONFIGS.glob("*.yaml")):
+        for e in load_experiment(config).expect:
+            assert e.quote and e.source, (config.name, e.claim)
 
 
 def test_all_problems_are_reported_at_once():

@@ -73,9 +73,9 @@ def test_divergence_stops_the_arm_and_is_a_result(tiny_mnist_env, tmp_path):
     assert all(v == v and abs(v) != float("inf") for v in losses)  # only finite values logged
 
 
-def test_on_nonfinite_continue_keeps_training(tiny_mnist_env, tmp_path):
+def test_on_divergence_continue_keeps_training(tiny_mnist_env, tmp_path):
     config = tmp_path / "boom.yaml"
-    config.write_text(BOOM.replace("device: cpu", "device: cpu\non_nonfinite: continue"))
+    config.write_text(BOOM.replace("device: cpu", "device: cpu\non_divergence: continue"))
     result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs"), "-q"])
     assert result.exit_code == 0, result.output
     boom = summary(only_run_dir(tmp_path / "runs") / "boom")
@@ -200,7 +200,7 @@ def test_corrupt_data_is_never_trained_on(tiny_mnist_env, tmp_path):
     ("name: x\nmodel: resnet\narms: [{name: a}]\n", "model: must be one of lenet, mlp"),
     ("name: x\nrule: nope\narms: [{name: a}]\n", "rule: must be one of blog, paper"),
     ("name: x\narms: [{name: a, optimizer: adamw}]\n", "arms[0].optimizer: must be one of"),
-    ("name: x\non_nonfinite: ignore\narms: [{name: a}]\n", "on_nonfinite: must be one of stop, continue"),
+    ("name: x\non_divergence: ignore\narms: [{name: a}]\n", "on_divergence: must be one of stop, continue"),
 ])
 def test_bad_config_lines(tmp_path, text, expected):
     config = tmp_path / "c.yaml"

@@ -47,8 +47,9 @@ expect:
 NAMES = ["w1", "b1"]
 
 
-def write_arm(folder, *, acc, losses, r, r1, nonfinite=False):
-    """A finished arm as lambexp writes it: metrics.jsonl lines and summary.json, values given."""
+def write_arm(folder, *, acc, losses, r, r1, diverged=False, samples_per_epoch=None):
+    """A finished arm as lambexp writes it: metrics.jsonl lines and summary.json, values given
+    (``diverged``: the trainer's decision, which the report reads from summary.json)."""
     folder.mkdir(parents=True)
     lines = [{"kind": "scalars", "step": 100 * (i + 1), "values": {"train/loss": loss}}
              for i, loss in enumerate(losses)]
@@ -57,8 +58,9 @@ def write_arm(folder, *, acc, losses, r, r1, nonfinite=False):
     lines += [{"kind": "scalars", "step": 400, "values": {"test/accuracy": a, "test/loss": 0.1}}
               for a in acc]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    summary = {"status": "finished", "final_test_accuracy": acc[-1], "diverged": nonfinite,
-               "wall_seconds": 10.0, "samples_per_second": 1000.0, "device": "cpu"}
+    summary = {"status": "finished", "final_test_accuracy": acc[-1], "diverged": diverged,
+               "wall_seconds": 10.0, "samples_per_second": 1000.0, "device": "cpu",
+               "samples_per_epoch": samples_per_epoch}
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -72,13 +74,14 @@ def two_seed_folder(tmp_path):
     write_arm(exp / "seed1" / "adam", acc=[0.90, 0.97], losses=[2.3, 1.0, 0.5], r=[[0.1, 0.2]] * 3,
               r1=[[1.0, 1.0]] * 3)
     write_arm(exp / "seed1" / "lamb", acc=[0.95, 0.98], losses=[2.3, 0.5, 2.5],
-              r=[[0.2, 0.3], [4.5, 1.0], [2.0, 1.0]], r1=[[1.0, 0.5], [2.0, 0.5], [3.0, 0.5]])
+              r=[[0.2, 0.3], [4.5, 1.0], [2.0, 1.0]], r1=[[1.0, 0.5], [2.0, 0.5], [3.0, 0.5]],
+              diverged=True)
     # seed 2: LAMB worse (0.96 < 0.97), diverges by a non-finite loss; r max 7; w1 r1 1 → 1.5
     write_arm(exp / "seed2" / "adam", acc=[0.91, 0.97], losses=[2.3, 1.0, 0.4], r=[[0.1, 0.2]] * 3,
               r1=[[1.0, 1.0]] * 3)
     write_arm(exp / "seed2" / "lamb", acc=[0.95, 0.96], losses=[2.3, 0.5, float("nan")],
               r=[[0.2, 0.3], [7.0, 1.0], [float("nan"), 1.0]], r1=[[1.0, 9.0], [1.5, 9.0], [1.5, 9.0]],
-              nonfinite=True)
+              diverged=True)
     return tmp_path / "repro"
 
 
@@ -95,7 +98,7 @@ def test_measures_on_hand_written_values(two_seed_folder):
     assert measure(lamb1, "r1_growth_max", "w1") == 3.0
     assert measure(lamb1, "r1_growth_max") == 3.0  # b1 stays at 0.5: growth 1
     assert measure(lamb1, "r1_final_max") == 3.0
-    assert measure(lamb1, "diverged") == 1.0  # 2.3 → 0.5 → 2.5: rose above its start
+    assert measure(lamb1, "diverged") == 1.0  # as summary.json says (2.3 → 0.5 → 2.5)
     assert measure(lamb1, "final_accuracy") == 0.98
     adam1 = load_arm(two_seed_folder / "toy" / "seed1" / "adam", 1)
     assert measure(adam1, "diverged") == 0.0
@@ -111,8 +114,8 @@ def test_verdicts_reproduced_not_reproduced_and_mixed(two_seed_folder, tmp_path)
     assert "MIXED (1 of 2 seeds)" in claim_row(report, "LAMB beats Adam")
     assert "s1: 98.00% · s2: 96.00%" in claim_row(report, "LAMB beats Adam")
     assert "> adam: 97.00% ± 0.00%" in claim_row(report, "LAMB beats Adam")
-    assert claim_row(report, "Adam does not diverge").endswith("| REPRODUCED |")
-    assert claim_row(report, "LAMB diverges").endswith("| REPRODUCED |")  # both rules of divergence
+    assert claim_row(report, "Adam does not diverge").endswith("| REPRODUCED (2 of 2) |")
+    assert claim_row(report, "LAMB diverges").endswith("| REPRODUCED (2 of 2) |")  # both rules
     assert "MIXED (1 of 2 seeds)" in claim_row(report, "LAMB's r peaks between 3 and 6")
     row = claim_row(report, "conv weight grows over 2x")
     assert "s1: 3 · s2: 1.5" in row and "MIXED (1 of 2 seeds)" in row
@@ -124,7 +127,7 @@ def test_not_reproduced_and_figures(two_seed_folder, tmp_path):
     config.write_text(config.read_text().replace("above: adam", "below: 0.5"))
     out = tmp_path / "out"
     report = build_report([two_seed_folder], out).read_text()
-    assert claim_row(report, "LAMB beats Adam").endswith("| NOT REPRODUCED |")
+    assert claim_row(report, "LAMB beats Adam").endswith("| NOT REPRODUCED (0 of 2) |")
     pngs = sorted((out / "figures").glob("*.png"))
     assert [p.name for p in pngs] == ["toy_curves.png", "toy_r1_layers.png", "toy_trust.png"]
     for png in pngs:
@@ -161,12 +164,12 @@ def test_reproduce_runs_only_unfinished_arms(tiny_mnist_env, tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(CONFIG.split("expect:")[0])
     out = tmp_path / "repro"
-    first = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--quiet"])
+    first = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "1", "--quiet"])
     assert first.exit_code == 0, first.output
     adam = out / "toy" / "seed1" / "adam" / "summary.json"
     stamp = adam.stat().st_mtime_ns
     (out / "toy" / "seed1" / "lamb" / "summary.json").unlink()  # as if stopped during lamb
-    second = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out)])
+    second = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "1"])
     assert second.exit_code == 0, second.output
     assert "toy/seed1/adam: finished before, skipped" in second.output
     assert "toy/seed1/lamb: continuing" in second.output
@@ -213,8 +216,122 @@ def test_pair_claims_and_the_batch_figure(tmp_path):
     report = build_report([tmp_path / "repro"], out).read_text()
     row = claim_row(report, "LAMB keeps within a point")
     assert "lamb_b4 − lamb_b1: final_accuracy" in row and "s1: -0.50%" in row
-    assert row.endswith("| REPRODUCED |")
+    assert row.endswith("| REPRODUCED (1 of 1) |")
     row = claim_row(report, "Adam loses more than LAMB")
-    assert "s1: -8.00%" in row and "< lamb_b4 − lamb_b1: -0.50%" in row and row.endswith("| REPRODUCED |")
+    assert "s1: -8.00%" in row and "< lamb_b4 − lamb_b1: -0.50%" in row
+    assert row.endswith("| REPRODUCED (1 of 1) |")
     png = out / "figures" / "batches_batch.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "figures/batches_batch.png" in report
+
+
+def test_min_train_loss_within_epochs_and_measures_shown_beside(tmp_path):
+    exp = tmp_path / "repro" / "toy"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(CONFIG.split("expect:")[0] + """expect:
+  - claim: LAMB converges at once
+    quote: it converges almost instantly
+    arm: lamb
+    measure: min_train_loss
+    within_epochs: 1.5
+    below: 1.5
+  - claim: r generally below 1
+    arm: lamb
+    measure: r_median
+    also: [r_max]
+    below: 1.0
+""")
+    write_arm(exp / "seed1" / "adam", acc=[0.9], losses=[2.3, 1.0, 0.5], r=[[0.1, 0.2]] * 3,
+              r1=[[1.0, 1.0]] * 3)
+    # losses at x = 100, 200, 300; an epoch is 200 samples: 1.5 epochs keeps x < 300
+    write_arm(exp / "seed1" / "lamb", acc=[0.9], losses=[2.3, 1.0, 0.5],
+              r=[[0.2, 0.4], [0.6, 3.0], [0.5, 0.1]],
+              r1=[[1.0, 1.0]] * 3, samples_per_epoch=200)
+    lamb = load_arm(exp / "seed1" / "lamb", 1)
+    assert measure(lamb, "min_train_loss") == 0.5
+    assert measure(lamb, "min_train_loss", within_epochs=1.5) == 1.0
+    assert measure(lamb, "min_train_loss", within_epochs=0.75) == 2.3  # x < 150
+    report = build_report([tmp_path / "repro"], tmp_path / "out").read_text()
+    row = claim_row(report, "LAMB converges at once — “it converges almost instantly” (the post)")
+    assert "lamb: min_train_loss in the first 1.5 epochs" in row and "s1: 1 |" in row
+    assert row.endswith("| REPRODUCED (1 of 1) |")
+    row = claim_row(report, "r generally below 1")
+    assert "s1: 0.45 (r_max: 3)" in row  # median of 0.2 0.4 0.6 3.0 0.5 0.1 = 0.45; max beside it
+    assert row.endswith("| REPRODUCED (1 of 1) |")
+
+
+def test_a_claim_whose_measure_fails_is_not_reproduced(tmp_path):
+    """No logged loss in the window: the measure is NaN, and NaN holds no claim."""
+    exp = tmp_path / "repro" / "toy"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(CONFIG.split("expect:")[0] + """expect:
+  - claim: converges at once
+    arm: lamb
+    measure: min_train_loss
+    within_epochs: 0.25
+    below: 100
+""")
+    write_arm(exp / "seed1" / "adam", acc=[0.9], losses=[2.3], r=[[0.1, 0.2]], r1=[[1.0, 1.0]])
+    write_arm(exp / "seed1" / "lamb", acc=[0.9], losses=[2.3], r=[[0.1, 0.2]], r1=[[1.0, 1.0]],
+              samples_per_epoch=200)  # the only loss is at x = 100, after a quarter epoch (50)
+    report = build_report([tmp_path / "repro"], tmp_path / "out").read_text()
+    row = claim_row(report, "converges at once")
+    assert "s1: n/a" in row and row.endswith("| NOT REPRODUCED (0 of 1) |")
+
+
+SHARED_A = """\
+name: exp_a
+epochs: 1
+batch_size: 64
+log_interval: 2
+device: cpu
+arms:
+  - {name: adam, optimizer: adam}
+  - {name: lamb, optimizer: lamb}
+expect:
+  - {claim: LAMB trains, arm: lamb, measure: final_accuracy, above: 0.0}
+"""
+SHARED_B = """\
+name: exp_b
+epochs: 1
+batch_size: 64
+log_interval: 2
+device: cpu
+arms:
+  - {name: lamb_lr0.01, optimizer: lamb, lr: 0.01}
+  - {name: lamb_lr0.1, optimizer: lamb, lr: 0.1}
+expect:
+  - {claim: B's LAMB at 0.01 trains, arm: lamb_lr0.01, measure: final_accuracy, above: 0.0}
+"""
+
+
+def test_identical_arms_are_trained_once_and_shared(tiny_mnist_env, tmp_path):
+    (tmp_path / "a.yaml").write_text(SHARED_A)
+    (tmp_path / "b.yaml").write_text(SHARED_B)
+    out = tmp_path / "repro"
+    args = ["reproduce", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--out", str(out),
+            "--seeds", "2"]
+    plan = CliRunner().invoke(app, [*args, "--plan"])
+    assert plan.exit_code == 0, plan.output
+    lines = plan.output.splitlines()
+    # 4 arms × 2 seeds = 8 arms; B's lamb_lr0.01 is A's lamb (lr 0.01 is the default): 6 trainings
+    assert lines[-1] == "6 trainings (6 not finished) for 8 arms (experiment arms × seeds)"
+    assert len(lines) == 7 and lines[0].startswith("exp_a/seed1/adam: adam (blog) lr 0.01")
+    assert "also exp_b/seed1/lamb_lr0.01" in lines[1] and "also exp_b/seed2/lamb_lr0.01" in lines[4]
+    assert not out.exists()  # --plan trains and writes nothing
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(": training") == 6
+    link = out / "exp_b" / "seed1" / "lamb_lr0.01"
+    assert link.is_symlink() and link.resolve() == (out / "exp_a" / "seed1" / "lamb").resolve()
+    report = (out / "REPORT.md").read_text()
+    assert claim_row(report, "B's LAMB at 0.01 trains").endswith("| REPRODUCED (2 of 2) |")
+    again = CliRunner().invoke(app, [*args, "--plan"])
+    assert again.output.splitlines()[-1].startswith("6 trainings (0 not finished) for 8 arms")
+    # a later invocation of B alone shares what A trained, and resume runs each training once
+    (out / "exp_a" / "seed1" / "lamb" / "summary.json").unlink()
+    alone = CliRunner().invoke(app, ["reproduce", str(tmp_path / "b.yaml"), "--out", str(out),
+                                     "--seeds", "1"])
+    assert alone.exit_code == 0 and "exp_a/seed1/lamb: continuing" in alone.output
+    assert alone.output.count(": training") == 0
+    resumed = CliRunner().invoke(app, ["resume", str(out)])
+    assert resumed.exit_code == 0 and resumed.output.count("finished before, skipped") == 6

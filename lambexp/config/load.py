@@ -74,7 +74,33 @@ def validate_experiment(raw: object, source: str = "<mapping>",
     problems += unknown_arm_references(raw)
     if problems or spec is None:
         raise _error(source, *in_file_order(raw, problems))
-    return resolve(spec)
+    experiment = resolve(spec)
+    problems = _rule_conflicts(raw, experiment)
+    if problems:
+        raise _error(source, *in_file_order(raw, problems))
+    return experiment
+
+
+def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]]:
+    """Settings that are valid alone but not together: bias_correction: false names the paper rule's
+    switch, so with the blog rule (which folds the correction into its step size) or an optimizer
+    without it, it would be silently ignored."""
+    out = []
+    for index, arm in enumerate(experiment.arms):
+        if arm.bias_correction:
+            continue
+        raw_arm = raw["arms"][index]
+        loc = ("arms", index, "bias_correction") if "bias_correction" in raw_arm else ("bias_correction",)
+        where = f"arms[{index}].bias_correction" if len(loc) == 3 else "bias_correction"
+        if arm.optimizer not in ("adam", "lamb"):
+            message = f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer})"
+        elif arm.rule != "paper":
+            message = (f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
+                       " folds the bias correction into its step size)")
+        else:
+            continue
+        out.append((loc, problem(where, message, False)))
+    return out
 
 
 def _duplicate_arm_names(arms: object) -> list[tuple[tuple, str]]:

@@ -17,7 +17,7 @@ from lambexp.config.yaml_io import flow
 EXPECT_KEYS: tuple[str, ...] = tuple(Expectation.model_fields)
 
 MISSING = object()  # "got" for a key that is not there at all
-_LISTS = ("arms", "betas", "expect", "between")  # the keys whose items are addressed by [index]
+_LISTS = ("arms", "betas", "expect", "between", "also")  # the keys whose items are addressed by [index]
 
 _MESSAGES = {  # pydantic error type → our message; {…} are filled from the error's ctx
     "missing": "required key is missing",

@@ -64,6 +64,9 @@ class Settings(_Frozen):
         "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
     betas: Annotated[tuple[Beta, Beta], BeforeValidator(_pair)] = Field((0.9, 0.99), description=(
         "[β1, β2]: decay rates of the moving averages m and v, each in [0, 1)"))
+    bias_correction: bool = Field(True, description=(
+        "paper rule only: divide m and v by (1-β1ᵗ) and (1-β2ᵗ); false is pytorch-lamb's June "
+        "2019 rule (E6). The blog rule always folds the correction into its step size"))
     eps: Annotated[Float, Field(ge=0)] | None = Field(None, description=(
         "ε added to √v; null: the default, 1e-8 (blog, torch_adam) or 1e-6 (paper)"))
     clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(
@@ -82,9 +85,10 @@ class Settings(_Frozen):
     eval_interval: Annotated[Int, Field(ge=1)] | None = Field(None, description=(
         "steps between extra test evaluations; null: test only after each epoch"))
     data_dir: str | None = Field(None, description="folder holding MNIST; null: the default one")
-    on_nonfinite: Literal["stop", "continue"] = Field("stop", description=(
-        "when the loss or a parameter turns non-finite: stop the arm there (a result, not an "
-        "error), or continue to watch the collapse"))
+    on_divergence: Literal["stop", "continue"] = Field("stop", description=(
+        "when the arm diverges (its loss or a parameter turns non-finite, or its logged loss, "
+        "having fallen below half of its first value, rises above that first value): stop the "
+        "arm there (a result, not an error), or continue to watch the collapse"))
     checkpoint_every: Int = Field(1, ge=1, description=(
         "epochs between checkpoints (model, optimizer, RNG, position), for `lambexp resume`"))
 

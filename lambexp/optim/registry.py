@@ -12,7 +12,8 @@ from lambexp.optim.lars import Lars
 
 def _lamb(params, *, adam: bool = False, **h) -> Lamb:
     return Lamb(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
-                variant=h["rule"], clamp=h["clamp"], adam=adam)
+                variant=h["rule"], clamp=h["clamp"], adam=adam,
+                bias_correction=h.get("bias_correction", True))
 
 
 def _lars(params, *, sgd: bool = False, **h) -> Lars:
@@ -40,7 +41,8 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
 def build_optimizer(name: str, params, **hyper) -> torch.optim.Optimizer:
     """Build optimizer ``name`` over ``params``.
 
-    ``hyper`` holds lr, betas, eps (None: the rule's default), weight_decay, rule, clamp,
+    ``hyper`` holds lr, betas, eps (None: the rule's default), weight_decay, rule,
+    bias_correction (the paper rule's switch; default True), clamp,
     momentum and trust_coefficient; each optimizer takes the ones it uses.
     """
     if name not in OPTIMIZERS:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lambexp.config.expect import Expectation
 from lambexp.report import figures
-from lambexp.report.claims import ClaimResult, check, diverged, mean_std
+from lambexp.report.claims import ClaimResult, check, mean_std
 from lambexp.report.collect import ExperimentRuns, collect, find_experiments
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 
@@ -46,19 +46,40 @@ def _name(ref) -> str:
     return ref if isinstance(ref, str) else f"{ref[0]} − {ref[1]}"
 
 
+def _verdict(result: ClaimResult) -> str:
+    """The verdict with k of n seeds, so every row says how many seeds it stands on."""
+    k, n = sum(result.holds), len(result.holds)
+    if n == 0 or result.verdict.startswith("MIXED"):
+        return result.verdict
+    return f"{result.verdict} ({k} of {n})"
+
+
+def _claim_text(e: Expectation) -> str:
+    """The claim in our words, then the sentence it tests, quoted, with where it comes from."""
+    return e.claim + (f" — “{e.quote}” ({e.source})" if e.quote else "")
+
+
+def _summary(measure: str, values: list[float]) -> str:
+    if measure == "diverged":
+        return f"{sum(v == 1.0 for v in values)} of {len(values)} seeds"
+    mean, std = mean_std(values)
+    return f"{fmt(measure, mean)} ± {fmt(measure, std)}"
+
+
 def claim_rows(runs: ExperimentRuns) -> list[list[str]]:
     rows = []
     for e in runs.experiment.expect:
         result = check(e, runs.seeds)
         per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
-        if e.measure == "diverged":
-            summary = f"{sum(v == 1.0 for v in result.values)} of {len(result.values)} seeds"
-        else:
-            mean, std = mean_std(result.values)
-            summary = f"{fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
+        summary = _summary(e.measure, result.values)
+        for name, values in result.also.items():  # shown beside, not judged
+            per_seed += f" ({name}: {', '.join(fmt(name, v) for v in values)})"
+            summary += f" ({name}: {_summary(name, values)})"
         what = f"{_name(e.arm)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
-        rows.append([runs.experiment.name, e.claim, what, per_seed or "n/a", summary, _reference(e, result),
-                     result.verdict])
+        if e.within_epochs is not None:
+            what += f" in the first {e.within_epochs:g} epoch{'s' * (e.within_epochs != 1)}"
+        rows.append([runs.experiment.name, _claim_text(e), what, per_seed or "n/a", summary,
+                     _reference(e, result), _verdict(result)])
     return rows
 
 
@@ -73,7 +94,7 @@ def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
         acc = mean_std([s.summary["final_test_accuracy"] for s in series])
         wall = mean_std([s.summary["wall_seconds"] for s in series])
         speed = mean_std([s.summary["samples_per_second"] for s in series])
-        bad = sum(diverged(s) for s in series)
+        bad = sum(s.diverged for s in series)
         rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}",
                      str(len(series)), f"{acc[0]:.2%} ± {acc[1]:.2%}", f"{bad} of {len(series)}",
                      f"{wall[0]:.0f}", f"{speed[0]:.0f}"])
@@ -155,8 +176,11 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
         Para(f"Built {stamp} from {len(all_runs)} experiment folder(s); every number below is read"
              f" from the run files. Training wall time, all arms and seeds: {total / 60:.1f} min."),
         Heading("Claims"),
-        Para("Per seed: the measured value (s<seed>: value). REPRODUCED: the claim held for every"
-             " seed; NOT REPRODUCED: for none; MIXED: for some (k of n)."),
+        Para("Each claim quotes the sentence it tests. Per seed: the measured value (s<seed>: value);"
+             " in parentheses, measures shown beside it but not judged. REPRODUCED (k of n): the claim"
+             " held for every seed; NOT REPRODUCED: for none; MIXED: for some. Diverged: the loss or a"
+             " parameter became non-finite, or the logged training loss rose above its first value"
+             " after falling below half of it (decided by the trainer, read from summary.json)."),
         Table(["experiment", "claim", "measured", "per seed", "mean ± std", "compared with",
                "verdict"], [row for r in all_runs for row in claim_rows(r)]),
     ]

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from lambexp.config.expect import Expectation
 from lambexp.report.series import ArmSeries
-
-
-def diverged(s: ArmSeries) -> bool:
-    """Loss non-finite at any step, or risen above its first logged value after falling below it."""
-    if s.summary.get("diverged"):
-        return True
-    loss = s.train_loss[:, 1] if len(s.train_loss) else np.array([])
-    if len(loss) == 0:
-        return False
-    if not np.all(np.isfinite(loss)):
-        return True
-    fallen = np.minimum.accumulate(loss) < loss[0]
-    return bool(np.any(fallen & (loss > loss[0])))
 
 
 def _trust(s: ArmSeries, key: str, layer: str | None) -> np.ndarray:
@@ -53,7 +40,19 @@ def _r1_growth(r1: np.ndarray) -> float:
         return _or_nan(last / r1[0], np.max)
 
 
-def measure(s: ArmSeries, name: str, layer: str | None = None) -> float:
+def _losses(s: ArmSeries, within_epochs: float | None) -> np.ndarray:
+    """The logged training losses, those at x < within_epochs epochs when given."""
+    loss = s.train_loss if len(s.train_loss) else np.empty((0, 2))
+    if within_epochs is not None:
+        per_epoch = s.samples_per_epoch
+        if per_epoch is None:
+            return np.array([])
+        loss = loss[loss[:, 0] < within_epochs * per_epoch]
+    return loss[:, 1]
+
+
+def measure(s: ArmSeries, name: str, layer: str | None = None,
+            within_epochs: float | None = None) -> float:
     """The value of measure ``name`` (see lambexp.config.expect.MEASURES); diverged is 1.0 or 0.0.
     NaN when the run logged nothing to compute it from."""
     acc = s.test_accuracy[:, 1] if len(s.test_accuracy) else np.array([])
@@ -62,9 +61,11 @@ def measure(s: ArmSeries, name: str, layer: str | None = None) -> float:
     if name == "best_accuracy":
         return _or_nan(acc, np.max)
     if name == "final_loss":
-        return _or_nan(s.train_loss[:, 1] if len(s.train_loss) else [], lambda v: v[-1])
+        return _or_nan(_losses(s, None), lambda v: v[-1])
+    if name == "min_train_loss":
+        return _or_nan(_losses(s, within_epochs), np.min)
     if name == "diverged":
-        return float(diverged(s))
+        return float(s.diverged)
     r, r1 = _trust(s, "r", layer), _trust(s, "r1", layer)
     if name == "r_max":
         return _or_nan(r, np.max)
@@ -86,6 +87,7 @@ class ClaimResult:
     values: list[float]  # the arm's measure, per seed
     references: list[float | None]  # what it was compared with, per seed (None: a boolean claim)
     holds: list[bool]
+    also: dict[str, list[float]] = field(default_factory=dict)  # measures shown beside, per seed
 
     @property
     def verdict(self) -> str:
@@ -116,10 +118,14 @@ def _arms_named(ref) -> list[str]:
 
 def _value(ref, arms: dict[str, ArmSeries], e: Expectation) -> float:
     """An arm's measure, or for a pair [a, b] a's measure minus b's."""
+    return _value_of(ref, arms, e, e.measure)
+
+
+def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> float:
     if isinstance(ref, str):
-        return measure(arms[ref], e.measure, e.layer)
+        return measure(arms[ref], name, e.layer, e.within_epochs)
     a, b = ref
-    return measure(arms[a], e.measure, e.layer) - measure(arms[b], e.measure, e.layer)
+    return _value_of(a, arms, e, name) - _value_of(b, arms, e, name)
 
 
 def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
@@ -139,6 +145,8 @@ def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
         result.values.append(value)
         result.references.append(reference)
         result.holds.append(bool(_holds(e, value, reference)))  # NaN compares False: not held
+        for name in e.also:
+            result.also.setdefault(name, []).append(_value_of(e.arm, arms, e, name))
     return result
 
 

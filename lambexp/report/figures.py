@@ -13,6 +13,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
+from lambexp.divergence import first_divergence
 from lambexp.report.series import ArmSeries
 
 matplotlib.use("Agg")  # files only, never a window: the report runs headless
@@ -71,21 +72,18 @@ def _stack(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def _diverged(s: ArmSeries) -> bool:
-    """Whether the run says so (summary ``diverged``, or the older ``nonfinite``) or logged a NaN/inf loss."""
-    flagged = s.summary.get("diverged", s.summary.get("nonfinite"))
-    return bool(flagged) or not np.isfinite(s.train_loss[:, 1]).all()
-
-
 def _divergence_mark(s: ArmSeries) -> tuple[float, float] | None:
-    """(x, loss) of the last finite loss logged before a diverged run's first NaN/inf (or its end, when
-    training stopped at the divergence); None when the run did not diverge or has no finite loss."""
-    finite = np.isfinite(s.train_loss[:, 1])
-    bad = np.flatnonzero(~finite)
-    last = (bad[0] if len(bad) else len(finite)) - 1
-    if not _diverged(s) or last < 0:
+    """(x, loss) where a diverged run diverged: the logged loss at which the rule of
+    lambexp.divergence fired, or the last finite loss before it when that loss is NaN/inf (or the
+    last one logged, when a parameter went bad). None when the run did not diverge."""
+    if not s.diverged or not len(s.train_loss):
         return None
-    return float(s.train_loss[last, 0]), float(s.train_loss[last, 1])
+    at = first_divergence(s.train_loss[:, 1])
+    at = len(s.train_loss) if at is None else at
+    finite = np.flatnonzero(np.isfinite(s.train_loss[: at + 1, 1]))
+    if not len(finite):
+        return None
+    return float(s.train_loss[finite[-1], 0]), float(s.train_loss[finite[-1], 1])
 
 
 def _plot_seeds(ax: plt.Axes, tables: list[np.ndarray], color: str, label: str, scale: float = 1.0) -> None:
@@ -128,7 +126,7 @@ def _loss_legend(ax: plt.Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if any(line.get_marker() == "X" for line in ax.lines):
         handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
-        labels.append("last finite loss logged before divergence")
+        labels.append("where it diverged (last finite loss)")
     ax.legend(handles, labels, fontsize=9)
 
 
@@ -141,7 +139,7 @@ def curves(title: str, runs: dict[str, list[ArmSeries]], colors: dict[str, str],
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for i, (arm, seeds) in enumerate(runs.items()):
         color = _color(colors, arm, i)
-        diverged = sum(map(_diverged, seeds))
+        diverged = sum(s.diverged for s in seeds)
         note = f", diverged {diverged}/{len(seeds)}" if diverged else ""
         label = f"{arm} ({len(seeds)} seed{'s' * (len(seeds) > 1)}{note})"
         _plot_seeds(ax_loss, [s.train_loss for s in seeds], color, label)

@@ -27,6 +27,19 @@ class ArmSeries:
     r2: np.ndarray  # (T, L) update-norm part
     summary: dict = field(default_factory=dict)  # summary.json as written by the run
 
+    @property
+    def diverged(self) -> bool:
+        """As the trainer decided it, by the one rule of lambexp.divergence (summary.json)."""
+        return bool(self.summary.get("diverged"))
+
+    @property
+    def samples_per_epoch(self) -> int | None:
+        """Training samples in one epoch: from the summary, else the first evaluation's x."""
+        if self.summary.get("samples_per_epoch"):
+            return int(self.summary["samples_per_epoch"])
+        history = self.summary.get("history") or []
+        return int(history[0]["samples"]) if history else None
+
 
 def _pairs(records: list[dict], tag: str) -> np.ndarray:
     rows = [(r["step"], r["values"][tag]) for r in records

@@ -1,0 +1,85 @@
+"""The E-configs against the code their figures came from: each shipped arm's optimizer, built from
+its config exactly as a run builds it, steps LeNet in lockstep with the 2019 pytorch-lamb optimizer of
+its experiment (benchmarks/seed_lamb.py): May 2019 for the post's E1-E5, June 2019 for the README's
+E6. A dropped betas, a leaked weight decay or a bias correction left on would show here."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lambexp.config import load_experiment
+from lambexp.experiment import optimizer_args
+from lambexp.model import build_model
+from lambexp.optim import build_optimizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from seed_lamb import SeedLamb, SeedLambJune2019  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ERA = {  # experiment → the 2019 optimizer its figures ran (SPEC §1)
+    "adam_vs_lamb.yaml": SeedLamb, "lamb_lr.yaml": SeedLamb, "lamb_wd.yaml": SeedLamb,
+    "adam_lr.yaml": SeedLamb, "readme_lr02.yaml": SeedLambJune2019,
+}
+STEPS = 30
+
+
+def shipped_lamb_arms() -> list:
+    arms = []
+    for config, era in ERA.items():
+        for arm in load_experiment(CONFIGS / config).arms:
+            arms.append(pytest.param(arm, era, id=f"{config[:-5]}/{arm.name}"))
+    return arms
+
+
+def test_every_post_config_is_covered():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(ERA)
+
+
+@pytest.mark.parametrize("arm, era", shipped_lamb_arms())
+def test_config_arm_steps_as_the_2019_code(arm, era):
+    torch.manual_seed(arm.seed)
+    ours_model = build_model("lenet").double()
+    seed_model = copy.deepcopy(ours_model)
+    ours = build_optimizer(arm.optimizer, ours_model.named_parameters(), **optimizer_args(arm))
+    # the 2019 script's own arguments: --lr, --wd, betas and eps of the day, --optimizer=adam|lamb
+    seed = era(seed_model.parameters(), lr=arm.lr, betas=arm.betas, eps=era.__init__.__defaults__[2],
+               weight_decay=arm.weight_decay, adam=arm.optimizer == "adam")
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        x = torch.randn(32, 1, 28, 28, generator=generator, dtype=torch.float64)
+        y = torch.randint(0, 10, (32,), generator=generator)
+        for model, opt in ((ours_model, ours), (seed_model, seed)):
+            opt.zero_grad()
+            F.nll_loss(model(x), y).backward()
+            opt.step()
+    for (name, p), q in zip(ours_model.named_parameters(), seed_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=f"{name} after {STEPS} steps")
+    stats = ours.trust_stats()
+    for i, q in enumerate(seed_model.parameters()):
+        state = seed.state[q]
+        if era is SeedLamb:  # RMS norms
+            expected = (state["r1"], state["r2"])
+        else:  # L2 norms, ‖w‖ clamped; the ratio is not clipped
+            expected = (state["weight_norm"], state["adam_norm"])
+            torch.testing.assert_close(stats["r"][i].double(), state["trust_ratio"], rtol=1e-9, atol=0)
+        torch.testing.assert_close(stats["r1"][i].double(), expected[0], rtol=1e-9, atol=0)
+        torch.testing.assert_close(stats["r2"][i].double(), expected[1], rtol=1e-9, atol=0)
+
+
+def test_the_june_rule_is_not_the_may_rule():
+    """The two eras differ on E6's arms (the comparison above can tell them apart)."""
+    arm = load_experiment(CONFIGS / "readme_lr02.yaml").arms[1]
+    torch.manual_seed(0)
+    a = build_model("lenet").double()
+    b = copy.deepcopy(a)
+    ours = build_optimizer(arm.optimizer, a.named_parameters(), **optimizer_args(arm))
+    may = SeedLamb(b.parameters(), lr=arm.lr, betas=arm.betas, weight_decay=arm.weight_decay)
+    x, y = torch.randn(8, 1, 28, 28, dtype=torch.float64), torch.arange(8)
+    for model, opt in ((a, ours), (b, may)):
+        F.nll_loss(model(x), y).backward()
+        opt.step()
+    assert not torch.allclose(a.fc1.weight, b.fc1.weight, rtol=1e-6, atol=0)
