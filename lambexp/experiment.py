@@ -26,7 +26,14 @@ from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import UserError
-from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE, read_jsonl
+from lambexp.layout import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    read_jsonl,
+    write_text_atomically,
+)
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
 from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink
@@ -223,13 +230,8 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 def write_json(path: Path, value: dict) -> None:
-    """Write atomically: a reader sees the old file or the whole new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(value, indent=2, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically (``write_text_atomically``)."""
+    write_text_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 class ArmInputs:
@@ -257,7 +259,7 @@ class ArmInputs:
 
 def write_run_header(run_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
     """config.yaml (fully resolved) and environment.json, before any training."""
-    (run_dir / CONFIG_FILE).write_text(experiment_to_yaml(exp))
+    write_text_atomically(run_dir / CONFIG_FILE, experiment_to_yaml(exp))
     write_json(run_dir / ENVIRONMENT_FILE, environment(argv or sys.argv))
 
 

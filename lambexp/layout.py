@@ -8,6 +8,7 @@
 """
 
 import json
+import os
 from pathlib import Path
 
 CONFIG_FILE = "config.yaml"
@@ -25,3 +26,14 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader sees the old file or the whole new one, never half of it,
+    even after a crash: a temporary name, flushed to disk, then renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -24,7 +24,7 @@ from lambexp.config import Arm, Experiment, experiment_to_yaml, load_experiment
 from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import UserError
 from lambexp.experiment import ArmInputs, run_arm, write_run_header
-from lambexp.layout import CONFIG_FILE
+from lambexp.layout import CONFIG_FILE, write_text_atomically
 from lambexp.report.collect import SEED_DIR, find_experiments, is_finished, seed_dir
 from lambexp.train import Interrupted, Progress
 
@@ -41,12 +41,18 @@ def default_configs() -> list[Path]:
 
 
 def claim_folder(exp_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
-    """Create ``exp_dir`` with the resolved config, or check that it was made from the same one."""
+    """Create ``exp_dir`` with the resolved config, or check that it was made from the same arms.
+    A config whose arms are unchanged but whose claims or description changed replaces the old one:
+    the runs stay valid, and the report checks the new claims."""
     config = exp_dir / CONFIG_FILE
     if config.is_file():
-        if config.read_text() != experiment_to_yaml(exp):
-            raise UserError(f"{exp_dir} holds runs of a different {exp.name} config; pass another"
-                            " --out, or move that folder away")
+        text = experiment_to_yaml(exp)
+        if config.read_text() == text:
+            return
+        if load_experiment(config).arms != exp.arms:
+            raise UserError(f"{exp_dir} holds runs of a different {exp.name} config (its arms"
+                            " differ); pass another --out, or move that folder away")
+        write_text_atomically(config, text)
         return
     exp_dir.mkdir(parents=True, exist_ok=True)
     write_run_header(exp_dir, exp, argv)

@@ -104,6 +104,9 @@ def test_adam_arm_applies_no_trust_ratio_but_logs_it(two_arm_run):
 
 def test_same_seed_gives_identical_metrics(two_arm_run, tmp_path):
     run_dir, _ = two_arm_run
+    # bit-identical on the CPU (CUDA's kernels may add in another order from run to run)
+    if torch.cuda.is_available():
+        pytest.skip("determinism is promised on the CPU; the fixture ran on CUDA")
     result = invoke("run", tmp_path / "tiny.yaml", "--runs-dir", tmp_path / "runs2", "--quiet")
     assert result.exit_code == 0
     [again] = run_dirs(tmp_path / "runs2")

@@ -249,3 +249,29 @@ def test_cuda_matches_cpu(name):
     gpu = train(b, gpu_opt, [(x.cuda(), y.cuda()) for x, y in data])
     assert_same(cpu, [p.cpu() for p in gpu], 1e-4)
     assert gpu_opt.trust_stats()["r"].is_cuda
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_cuda_step_never_waits_for_the_host(name):
+    """After the first step (state creation), a step on CUDA runs without one device→host sync:
+    torch raises at the first synchronizing call in sync-debug mode "error"."""
+    net = small_net(dtype=torch.float32).cuda()
+    opt = OPTIMIZERS[name](net.parameters())
+    data = [(x.cuda(), y.cuda()) for x, y in batches(4, dtype=torch.float32)]
+
+    def step(x, y):
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+
+    step(*data[0])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in data[1:]:
+            step(x, y)
+            opt.trust_stats()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -335,3 +335,32 @@ def test_identical_arms_are_trained_once_and_shared(tiny_mnist_env, tmp_path):
     assert alone.output.count(": training") == 0
     resumed = CliRunner().invoke(app, ["resume", str(out)])
     assert resumed.exit_code == 0 and resumed.output.count("finished before, skipped") == 6
+
+
+def test_a_claim_judged_on_the_mean_over_seeds(two_seed_folder, tmp_path):
+    config = two_seed_folder / "toy" / "config.yaml"
+    config.write_text(config.read_text().replace(
+        "    above: adam\n", "    above: adam\n    judge: mean\n", 1))
+    report = build_report([two_seed_folder], tmp_path / "out").read_text()
+    # LAMB 0.98, 0.96 (mean 0.97) against Adam 0.97, 0.97 (mean 0.97): not above on the mean
+    row = claim_row(report, "LAMB beats Adam")
+    assert row.endswith("| NOT REPRODUCED (on the mean of 2 seeds) |")
+    config.write_text(config.read_text().replace("above: adam\n    judge", "below: 0.975\n    judge"))
+    row = claim_row(build_report([two_seed_folder], tmp_path / "out").read_text(), "LAMB beats Adam")
+    assert row.endswith("| REPRODUCED (on the mean of 2 seeds) |")  # 0.97 < 0.975
+
+
+def test_new_claims_on_unchanged_arms_reuse_the_runs(tiny_mnist_env, tmp_path):
+    config = tmp_path / "toy.yaml"
+    config.write_text(SHARED_A)
+    out = tmp_path / "repro"
+    args = ["reproduce", str(config), "--out", str(out), "--seeds", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    config.write_text(SHARED_A + "  - {claim: Adam trains too, arm: adam, measure: final_accuracy, above: 0.0}\n")
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("finished before, skipped") == 2
+    assert "Adam trains too" in (out / "exp_a" / "config.yaml").read_text()
+    assert "Adam trains too" in (out / "REPORT.md").read_text()
+    config.write_text(SHARED_A.replace("epochs: 1", "epochs: 2"))
+    changed = CliRunner().invoke(app, args)
+    assert changed.exit_code == 2 and "its arms differ" in changed.output

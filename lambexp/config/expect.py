@@ -68,6 +68,9 @@ class Expectation(BaseModel):
     layer: str | None = Field(None, description="a parameter name (e.g. fc1.weight); r/r1 only")
     within_epochs: Annotated[float, Field(gt=0)] | None = Field(None, description=(
         "min_train_loss only: the losses logged in the first N epochs"))
+    judge: Literal["each_seed", "mean"] = Field("each_seed", description=(
+        "each_seed: the claim is checked on every seed and reported k of n; mean: once, on the mean"
+        " over seeds of the measure and of what it is compared with"))
     also: tuple[Measure, ...] = Field((), description=(
         "measures shown beside the value in the report, not judged (e.g. r_max beside r_median)"))
     above: Number | str | Pair | None = Field(None, description=(
@@ -86,6 +89,8 @@ class Expectation(BaseModel):
         if (self.measure == "diverged") != (self.equals is not None):
             raise ValueError("measure diverged takes `equals: true|false`; other measures take"
                              " above, below or between")
+        if self.judge == "mean" and self.measure == "diverged":
+            raise ValueError("judge: mean needs a number to average; diverged is yes or no per seed")
         if self.within_epochs is not None and self.measure != "min_train_loss":
             raise ValueError("within_epochs applies to measure min_train_loss only")
         if self.between is not None and not self.between[0] <= self.between[1]:

@@ -51,6 +51,8 @@ def _verdict(result: ClaimResult) -> str:
     k, n = sum(result.holds), len(result.holds)
     if n == 0 or result.verdict.startswith("MIXED"):
         return result.verdict
+    if result.expectation.judge == "mean":
+        return f"{result.verdict} (on the mean of {n} seed{'s' * (n > 1)})"
     return f"{result.verdict} ({k} of {n})"
 
 
@@ -168,17 +170,19 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
     ``paths``; return the path of REPORT.md."""
     all_runs = [collect(p) for p in find_experiments(paths)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    total = sum(s.summary.get("wall_seconds", 0) for r in all_runs for arms in r.seeds.values()
-                for s in arms.values())
+    trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
+    total = sum(s.summary.get("wall_seconds", 0) for s in trainings.values())  # shared ones once
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         Heading("lambexp: does 'An intuitive understanding of the LAMB optimizer' reproduce?", 1),
         Para(f"Built {stamp} from {len(all_runs)} experiment folder(s); every number below is read"
-             f" from the run files. Training wall time, all arms and seeds: {total / 60:.1f} min."),
+             f" from the run files. {len(trainings)} trainings (arms that are the same training are"
+             f" trained once and shared), training wall time {total / 60:.1f} min."),
         Heading("Claims"),
         Para("Each claim quotes the sentence it tests. Per seed: the measured value (s<seed>: value);"
              " in parentheses, measures shown beside it but not judged. REPRODUCED (k of n): the claim"
-             " held for every seed; NOT REPRODUCED: for none; MIXED: for some. Diverged: the loss or a"
+             " held for every seed; NOT REPRODUCED: for none; MIXED: for some; \"on the mean\": judged"
+             " once, on the means over seeds. Diverged: the loss or a"
              " parameter became non-finite, or the logged training loss rose above its first value"
              " after falling below half of it (decided by the trainer, read from summary.json)."),
         Table(["experiment", "claim", "measured", "per seed", "mean ± std", "compared with",

@@ -90,10 +90,19 @@ class ClaimResult:
     also: dict[str, list[float]] = field(default_factory=dict)  # measures shown beside, per seed
 
     @property
+    def holds_on_mean(self) -> bool:
+        """The claim on the means over seeds (NaN anywhere makes the mean NaN: not held)."""
+        mean = statistics.fmean(self.values)
+        refs = [r for r in self.references if r is not None]
+        return _holds(self.expectation, mean, statistics.fmean(refs) if refs else None)
+
+    @property
     def verdict(self) -> str:
         k, n = sum(self.holds), len(self.holds)
         if n == 0:
             return "NO DATA"
+        if self.expectation.judge == "mean":
+            return "REPRODUCED" if self.holds_on_mean else "NOT REPRODUCED"
         if k == n:
             return "REPRODUCED"
         return "NOT REPRODUCED" if k == 0 else f"MIXED ({k} of {n} seeds)"

@@ -26,6 +26,7 @@ class ArmSeries:
     r1: np.ndarray  # (T, L) weight-norm part
     r2: np.ndarray  # (T, L) update-norm part
     summary: dict = field(default_factory=dict)  # summary.json as written by the run
+    folder: Path | None = None  # where it was read from, links resolved (a shared training is one)
 
     @property
     def diverged(self) -> bool:
@@ -64,4 +65,5 @@ def load_arm(arm_dir: Path, seed: int) -> ArmSeries:
         trust_steps=np.array([r["step"] for r in trust], dtype=float),
         names=names, r=table("r"), r1=table("r1"), r2=table("r2"),
         summary=json.loads((arm_dir / SUMMARY_FILE).read_text()),
+        folder=arm_dir.resolve(),
     )
