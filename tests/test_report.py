@@ -356,7 +356,8 @@ def test_new_claims_on_unchanged_arms_reuse_the_runs(tiny_mnist_env, tmp_path):
     out = tmp_path / "repro"
     args = ["reproduce", str(config), "--out", str(out), "--seeds", "1"]
     assert CliRunner().invoke(app, args).exit_code == 0
-    config.write_text(SHARED_A + "  - {claim: Adam trains too, arm: adam, measure: final_accuracy, above: 0.0}\n")
+    config.write_text(SHARED_A + "  - {claim: Adam trains too, arm: adam, measure: final_accuracy,"
+                                 " above: 0.0}\n")
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.count("finished before, skipped") == 2
     assert "Adam trains too" in (out / "exp_a" / "config.yaml").read_text()
