@@ -24,7 +24,8 @@ EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per pro
 app = typer.Typer(
     help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
          "log r, r1, r2 to TensorBoard, and check the post's claims.\n\n" + EXIT_CODES,
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown")
 data_app = typer.Typer(help="Get and check MNIST (the four IDX files, md5-verified).\n\n"
                        + EXIT_CODES, no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -83,7 +84,7 @@ def reported(stop=None, resume_hint: list[Path] | None = None) -> Iterator[None]
 def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None,
         runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
         quiet: Quiet = False):
-    """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/<name>/<time>/.
+    """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/NAME/TIME/.
 
     Ctrl-C or SIGTERM checkpoints the arm in progress (exit 130 / 143; a second one exits at
     once); `lambexp resume RUN_FOLDER` continues it. A diverged arm is a result: exit 0.
@@ -113,7 +114,7 @@ def run(config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None
 
 @app.command()
 def resume(run_dir: Annotated[Path, typer.Argument(
-               help="a run folder (runs/<experiment>/<time>) or a reproduce folder")],
+               help="a run folder (runs/EXPERIMENT/TIME) or a reproduce folder")],
            data_dir: DataDir = None, quiet: Quiet = False):
     """Continue every unfinished arm of RUN_DIR from its last checkpoint (on the CPU the result is
     identical to an uninterrupted run); finished arms are left alone."""
