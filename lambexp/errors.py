@@ -23,3 +23,8 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """The data set could not be obtained or failed verification."""
+
+
+class Interrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM) and honoured at a consistent point: what was
+    running is checkpointed, and ``lambexp resume`` continues it. Not a user error: exit 130/143."""

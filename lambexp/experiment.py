@@ -25,7 +25,7 @@ from lambexp.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.distributed import SINGLE, World, process_group
-from lambexp.errors import UserError
+from lambexp.errors import Interrupted, UserError
 from lambexp.layout import (
     CONFIG_FILE,
     ENVIRONMENT_FILE,
@@ -37,7 +37,7 @@ from lambexp.layout import (
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
 from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink
-from lambexp.train import Interrupted, LoopOptions, LoopState, Progress, fit
+from lambexp.train import LoopOptions, LoopState, Progress, fit
 
 
 def pick_device(name: str) -> torch.device:
@@ -120,16 +120,26 @@ def prepare_arm_dir(arm_dir: Path) -> bool:
 
 
 @contextmanager
-def arm_sink(arm_dir: Path, samples: int, resumed: bool, write: bool) -> Iterator[Sink]:
-    """TensorBoard + metrics.jsonl in ``arm_dir`` (a resumed arm's records past ``samples``
-    dropped); a sink that writes nothing when not ``write`` (ranks > 0 under torchrun)."""
+def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Iterator[Sink]:
+    """TensorBoard + metrics.jsonl in ``arm_dir``; a sink that writes nothing when not ``write``
+    (ranks > 0 under torchrun).
+
+    A resumed arm continues from a checkpoint at x = S samples. Training records are logged at the
+    samples seen *before* their batch, so every record at x >= S was written after the checkpoint
+    (by a process that then crashed) and is dropped from both files; the evaluation at S, which came
+    before the checkpoint, is written again from the checkpoint's history."""
     if not write:
         yield Tee()
         return
+    samples = state.samples
     truncate_jsonl(arm_dir / METRICS_FILE, samples)
-    with TensorBoardSink(arm_dir, purge_step=samples + 1 if resumed else None) as board, \
+    with TensorBoardSink(arm_dir, purge_step=samples if resumed else None) as board, \
             JsonlSink(arm_dir / METRICS_FILE) as jsonl:
-        yield Tee(board, jsonl)
+        sink = Tee(board, jsonl)
+        last = state.history[-1] if state.history else None
+        if resumed and last and last["samples"] == samples:
+            sink.scalars(samples, {k: v for k, v in last.items() if k.startswith("test/")})
+        yield sink
 
 
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
@@ -150,7 +160,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     state = load_checkpoint(checkpoint, model, opt) if resumed else LoopState()
     if resumed:
         progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
-    with arm_sink(arm_dir, state.samples, resumed, write=world.lead) as sink:
+    with arm_sink(arm_dir, state, resumed, write=world.lead) as sink:
 
         def at_epoch_end(st: LoopState) -> None:
             if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
@@ -219,14 +229,12 @@ def summarize(arm: Arm, state: LoopState, device: torch.device, status: str,
     }
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the records up to ``last_step`` (a resumed arm logs the rest again), atomically."""
+def truncate_jsonl(path: Path, samples: int) -> None:
+    """Keep the records before x = ``samples`` (a resumed arm logs the rest again), atomically."""
     if not path.is_file():
         return
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step and r["kind"] != "hparams"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) < samples and r["kind"] != "hparams"]
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def write_json(path: Path, value: dict) -> None:

@@ -22,22 +22,13 @@ from pathlib import Path
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml, load_experiment
 from lambexp.distributed import SINGLE, World, process_group
-from lambexp.errors import UserError
+from lambexp.errors import Interrupted, UserError
 from lambexp.experiment import ArmInputs, run_arm, write_run_header
-from lambexp.layout import CONFIG_FILE, write_text_atomically
-from lambexp.report.collect import SEED_DIR, find_experiments, is_finished, seed_dir
-from lambexp.train import Interrupted, Progress
+from lambexp.layout import CONFIG_FILE, is_finished, write_text_atomically
+from lambexp.report.collect import SEED_DIR, find_experiments, seed_dir
+from lambexp.train import Progress
 
-CONFIG_DIR = Path("configs")
-DEFAULT_OUT = Path("runs/reproduce")
 Say = Callable[[str], None]
-
-
-def default_configs() -> list[Path]:
-    configs = sorted(CONFIG_DIR.glob("*.yaml"))
-    if not configs:
-        raise UserError(f"no configs given and none in {CONFIG_DIR}/ (run from the project folder)")
-    return configs
 
 
 def claim_folder(exp_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
@@ -45,17 +36,23 @@ def claim_folder(exp_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
     A config whose arms are unchanged but whose claims or description changed replaces the old one:
     the runs stay valid, and the report checks the new claims."""
     config = exp_dir / CONFIG_FILE
-    if config.is_file():
-        text = experiment_to_yaml(exp)
-        if config.read_text() == text:
-            return
-        if load_experiment(config).arms != exp.arms:
-            raise UserError(f"{exp_dir} holds runs of a different {exp.name} config (its arms"
-                            " differ); pass another --out, or move that folder away")
-        write_text_atomically(config, text)
+    if check_folder(exp_dir, exp):
+        if config.read_text() != experiment_to_yaml(exp):
+            write_text_atomically(config, experiment_to_yaml(exp))
         return
     exp_dir.mkdir(parents=True, exist_ok=True)
     write_run_header(exp_dir, exp, argv)
+
+
+def check_folder(exp_dir: Path, exp: Experiment) -> bool:
+    """Whether ``exp_dir`` was made already (for ``exp``'s arms); a UserError when its arms differ."""
+    config = exp_dir / CONFIG_FILE
+    if not config.is_file():
+        return False
+    if load_experiment(config).arms != exp.arms:
+        raise UserError(f"{exp_dir} holds runs of a different {exp.name} config (its arms"
+                        " differ); pass another --out, or move that folder away")
+    return True
 
 
 def seeded_arms(exp: Experiment, seeds: int, exp_dir: Path) -> list[tuple[Arm, Path]]:
@@ -94,12 +91,14 @@ class Plan:
     trainings: list[Training]
     links: list[tuple[Path, Path]]  # (arm folder, the training folder it points to)
     arms: int  # experiment arms × seeds that the plan serves
+    stale: list[Path] = field(default_factory=list)  # links to a folder of other settings, or none
 
 
-def _trainings_on_disk(out: Path) -> dict[str, Path]:
-    """training_key → folder, for every arm folder already under ``out`` (not links), so a later
-    invocation shares what an earlier one trained."""
-    found: dict[str, Path] = {}
+def _trainings_on_disk(out: Path) -> dict[Path, str]:
+    """resolved folder → training_key, for every arm folder already under ``out`` (not links), so a
+    later invocation shares what an earlier one trained, and a link is trusted only when it points
+    at a training of its own arm's settings."""
+    found: dict[Path, str] = {}
     for config in sorted(out.glob(f"*/{CONFIG_FILE}")):
         try:
             exp = load_experiment(config)
@@ -107,48 +106,65 @@ def _trainings_on_disk(out: Path) -> dict[str, Path]:
             continue  # a folder of another config version: reproduce refuses it when it is used
         for arm, arm_dir in existing_arms(exp, config.parent):
             if arm_dir.is_dir() and not arm_dir.is_symlink():
-                found.setdefault(training_key(arm), arm_dir)
+                found[arm_dir.resolve()] = training_key(arm)
     return found
 
 
 def make_plan(exps: Sequence[Experiment], seeds: int, out: Path) -> Plan:
     """The distinct trainings that ``seeds`` seeds of ``exps`` need, and the links that let every
-    experiment find its arms. An arm folder already on disk stays its own training."""
-    on_disk = _trainings_on_disk(out) if out.is_dir() else {}
-    by_folder: dict[Path, Training] = {}  # by resolved folder
+    experiment find its arms. An arm folder already on disk stays its own training; a link stays
+    when it points at a training of the same settings (on disk, or planned here), else it is stale:
+    replaced by the right link, or by a training of its own."""
+    key_at = _trainings_on_disk(out) if out.is_dir() else {}
+    on_disk = {key: folder for folder, key in reversed(key_at.items())}  # key → first such folder
+    by_folder: dict[Path, Training] = {}  # by absolute folder
     by_key: dict[str, Training] = {}
-    links, arms = [], 0
+    links, stale, arms = [], [], 0
     for exp in exps:
         for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name):
             arms += 1
             label, key = f"{exp.name}/seed{arm.seed}/{arm.name}", training_key(arm)
-            if arm_dir.is_symlink() or arm_dir.is_dir():  # linked or trained before: as it is
-                folder = arm_dir.resolve() if arm_dir.is_symlink() else arm_dir
+            here = arm_dir.parent.resolve() / arm_dir.name  # absolute, a link not followed
+            planned = by_key[key].folder if key in by_key else None
+            if arm_dir.is_symlink() and _link_holds(arm_dir.resolve(), key, key_at, planned):
+                folder = arm_dir.resolve()  # a link to a training of these settings
+            elif arm_dir.is_dir() and not arm_dir.is_symlink():
+                folder = here  # trained (or begun) here before
             else:
-                folder = by_key[key].folder if key in by_key else on_disk.get(key, arm_dir)
-                if folder != arm_dir:
+                if arm_dir.is_symlink():
+                    stale.append(arm_dir)
+                folder = planned or on_disk.get(key, here)
+                if folder != here:
                     links.append((arm_dir, folder))
-            training = by_folder.get(folder.resolve())
+            training = by_folder.get(folder)
             if training is None:
                 training = Training(_label(folder, out), arm, folder)
-                by_folder[folder.resolve()] = training
+                by_folder[folder] = training
                 by_key.setdefault(key, training)
             if training.label != label:
                 training.shared_by.append(label)
     # Seed by seed: an interrupted reproduction has whole seeds to report on.
-    return Plan(sorted(by_folder.values(), key=lambda t: t.arm.seed), links, arms)
+    return Plan(sorted(by_folder.values(), key=lambda t: t.arm.seed), links, arms, stale)
+
+
+def _link_holds(target: Path, key: str, key_at: dict[Path, str], planned: Path | None) -> bool:
+    """A link to ``target`` serves an arm of ``key`` when the training there has that key, or, not
+    begun yet, when this plan trains it for that key."""
+    return key_at[target] == key if target in key_at else target == planned
 
 
 def _label(folder: Path, out: Path) -> str:
     try:
-        return folder.resolve().relative_to(out.resolve()).as_posix()
+        return folder.relative_to(out.resolve()).as_posix()  # folder: absolute, its links resolved
     except ValueError:
         return str(folder)
 
 
-def link_shared(links: list[tuple[Path, Path]]) -> None:
-    """Each arm folder that shares a training becomes a relative link to it."""
-    for link, target in links:
+def link_shared(plan: Plan) -> None:
+    """Stale links go; each arm folder that shares a training becomes a relative link to it."""
+    for link in plan.stale:
+        link.unlink()
+    for link, target in plan.links:
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.relpath(target, link.parent), link, target_is_directory=True)
 
@@ -211,7 +227,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
             for exp in exps:
                 claim_folder(out / exp.name, exp, argv)
             plan = make_plan(exps, seeds, out)
-            link_shared(plan.links)
+            link_shared(plan)
             return [(t.label, t.arm, t.folder) for t in plan.trainings]
 
         run_pending(world.from_lead(prepare), inputs, say, progress_for, stop_requested, world)
@@ -233,6 +249,9 @@ def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
         if arm_dir.resolve() not in seen:  # a shared training once, under its own folder's name
             seen.add(arm_dir.resolve())
             work.append((label, arm, arm_dir.resolve()))
+    if all(is_finished(arm_dir) for _, _, arm_dir in work):  # nothing to train: no data needed
+        say(f"every arm under {run_dir} is finished; nothing to resume")
+        return folders
     with process_group() as world:
         inputs = world.local_first(lambda: ArmInputs([arm for _, arm, _ in work], data_dir, say))
         run_pending(work, inputs, say, progress_for, stop_requested, world)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lambexp.data import epoch_batches
 from lambexp.distributed import SINGLE, World, unwrap
 from lambexp.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
+from lambexp.errors import Interrupted
 from lambexp.sinks import Sink
 
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
@@ -35,10 +36,6 @@ class Progress:
     def epoch_end(self, epoch: int, metrics: dict) -> None: ...
     def note(self, message: str) -> None: ...
     def end(self) -> None: ...
-
-
-class Interrupted(Exception):
-    """Raised by ``fit`` when ``stop_requested()`` turned true; the state is consistent to save."""
 
 
 @dataclass

@@ -214,10 +214,11 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, ep
     ("name: e\n1: 2\narms: [{name: a}]\n", ["error: x.yaml: 1: keys must be strings (got 1)"]),
     ("name: e\nbias_correction: false\narms: [{name: a}, {name: b, rule: paper}]\n",
      ["error: x.yaml: bias_correction: false needs rule: paper (arm a has rule: blog, which always "
-      "folds the bias correction into its step size) (got false)"]),
+      "folds the bias correction into its step size); set rule: paper, or drop bias_correction: false "
+      "(got false)"]),
     ("name: e\narms: [{name: a, optimizer: torch_adam, bias_correction: false}]\n",
      ["error: x.yaml: arms[0].bias_correction: only the LAMB rules have it (arm a is optimizer "
-      "torch_adam) (got false)"]),
+      "torch_adam); set bias_correction: false on the paper-rule arms alone (got false)"]),
     ("name: e\narms: [{name: a}]\nexpect: [{claim: c, arm: a, measure: r_max, within_epochs: 1, above: 1}]\n",
      ["error: x.yaml: expect[0]: within_epochs applies to measure min_train_loss only (got {above: 1, "
       "arm: a, claim: c, measure: r_max, within_epoch...)"]),
@@ -237,6 +238,12 @@ def test_bias_correction_reaches_the_paper_rule_and_show_config():
     assert exp.arms[0].bias_correction is False
     assert "bias_correction: false" in experiment_to_yaml(exp)
     assert parse_experiment("name: e\narms: [{name: a}]\n").arms[0].bias_correction is True
+
+
+def test_a_run_folder_of_the_last_version_still_loads():
+    """on_nonfinite was renamed on_divergence; config.yaml files written before still load."""
+    exp = parse_experiment("name: e\non_nonfinite: continue\narms: [{name: a}, {name: b, on_nonfinite: stop}]\n")
+    assert [a.on_divergence for a in exp.arms] == ["continue", "stop"]
 
 
 def test_every_shipped_claim_quotes_its_source():

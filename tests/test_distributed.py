@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 from lambexp.cli import app
 from lambexp.distributed import SINGLE, World
-from lambexp.errors import UserError
+from lambexp.errors import Interrupted, UserError
 from lambexp.model import build_model
 from lambexp.optim import Lamb
 from lambexp.sinks import MemorySink
-from lambexp.train import Interrupted, LoopOptions, LoopState, fit
+from lambexp.train import LoopOptions, LoopState, fit
 
 TIMEOUT = 120  # seconds a multi-process part may take before the test fails
 RANKS = 2

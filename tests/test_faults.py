@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from lambexp.cli import app
 from lambexp.config import parse_experiment
 from lambexp.data import load_mnist
+from lambexp.errors import Interrupted
 from lambexp.experiment import make_run_dir, run_arm
-from lambexp.train import Interrupted, Progress, warm_up
+from lambexp.train import Progress, warm_up
 
 BOOM = """\
 name: boom
@@ -85,6 +86,51 @@ def test_on_divergence_continue_keeps_training(tiny_mnist_env, tmp_path):
 def _arm_and_data(tiny_mnist, text):
     exp = parse_experiment(text)
     return exp.arms[0], load_mnist(tiny_mnist.data_dir, "cpu")
+
+
+def _records(arm_dir):
+    """metrics.jsonl without what only a finished session writes (hparams, throughput)."""
+    lines = (arm_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines)
+            if r["kind"] != "hparams" and "throughput/samples_per_s" not in r.get("values", {})]
+
+
+def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_env, tmp_path, monkeypatch):
+    """A process killed in epoch 3 leaves the epoch-1 checkpoint and metrics of epochs 1-3 (events
+    too). Resuming drops what came after the checkpoint, writes the epoch-1 test metrics again and
+    ends with exactly the records, and TensorBoard scalars, of a run never interrupted."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import lambexp.experiment as experiment
+
+    arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
+    kept = []
+
+    def save_and_keep_the_first(path, *args):
+        save(path, *args)
+        if not kept:
+            kept.append(shutil.copy(path, tmp_path / "epoch1.pt"))
+
+    save = experiment.save_checkpoint
+    monkeypatch.setattr(experiment, "save_checkpoint", save_and_keep_the_first)
+    run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", Progress())
+    whole = _records(tmp_path / "arm")
+    # the crash: the first checkpoint is the last one on disk, no summary, every later record there
+    shutil.copy(kept[0], tmp_path / "arm" / "checkpoint.pt")
+    (tmp_path / "arm" / "summary.json").unlink()
+    monkeypatch.setattr(experiment, "save_checkpoint", save)
+    resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", Progress())
+    assert resumed["status"] == "finished" and resumed["steps"] == 12
+    assert _records(tmp_path / "arm") == whole
+    board = EventAccumulator(str(tmp_path / "arm"), size_guidance={"scalars": 0})
+    board.Reload()
+    for tag in ("train/loss", "test/accuracy", "trust_layer/fc1.weight/r"):
+        steps = [e.step for e in board.Scalars(tag)]
+        expected = sorted({r["step"] for r in whole if tag in r.get("values", {}) or
+                           (tag.startswith("trust_layer") and r["kind"] == "trust")})
+        assert steps == expected, tag
 
 
 @pytest.mark.parametrize("stop_at", [3, 4, 9])  # mid-epoch, at an epoch boundary, later epoch

@@ -24,6 +24,20 @@ ERA = {  # experiment → the 2019 optimizer its figures ran (SPEC §1)
     "adam_vs_lamb.yaml": SeedLamb, "lamb_lr.yaml": SeedLamb, "lamb_wd.yaml": SeedLamb,
     "adam_lr.yaml": SeedLamb, "readme_lr02.yaml": SeedLambJune2019,
 }
+BLOG = dict(betas=(0.9, 0.99), weight_decay=0.0)
+README = dict(lr=0.02, betas=(0.9, 0.999), weight_decay=0.01)
+SCRIPT = {  # (experiment, arm) → the 2019 script's arguments for that run, as SPEC §1 gives them
+    ("adam_vs_lamb", "adam"): dict(lr=0.01, adam=True, **BLOG),
+    ("adam_vs_lamb", "lamb"): dict(lr=0.01, adam=False, **BLOG),
+    ("lamb_lr", "lamb_lr0.01"): dict(lr=0.01, adam=False, **BLOG),
+    ("lamb_lr", "lamb_lr0.1"): dict(lr=0.1, adam=False, **BLOG),
+    ("lamb_wd", "lamb_wd0"): dict(lr=0.1, adam=False, **BLOG),
+    ("lamb_wd", "lamb_wd0.01"): dict(lr=0.1, adam=False, betas=(0.9, 0.99), weight_decay=0.01),
+    ("adam_lr", "adam_lr0.01"): dict(lr=0.01, adam=True, **BLOG),
+    ("adam_lr", "adam_lr0.1"): dict(lr=0.1, adam=True, **BLOG),
+    ("readme_lr02", "adam"): dict(adam=True, **README),
+    ("readme_lr02", "lamb"): dict(adam=False, **README),
+}
 STEPS = 30
 
 
@@ -31,23 +45,26 @@ def shipped_lamb_arms() -> list:
     arms = []
     for config, era in ERA.items():
         for arm in load_experiment(CONFIGS / config).arms:
-            arms.append(pytest.param(arm, era, id=f"{config[:-5]}/{arm.name}"))
+            script = SCRIPT[(config[:-5], arm.name)]
+            arms.append(pytest.param(arm, era, script, id=f"{config[:-5]}/{arm.name}"))
     return arms
 
 
 def test_every_post_config_is_covered():
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(ERA)
+    arms = {(c[:-5], a.name) for c in ERA for a in load_experiment(CONFIGS / c).arms}
+    assert arms == set(SCRIPT)
 
 
-@pytest.mark.parametrize("arm, era", shipped_lamb_arms())
-def test_config_arm_steps_as_the_2019_code(arm, era):
+@pytest.mark.parametrize("arm, era, script", shipped_lamb_arms())
+def test_config_arm_steps_as_the_2019_code(arm, era, script):
     torch.manual_seed(arm.seed)
     ours_model = build_model("lenet").double()
     seed_model = copy.deepcopy(ours_model)
     ours = build_optimizer(arm.optimizer, ours_model.named_parameters(), **optimizer_args(arm))
-    # the 2019 script's own arguments: --lr, --wd, betas and eps of the day, --optimizer=adam|lamb
-    seed = era(seed_model.parameters(), lr=arm.lr, betas=arm.betas, eps=era.__init__.__defaults__[2],
-               weight_decay=arm.weight_decay, adam=arm.optimizer == "adam")
+    # the 2019 script's own arguments (--lr, --wd, --optimizer=adam|lamb), the betas and eps of the
+    # day (eps: the class's own default), written out above, not read from the config
+    seed = era(seed_model.parameters(), **script)
     generator = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
         x = torch.randn(32, 1, 28, 28, generator=generator, dtype=torch.float64)

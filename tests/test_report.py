@@ -334,7 +334,7 @@ def test_identical_arms_are_trained_once_and_shared(tiny_mnist_env, tmp_path):
     assert alone.exit_code == 0 and "exp_a/seed1/lamb: continuing" in alone.output
     assert alone.output.count(": training") == 0
     resumed = CliRunner().invoke(app, ["resume", str(out)])
-    assert resumed.exit_code == 0 and resumed.output.count("finished before, skipped") == 6
+    assert resumed.exit_code == 0 and "is finished; nothing to resume" in resumed.output
 
 
 def test_a_claim_judged_on_the_mean_over_seeds(two_seed_folder, tmp_path):
@@ -365,3 +365,25 @@ def test_new_claims_on_unchanged_arms_reuse_the_runs(tiny_mnist_env, tmp_path):
     config.write_text(SHARED_A.replace("epochs: 1", "epochs: 2"))
     changed = CliRunner().invoke(app, args)
     assert changed.exit_code == 2 and "its arms differ" in changed.output
+
+
+def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_path):
+    """B's lr-0.01 arm links to A's LAMB; A is moved away and rerun with LAMB at lr 0.02: the link
+    must not serve B (claims would be judged on the wrong run); B trains its own arm."""
+    (tmp_path / "a.yaml").write_text(SHARED_A)
+    (tmp_path / "b.yaml").write_text(SHARED_B)
+    out = tmp_path / "repro"
+    both = ["reproduce", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--out", str(out),
+            "--seeds", "1", "--quiet"]
+    assert CliRunner().invoke(app, both).exit_code == 0
+    link = out / "exp_b" / "seed1" / "lamb_lr0.01"
+    assert link.is_symlink()
+    (out / "exp_a").rename(tmp_path / "moved_away")  # the link now dangles
+    (tmp_path / "a.yaml").write_text(SHARED_A.replace("{name: lamb, optimizer: lamb}",
+                                                      "{name: lamb, optimizer: lamb, lr: 0.02}"))
+    plan = CliRunner().invoke(app, [*both[:-1], "--plan"]).output.splitlines()
+    assert [line for line in plan if line.startswith("exp_a/seed1/lamb:")][0].endswith("[to train]")
+    assert any(line.startswith("exp_b/seed1/lamb_lr0.01: lamb (blog) lr 0.01") for line in plan)
+    assert CliRunner().invoke(app, both).exit_code == 0
+    assert not link.is_symlink() and json.loads((link / "summary.json").read_text())["status"] == "finished"
+    assert link.resolve() != (out / "exp_a" / "seed1" / "lamb").resolve()

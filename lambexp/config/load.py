@@ -61,7 +61,7 @@ def validate_experiment(raw: object, source: str = "<mapping>",
         raise _error(source, "the file is empty; a config needs at least name and arms")
     if not isinstance(raw, dict):
         raise _error(source, problem("(top level)", "must be a mapping of keys to values", raw))
-    raw, bad_tokens = apply_overrides(raw, overrides)
+    raw, bad_tokens = apply_overrides(_renamed(raw), overrides)
     if bad_tokens:
         raise _error(source, *bad_tokens)
     problems = []
@@ -93,13 +93,31 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
         loc = ("arms", index, "bias_correction") if "bias_correction" in raw_arm else ("bias_correction",)
         where = f"arms[{index}].bias_correction" if len(loc) == 3 else "bias_correction"
         if arm.optimizer not in ("adam", "lamb"):
-            message = f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer})"
+            message = (f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer});"
+                       " set bias_correction: false on the paper-rule arms alone")
         elif arm.rule != "paper":
             message = (f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
-                       " folds the bias correction into its step size)")
+                       " folds the bias correction into its step size); set rule: paper, or drop"
+                       " bias_correction: false")
         else:
             continue
-        out.append((loc, problem(where, message, False)))
+        if (loc, problem(where, message, False)) not in out:
+            out.append((loc, problem(where, message, False)))
+    return out
+
+
+RENAMED = {"on_nonfinite": "on_divergence"}  # old key → new, so run folders of older versions load
+
+
+def _renamed(raw: dict) -> dict:
+    """``raw`` with renamed keys under their new names (top level and each arm), not modified."""
+    def rename(mapping):
+        if not isinstance(mapping, dict):
+            return mapping
+        return {RENAMED.get(k, k) if RENAMED.get(k) not in mapping else k: v for k, v in mapping.items()}
+    out = rename(raw)
+    if isinstance(out.get("arms"), list):
+        out["arms"] = [rename(arm) for arm in out["arms"]]
     return out
 
 

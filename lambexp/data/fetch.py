@@ -43,8 +43,12 @@ BUILTIN_CHECKSUMS: Checksums = {  # SPEC.md §3: md5, size in bytes
 MD5SUMS_ENV = "LAMBEXP_MNIST_MD5SUMS"
 NETWORK_TIMEOUT_S = 5.0  # per socket operation of torchvision's download: 2 mirrors, ≤ ~10 s
 MISSING = "missing"
-FETCH = "fetch it with `lambexp data fetch`"
-REFETCH = "re-fetch with `lambexp data fetch --force`"
+def fetch_command(data_dir: Path | None = None, force: bool = False) -> str:
+    """The `lambexp data fetch` command that fixes ``data_dir`` (named unless it is the default)."""
+    command = "lambexp data fetch" + (" --force" if force else "")
+    if data_dir is not None and Path(data_dir).resolve() != default_data_dir().resolve():
+        command += f" --data-dir {data_dir}"
+    return f"`{command}`"
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,12 @@ def verify_mnist(data_dir: Path | None = None) -> list[FileCheck]:
     return check_files(raw_dir(data_dir), expected_checksums())
 
 
-def problem_lines(checks: list[FileCheck]) -> list[str]:
-    """One line per failed check, saying what is wrong and what to do."""
+def problem_lines(checks: list[FileCheck], data_dir: Path | None = None) -> list[str]:
+    """One line per failed check, saying what is wrong and the command that fixes it."""
     return [
-        f"{c.name}: {c.detail}; {FETCH if c.detail == MISSING else REFETCH}"
+        f"{c.name}: {c.detail}; "
+        + (f"fetch it with {fetch_command(data_dir)}" if c.detail == MISSING
+           else f"re-fetch with {fetch_command(data_dir, force=True)}")
         for c in checks
         if not c.ok
     ]
@@ -172,8 +178,9 @@ def _already_there(data_dir: Path, expected: Checksums, say: Log) -> bool:
         return True
     invalid = [c for c in checks if not c.ok and c.detail != MISSING]
     if invalid:
-        message = f"MNIST files in {raw_dir(data_dir)} fail verification; {REFETCH}"
-        raise DataError(message, problem_lines(invalid))
+        message = (f"MNIST files in {raw_dir(data_dir)} fail verification; re-fetch with"
+                   f" {fetch_command(data_dir, force=True)}")
+        raise DataError(message, problem_lines(invalid, data_dir))
     return False
 
 

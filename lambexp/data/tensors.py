@@ -33,7 +33,7 @@ def load_mnist(data_dir: Path | None = None, device: Device = "cpu") -> MnistTen
     Raises DataError, one line per bad file, if any file fails verification: never trained on.
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    bad = problem_lines(verify_mnist(data_dir))
+    bad = problem_lines(verify_mnist(data_dir), data_dir)
     if bad:
         raise DataError(f"MNIST in {raw_dir(data_dir)} failed verification; not using it", bad)
     legacy = data_dir / "MNIST" / "processed"

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lambexp.config.expect import Expectation
+from lambexp.errors import UserError
 from lambexp.report import figures
 from lambexp.report.claims import ClaimResult, check, mean_std
 from lambexp.report.collect import ExperimentRuns, collect, find_experiments
@@ -68,19 +69,22 @@ def _summary(measure: str, values: list[float]) -> str:
     return f"{fmt(measure, mean)} ± {fmt(measure, std)}"
 
 
-def claim_rows(runs: ExperimentRuns) -> list[list[str]]:
+def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:
     rows = []
     for e in runs.experiment.expect:
         result = check(e, runs.seeds)
         per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
         summary = _summary(e.measure, result.values)
+        missing = sum(not math.isfinite(v) for v in result.values)
+        if e.judge == "mean" and missing:  # the verdict is on the mean of every seed: none to show
+            summary = f"n/a ({missing} of {len(result.values)} seeds have no value)"
         for name, values in result.also.items():  # shown beside, not judged
             per_seed += f" ({name}: {', '.join(fmt(name, v) for v in values)})"
             summary += f" ({name}: {_summary(name, values)})"
         what = f"{_name(e.arm)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
         if e.within_epochs is not None:
             what += f" in the first {e.within_epochs:g} epoch{'s' * (e.within_epochs != 1)}"
-        rows.append([runs.experiment.name, _claim_text(e), what, per_seed or "n/a", summary,
+        rows.append([label, _claim_text(e), what, per_seed or "n/a", summary,
                      _reference(e, result), _verdict(result)])
     return rows
 
@@ -103,7 +107,8 @@ def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
     return rows
 
 
-def experiment_figures(runs: ExperimentRuns, out_dir: Path) -> list[Block]:
+def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[Block]:
+    """The experiment's figures, as files ``figures/<label>_*.png`` (``label``: unique per folder)."""
     exp = runs.experiment
     colors = figures.arm_colors([(a.name, a.optimizer) for a in exp.arms])
     by_arm = {a.name: runs.arm_runs(a.name) for a in exp.arms if runs.arm_runs(a.name)}
@@ -114,16 +119,16 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path) -> list[Block]:
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{exp.name}: {exp.description}" if exp.description else exp.name
     made = [
-        (figures.curves(title, by_arm, colors, folder / f"{exp.name}_curves.png",
+        (figures.curves(title, by_arm, colors, folder / f"{label}_curves.png",
                         samples_per_epoch=_samples_per_epoch(by_arm)),
          "training loss and test accuracy"),
-        (figures.trust_ridges(title, first_seed, colors, folder / f"{exp.name}_trust.png"),
+        (figures.trust_ridges(title, first_seed, colors, folder / f"{label}_trust.png"),
          "r, r1, r2 across layers over training (first seed)"),
-        (figures.layer_norms(title, first_seed, folder / f"{exp.name}_r1_layers.png"),
+        (figures.layer_norms(title, first_seed, folder / f"{label}_r1_layers.png"),
          "per-layer weight norm r1 (first seed)"),
     ]
     if len({a.batch_size for a in exp.arms}) >= 3:
-        made.append((batch_figure(runs, title, folder / f"{exp.name}_batch.png"),
+        made.append((batch_figure(runs, title, folder / f"{label}_batch.png"),
                      "final test accuracy against batch size (mean ± std over seeds)"))
     return [Image(path.relative_to(out_dir), alt) for path, alt in made]
 
@@ -145,30 +150,58 @@ def batch_figure(runs: ExperimentRuns, title: str, path: Path) -> Path:
 
 
 def _samples_per_epoch(by_arm: dict) -> int | None:
-    """Training samples in one epoch, from the first evaluation's position (None if unknown)."""
-    for series in by_arm.values():
-        history = series[0].summary.get("history") or []
-        if history:
-            return history[0]["samples"]
-    return None
+    """Training samples in one epoch (None if unknown)."""
+    return next((s.samples_per_epoch for series in by_arm.values() for s in series if s.samples_per_epoch),
+                None)
 
 
 def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
     rows = []
-    for runs in all_runs:
+    for runs, label in zip(all_runs, folder_labels(all_runs)):
         env = runs.environment
         devices = sorted({s.summary.get("device", "?") for arms in runs.seeds.values()
                           for s in arms.values()})
-        rows.append([runs.experiment.name, ", ".join(devices), env.get("torch", "?"),
+        rows.append([label, ", ".join(devices), env.get("torch", "?"),
                      env.get("python", "?"), str(env.get("cpu_threads", "?")),
                      env.get("cuda") or "none", (env.get("git_commit") or "?")[:10]])
     return rows
 
 
+def folder_labels(all_runs: list[ExperimentRuns]) -> list[str]:
+    """A name per experiment folder for headings and figure files: the experiment's name, with the
+    folder's own name (a run's time) or its path added where two folders hold the same experiment."""
+    names = [r.experiment.name for r in all_runs]
+    labels = []
+    for i, runs in enumerate(all_runs):
+        name = names[i]
+        if names.count(name) == 1:
+            labels.append(name)
+        else:
+            parts = [p for p in runs.folder.resolve().parts[-3:] if p != name]
+            labels.append("-".join([name, *parts]) if parts else f"{name}-{i + 1}")
+    return [label if labels.count(label) == 1 else f"{label}-{i + 1}" for i, label in enumerate(labels)]
+
+
+def load_runs(paths: list[Path]) -> list[ExperimentRuns]:
+    """Every experiment folder under ``paths``; a UserError when not one arm has finished."""
+    all_runs = [collect(p) for p in find_experiments(paths)]
+    if not any(r.seeds for r in all_runs):
+        raise UserError(f"no finished arms in {', '.join(map(str, paths))}: nothing to report yet;"
+                        " `lambexp resume RUN_DIR` finishes them")
+    return all_runs
+
+
+def claim_verdicts(paths: list[Path]) -> list[tuple[str, str]]:
+    """(claim, verdict) for every claim of the experiments under ``paths`` (for --strict)."""
+    return [(e.claim, check(e, r.seeds).verdict) for r in load_runs(paths) for e in r.experiment.expect]
+
+
 def build_report(paths: list[Path], out_dir: Path) -> Path:
     """Write REPORT.md, report.html and figures/ into ``out_dir`` from the finished runs under
-    ``paths``; return the path of REPORT.md."""
-    all_runs = [collect(p) for p in find_experiments(paths)]
+    ``paths``; return the path of REPORT.md. Experiment folders with the same experiment get
+    figures of their own (named after the folder)."""
+    all_runs = load_runs(paths)
+    labels = folder_labels(all_runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
     total = sum(s.summary.get("wall_seconds", 0) for s in trainings.values())  # shared ones once
@@ -186,14 +219,14 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
              " parameter became non-finite, or the logged training loss rose above its first value"
              " after falling below half of it (decided by the trainer, read from summary.json)."),
         Table(["experiment", "claim", "measured", "per seed", "mean ± std", "compared with",
-               "verdict"], [row for r in all_runs for row in claim_rows(r)]),
+               "verdict"], [row for r, label in zip(all_runs, labels) for row in claim_rows(r, label)]),
     ]
-    for runs in all_runs:
+    for runs, label in zip(all_runs, labels):
         exp = runs.experiment
-        blocks += [Heading(f"{exp.name}"), Para(exp.description or ""),
+        blocks += [Heading(label), Para(exp.description or ""),
                    Table(["arm", "optimizer", "lr", "weight decay", "seeds", "final test accuracy",
                           "diverged", "wall s / arm", "samples/s"], arm_rows(runs))]
-        blocks += experiment_figures(runs, out_dir)
+        blocks += experiment_figures(runs, out_dir, label)
     blocks += [Heading("Environment"),
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],
                      environment_rows(all_runs))]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lambexp.config import Experiment, load_experiment
 from lambexp.errors import UserError
-from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, SUMMARY_FILE
+from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, is_finished
 from lambexp.report.series import ArmSeries, load_arm
 
 SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -30,13 +30,6 @@ class ExperimentRuns:
 def seed_dir(exp_dir: Path, seed: int) -> Path:
     """Where `lambexp reproduce` puts one seed's arms."""
     return exp_dir / f"seed{seed}"
-
-
-def is_finished(arm_dir: Path) -> bool:
-    try:
-        return json.loads((arm_dir / SUMMARY_FILE).read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
 
 
 def find_experiments(paths: list[Path]) -> list[Path]:
@@ -67,5 +60,9 @@ def collect(exp_dir: Path) -> ExperimentRuns:
             if is_finished(arm_dir):
                 seeds.setdefault(seed, {})[arm.name] = load_arm(arm_dir, seed)
     env_file = exp_dir / ENVIRONMENT_FILE
-    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    try:
+        env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    except ValueError:
+        raise UserError(f"{env_file}: damaged (not the JSON lambexp writes); delete it to report"
+                        " without the environment") from None
     return ExperimentRuns(exp_dir, exp, seeds, env)

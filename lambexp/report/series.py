@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lambexp.layout import METRICS_FILE, SUMMARY_FILE, read_jsonl
+from lambexp.errors import UserError
+from lambexp.layout import METRICS_FILE, read_jsonl, read_summary
 
 
 @dataclass
@@ -49,7 +49,10 @@ def _pairs(records: list[dict], tag: str) -> np.ndarray:
 
 
 def load_arm(arm_dir: Path, seed: int) -> ArmSeries:
-    """Read ``arm_dir``'s metrics.jsonl and summary.json (which must exist: a finished arm)."""
+    """Read ``arm_dir``'s metrics.jsonl and summary.json (a finished arm: both must be there)."""
+    if not (arm_dir / METRICS_FILE).is_file():
+        raise UserError(f"{arm_dir / METRICS_FILE}: missing, though summary.json says the arm finished;"
+                        f" delete {arm_dir} and run `lambexp resume` on its run folder to train it again")
     records = read_jsonl(arm_dir / METRICS_FILE)
     trust = [r for r in records if r["kind"] == "trust"]
     names = trust[0]["name"] if trust else []
@@ -64,6 +67,6 @@ def load_arm(arm_dir: Path, seed: int) -> ArmSeries:
         test_accuracy=_pairs(records, "test/accuracy"),
         trust_steps=np.array([r["step"] for r in trust], dtype=float),
         names=names, r=table("r"), r1=table("r1"), r2=table("r2"),
-        summary=json.loads((arm_dir / SUMMARY_FILE).read_text()),
+        summary=read_summary(arm_dir) or {},
         folder=arm_dir.resolve(),
     )
