@@ -242,7 +242,8 @@ def test_bias_correction_reaches_the_paper_rule_and_show_config():
 
 def test_a_run_folder_of_the_last_version_still_loads():
     """on_nonfinite was renamed on_divergence; config.yaml files written before still load."""
-    exp = parse_experiment("name: e\non_nonfinite: continue\narms: [{name: a}, {name: b, on_nonfinite: stop}]\n")
+    exp = parse_experiment("name: e\non_nonfinite: continue\n"
+                           "arms: [{name: a}, {name: b, on_nonfinite: stop}]\n")
     assert [a.on_divergence for a in exp.arms] == ["continue", "stop"]
 
 
