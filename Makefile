@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install run reproduce-all test test-fast bench bench-optim tensorboard clean
+.PHONY: install run reproduce-all test test-fast test-install bench bench-optim tensorboard clean
 
 install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
 
@@ -24,6 +24,14 @@ test: install  ## lint, then the whole test suite
 	$(VENV)/bin/ruff check lambexp tests benchmarks
 	$(VENV)/bin/pytest -q
 
+test-install:  ## a plain `pip install .` (no test extras) in a fresh venv, used from an empty folder
+	rm -rf .venv-plain
+	$(PYTHON) -m venv .venv-plain
+	.venv-plain/bin/pip install --quiet --disable-pip-version-check .
+	cd "$$(mktemp -d)" && L=$(CURDIR)/.venv-plain/bin/lambexp \
+	  && $$L --version && $$L --help > /dev/null && $$L configs > /dev/null \
+	  && $$L validate adam_vs_lamb && $$L run adam_vs_lamb epochs=1 --quiet
+
 test-fast: install  ## the suite without tests marked slow
 	$(VENV)/bin/pytest -q -m "not slow"
 
@@ -37,4 +45,4 @@ tensorboard: install  ## TensorBoard on runs/
 	$(VENV)/bin/lambexp tensorboard
 
 clean:  ## remove the virtualenv and caches (runs/ is kept)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-plain .pytest_cache .ruff_cache *.egg-info

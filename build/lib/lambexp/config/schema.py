@@ -1,0 +1,160 @@
+"""The typed, frozen config tree: arm settings (each with its unit and default), the file's
+shape (shared settings + `arms:`), and the resolved Experiment every other module reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from lambexp.config.expect import Expectation
+
+Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
+Rule = Literal["blog", "paper"]
+ModelName = Literal["lenet", "mlp"]
+Device = Literal["auto", "cpu", "cuda"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_RULE = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
+
+
+def _not_bool(kind: str):
+    # pydantic's lax mode reads true as 1 and false as 0; in a config that is always a mistake.
+    def check(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(f"must be {kind}, not true/false")
+        return value
+    return BeforeValidator(check)
+
+
+def _pair(value: object) -> object:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError("must be a list of two numbers, e.g. [0.9, 0.99]")
+    return value
+
+
+def _some_arms(arms: tuple) -> tuple:
+    if not arms:
+        raise ValueError("must list at least one arm")
+    return arms
+
+
+# Lax numbers (so YAML's `1e-3`, which PyYAML reads as a string, is 0.001) that refuse booleans.
+Float = Annotated[float, _not_bool("a number")]
+Int = Annotated[int, _not_bool("an integer")]
+Beta = Annotated[Float, Field(ge=0, lt=1)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Settings(_Frozen):
+    """Everything one arm runs with; written once at the top of a file, overridden per arm."""
+
+    optimizer: Optimizer = Field("lamb", description=(
+        "adam: LAMB with r computed and logged but not applied (the blog's Adam); lamb; lars; "
+        "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself"))
+    rule: Rule = Field("blog", description=(
+        "LAMB update rule (SPEC §2), blog (May 2019) or paper; ignored by lars, sgd, torch_adam"))
+    lr: Float = Field(0.01, gt=0, description="learning rate (global step size)")
+    weight_decay: Float = Field(0.0, ge=0, description=(
+        "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
+    betas: Annotated[tuple[Beta, Beta], BeforeValidator(_pair)] = Field((0.9, 0.99), description=(
+        "[β1, β2]: decay rates of the moving averages m and v, each in [0, 1)"))
+    bias_correction: bool = Field(True, description=(
+        "paper rule only: divide m and v by (1-β1ᵗ) and (1-β2ᵗ); false is pytorch-lamb's June "
+        "2019 rule (E6). The blog rule always folds the correction into its step size"))
+    eps: Annotated[Float, Field(ge=0)] | None = Field(None, description=(
+        "ε added to √v; null: the default, 1e-8 (blog, torch_adam) or 1e-6 (paper)"))
+    clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(
+        "LAMB's c (SPEC §2): clips r (blog) or ‖w‖ (paper); null: no clamp"))
+    momentum: Float = Field(0.9, ge=0, lt=1, description="lars/sgd momentum, in [0, 1)")
+    trust_coefficient: Float = Field(0.001, gt=0, description=(
+        "LARS's η: layer rate = lr·η·‖w‖/(‖g‖+λ‖w‖)"))
+    batch_size: Int = Field(512, ge=1, description="training samples per step")
+    epochs: Int = Field(6, ge=1, description="passes over the 60k training images")
+    seed: Int = Field(1, ge=0, le=2**32 - 1, description="seeds torch (init, shuffling) once per arm")
+    model: ModelName = Field("lenet", description="lenet: PyTorch's MNIST-example CNN; mlp")
+    device: Device = Field("auto", description="auto: cuda when available, else cpu")
+    warmup_epochs: Float = Field(0.0, ge=0, description=(
+        "linear learning-rate warm-up from 0 to lr over this many epochs, then constant; 0: none"))
+    log_interval: Int = Field(30, ge=1, description="batches between train-loss and r, r1, r2 logs")
+    eval_interval: Annotated[Int, Field(ge=1)] | None = Field(None, description=(
+        "steps between extra test evaluations; null: test only after each epoch"))
+    data_dir: str | None = Field(None, description="folder holding MNIST; null: the default one")
+    on_divergence: Literal["stop", "continue"] = Field("stop", description=(
+        "when the arm diverges (its loss or a parameter turns non-finite, or its logged loss, "
+        "having fallen below half of its first value, rises above that first value): stop the "
+        "arm there (a result, not an error), or continue to watch the collapse"))
+    checkpoint_every: Int = Field(1, ge=1, description=(
+        "epochs between checkpoints (model, optimizer, RNG, position), for `lambexp resume`"))
+
+
+SETTINGS: tuple[str, ...] = tuple(Settings.model_fields)
+
+
+class Header(_Frozen):
+    """Top-level keys that describe the experiment as a whole (not settings of its arms)."""
+
+    name: Name = Field(description="identifier-like name of the experiment; its folder name")
+    description: str = Field("", description="what it reproduces, in words")
+    expect: tuple[Expectation, ...] = Field((), description=(
+        "the post's claims as checks on measured numbers (see lambexp/config/expect.py)"))
+
+
+class ArmSpec(Settings):
+    """One entry of `arms:` as written: a name and the settings it overrides."""
+
+    name: Name = Field(description="the arm's label; also its folder name")
+
+
+class ExperimentSpec(Header, Settings):
+    """A config file as written: header, shared settings, and the arms."""
+
+    arms: Annotated[tuple[ArmSpec, ...], AfterValidator(_some_arms)] = Field(description=(
+        "the runs to compare; each a mapping with a name and the settings it changes"))
+
+
+TOP_KEYS: tuple[str, ...] = (*Header.model_fields, "arms", *SETTINGS)
+ARM_KEYS: tuple[str, ...] = ("name", *SETTINGS)
+
+
+def default_eps(optimizer: str, rule: str) -> float:
+    """ε when a config leaves it null: the LAMB rule's own (SPEC §2: blog 1e-8, paper 1e-6);
+    torch.optim.Adam's 1e-8 for torch_adam whatever the rule; lars and sgd do not use it."""
+    return 1e-6 if rule == "paper" and optimizer != "torch_adam" else 1e-8
+
+
+class Arm(ArmSpec):
+    """A fully resolved arm: every setting known; eps is the value used, never null."""
+
+    eps: Annotated[Float, Field(ge=0)] = Field(description="ε added to √v, as used")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_eps(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("eps") is None:
+            optimizer = data.get("optimizer", Settings.model_fields["optimizer"].default)
+            rule = data.get("rule", Settings.model_fields["rule"].default)
+            data = {**data, "eps": default_eps(optimizer, rule)}
+        return data
+
+
+class Experiment(Header):
+    """A validated experiment: its arms (at least one, names unique ignoring case), each fully
+    resolved, and the file it came from."""
+
+    arms: tuple[Arm, ...]
+    source: Path | None = Field(None, description="the file it was loaded from; None if from text")
+
+
+def resolve(spec: ExperimentSpec, source: Path | None = None) -> Experiment:
+    """Each arm = the shared settings updated by the keys the arm itself wrote; eps filled in."""
+    shared = spec.model_dump(include=set(SETTINGS))
+    arms = tuple(Arm.model_validate({**shared, **arm.model_dump(include=arm.model_fields_set)})
+                 for arm in spec.arms)
+    header = {key: getattr(spec, key) for key in Header.model_fields}
+    return Experiment(**header, arms=arms, source=source)

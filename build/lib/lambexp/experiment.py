@@ -1,0 +1,304 @@
+"""Composition root: a validated Experiment → a run folder holding one trained, logged arm per arm.
+
+The only place where config objects become plain arguments for the model, optimizer, loop and sink.
+Layout: ``<runs>/<experiment>/<timestamp>/{config.yaml, environment.json, <arm>/...}``; each arm
+folder is one TensorBoard run plus ``summary.json``. Under torchrun every rank runs the same arms
+and rank 0 alone writes the folder (``lambexp.distributed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from lambexp.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from lambexp.config import Arm, Experiment, experiment_to_yaml
+from lambexp.data import MnistTensors, ensure_mnist, load_mnist
+from lambexp.distributed import SINGLE, World, process_group
+from lambexp.errors import Interrupted, UserError
+from lambexp.layout import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    read_jsonl,
+    write_text_atomically,
+)
+from lambexp.model import build_model
+from lambexp.optim import build_optimizer
+from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink
+from lambexp.train import LoopOptions, LoopState, Progress, fit
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA GPU is available"
+                        " (use device=auto or device=cpu)")
+    return torch.device(name)
+
+
+def make_run_dir(parent: Path) -> Path:
+    """A new folder ``parent/<UTC timestamp>``, created exclusively: a second run in the same
+    second gets ``-1``, ``-2``, …; an existing folder is never reused."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
+            try:
+                path = parent / f"{stamp}{suffix}"
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise UserError(f"{parent}: cannot create a run folder there"
+                        f" ({err.strerror or err}); pass a writable --runs-dir") from None
+    raise UserError(f"could not create a new run folder in {parent}")
+
+
+def environment(argv: Sequence[str]) -> dict:
+    """What produced a run: command line, versions, machine, git commit."""
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "command": list(argv),
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)),  # processes (torchrun), 1 without
+        "git_commit": commit or None,
+    }
+
+
+def optimizer_args(arm: Arm) -> dict:
+    """The arm's optimizer hyper-parameters as plain keyword arguments for ``build_optimizer``."""
+    return dict(lr=arm.lr, betas=tuple(arm.betas), eps=arm.eps, weight_decay=arm.weight_decay,
+                rule=arm.rule, bias_correction=arm.bias_correction, clamp=arm.clamp, momentum=arm.momentum,
+                trust_coefficient=arm.trust_coefficient)
+
+
+def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
+                 world: World = SINGLE) -> LoopOptions:
+    """The arm's loop settings as plain values; warm-up epochs become steps of this data set."""
+    steps_per_epoch = -(-n_train // arm.batch_size)
+    return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
+                       eval_interval=arm.eval_interval, on_divergence=arm.on_divergence,
+                       stop_requested=stop_requested, world=world,
+                       warmup_steps=round(arm.warmup_epochs * steps_per_epoch))
+
+
+def prepare_arm_dir(arm_dir: Path) -> bool:
+    """True when ``arm_dir`` holds a checkpoint to continue from; otherwise clear what an
+    unfinished attempt without a checkpoint left. Either way ``arm_dir`` exists afterwards."""
+    resume = (arm_dir / CHECKPOINT_FILE).is_file()
+    if not resume and arm_dir.exists():
+        shutil.rmtree(arm_dir)
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    return resume
+
+
+@contextmanager
+def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Iterator[Sink]:
+    """TensorBoard + metrics.jsonl in ``arm_dir``; a sink that writes nothing when not ``write``
+    (ranks > 0 under torchrun).
+
+    A resumed arm continues from a checkpoint at x = S samples. Training records are logged at the
+    samples seen *before* their batch, so every record at x >= S was written after the checkpoint
+    (by a process that then crashed) and is dropped from both files; the evaluation at S, which came
+    before the checkpoint, is written again from the checkpoint's history."""
+    if not write:
+        yield Tee()
+        return
+    samples = state.samples
+    truncate_jsonl(arm_dir / METRICS_FILE, samples)
+    with TensorBoardSink(arm_dir, purge_step=samples if resumed else None) as board, \
+            JsonlSink(arm_dir / METRICS_FILE) as jsonl:
+        sink = Tee(board, jsonl)
+        last = state.history[-1] if state.history else None
+        if resumed and last and last["samples"] == samples:
+            sink.scalars(samples, {k: v for k, v in last.items() if k.startswith("test/")})
+        yield sink
+
+
+def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
+            progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
+            world: World = SINGLE) -> dict:
+    """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json) and return
+    its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise starts
+    afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request the
+    state is checkpointed, the summary says interrupted, and Interrupted is raised.
+    Under torchrun every rank calls this alike: rank 0 decides whether to resume and writes every
+    file; every rank loads the same checkpoint (so ``arm_dir`` must be on a shared file system
+    to resume on several machines)."""
+    torch.manual_seed(arm.seed)
+    model = build_model(arm.model, device)
+    opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm))
+    checkpoint = arm_dir / CHECKPOINT_FILE
+    resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
+    state = load_checkpoint(checkpoint, model, opt) if resumed else LoopState()
+    if resumed:
+        progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
+    with arm_sink(arm_dir, state, resumed, write=world.lead) as sink:
+
+        def at_epoch_end(st: LoopState) -> None:
+            if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
+                save_checkpoint(checkpoint, model, opt, st)
+
+        try:
+            options = loop_options(arm, len(data.train_x), stop_requested, world)
+            fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
+                epochs=arm.epochs, seed=arm.seed, options=options, sink=sink, progress=progress,
+                state=state, on_epoch_end=at_epoch_end)
+        except Interrupted:
+            if world.lead:
+                save_checkpoint(checkpoint, model, opt, state)
+                write_json(arm_dir / SUMMARY_FILE,
+                           summarize(arm, state, device, "interrupted", len(data.train_x)))
+            raise
+        summary = summarize(arm, state, device, "finished", len(data.train_x))
+        sink.scalars(state.samples, {"throughput/samples_per_s": summary["samples_per_second"]})
+        final = state.history[-1] if state.history else {}
+        sink.hparams(arm_hparams(arm, device),
+                     {"test/accuracy": final.get("test/accuracy", float("nan")),
+                      "test/loss": final.get("test/loss", float("nan")),
+                      "train/loss": state.last_loss})
+    if world.lead:
+        write_json(arm_dir / SUMMARY_FILE, summary)
+        checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    return summary
+
+
+def arm_hparams(arm: Arm, device: torch.device) -> dict:
+    """The arm's settings as TensorBoard hparams: the device it ran on (not ``auto``), and the
+    betas as two numbers (hparams take scalars only)."""
+    settings = arm.model_dump(exclude={"name", "data_dir", "betas"})
+    return {"arm": arm.name, **settings, "device": str(device), "beta1": arm.betas[0],
+            "beta2": arm.betas[1]}
+
+
+def summarize(arm: Arm, state: LoopState, device: torch.device, status: str,
+              samples_per_epoch: int) -> dict:
+    """summary.json: the arm's outcome. ``diverged`` is the trainer's decision by the one rule of
+    lambexp.divergence, with the step and reason; the accuracies are of the last evaluation
+    (when the arm stopped at its divergence, the last one before it)."""
+    accuracies = [h["test/accuracy"] for h in state.history]
+    final = state.history[-1] if state.history else {}
+    return {
+        "arm": arm.name,
+        "status": status,
+        "final_test_accuracy": final.get("test/accuracy"),
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "final_test_loss": final.get("test/loss"),
+        "final_train_loss": state.last_loss,
+        "diverged": state.diverged_step is not None,
+        "diverged_step": state.diverged_step,
+        "diverged_reason": state.diverged_reason,
+        "epochs_done": state.epoch - 1,
+        "samples_per_epoch": samples_per_epoch,
+        "steps": state.step,
+        "samples": state.samples,
+        "wall_seconds": state.wall_seconds,
+        "train_seconds": state.train_seconds,
+        "samples_per_second": state.samples / max(state.train_seconds, 1e-9),
+        "device": str(device),
+        "torch": torch.__version__,
+        "seed": arm.seed,
+        "history": state.history,
+    }
+
+
+def truncate_jsonl(path: Path, samples: int) -> None:
+    """Keep the records before x = ``samples`` (a resumed arm logs the rest again), atomically."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) < samples and r["kind"] != "hparams"]
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write atomically (``write_text_atomically``)."""
+    write_text_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+class ArmInputs:
+    """Each arm's device and verified MNIST, checked up front and loaded once per (folder, device)."""
+
+    def __init__(self, arms: Sequence[Arm], data_dir: Path | None, say: Callable[[str], None]):
+        self.data_dir = data_dir
+        for arm in arms:
+            pick_device(arm.device)  # cuda without a GPU fails here, before anything is written
+        for folder in {self.folder(arm) for arm in arms}:
+            ensure_mnist(folder, log=say)
+        self._loaded: dict[tuple, MnistTensors] = {}
+
+    def folder(self, arm: Arm) -> Path | None:
+        """--data-dir, else the arm's data_dir, else None (the default folder)."""
+        chosen = self.data_dir or arm.data_dir
+        return Path(chosen) if chosen else None
+
+    def data(self, arm: Arm) -> tuple[MnistTensors, torch.device]:
+        key = (self.folder(arm), pick_device(arm.device))
+        if key not in self._loaded:
+            self._loaded[key] = load_mnist(*key)
+        return self._loaded[key], key[1]
+
+
+def write_run_header(run_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
+    """config.yaml (fully resolved) and environment.json, before any training."""
+    write_text_atomically(run_dir / CONFIG_FILE, experiment_to_yaml(exp))
+    write_json(run_dir / ENVIRONMENT_FILE, environment(argv or sys.argv))
+
+
+def start_run(runs_root: Path, exp: Experiment, argv: Sequence[str],
+              on_start: Callable[[Path], None]) -> Path:
+    """A new run folder with its config.yaml and environment.json."""
+    run_dir = make_run_dir(runs_root / exp.name)
+    on_start(run_dir)
+    write_run_header(run_dir, exp, argv)
+    return run_dir
+
+
+def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = None,
+                   argv: Sequence[str] = (), say: Callable[[str], None] = print,
+                   on_start: Callable[[Path], None] = lambda run_dir: None,
+                   progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+                   stop_requested: Callable[[], bool] = lambda: False) -> Path:
+    """Run every arm of ``exp``; return the new run folder.
+
+    Devices are checked and MNIST is fetched and verified before the run folder is created, so
+    a failure there leaves nothing behind. Under torchrun every rank trains every arm with DDP;
+    rank 0 creates the run folder (its path sent to the others) and alone calls ``on_start``.
+    """
+    with process_group() as world:
+        inputs = world.local_first(lambda: ArmInputs(exp.arms, data_dir, say))
+        if stop_requested():  # e.g. Ctrl-C while MNIST was fetched: leave nothing behind
+            raise Interrupted("before training began; nothing was written")
+        run_dir = world.from_lead(lambda: start_run(runs_root, exp, argv, on_start))
+        for arm in exp.arms:
+            if not world.active and stop_requested():  # under DDP the ranks agree at log steps
+                raise Interrupted("between arms; the finished arms are kept")
+            data, device = inputs.data(arm)
+            run_arm(arm, data, device, run_dir / arm.name, progress_for(arm), stop_requested, world)
+    return run_dir

@@ -1,0 +1,162 @@
+"""``Lamb(fused=True)``'s step: the rules of ``rules.py`` as torch.compile'd (inductor) kernels,
+a tensor's whole update in one call. Hyper-parameters travel as a tensor, so a new step size never
+recompiles; nothing is compiled before the first fused step."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+# The hyper-parameter tensor ``hp``, in this order, built by ``hyper_parameters``:
+# lr (blog: the step size s), 1−β1, β2, 1−β2 (both 1−β in float64 first: in float32, 1 − 0.999
+# is off by 5e-5), ε, λ, c (∞ for no clamp), adam (1.0 or 0.0),
+# 1−β1ᵗ and √(1−β2ᵗ) (paper only; 1.0 when bias correction is off).
+HP_FIELDS = ("lr", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "weight_decay", "clamp",
+             "adam", "bc1", "sqrt_bc2")
+
+# Inductor, left to itself, recomputes a = m/(√v+ε) in the second pass and so keeps the new
+# m, v in scratch buffers until that pass: two more full-size streams, 1.5-2× slower on the CPU.
+# Storing every multi-use intermediate instead writes m, v in place in the first pass and `a`
+# to a temporary, which the second pass (w ← w − s·r·a) reads back.
+COMPILE_OPTIONS = {"realize_opcount_threshold": 0}
+
+# Tensors of at most this many elements are stepped together, laid end to end, in one call:
+# a call costs ~30 µs in Python, ten times what such a tensor's update does.
+PACK_NUMEL = 4096
+
+
+def hyper_parameters(group: dict, step: int, like: Tensor) -> Tensor:
+    """The ``hp`` tensor of ``group`` at step ``step`` on ``like``'s device, in float32 or float64.
+
+    (Never float16: ε = 1e-8 would round to 0; a 0-dim float32 tensor does not promote the result.)
+    """
+    beta1, beta2 = group["betas"]
+    lr, bc1, bc2 = group["lr"], 1 - beta1**step, 1 - beta2**step
+    if group["variant"] == "blog":  # s = lr·√(1−β2ᵗ)/(1−β1ᵗ) carries the correction
+        lr, bc1, bc2 = lr * math.sqrt(bc2) / bc1, 1.0, 1.0
+    elif not group["bias_correction"]:
+        bc1, bc2 = 1.0, 1.0
+    clamp = math.inf if group["clamp"] is None else group["clamp"]
+    values = [lr, 1 - beta1, beta2, 1 - beta2, group["eps"], group["weight_decay"], clamp,
+              float(group["adam"]), bc1, math.sqrt(bc2)]
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return torch.tensor(values, dtype=dtype, device=like.device)
+
+
+def blog_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tensor | None = None,
+              sizes: Tensor | None = None) -> Tensor:
+    """``rules.lamb_blog`` in place on w, m, v; returns [r, r1, r2], or (3, T) when packed.
+
+        g  ← g + λ·w
+        m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
+        a  = m / (√v + ε)
+        r1 = RMS(w) ;  r2 = RMS(a) ;  r = 1 if r1 = 0 or r2 = 0, else min(r1/r2, c)
+        w  ← w − s·r·a            (r replaced by 1 when adam)
+
+    Packed: w, g, m, v hold T tensors end to end, ``seg`` (N,) gives each element's tensor and
+    ``sizes`` (T,) each tensor's length; every norm and ratio is then per tensor.
+    """
+    s, one_minus_beta1, beta2, one_minus_beta2, eps, lam, c, adam, _, _ = hp.unbind()
+    g = g + lam * w
+    m.lerp_(g, one_minus_beta1)
+    v.mul_(beta2).add_(one_minus_beta2 * g * g)
+    a = m / (torch.sqrt(v) + eps)
+    r1, r2 = _rms(w, seg, sizes), _rms(a, seg, sizes)
+    r = _ratio(r1, r2, c)
+    w.sub_(s * _each(torch.where(adam > 0, 1.0, r), seg) * a)
+    return torch.stack([r, r1, r2])
+
+
+def paper_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tensor | None = None,
+               sizes: Tensor | None = None) -> Tensor:
+    """``rules.lamb_paper`` in place on w, m, v; returns [r, r1, r2], or (3, T) when packed.
+
+        m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
+        u  = (m/(1−β1ᵗ)) / (√v/√(1−β2ᵗ) + ε) + λ·w
+        r1 = min(‖w‖₂, c) ;  r2 = ‖u‖₂ ;  r = 1 if r1 = 0 or r2 = 0, else r1/r2
+        w  ← w − lr·r·u           (r replaced by 1 when adam)
+
+    ``seg``, ``sizes``: as in ``blog_step``.
+    """
+    lr, one_minus_beta1, beta2, one_minus_beta2, eps, lam, c, adam, bc1, sqrt_bc2 = hp.unbind()
+    m.lerp_(g, one_minus_beta1)
+    v.mul_(beta2).add_(one_minus_beta2 * g * g)
+    u = (m / bc1) / (torch.sqrt(v) / sqrt_bc2 + eps) + lam * w
+    r1 = torch.minimum(_norm(w, seg, sizes), c)
+    r2 = _norm(u, seg, sizes)
+    r = _ratio(r1, r2, None)
+    w.sub_(lr * _each(torch.where(adam > 0, 1.0, r), seg) * u)
+    return torch.stack([r, r1, r2])
+
+
+def _sum_of_squares(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
+    if seg is None:
+        return (x * x).sum()
+    return torch.zeros_like(sizes).index_add_(0, seg, (x * x).to(sizes.dtype))  # (T,), float64
+
+
+def _rms(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
+    n = x.numel() if sizes is None else sizes
+    return torch.sqrt(_sum_of_squares(x, seg, sizes) / n).to(x.dtype)
+
+
+def _norm(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
+    return torch.sqrt(_sum_of_squares(x, seg, sizes)).to(x.dtype)
+
+
+def _each(r: Tensor, seg: Tensor | None) -> Tensor:
+    """Each tensor's r, spread over its elements when packed."""
+    return r if seg is None else r[seg]
+
+
+def _ratio(r1: Tensor, r2: Tensor, c: Tensor | None) -> Tensor:
+    q = r1 / r2 if c is None else torch.minimum(r1 / r2, c)
+    return torch.where((r1 > 0) & (r2 > 0), q, 1.0)
+
+
+def packable(p: Tensor, state: dict) -> bool:
+    """Whether ``p`` is small enough to share a packed kernel call (and laid out for it)."""
+    return (0 < p.numel() <= PACK_NUMEL and p.is_contiguous() and state["m"].is_contiguous()
+            and state["v"].is_contiguous())
+
+
+def pack(xs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``seg`` and ``sizes`` for tensors ``xs`` laid end to end (all on one device)."""
+    sizes = torch.tensor([x.numel() for x in xs], device=xs[0].device)
+    seg = torch.repeat_interleave(torch.arange(len(xs), device=xs[0].device, dtype=torch.int32),
+                                  sizes)
+    return seg, sizes.to(torch.float64)
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile cannot build the fused step here (no C++ compiler, unsupported Python, ...)."""
+
+
+@functools.cache
+def kernel(variant: str):
+    """The compiled step of ``variant`` ("blog" or "paper"), called as ``blog_step`` is.
+
+    Compiles on its first call for each dtype and device: one graph for packed tensors and one
+    for single tensors (over ``PACK_NUMEL`` elements; a non-contiguous tensor adds one per
+    layout). Step sizes and hyper-parameters arrive in ``hp`` and never recompile.
+    Raises CompileFailed when torch.compile cannot run here.
+    """
+    import torch._dynamo
+    import torch._inductor.config
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise CompileFailed("torch.compile does not support this Python")
+    options = {k: v for k, v in COMPILE_OPTIONS.items() if hasattr(torch._inductor.config, k)}
+    compiled = torch.compile(blog_step if variant == "blog" else paper_step, fullgraph=True,
+                             dynamic=True, options=options)
+
+    def step(*args: Tensor | None) -> Tensor:
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            raise CompileFailed(str(err)) from err
+
+    return step

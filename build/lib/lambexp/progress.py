@@ -1,0 +1,76 @@
+"""What a person sees while arms train: a rich progress bar on a terminal, one line per epoch otherwise."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from lambexp.train import Progress
+
+
+def _epoch_line(name: str, epoch: int, epochs: int, metrics: dict, loss: float) -> str:
+    return (f"[{name}] epoch {epoch}/{epochs}  train loss {loss:.4f}  "
+            f"test loss {metrics['test/loss']:.4f}  test accuracy {metrics['test/accuracy']:.2%}")
+
+
+class LineProgress(Progress):
+    """One plain line per epoch, for logs and pipes."""
+
+    def __init__(self, name: str, epochs: int, write: Callable[[str], None]):
+        self.name, self.epochs, self.write = name, epochs, write
+        self.loss = float("nan")
+
+    def advance(self, step: int, loss: float) -> None:
+        self.loss = loss
+
+    def note(self, message: str) -> None:
+        self.write(f"[{self.name}] {message}")
+
+    def epoch_end(self, epoch: int, metrics: dict) -> None:
+        self.write(_epoch_line(self.name, epoch, self.epochs, metrics, self.loss))
+
+
+class BarProgress(LineProgress):
+    """A rich progress bar per arm (steps, loss, last test accuracy), and the epoch lines above it."""
+
+    def __init__(self, name: str, epochs: int, console):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        super().__init__(name, epochs, lambda line: console.print(line, markup=False, highlight=False))
+        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                console=console, transient=True)
+        self.task = None
+
+    def begin(self, total_steps: int, done: int = 0) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(self.name, total=total_steps, completed=done, status="")
+
+    def advance(self, step: int, loss: float) -> None:
+        super().advance(step, loss)
+        self.bar.update(self.task, completed=step, status=f"loss {loss:.4f}")
+
+    def end(self) -> None:
+        self.bar.stop()
+
+
+class QuietProgress(Progress):
+    """Nothing at all."""
+
+
+def progress_factory(quiet: bool, console=None) -> Callable:
+    """A function arm → Progress: bars on a terminal, lines when piped, nothing when quiet."""
+    if quiet:
+        return lambda arm: QuietProgress()
+    if console is not None and console.is_terminal:
+        return lambda arm: BarProgress(arm.name, arm.epochs, console)
+    return lambda arm: LineProgress(arm.name, arm.epochs, lambda s: print(s, file=sys.stdout,
+                                                                            flush=True))

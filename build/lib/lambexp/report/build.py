@@ -1,0 +1,239 @@
+"""Run folders → REPORT.md, report.html and PNG figures: the claims table, the figures, the environment.
+
+Every number comes from the run files (metrics.jsonl, summary.json, config.yaml, environment.json).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lambexp.config.expect import Expectation
+from lambexp.errors import UserError
+from lambexp.report import figures
+from lambexp.report.claims import ClaimResult, check, mean_std
+from lambexp.report.collect import ExperimentRuns, collect, find_experiments
+from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+
+PERCENT = {"final_accuracy", "best_accuracy"}
+
+
+def fmt(measure: str, value: float | None) -> str:
+    """A measured value as a person reads it: 98.12%, yes/no, 4.53, 0.0312."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if measure == "diverged":
+        return "yes" if value else "no"
+    if measure in PERCENT:
+        return f"{value:.2%}"
+    return f"{value:.4g}"
+
+
+def _reference(e: Expectation, result: ClaimResult) -> str:
+    if e.comparator == "equals":
+        return f"= {fmt('diverged', float(e.equals))}"
+    if e.comparator == "between":
+        return f"in [{fmt(e.measure, e.between[0])}, {fmt(e.measure, e.between[1])}]"
+    sign = ">" if e.comparator == "above" else "<"
+    if isinstance(e.reference, float | int):
+        return f"{sign} {fmt(e.measure, float(e.reference))}"
+    mean, std = mean_std(result.references)
+    return f"{sign} {_name(e.reference)}: {fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
+
+
+def _name(ref) -> str:
+    """An arm, or a pair [a, b] written as "a − b"."""
+    return ref if isinstance(ref, str) else f"{ref[0]} − {ref[1]}"
+
+
+def _verdict(result: ClaimResult) -> str:
+    """The verdict with k of n seeds, so every row says how many seeds it stands on."""
+    k, n = sum(result.holds), len(result.holds)
+    if n == 0 or result.verdict.startswith("MIXED"):
+        return result.verdict
+    if result.expectation.judge == "mean":
+        return f"{result.verdict} (on the mean of {n} seed{'s' * (n > 1)})"
+    return f"{result.verdict} ({k} of {n})"
+
+
+def _claim_text(e: Expectation) -> str:
+    """The claim in our words, then the sentence it tests, quoted, with where it comes from."""
+    return e.claim + (f" — “{e.quote}” ({e.source})" if e.quote else "")
+
+
+def _summary(measure: str, values: list[float]) -> str:
+    if measure == "diverged":
+        return f"{sum(v == 1.0 for v in values)} of {len(values)} seeds"
+    mean, std = mean_std(values)
+    return f"{fmt(measure, mean)} ± {fmt(measure, std)}"
+
+
+def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:
+    rows = []
+    for e in runs.experiment.expect:
+        result = check(e, runs.seeds)
+        per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
+        summary = _summary(e.measure, result.values)
+        missing = sum(not math.isfinite(v) for v in result.values)
+        if e.judge == "mean" and missing:  # the verdict is on the mean of every seed: none to show
+            summary = f"n/a ({missing} of {len(result.values)} seeds have no value)"
+        for name, values in result.also.items():  # shown beside, not judged
+            per_seed += f" ({name}: {', '.join(fmt(name, v) for v in values)})"
+            summary += f" ({name}: {_summary(name, values)})"
+        what = f"{_name(e.arm)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
+        if e.within_epochs is not None:
+            what += f" in the first {e.within_epochs:g} epoch{'s' * (e.within_epochs != 1)}"
+        rows.append([label, _claim_text(e), what, per_seed or "n/a", summary,
+                     _reference(e, result), _verdict(result)])
+    return rows
+
+
+def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
+    rows = []
+    for arm in runs.experiment.arms:
+        series = runs.arm_runs(arm.name)
+        if not series:
+            rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}", "0",
+                         "not finished", "", "", ""])
+            continue
+        acc = mean_std([s.summary["final_test_accuracy"] for s in series])
+        wall = mean_std([s.summary["wall_seconds"] for s in series])
+        speed = mean_std([s.summary["samples_per_second"] for s in series])
+        bad = sum(s.diverged for s in series)
+        rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}",
+                     str(len(series)), f"{acc[0]:.2%} ± {acc[1]:.2%}", f"{bad} of {len(series)}",
+                     f"{wall[0]:.0f}", f"{speed[0]:.0f}"])
+    return rows
+
+
+def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[Block]:
+    """The experiment's figures, as files ``figures/<label>_*.png`` (``label``: unique per folder)."""
+    exp = runs.experiment
+    colors = figures.arm_colors([(a.name, a.optimizer) for a in exp.arms])
+    by_arm = {a.name: runs.arm_runs(a.name) for a in exp.arms if runs.arm_runs(a.name)}
+    if not by_arm:
+        return [Para("No finished arms yet.")]
+    first_seed = {name: series[0] for name, series in by_arm.items()}
+    folder = out_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{exp.name}: {exp.description}" if exp.description else exp.name
+    made = [
+        (figures.curves(title, by_arm, colors, folder / f"{label}_curves.png",
+                        samples_per_epoch=_samples_per_epoch(by_arm)),
+         "training loss and test accuracy"),
+        (figures.trust_ridges(title, first_seed, colors, folder / f"{label}_trust.png"),
+         "r, r1, r2 across layers over training (first seed)"),
+        (figures.layer_norms(title, first_seed, folder / f"{label}_r1_layers.png"),
+         "per-layer weight norm r1 (first seed)"),
+    ]
+    if len({a.batch_size for a in exp.arms}) >= 3:
+        made.append((batch_figure(runs, title, folder / f"{label}_batch.png"),
+                     "final test accuracy against batch size (mean ± std over seeds)"))
+    return [Image(path.relative_to(out_dir), alt) for path, alt in made]
+
+
+BATCH_COLORS = {"adam": "#1f77b4", "lamb (blog)": "#d62728", "lamb (paper)": "#9467bd"}
+
+
+def batch_figure(runs: ExperimentRuns, title: str, path: Path) -> Path:
+    """Final test accuracy against batch size, one line per optimizer (and LAMB rule)."""
+    points: dict[str, list[tuple[int, float, float]]] = {}
+    for arm in runs.experiment.arms:
+        finished = runs.arm_runs(arm.name)
+        if not finished:
+            continue
+        label = f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
+        mean, std = mean_std([s.summary["final_test_accuracy"] for s in finished])
+        points.setdefault(label, []).append((arm.batch_size, mean, std))
+    return figures.accuracy_vs_batch(title, points, BATCH_COLORS, path)
+
+
+def _samples_per_epoch(by_arm: dict) -> int | None:
+    """Training samples in one epoch (None if unknown)."""
+    return next((s.samples_per_epoch for series in by_arm.values() for s in series if s.samples_per_epoch),
+                None)
+
+
+def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
+    rows = []
+    for runs, label in zip(all_runs, folder_labels(all_runs)):
+        env = runs.environment
+        devices = sorted({s.summary.get("device", "?") for arms in runs.seeds.values()
+                          for s in arms.values()})
+        rows.append([label, ", ".join(devices), env.get("torch", "?"),
+                     env.get("python", "?"), str(env.get("cpu_threads", "?")),
+                     env.get("cuda") or "none", (env.get("git_commit") or "?")[:10]])
+    return rows
+
+
+def folder_labels(all_runs: list[ExperimentRuns]) -> list[str]:
+    """A name per experiment folder for headings and figure files: the experiment's name, with the
+    folder's own name (a run's time) or its path added where two folders hold the same experiment."""
+    names = [r.experiment.name for r in all_runs]
+    labels = []
+    for i, runs in enumerate(all_runs):
+        name = names[i]
+        if names.count(name) == 1:
+            labels.append(name)
+        else:
+            parts = [p for p in runs.folder.resolve().parts[-3:] if p != name]
+            labels.append("-".join([name, *parts]) if parts else f"{name}-{i + 1}")
+    return [label if labels.count(label) == 1 else f"{label}-{i + 1}" for i, label in enumerate(labels)]
+
+
+def load_runs(paths: list[Path]) -> list[ExperimentRuns]:
+    """Every experiment folder under ``paths``; a UserError when not one arm has finished."""
+    all_runs = [collect(p) for p in find_experiments(paths)]
+    if not any(r.seeds for r in all_runs):
+        raise UserError(f"no finished arms in {', '.join(map(str, paths))}: nothing to report yet;"
+                        " `lambexp resume RUN_DIR` finishes them")
+    return all_runs
+
+
+def claim_verdicts(paths: list[Path]) -> list[tuple[str, str]]:
+    """(claim, verdict) for every claim of the experiments under ``paths`` (for --strict)."""
+    return [(e.claim, check(e, r.seeds).verdict) for r in load_runs(paths) for e in r.experiment.expect]
+
+
+def build_report(paths: list[Path], out_dir: Path) -> Path:
+    """Write REPORT.md, report.html and figures/ into ``out_dir`` from the finished runs under
+    ``paths``; return the path of REPORT.md. Experiment folders with the same experiment get
+    figures of their own (named after the folder)."""
+    all_runs = load_runs(paths)
+    labels = folder_labels(all_runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
+    total = sum(s.summary.get("wall_seconds", 0) for s in trainings.values())  # shared ones once
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[Block] = [
+        Heading("lambexp: does 'An intuitive understanding of the LAMB optimizer' reproduce?", 1),
+        Para(f"Built {stamp} from {len(all_runs)} experiment folder(s); every number below is read"
+             f" from the run files. {len(trainings)} trainings (arms that are the same training are"
+             f" trained once and shared), training wall time {total / 60:.1f} min."),
+        Heading("Claims"),
+        Para("Each claim quotes the sentence it tests. Per seed: the measured value (s<seed>: value);"
+             " in parentheses, measures shown beside it but not judged. REPRODUCED (k of n): the claim"
+             " held for every seed; NOT REPRODUCED: for none; MIXED: for some; \"on the mean\": judged"
+             " once, on the means over seeds. Diverged: the loss or a"
+             " parameter became non-finite, or the logged training loss rose above its first value"
+             " after falling below half of it (decided by the trainer, read from summary.json)."),
+        Table(["experiment", "claim", "measured", "per seed", "mean ± std", "compared with",
+               "verdict"], [row for r, label in zip(all_runs, labels) for row in claim_rows(r, label)]),
+    ]
+    for runs, label in zip(all_runs, labels):
+        exp = runs.experiment
+        blocks += [Heading(label), Para(exp.description or ""),
+                   Table(["arm", "optimizer", "lr", "weight decay", "seeds", "final test accuracy",
+                          "diverged", "wall s / arm", "samples/s"], arm_rows(runs))]
+        blocks += experiment_figures(runs, out_dir, label)
+    blocks += [Heading("Environment"),
+               Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],
+                     environment_rows(all_runs))]
+    title = "lambexp reproduction report"
+    tmp_md, tmp_html = out_dir / ".REPORT.md.tmp", out_dir / ".report.html.tmp"
+    tmp_md.write_text(to_markdown(blocks), encoding="utf-8")
+    tmp_html.write_text(to_html(blocks, out_dir, title), encoding="utf-8")
+    tmp_md.replace(out_dir / "REPORT.md")
+    tmp_html.replace(out_dir / "report.html")
+    return out_dir / "REPORT.md"

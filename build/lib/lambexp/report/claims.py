@@ -1,0 +1,167 @@
+"""The measures an expectation can name, computed from one arm's run files, and each claim's verdict
+over seeds: REPRODUCED, NOT REPRODUCED, or MIXED (k of n)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lambexp.config.expect import Expectation
+from lambexp.report.series import ArmSeries
+
+
+def _trust(s: ArmSeries, key: str, layer: str | None) -> np.ndarray:
+    """(T, L) values of r, r1 or r2; one column when ``layer`` names a parameter."""
+    table = getattr(s, key)
+    if layer is None:
+        return table
+    if layer not in s.names:
+        raise KeyError(f"no layer {layer!r} in arm {s.arm} (layers: {', '.join(s.names)})")
+    return table[:, [s.names.index(layer)]]
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return x[np.isfinite(x)]
+
+
+def _or_nan(values: np.ndarray, reduce) -> float:
+    values = _finite(np.asarray(values, dtype=float).ravel())
+    return float(reduce(values)) if len(values) else math.nan
+
+
+def _r1_growth(r1: np.ndarray) -> float:
+    if len(r1) == 0:
+        return math.nan
+    last = np.array([_or_nan(col, lambda v: v[-1]) for col in r1.T])  # last finite per layer
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _or_nan(last / r1[0], np.max)
+
+
+def _losses(s: ArmSeries, within_epochs: float | None) -> np.ndarray:
+    """The logged training losses, those at x < within_epochs epochs when given."""
+    loss = s.train_loss if len(s.train_loss) else np.empty((0, 2))
+    if within_epochs is not None:
+        per_epoch = s.samples_per_epoch
+        if per_epoch is None:
+            return np.array([])
+        loss = loss[loss[:, 0] < within_epochs * per_epoch]
+    return loss[:, 1]
+
+
+def measure(s: ArmSeries, name: str, layer: str | None = None,
+            within_epochs: float | None = None) -> float:
+    """The value of measure ``name`` (see lambexp.config.expect.MEASURES); diverged is 1.0 or 0.0.
+    NaN when the run logged nothing to compute it from."""
+    acc = s.test_accuracy[:, 1] if len(s.test_accuracy) else np.array([])
+    if name == "final_accuracy":
+        return float(acc[-1]) if len(acc) else math.nan
+    if name == "best_accuracy":
+        return _or_nan(acc, np.max)
+    if name == "final_loss":
+        return _or_nan(_losses(s, None), lambda v: v[-1])
+    if name == "min_train_loss":
+        return _or_nan(_losses(s, within_epochs), np.min)
+    if name == "diverged":
+        return float(s.diverged)
+    r, r1 = _trust(s, "r", layer), _trust(s, "r1", layer)
+    if name == "r_max":
+        return _or_nan(r, np.max)
+    if name == "r_median":
+        return _or_nan(r, np.median)
+    if name == "r_start_median":
+        return _or_nan(r[:1], np.median)
+    if name == "r1_final_max":
+        return _or_nan(r1[-1:], np.max)
+    if name == "r1_growth_max":
+        return _r1_growth(r1)
+    raise ValueError(f"unknown measure {name!r}")
+
+
+@dataclass
+class ClaimResult:
+    expectation: Expectation
+    seeds: list[int]
+    values: list[float]  # the arm's measure, per seed
+    references: list[float | None]  # what it was compared with, per seed (None: a boolean claim)
+    holds: list[bool]
+    also: dict[str, list[float]] = field(default_factory=dict)  # measures shown beside, per seed
+
+    @property
+    def holds_on_mean(self) -> bool:
+        """The claim on the means over seeds (NaN anywhere makes the mean NaN: not held)."""
+        mean = statistics.fmean(self.values)
+        refs = [r for r in self.references if r is not None]
+        return _holds(self.expectation, mean, statistics.fmean(refs) if refs else None)
+
+    @property
+    def verdict(self) -> str:
+        k, n = sum(self.holds), len(self.holds)
+        if n == 0:
+            return "NO DATA"
+        if self.expectation.judge == "mean":
+            return "REPRODUCED" if self.holds_on_mean else "NOT REPRODUCED"
+        if k == n:
+            return "REPRODUCED"
+        return "NOT REPRODUCED" if k == 0 else f"MIXED ({k} of {n} seeds)"
+
+
+def _holds(e: Expectation, value: float, reference: float | None) -> bool:
+    if e.comparator == "equals":
+        return value == float(e.equals)
+    if e.comparator == "between":
+        return e.between[0] <= value <= e.between[1]
+    if e.comparator == "above":
+        return value > reference
+    return value < reference
+
+
+def _arms_named(ref) -> list[str]:
+    """The arm names an `arm`/`above`/`below` value refers to (none for a number)."""
+    if isinstance(ref, str):
+        return [ref]
+    return list(ref) if isinstance(ref, tuple | list) else []
+
+
+def _value(ref, arms: dict[str, ArmSeries], e: Expectation) -> float:
+    """An arm's measure, or for a pair [a, b] a's measure minus b's."""
+    return _value_of(ref, arms, e, e.measure)
+
+
+def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> float:
+    if isinstance(ref, str):
+        return measure(arms[ref], name, e.layer, e.within_epochs)
+    a, b = ref
+    return _value_of(a, arms, e, name) - _value_of(b, arms, e, name)
+
+
+def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
+    """Check ``e`` on each seed that has every arm it needs. ``runs``: seed → arm name → series."""
+    needed = _arms_named(e.arm) + (_arms_named(e.reference) if e.comparator != "between" else [])
+    result = ClaimResult(e, [], [], [], [])
+    for seed, arms in sorted(runs.items()):
+        if not all(name in arms for name in needed):
+            continue
+        value = _value(e.arm, arms, e)
+        if e.comparator in ("above", "below"):
+            is_number = isinstance(e.reference, float | int)
+            reference = float(e.reference) if is_number else _value(e.reference, arms, e)
+        else:
+            reference = None
+        result.seeds.append(seed)
+        result.values.append(value)
+        result.references.append(reference)
+        result.holds.append(bool(_holds(e, value, reference)))  # NaN compares False: not held
+        for name in e.also:
+            result.also.setdefault(name, []).append(_value_of(e.arm, arms, e, name))
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0

@@ -1,0 +1,32 @@
+"""`lambexp compare`'s figure: the training loss and test accuracy of the arms of several runs in one
+figure, each run's arm a line (its seeds as a band), so runs made at different times sit side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lambexp.catalog import RunStatus
+from lambexp.report import figures
+from lambexp.report.series import ArmSeries, load_arm
+
+
+def run_labels(runs: list[RunStatus]) -> list[str]:
+    """The experiment's name, with the folder's own name added where two runs share it."""
+    names = [r.experiment for r in runs]
+    return [r.experiment if names.count(r.experiment) == 1 else f"{r.experiment} {Path(r.folder).name}"
+            for r in runs]
+
+
+def compare_figure(runs: list[RunStatus], path: Path) -> Path | None:
+    """Write the figure to ``path``; None (and nothing written) when no arm has finished."""
+    lines: dict[str, list[ArmSeries]] = {}
+    for run, label in zip(runs, run_labels(runs)):
+        for arm in run.arms:
+            if arm.status == "finished":
+                lines.setdefault(f"{label}: {arm.arm}", []).append(load_arm(Path(arm.folder), arm.seed))
+    if not lines:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    epoch = next((s.samples_per_epoch for seeds in lines.values() for s in seeds if s.samples_per_epoch),
+                 None)
+    return figures.curves(f"{len(runs)} runs compared", lines, {}, path, samples_per_epoch=epoch)

@@ -1,0 +1,258 @@
+"""`lambexp reproduce` and `lambexp resume`: run what is not finished in a folder of runs.
+
+Reproduce layout: ``<out>/<experiment>/{config.yaml, environment.json, seed<k>/<arm>/}``; a `run`
+folder holds ``<arm>/`` directly. An arm whose summary.json says finished is never run again; an
+unfinished one continues from its checkpoint, or starts again when it has none. Under torchrun
+rank 0 decides what is finished and writes the folders; every rank trains (``lambexp.distributed``).
+
+Arms that are the same training once resolved (every setting and the seed equal, only the name
+differs: E1's LAMB is E3's lr 0.01) are trained once per seed, in the folder of the first
+experiment that uses them; the other experiments' ``seed<k>/<arm>`` is a relative symbolic link
+to it, so every reader (report, resume, TensorBoard's folder) finds it where it expects it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from lambexp.config import Arm, Experiment, experiment_to_yaml, load_experiment
+from lambexp.distributed import SINGLE, World, process_group
+from lambexp.errors import Interrupted, UserError
+from lambexp.experiment import ArmInputs, run_arm, write_run_header
+from lambexp.layout import CONFIG_FILE, is_finished, write_text_atomically
+from lambexp.report.collect import SEED_DIR, find_experiments, seed_dir
+from lambexp.train import Progress
+
+Say = Callable[[str], None]
+
+
+def claim_folder(exp_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
+    """Create ``exp_dir`` with the resolved config, or check that it was made from the same arms.
+    A config whose arms are unchanged but whose claims or description changed replaces the old one:
+    the runs stay valid, and the report checks the new claims."""
+    config = exp_dir / CONFIG_FILE
+    if check_folder(exp_dir, exp):
+        if config.read_text() != experiment_to_yaml(exp):
+            write_text_atomically(config, experiment_to_yaml(exp))
+        return
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_run_header(exp_dir, exp, argv)
+
+
+def check_folder(exp_dir: Path, exp: Experiment) -> bool:
+    """Whether ``exp_dir`` was made already (for ``exp``'s arms); a UserError when its arms differ."""
+    config = exp_dir / CONFIG_FILE
+    if not config.is_file():
+        return False
+    if load_experiment(config).arms != exp.arms:
+        raise UserError(f"{exp_dir} holds runs of a different {exp.name} config (its arms"
+                        " differ); pass another --out, or move that folder away")
+    return True
+
+
+def seeded_arms(exp: Experiment, seeds: int, exp_dir: Path) -> list[tuple[Arm, Path]]:
+    """(arm with its seed, arm folder) for every seed and arm; seeds are the config's, +1, +2…"""
+    return [(arm.model_copy(update={"seed": arm.seed + k}), seed_dir(exp_dir, arm.seed + k) / arm.name)
+            for k in range(seeds) for arm in exp.arms]
+
+
+def existing_arms(exp: Experiment, exp_dir: Path) -> list[tuple[Arm, Path]]:
+    """The arms a folder was made for: every ``seed<k>/`` of a reproduce folder, else ``<arm>/``."""
+    seeds = sorted(int(m.group(1)) for p in exp_dir.iterdir() if (m := SEED_DIR.match(p.name)))
+    if not seeds:
+        return [(arm, exp_dir / arm.name) for arm in exp.arms]
+    return [(arm.model_copy(update={"seed": s}), seed_dir(exp_dir, s) / arm.name)
+            for s in seeds for arm in exp.arms]
+
+
+def training_key(arm: Arm) -> str:
+    """Two arms with equal keys train identically: every resolved setting, the seed included,
+    but not the name."""
+    return json.dumps(arm.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+
+
+@dataclass
+class Training:
+    """One distinct training: the arm it runs (as its first user names it) and the folder it writes."""
+
+    label: str  # <experiment>/seed<k>/<arm> of the folder, relative to the reproduce folder
+    arm: Arm
+    folder: Path
+    shared_by: list[str] = field(default_factory=list)  # the other arms that read it (labels)
+
+
+@dataclass
+class Plan:
+    trainings: list[Training]
+    links: list[tuple[Path, Path]]  # (arm folder, the training folder it points to)
+    arms: int  # experiment arms × seeds that the plan serves
+    stale: list[Path] = field(default_factory=list)  # links to a folder of other settings, or none
+
+
+def _trainings_on_disk(out: Path) -> dict[Path, str]:
+    """resolved folder → training_key, for every arm folder already under ``out`` (not links), so a
+    later invocation shares what an earlier one trained, and a link is trusted only when it points
+    at a training of its own arm's settings."""
+    found: dict[Path, str] = {}
+    for config in sorted(out.glob(f"*/{CONFIG_FILE}")):
+        try:
+            exp = load_experiment(config)
+        except UserError:
+            continue  # a folder of another config version: reproduce refuses it when it is used
+        for arm, arm_dir in existing_arms(exp, config.parent):
+            if arm_dir.is_dir() and not arm_dir.is_symlink():
+                found[arm_dir.resolve()] = training_key(arm)
+    return found
+
+
+def make_plan(exps: Sequence[Experiment], seeds: int, out: Path) -> Plan:
+    """The distinct trainings that ``seeds`` seeds of ``exps`` need, and the links that let every
+    experiment find its arms. An arm folder already on disk stays its own training; a link stays
+    when it points at a training of the same settings (on disk, or planned here), else it is stale:
+    replaced by the right link, or by a training of its own."""
+    key_at = _trainings_on_disk(out) if out.is_dir() else {}
+    on_disk = {key: folder for folder, key in reversed(key_at.items())}  # key → first such folder
+    by_folder: dict[Path, Training] = {}  # by absolute folder
+    by_key: dict[str, Training] = {}
+    links, stale, arms = [], [], 0
+    for exp in exps:
+        for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name):
+            arms += 1
+            label, key = f"{exp.name}/seed{arm.seed}/{arm.name}", training_key(arm)
+            here = arm_dir.parent.resolve() / arm_dir.name  # absolute, a link not followed
+            planned = by_key[key].folder if key in by_key else None
+            if arm_dir.is_symlink() and _link_holds(arm_dir.resolve(), key, key_at, planned):
+                folder = arm_dir.resolve()  # a link to a training of these settings
+            elif arm_dir.is_dir() and not arm_dir.is_symlink():
+                folder = here  # trained (or begun) here before
+            else:
+                if arm_dir.is_symlink():
+                    stale.append(arm_dir)
+                folder = planned or on_disk.get(key, here)
+                if folder != here:
+                    links.append((arm_dir, folder))
+            training = by_folder.get(folder)
+            if training is None:
+                training = Training(_label(folder, out), arm, folder)
+                by_folder[folder] = training
+                by_key.setdefault(key, training)
+            if training.label != label:
+                training.shared_by.append(label)
+    # Seed by seed: an interrupted reproduction has whole seeds to report on.
+    return Plan(sorted(by_folder.values(), key=lambda t: t.arm.seed), links, arms, stale)
+
+
+def _link_holds(target: Path, key: str, key_at: dict[Path, str], planned: Path | None) -> bool:
+    """A link to ``target`` serves an arm of ``key`` when the training there has that key, or, not
+    begun yet, when this plan trains it for that key."""
+    return key_at[target] == key if target in key_at else target == planned
+
+
+def _label(folder: Path, out: Path) -> str:
+    try:
+        return folder.relative_to(out.resolve()).as_posix()  # folder: absolute, its links resolved
+    except ValueError:
+        return str(folder)
+
+
+def link_shared(plan: Plan) -> None:
+    """Stale links go; each arm folder that shares a training becomes a relative link to it."""
+    for link in plan.stale:
+        link.unlink()
+    for link, target in plan.links:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, link.parent), link, target_is_directory=True)
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """`lambexp reproduce --plan`: one line per distinct training, then their number."""
+    lines = []
+    for t in plan.trainings:
+        a = t.arm
+        rule = f" ({a.rule}{'' if a.bias_correction else ', no bias correction'})" \
+            if a.optimizer in ("adam", "lamb") else ""
+        state = "finished" if is_finished(t.folder) else "to continue" if t.folder.exists() else "to train"
+        shared = f"; also {', '.join(t.shared_by)}" if t.shared_by else ""
+        lines.append(f"{t.label}: {a.optimizer}{rule} lr {a.lr:g}, wd {a.weight_decay:g}, betas "
+                     f"{a.betas[0]:g}/{a.betas[1]:g}, batch {a.batch_size}, {a.epochs} epochs,"
+                     f" seed {a.seed} [{state}{shared}]")
+    pending = sum(not is_finished(t.folder) for t in plan.trainings)
+    lines.append(f"{len(plan.trainings)} trainings ({pending} not finished) for {plan.arms} arms"
+                 f" (experiment arms × seeds)")
+    return lines
+
+
+def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
+                progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
+                world: World = SINGLE) -> None:
+    """Run each (label, arm, folder) that is not finished (rank 0's view); Interrupted propagates."""
+    for label, arm, arm_dir in work:
+        if world.from_lead(partial(is_finished, arm_dir)):
+            say(f"{label}: finished before, skipped")
+            continue
+        if not world.active and stop_requested():  # under DDP the ranks agree at log steps
+            raise Interrupted("between arms; the finished arms are kept")
+        say(f"{label}: {'continuing' if arm_dir.exists() else 'training'}")
+        data, device = inputs.data(arm)
+        run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested, world)
+
+
+def load_all(configs: Sequence[Path]) -> list[Experiment]:
+    """Every config, validated, with distinct experiment names."""
+    exps = [load_experiment(c) for c in configs]
+    names = [e.name for e in exps]
+    if len(set(names)) != len(names):
+        raise UserError(f"two configs share an experiment name: {', '.join(names)}")
+    return exps
+
+
+def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
+              argv: Sequence[str] = (), say: Say = print,
+              progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+              stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
+    """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
+    experiment folders. Every config is validated, and MNIST checked, before anything runs."""
+    if seeds < 1:
+        raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+    exps = load_all(configs)
+    with process_group() as world:
+        inputs = world.local_first(lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
+
+        def prepare() -> list[tuple[str, Arm, Path]]:
+            for exp in exps:
+                claim_folder(out / exp.name, exp, argv)
+            plan = make_plan(exps, seeds, out)
+            link_shared(plan)
+            return [(t.label, t.arm, t.folder) for t in plan.trainings]
+
+        run_pending(world.from_lead(prepare), inputs, say, progress_for, stop_requested, world)
+    return [out / exp.name for exp in exps]
+
+
+def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
+           progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+           stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
+    """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder)."""
+    folders = find_experiments([run_dir])
+    found = []
+    for exp_dir in folders:
+        exp = load_experiment(exp_dir / CONFIG_FILE)
+        found += [(f"{exp_dir.relative_to(run_dir.parent)}/{arm_dir.relative_to(exp_dir)}", arm, arm_dir)
+                  for arm, arm_dir in existing_arms(exp, exp_dir)]
+    work, seen = [], set()
+    for label, arm, arm_dir in sorted(found, key=lambda item: item[2].is_symlink()):  # stable
+        if arm_dir.resolve() not in seen:  # a shared training once, under its own folder's name
+            seen.add(arm_dir.resolve())
+            work.append((label, arm, arm_dir.resolve()))
+    if all(is_finished(arm_dir) for _, _, arm_dir in work):  # nothing to train: no data needed
+        say(f"every arm under {run_dir} is finished; nothing to resume")
+        return folders
+    with process_group() as world:
+        inputs = world.local_first(lambda: ArmInputs([arm for _, arm, _ in work], data_dir, say))
+        run_pending(work, inputs, say, progress_for, stop_requested, world)
+    return folders

@@ -1,0 +1,285 @@
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, over tensors already on the device.
+
+The loop reads values back to the host only at a log step (every ``log_interval`` batches) and at
+an evaluation; the step of the first non-finite loss is tracked on the device and checked there.
+The TensorBoard step (x-axis) is the number of training samples seen, the same unit for every arm
+whatever its batch size. ``LoopState`` holds everything needed to continue mid-epoch.
+Under torchrun (``LoopOptions.world``) the model is wrapped in DDP and each global batch is split
+over the ranks; every rank then takes the same step, logs the same numbers and stops at the same step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lambexp.data import epoch_batches
+from lambexp.distributed import SINGLE, World, unwrap
+from lambexp.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
+from lambexp.errors import Interrupted
+from lambexp.sinks import Sink
+
+EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
+
+
+class Progress:
+    """What the loop tells whoever watches it (a progress bar, a log line); all no-ops here."""
+
+    def begin(self, total_steps: int, done: int = 0) -> None: ...
+    def advance(self, step: int, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, metrics: dict) -> None: ...
+    def note(self, message: str) -> None: ...
+    def end(self) -> None: ...
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps taken
+    samples: int = 0  # training samples seen: the TensorBoard x-axis
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch done
+    epoch_rng: Tensor | None = None  # shuffling generator's state before this epoch's permutation
+    train_seconds: float = 0.0  # wall time spent in training steps (not evaluation)
+    wall_seconds: float = 0.0  # wall time in fit, evaluation included, over every session
+    last_loss: float = float("nan")  # last logged (finite) training loss
+    diverged_step: int | None = None  # the step at which it diverged (lambexp.divergence)
+    diverged_reason: str | None = None
+    first_loss: float | None = None  # LossWatch.first: the first logged training loss
+    loss_fell: bool = False  # LossWatch.fell: a logged loss has been below first_loss / 2
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    first_bad: Tensor | None = field(default=None, repr=False)  # on device: first bad step or -1
+
+
+@dataclass
+class LoopOptions:
+    batch_size: int
+    log_interval: int
+    eval_interval: int | None = None
+    on_divergence: str = "stop"  # stop | continue (lambexp.divergence says when it diverged)
+    stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
+    world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant
+
+
+def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
+    """first_bad ← step of the first non-finite loss, on the device, without a host sync."""
+    bad = torch.where(torch.isfinite(loss), -1, state.step)
+    state.first_bad = bad if state.first_bad is None else torch.where(
+        state.first_bad >= 0, state.first_bad, bad)
+
+
+def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
+    """The loss to backpropagate for the global batch ``idx`` (B,): its mean NLL in one process.
+
+    Under DDP the rank takes its contiguous slice of ``idx`` and returns the sum of its per-sample
+    losses × W / B. DDP averages the gradients over the W ranks, so the gradient is
+    (1/B) Σ over the whole batch: the one-process gradient, however B divides by W (a rank whose
+    slice is empty contributes zero) and in a partial last batch too.
+    """
+    if not world.active:
+        return F.nll_loss(model(x[idx]), y[idx])
+    local = idx.tensor_split(world.size)[world.rank]  # (B/W rounded up or down,)
+    return F.nll_loss(model(x[local]), y[local], reduction="sum") * (world.size / len(idx))
+
+
+def _log_step_values(model: nn.Module, state: LoopState, loss: Tensor,
+                     options: LoopOptions) -> tuple[float, float, bool, bool]:
+    """(loss, first non-finite step or -1, parameters finite, stop requested), in one host sync.
+
+    Under DDP, over every rank in one all_gather: the global batch's mean loss, the earliest bad
+    step of any rank, every rank's parameters finite, any rank's stop request; so all ranks take
+    the same decision at the same step and none waits in a collective for one that has left."""
+    params_ok = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
+    row = torch.stack([loss.detach().double(), state.first_bad.double(), params_ok.double()])
+    world = options.world
+    if not world.active:
+        value, first_bad, ok = row.tolist()
+        return value, first_bad, bool(ok), False  # one process polls for a stop before each step
+    stop = torch.tensor([float(options.stop_requested())], dtype=row.dtype, device=row.device)
+    rows = world.gather(torch.cat([row, stop]))  # (W, 4)
+    first = torch.where(rows[:, 1] >= 0, rows[:, 1], math.inf).min()
+    value, first_bad, ok, stop = torch.stack([
+        rows[:, 0].sum() / world.size,  # Σ_r (S_r · W/B) / W = the global batch's mean loss
+        torch.where(first.isinf(), -1.0, first), rows[:, 2].min(), rows[:, 3].max()]).tolist()
+    return value, first_bad, ok == 1, stop > 0
+
+
+def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
+                    progress: Progress, options: LoopOptions, x: int, log: bool = True) -> tuple[bool, bool]:
+    """The check's one host sync: loss, first non-finite step, parameters finite (and, under
+    DDP, stop requests). At a log step, logs the loss at ``x`` (samples seen before its batch)
+    and feeds it to the divergence rule; a non-finite value is logged only when continuing.
+    Returns (diverged here, stop requested)."""
+    value, first_bad, ok, stop = _log_step_values(model, state, loss, options)
+    nonfinite = first_bad >= 0 or not ok
+    reason = None
+    if first_bad >= 0:
+        reason, step = NONFINITE_LOSS, int(first_bad)
+    elif not ok:
+        reason, step = NONFINITE_PARAMETER, state.step
+    elif log:
+        watch = LossWatch(state.first_loss, state.loss_fell)
+        reason, step = watch.update(value), state.step
+        state.first_loss, state.loss_fell = watch.first, watch.fell
+    if reason is not None and state.diverged_step is None:
+        state.diverged_step, state.diverged_reason = step, reason
+    if not log:
+        return reason is not None, stop
+    if math.isfinite(value):
+        state.last_loss = value
+    if not nonfinite or options.on_divergence == "continue":
+        log_train(sink, opt, x, state.step, loss=value)
+        progress.advance(state.step, value)
+    return reason is not None, stop
+
+
+def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
+                    generator: torch.Generator, options: LoopOptions, sink: Sink,
+                    state: LoopState, progress: Progress,
+                    test: tuple[Tensor, Tensor] | None = None) -> str:
+    """Continue epoch ``state.epoch`` from batch ``state.batch`` in the order of a seeded
+    permutation. Returns "done", "diverged" (and on_divergence is stop) or "interrupted".
+    Logs the loss and r, r1, r2 after the batches whose index in the epoch is a multiple of
+    ``log_interval`` (the post's ``batch_idx % log_interval == 0``), at x = the samples seen before
+    that batch, as its script did.
+    ``model`` may be DDP-wrapped (see ``fit``); evaluations use the model inside."""
+    model.train()
+    t0 = time.perf_counter()
+    batches = list(epoch_batches(len(x), options.batch_size, generator, x.device))
+    outcome = "done"
+    for idx in batches[state.batch:]:
+        if not options.world.active and options.stop_requested():  # DDP: at log steps, below
+            outcome = "interrupted"
+            break
+        if options.warmup_steps:
+            warm_up(opt, state.step + 1, options.warmup_steps)
+        batch_index, seen_before = state.batch, state.samples
+        opt.zero_grad(set_to_none=True)
+        loss = batch_loss(model, x, y, idx, options.world)
+        loss.backward()
+        opt.step()
+        state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
+        _track_nonfinite(state, loss)
+        logs = batch_index % options.log_interval == 0  # the post's `batch_idx % log_interval`
+        evaluates = bool(options.eval_interval and test is not None
+                         and state.step % options.eval_interval == 0)
+        if logs or evaluates or state.batch == len(batches):  # no evaluation of a diverged model
+            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options,
+                                        x=seen_before, log=logs)
+            if bad and options.on_divergence == "stop":
+                outcome = "diverged"
+                break
+            if stop:
+                outcome = "interrupted"
+                break
+        if evaluates:
+            state.train_seconds += time.perf_counter() - t0
+            log_eval(sink, state, *evaluate(unwrap(model), *test, options.world))
+            model.train()
+            t0 = time.perf_counter()
+    state.train_seconds += time.perf_counter() - t0
+    return outcome
+
+
+def warm_up(opt: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """lr of step ``step`` (1-based) = the group's initial lr × min(1, step / warmup_steps).
+    Stateless: a resumed run gets the same rates from the step count alone."""
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # saved with the optimizer's state_dict
+        group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
+
+
+def log_train(sink: Sink, opt: torch.optim.Optimizer, x: int, step: int, loss: float) -> None:
+    """The batch's loss, the lr and the optimizer's r, r1, r2 at x (samples seen before the batch)."""
+    sink.scalars(x, {"train/loss": loss, "lr": opt.param_groups[0]["lr"], "train/step": step})
+    if hasattr(opt, "trust_stats"):
+        sink.trust(x, opt.trust_stats())
+
+
+def log_eval(sink: Sink, state: LoopState, loss: float, accuracy: float) -> None:
+    metrics = {"test/loss": loss, "test/accuracy": accuracy}
+    sink.scalars(state.samples, metrics)
+    state.history.append({"step": state.step, "samples": state.samples, **metrics})
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, world: World = SINGLE) -> tuple[float, float]:
+    """Mean NLL loss and accuracy (in [0, 1]) of ``model`` on (x, y).
+
+    Under DDP each rank evaluates its contiguous shard and the sums are added over the ranks: the
+    whole set's numbers (the parameters are the same on every rank), identical on every rank, for
+    one all_reduce; evaluating the whole set on every rank would not shrink with W as training does.
+    """
+    model.eval()
+    n = len(x)
+    if world.active:
+        x, y = x.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), EVAL_BATCH):
+        out = model(x[i:i + EVAL_BATCH])  # (B, 10) log-probabilities
+        loss_sum += F.nll_loss(out, y[i:i + EVAL_BATCH], reduction="sum")
+        correct += (out.argmax(dim=1) == y[i:i + EVAL_BATCH]).sum()
+    loss, right = world.sum_over_ranks(torch.stack([loss_sum.double(), correct.double()])).tolist()
+    return loss / n, right / n
+
+
+def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tensor],
+        test: tuple[Tensor, Tensor], *, epochs: int, seed: int, options: LoopOptions, sink: Sink,
+        progress: Progress | None = None, state: LoopState | None = None,
+        on_epoch_end: Callable[[LoopState], None] = lambda state: None) -> LoopState:
+    """Train until ``epochs`` epochs are done (or the run diverges), evaluating after each epoch.
+
+    ``state`` continues an earlier run exactly where it stopped (see ``LoopState``).
+    ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint).
+    Raises Interrupted, leaving ``state`` consistent, when ``options.stop_requested()``.
+    Under DDP (``options.world``) every rank calls ``fit`` with the same arguments; the model is
+    wrapped in DDP for the training steps, and the permutation, from the same seeded generator,
+    is the same on every rank.
+    """
+    progress = progress or Progress()
+    state = state or LoopState()
+    generator = torch.Generator()
+    if state.epoch_rng is None:
+        generator.manual_seed(seed)
+        state.epoch_rng = generator.get_state()
+    generator.set_state(state.epoch_rng)
+    net = options.world.wrap(model)  # DDP: broadcasts rank 0's parameters, averages gradients
+    steps_per_epoch = -(-len(train[0]) // options.batch_size)
+    progress.begin(epochs * steps_per_epoch, done=state.step)
+    if state.step:  # resumed: show where it stands before the next log step
+        progress.advance(state.step, state.last_loss)
+    mark = [time.perf_counter()]
+
+    def clock() -> None:
+        now = time.perf_counter()
+        state.wall_seconds += now - mark[0]
+        mark[0] = now
+
+    try:
+        while state.epoch <= epochs:
+            outcome = train_one_epoch(net, opt, *train, generator=generator, options=options,
+                                      sink=sink, state=state, progress=progress, test=test)
+            if outcome == "interrupted":
+                raise Interrupted(f"at step {state.step}; the arm in progress was checkpointed")
+            if outcome == "diverged":
+                progress.note(f"diverged at step {state.diverged_step} ({state.diverged_reason});"
+                              " this arm stops here")
+                break
+            log_eval(sink, state, *evaluate(model, *test, options.world))
+            sink.flush()
+            progress.epoch_end(state.epoch, state.history[-1])
+            state.epoch, state.batch, state.epoch_rng = state.epoch + 1, 0, generator.get_state()
+            clock()
+            on_epoch_end(state)
+    finally:
+        clock()
+        sink.flush()
+        progress.end()
+    return state
