@@ -135,7 +135,9 @@ def test_not_reproduced_and_figures(two_seed_folder, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         assert f"figures/{png.name}" in report
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "NOT REPRODUCED" in html
+    assert html.count("data:image/png;base64,") == 3
+    assert "<td class='no'>NOT REPRODUCED (0 of 2)</td>" in html  # verdicts in colour
+    assert "<td class='yes'>REPRODUCED (2 of 2)</td>" in html
 
 
 def test_report_cli_and_no_runs(two_seed_folder, tmp_path):

@@ -58,7 +58,17 @@ def to_markdown(blocks: list[Block]) -> str:
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-         "text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%}")
+         "text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%}"
+         "td.yes{color:#1a7f37;font-weight:bold}td.no{color:#c62828;font-weight:bold}"
+         "td.mixed{color:#b35900;font-weight:bold}")
+
+
+def _verdict_class(text: str) -> str:
+    """A verdict cell gets its colour: REPRODUCED green, NOT REPRODUCED red, MIXED orange."""
+    for prefix, name in (("NOT REPRODUCED", "no"), ("REPRODUCED", "yes"), ("MIXED", "mixed")):
+        if text.startswith(prefix):
+            return f" class='{name}'"
+    return ""
 
 
 def to_html(blocks: list[Block], folder: Path, title: str) -> str:
@@ -72,8 +82,8 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
             out.append(f"<p>{html.escape(b.text).replace('`', '')}</p>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                           for row in b.rows)
+            rows = "".join("<tr>" + "".join(f"<td{_verdict_class(str(c))}>{html.escape(str(c))}</td>"
+                                            for c in row) + "</tr>" for row in b.rows)
             out.append(f"<table><tr>{head}</tr>{rows}</table>")
         elif isinstance(b, Image):
             data = base64.b64encode((folder / b.path).read_bytes()).decode("ascii")
