@@ -10,8 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lambexp.config import load_experiment
-from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, read_summary
-from lambexp.report.collect import SEED_DIR, find_experiments, seed_dir
+from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, existing_arms, find_experiments, read_summary
 
 
 @dataclass
@@ -48,21 +47,18 @@ class RunStatus:
         return asdict(self)
 
 
-def arm_status(arm, seed: int, arm_dir: Path) -> ArmStatus:
-    summary = read_summary(arm_dir)
-    status = (summary or {}).get("status") or ("interrupted" if arm_dir.exists() else "not started")
-    s = summary or {}
-    return ArmStatus(arm.name, seed, str(arm_dir), status, s.get("diverged"), s.get("final_test_accuracy"),
-                     s.get("best_test_accuracy"), arm.optimizer, arm.rule, arm.lr, arm.weight_decay,
-                     arm.batch_size, s.get("samples_per_second"), s.get("wall_seconds"))
+def arm_status(arm, arm_dir: Path) -> ArmStatus:
+    s = read_summary(arm_dir)
+    status = s.status.value if s else "interrupted" if arm_dir.exists() else "not started"
+    return ArmStatus(arm.name, arm.seed, str(arm_dir), status, s and s.diverged, s and s.final_test_accuracy,
+                     s and s.best_test_accuracy, arm.optimizer, arm.rule, arm.lr, arm.weight_decay,
+                     arm.batch_size, s and s.samples_per_second, s and s.wall_seconds)
 
 
 def run_status(exp_dir: Path) -> RunStatus:
     """The experiment folder's arms, every seed, with their status."""
     exp = load_experiment(exp_dir / CONFIG_FILE)
-    seeds = sorted(int(m.group(1)) for p in exp_dir.iterdir() if (m := SEED_DIR.match(p.name)))
-    arms = ([arm_status(a, s, seed_dir(exp_dir, s) / a.name) for s in seeds for a in exp.arms] if seeds
-            else [arm_status(a, a.seed, exp_dir / a.name) for a in exp.arms])
+    arms = [arm_status(arm, arm_dir) for arm, arm_dir in existing_arms(exp, exp_dir)]
     if any(a.status != "finished" for a in arms):
         status = "interrupted"
     else:

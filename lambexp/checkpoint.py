@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from lambexp.errors import UserError
+from lambexp.layout import CHECKPOINT_FILE  # noqa: F401  (the file's name lives with the run folder)
 from lambexp.train import LoopState
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,

@@ -176,7 +176,8 @@ def _print_json(value) -> None:
 def _summary(path: Path) -> dict:
     from lambexp.layout import read_summary
 
-    return read_summary(path.parent) or {"arm": path.parent.name, "status": "not started"}
+    summary = read_summary(path.parent)
+    return summary.to_json() if summary else {"arm": path.parent.name, "status": "not started"}
 
 
 def print_summaries(paths: list[Path]) -> None:
@@ -379,7 +380,7 @@ def compare(ctx: typer.Context,
     accuracy in one figure (compare.png)."""
     with reported(ctx, debug):
         from lambexp.catalog import run_status
-        from lambexp.report.collect import find_experiments
+        from lambexp.layout import find_experiments
         from lambexp.report.compare import compare_figure
 
         runs = [run_status(p) for p in find_experiments(run_dirs)]

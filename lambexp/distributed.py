@@ -5,6 +5,7 @@ or 1) the world has one process: no process group, no DDP wrapper, no collective
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,30 @@ class World:
         if self.active:
             dist.all_reduce(values)
         return values
+
+    def share(self, idx: Tensor) -> tuple[Tensor, float | None]:
+        """This rank's part of the global batch ``idx`` (B,) and the factor for its summed loss.
+
+        One process: all of ``idx`` and None (take the mean). Under DDP: the rank's contiguous
+        slice and W / B, so that DDP's average of the ranks' gradients is (1/B) Σ over the whole
+        batch, the one-process gradient, however B divides by W (a rank whose slice is empty
+        contributes zero) and in a partial last batch too."""
+        if not self.active:
+            return idx, None
+        return idx.tensor_split(self.size)[self.rank], self.size / len(idx)  # (B/W rounded,)
+
+    def agree(self, row: Tensor, stop: bool) -> tuple[float, float, bool, bool]:
+        """Every rank's (loss × W/B sum, first non-finite step or -1, parameters finite) ``row``
+        and stop request, in one all_gather, reduced alike on every rank: the global batch's mean
+        loss, the earliest bad step of any rank, all parameters finite, any stop. So all ranks take
+        the same decision at the same step, and none waits in a collective for one that has left."""
+        flag = torch.tensor([float(stop)], dtype=row.dtype, device=row.device)
+        rows = self.gather(torch.cat([row, flag]))  # (W, 4)
+        first = torch.where(rows[:, 1] >= 0, rows[:, 1], math.inf).min()
+        value, first_bad, ok, stop_any = torch.stack([
+            rows[:, 0].sum() / self.size,  # Σ_r (S_r · W/B) / W = the global batch's mean loss
+            torch.where(first.isinf(), -1.0, first), rows[:, 2].min(), rows[:, 3].max()]).tolist()
+        return value, first_bad, ok == 1, stop_any > 0
 
     def barrier(self) -> None:
         if self.active:

@@ -8,10 +8,8 @@ and rank 0 alone writes the folder (``lambexp.distributed``).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -21,23 +19,30 @@ from pathlib import Path
 
 import torch
 
-from lambexp.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from lambexp.checkpoint import load_checkpoint, save_checkpoint
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import Interrupted, UserError
 from lambexp.layout import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
-    SUMMARY_FILE,
-    read_jsonl,
+    Status,
+    Summary,
+    make_run_dir,
+    prepare_arm_dir,
+    truncate_jsonl,
+    write_json,
+    write_summary,
     write_text_atomically,
 )
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
+from lambexp.progress import NoProgress, Progress
 from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink
-from lambexp.train import LoopOptions, LoopState, Progress, fit
+from lambexp.train import LoopOptions, LoopState, fit
 
 
 def pick_device(name: str) -> torch.device:
@@ -48,25 +53,6 @@ def pick_device(name: str) -> torch.device:
         raise UserError("device: cuda was asked for but no CUDA GPU is available"
                         " (use device=auto or device=cpu)")
     return torch.device(name)
-
-
-def make_run_dir(parent: Path) -> Path:
-    """A new folder ``parent/<UTC timestamp>``, created exclusively: a second run in the same
-    second gets ``-1``, ``-2``, …; an existing folder is never reused."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
-            try:
-                path = parent / f"{stamp}{suffix}"
-                path.mkdir()
-                return path
-            except FileExistsError:
-                continue
-    except OSError as err:
-        raise UserError(f"{parent}: cannot create a run folder there"
-                        f" ({err.strerror or err}); pass a writable --runs-dir") from None
-    raise UserError(f"could not create a new run folder in {parent}")
 
 
 def environment(argv: Sequence[str]) -> dict:
@@ -109,16 +95,6 @@ def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
                        warmup_steps=round(arm.warmup_epochs * steps_per_epoch))
 
 
-def prepare_arm_dir(arm_dir: Path) -> bool:
-    """True when ``arm_dir`` holds a checkpoint to continue from; otherwise clear what an
-    unfinished attempt without a checkpoint left. Either way ``arm_dir`` exists afterwards."""
-    resume = (arm_dir / CHECKPOINT_FILE).is_file()
-    if not resume and arm_dir.exists():
-        shutil.rmtree(arm_dir)
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    return resume
-
-
 @contextmanager
 def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Iterator[Sink]:
     """TensorBoard + metrics.jsonl in ``arm_dir``; a sink that writes nothing when not ``write``
@@ -144,7 +120,7 @@ def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Ite
 
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
             progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
-            world: World = SINGLE) -> dict:
+            world: World = SINGLE) -> Summary:
     """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json) and return
     its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise starts
     afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request the
@@ -174,18 +150,18 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         except Interrupted:
             if world.lead:
                 save_checkpoint(checkpoint, model, opt, state)
-                write_json(arm_dir / SUMMARY_FILE,
-                           summarize(arm, state, device, "interrupted", len(data.train_x)))
+                write_summary(arm_dir, summarize(arm, state, device, Status.INTERRUPTED,
+                                                 len(data.train_x)))
             raise
-        summary = summarize(arm, state, device, "finished", len(data.train_x))
-        sink.scalars(state.samples, {"throughput/samples_per_s": summary["samples_per_second"]})
+        summary = summarize(arm, state, device, Status.FINISHED, len(data.train_x))
+        sink.scalars(state.samples, {"throughput/samples_per_s": summary.samples_per_second})
         final = state.history[-1] if state.history else {}
         sink.hparams(arm_hparams(arm, device),
                      {"test/accuracy": final.get("test/accuracy", float("nan")),
                       "test/loss": final.get("test/loss", float("nan")),
                       "train/loss": state.last_loss})
     if world.lead:
-        write_json(arm_dir / SUMMARY_FILE, summary)
+        write_summary(arm_dir, summary)
         checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     return summary
 
@@ -198,48 +174,32 @@ def arm_hparams(arm: Arm, device: torch.device) -> dict:
             "beta2": arm.betas[1]}
 
 
-def summarize(arm: Arm, state: LoopState, device: torch.device, status: str,
-              samples_per_epoch: int) -> dict:
-    """summary.json: the arm's outcome. ``diverged`` is the trainer's decision by the one rule of
-    lambexp.divergence, with the step and reason; the accuracies are of the last evaluation
-    (when the arm stopped at its divergence, the last one before it)."""
+def summarize(arm: Arm, state: LoopState, device: torch.device, status: Status,
+              samples_per_epoch: int) -> Summary:
+    """The arm's Summary from the loop's state (see lambexp.layout.Summary)."""
     accuracies = [h["test/accuracy"] for h in state.history]
     final = state.history[-1] if state.history else {}
-    return {
-        "arm": arm.name,
-        "status": status,
-        "final_test_accuracy": final.get("test/accuracy"),
-        "best_test_accuracy": max(accuracies) if accuracies else None,
-        "final_test_loss": final.get("test/loss"),
-        "final_train_loss": state.last_loss,
-        "diverged": state.diverged_step is not None,
-        "diverged_step": state.diverged_step,
-        "diverged_reason": state.diverged_reason,
-        "epochs_done": state.epoch - 1,
-        "samples_per_epoch": samples_per_epoch,
-        "steps": state.step,
-        "samples": state.samples,
-        "wall_seconds": state.wall_seconds,
-        "train_seconds": state.train_seconds,
-        "samples_per_second": state.samples / max(state.train_seconds, 1e-9),
-        "device": str(device),
-        "torch": torch.__version__,
-        "seed": arm.seed,
-        "history": state.history,
-    }
-
-
-def truncate_jsonl(path: Path, samples: int) -> None:
-    """Keep the records before x = ``samples`` (a resumed arm logs the rest again), atomically."""
-    if not path.is_file():
-        return
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) < samples and r["kind"] != "hparams"]
-    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Write atomically (``write_text_atomically``)."""
-    write_text_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
+    return Summary(
+        status=status, arm=arm.name,
+        final_test_accuracy=final.get("test/accuracy"),
+        best_test_accuracy=max(accuracies) if accuracies else None,
+        final_test_loss=final.get("test/loss"),
+        final_train_loss=state.last_loss,
+        diverged=state.diverged_step is not None,
+        diverged_step=state.diverged_step,
+        diverged_reason=state.diverged_reason,
+        epochs_done=state.epoch - 1,
+        samples_per_epoch=samples_per_epoch,
+        steps=state.step,
+        samples=state.samples,
+        wall_seconds=state.wall_seconds,
+        train_seconds=state.train_seconds,
+        samples_per_second=state.samples / max(state.train_seconds, 1e-9),
+        device=str(device),
+        torch=torch.__version__,
+        seed=arm.seed,
+        history=list(state.history),
+    )
 
 
 class ArmInputs:
@@ -283,7 +243,7 @@ def start_run(runs_root: Path, exp: Experiment, argv: Sequence[str],
 def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = None,
                    argv: Sequence[str] = (), say: Callable[[str], None] = print,
                    on_start: Callable[[Path], None] = lambda run_dir: None,
-                   progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+                   progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
                    stop_requested: Callable[[], bool] = lambda: False) -> Path:
     """Run every arm of ``exp``; return the new run folder.
 

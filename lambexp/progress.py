@@ -1,11 +1,31 @@
-"""What a person sees while arms train: a rich progress bar on a terminal, one line per epoch otherwise."""
+"""What a person sees while arms train: the Progress interface the loop calls, and its three kinds: a
+rich progress bar on a terminal, one line per epoch otherwise, nothing when quiet. Torch-free."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
-from lambexp.train import Progress
+
+class Progress(Protocol):
+    """What the training loop tells whoever watches it."""
+
+    def begin(self, total_steps: int, done: int = 0) -> None: ...
+    def advance(self, step: int, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, metrics: dict) -> None: ...
+    def note(self, message: str) -> None: ...
+    def end(self) -> None: ...
+
+
+class NoProgress:
+    """A Progress that shows nothing (tests, --quiet, ranks > 0)."""
+
+    def begin(self, total_steps: int, done: int = 0) -> None: ...
+    def advance(self, step: int, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, metrics: dict) -> None: ...
+    def note(self, message: str) -> None: ...
+    def end(self) -> None: ...
 
 
 def _epoch_line(name: str, epoch: int, epochs: int, metrics: dict, loss: float) -> str:
@@ -13,7 +33,7 @@ def _epoch_line(name: str, epoch: int, epochs: int, metrics: dict, loss: float) 
             f"test loss {metrics['test/loss']:.4f}  test accuracy {metrics['test/accuracy']:.2%}")
 
 
-class LineProgress(Progress):
+class LineProgress(NoProgress):
     """One plain line per epoch, for logs and pipes."""
 
     def __init__(self, name: str, epochs: int, write: Callable[[str], None]):
@@ -62,14 +82,10 @@ class BarProgress(LineProgress):
         self.bar.stop()
 
 
-class QuietProgress(Progress):
-    """Nothing at all."""
-
-
 def progress_factory(quiet: bool, console=None) -> Callable:
     """A function arm → Progress: bars on a terminal, lines when piped, nothing when quiet."""
     if quiet:
-        return lambda arm: QuietProgress()
+        return lambda arm: NoProgress()
     if console is not None and console.is_terminal:
         return lambda arm: BarProgress(arm.name, arm.epochs, console)
     return lambda arm: LineProgress(arm.name, arm.epochs, lambda s: print(s, file=sys.stdout,

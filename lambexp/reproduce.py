@@ -24,9 +24,15 @@ from lambexp.config import Arm, Experiment, experiment_to_yaml, load_experiment
 from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import Interrupted, UserError
 from lambexp.experiment import ArmInputs, run_arm, write_run_header
-from lambexp.layout import CONFIG_FILE, is_finished, write_text_atomically
-from lambexp.report.collect import SEED_DIR, find_experiments, seed_dir
-from lambexp.train import Progress
+from lambexp.layout import (
+    CONFIG_FILE,
+    existing_arms,
+    find_experiments,
+    is_finished,
+    seed_dir,
+    write_text_atomically,
+)
+from lambexp.progress import NoProgress, Progress
 
 Say = Callable[[str], None]
 
@@ -59,15 +65,6 @@ def seeded_arms(exp: Experiment, seeds: int, exp_dir: Path) -> list[tuple[Arm, P
     """(arm with its seed, arm folder) for every seed and arm; seeds are the config's, +1, +2…"""
     return [(arm.model_copy(update={"seed": arm.seed + k}), seed_dir(exp_dir, arm.seed + k) / arm.name)
             for k in range(seeds) for arm in exp.arms]
-
-
-def existing_arms(exp: Experiment, exp_dir: Path) -> list[tuple[Arm, Path]]:
-    """The arms a folder was made for: every ``seed<k>/`` of a reproduce folder, else ``<arm>/``."""
-    seeds = sorted(int(m.group(1)) for p in exp_dir.iterdir() if (m := SEED_DIR.match(p.name)))
-    if not seeds:
-        return [(arm, exp_dir / arm.name) for arm in exp.arms]
-    return [(arm.model_copy(update={"seed": s}), seed_dir(exp_dir, s) / arm.name)
-            for s in seeds for arm in exp.arms]
 
 
 def training_key(arm: Arm) -> str:
@@ -213,7 +210,7 @@ def load_all(configs: Sequence[Path]) -> list[Experiment]:
 
 def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
               argv: Sequence[str] = (), say: Say = print,
-              progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+              progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
               stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
     experiment folders. Every config is validated, and MNIST checked, before anything runs."""
@@ -235,7 +232,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
 
 
 def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
-           progress_for: Callable[[Arm], Progress] = lambda arm: Progress(),
+           progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
            stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
     """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder)."""
     folders = find_experiments([run_dir])

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +24,18 @@ from lambexp.data import epoch_batches
 from lambexp.distributed import SINGLE, World, unwrap
 from lambexp.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
 from lambexp.errors import Interrupted
+from lambexp.progress import NoProgress, Progress
 from lambexp.sinks import Sink
 
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
 
 
-class Progress:
-    """What the loop tells whoever watches it (a progress bar, a log line); all no-ops here."""
+class Outcome(Enum):
+    """How a pass over (the rest of) an epoch ended."""
 
-    def begin(self, total_steps: int, done: int = 0) -> None: ...
-    def advance(self, step: int, loss: float) -> None: ...
-    def epoch_end(self, epoch: int, metrics: dict) -> None: ...
-    def note(self, message: str) -> None: ...
-    def end(self) -> None: ...
+    DONE = "done"
+    DIVERGED = "diverged"  # and on_divergence is stop
+    INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -75,39 +75,27 @@ def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
 
 
 def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
-    """The loss to backpropagate for the global batch ``idx`` (B,): its mean NLL in one process.
-
-    Under DDP the rank takes its contiguous slice of ``idx`` and returns the sum of its per-sample
-    losses × W / B. DDP averages the gradients over the W ranks, so the gradient is
-    (1/B) Σ over the whole batch: the one-process gradient, however B divides by W (a rank whose
-    slice is empty contributes zero) and in a partial last batch too.
-    """
-    if not world.active:
-        return F.nll_loss(model(x[idx]), y[idx])
-    local = idx.tensor_split(world.size)[world.rank]  # (B/W rounded up or down,)
-    return F.nll_loss(model(x[local]), y[local], reduction="sum") * (world.size / len(idx))
+    """The loss to backpropagate for the global batch ``idx`` (B,): its mean NLL in one process;
+    under DDP this rank's share of it (``World.share``), whose gradients DDP averages into the
+    one-process gradient."""
+    local, scale = world.share(idx)
+    if scale is None:
+        return F.nll_loss(model(x[local]), y[local])
+    return F.nll_loss(model(x[local]), y[local], reduction="sum") * scale
 
 
 def _log_step_values(model: nn.Module, state: LoopState, loss: Tensor,
                      options: LoopOptions) -> tuple[float, float, bool, bool]:
-    """(loss, first non-finite step or -1, parameters finite, stop requested), in one host sync.
-
-    Under DDP, over every rank in one all_gather: the global batch's mean loss, the earliest bad
-    step of any rank, every rank's parameters finite, any rank's stop request; so all ranks take
-    the same decision at the same step and none waits in a collective for one that has left."""
+    """(loss, first non-finite step or -1, parameters finite, stop requested), in one host sync;
+    under DDP agreed by every rank (``World.agree``). One process polls for a stop before each
+    step instead."""
     params_ok = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
     row = torch.stack([loss.detach().double(), state.first_bad.double(), params_ok.double()])
     world = options.world
     if not world.active:
         value, first_bad, ok = row.tolist()
-        return value, first_bad, bool(ok), False  # one process polls for a stop before each step
-    stop = torch.tensor([float(options.stop_requested())], dtype=row.dtype, device=row.device)
-    rows = world.gather(torch.cat([row, stop]))  # (W, 4)
-    first = torch.where(rows[:, 1] >= 0, rows[:, 1], math.inf).min()
-    value, first_bad, ok, stop = torch.stack([
-        rows[:, 0].sum() / world.size,  # Σ_r (S_r · W/B) / W = the global batch's mean loss
-        torch.where(first.isinf(), -1.0, first), rows[:, 2].min(), rows[:, 3].max()]).tolist()
-    return value, first_bad, ok == 1, stop > 0
+        return value, first_bad, bool(ok), False
+    return world.agree(row, options.stop_requested())
 
 
 def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
@@ -142,9 +130,9 @@ def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink:
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
                     generator: torch.Generator, options: LoopOptions, sink: Sink,
                     state: LoopState, progress: Progress,
-                    test: tuple[Tensor, Tensor] | None = None) -> str:
+                    test: tuple[Tensor, Tensor] | None = None) -> Outcome:
     """Continue epoch ``state.epoch`` from batch ``state.batch`` in the order of a seeded
-    permutation. Returns "done", "diverged" (and on_divergence is stop) or "interrupted".
+    permutation; return how it ended (``Outcome``).
     Logs the loss and r, r1, r2 after the batches whose index in the epoch is a multiple of
     ``log_interval`` (the post's ``batch_idx % log_interval == 0``), at x = the samples seen before
     that batch, as its script did.
@@ -152,10 +140,10 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
     model.train()
     t0 = time.perf_counter()
     batches = list(epoch_batches(len(x), options.batch_size, generator, x.device))
-    outcome = "done"
+    outcome = Outcome.DONE
     for idx in batches[state.batch:]:
         if not options.world.active and options.stop_requested():  # DDP: at log steps, below
-            outcome = "interrupted"
+            outcome = Outcome.INTERRUPTED
             break
         if options.warmup_steps:
             warm_up(opt, state.step + 1, options.warmup_steps)
@@ -173,10 +161,10 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
             bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options,
                                         x=seen_before, log=logs)
             if bad and options.on_divergence == "stop":
-                outcome = "diverged"
+                outcome = Outcome.DIVERGED
                 break
             if stop:
-                outcome = "interrupted"
+                outcome = Outcome.INTERRUPTED
                 break
         if evaluates:
             state.train_seconds += time.perf_counter() - t0
@@ -243,7 +231,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
     wrapped in DDP for the training steps, and the permutation, from the same seeded generator,
     is the same on every rank.
     """
-    progress = progress or Progress()
+    progress = progress or NoProgress()
     state = state or LoopState()
     generator = torch.Generator()
     if state.epoch_rng is None:
@@ -266,9 +254,9 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
         while state.epoch <= epochs:
             outcome = train_one_epoch(net, opt, *train, generator=generator, options=options,
                                       sink=sink, state=state, progress=progress, test=test)
-            if outcome == "interrupted":
+            if outcome is Outcome.INTERRUPTED:
                 raise Interrupted(f"at step {state.step}; the arm in progress was checkpointed")
-            if outcome == "diverged":
+            if outcome is Outcome.DIVERGED:
                 progress.note(f"diverged at step {state.diverged_step} ({state.diverged_reason});"
                               " this arm stops here")
                 break

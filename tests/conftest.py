@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny MNIST-format data set on disk (torchvision's folder layout) with its md5 manifest.
+"""Shared fixtures and helpers: a tiny MNIST-format data set on disk (torchvision's folder layout) with
+its md5 manifest, a tiny two-arm config, and the CLI and run-folder helpers the tests share.
 
 ``tiny_mnist`` writes the files; ``tiny_mnist_env`` also points ``LAMBEXP_MNIST_MD5SUMS`` and
 ``LAMBEXP_DATA`` at them, so ``lambexp`` commands run without flags use the tiny set end to end.
@@ -7,12 +8,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from typer.testing import CliRunner
+
+from lambexp.cli import app
 
 TINY_TRAIN, TINY_TEST = 256, 128  # images in the tiny train and test sets
 
@@ -82,3 +88,39 @@ def tiny_mnist_env(tiny_mnist: TinyMnist, monkeypatch: pytest.MonkeyPatch) -> Ti
     monkeypatch.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny_mnist.manifest))
     monkeypatch.setenv("LAMBEXP_DATA", str(tiny_mnist.data_dir))
     return tiny_mnist
+
+
+TINY_CONFIG = """\
+name: tiny
+epochs: 1
+batch_size: 64
+log_interval: 2
+device: cpu
+arms:
+  - {name: adam, optimizer: adam}
+  - {name: lamb, optimizer: lamb}
+expect:
+  - {claim: LAMB trains, arm: lamb, measure: final_accuracy, above: 0.0}
+"""  # one epoch of 4 batches on the tiny set: a run takes about a second
+
+
+def invoke(*args, catch_exceptions: bool = True):
+    """``lambexp ARGS`` in this process (paths may be Path objects); the click Result."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def run_dirs(runs: Path) -> list[Path]:
+    """The run folders ``runs/<experiment>/<time>``, sorted."""
+    return sorted(p for p in runs.glob("*/*") if p.is_dir())
+
+
+def summary_json(arm_dir: Path) -> dict:
+    """An arm's summary.json as written, read independently of lambexp."""
+    return json.loads((arm_dir / "summary.json").read_text())
+
+
+def events(arm_dir: Path) -> EventAccumulator:
+    """An arm's TensorBoard events, read back with TensorBoard's own reader, nothing sampled away."""
+    acc = EventAccumulator(str(arm_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import events, run_dirs
+from conftest import invoke as shared_invoke
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
 
@@ -31,11 +32,7 @@ arms:
 
 
 def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def run_dirs(runs):
-    return sorted(p for p in runs.glob("*/*") if p.is_dir())
+    return shared_invoke(*args, catch_exceptions=False)
 
 
 @pytest.fixture
@@ -47,12 +44,6 @@ def two_arm_run(tiny_mnist_env, tmp_path):
     assert result.exit_code == 0, result.output
     [run_dir] = run_dirs(runs)
     return run_dir, result.output
-
-
-def events(arm_dir):
-    acc = EventAccumulator(str(arm_dir), size_guidance={"scalars": 0, "histograms": 0})
-    acc.Reload()
-    return acc
 
 
 def test_two_arms_write_events_summaries_and_config(two_arm_run):

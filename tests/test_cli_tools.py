@@ -3,39 +3,21 @@ in either place, --strict, light verbs that never import torch, and damaged run 
 one line."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import tomllib
-from typer.testing import CliRunner
-
-from lambexp.cli import app
+from conftest import TINY_CONFIG, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """\
-name: tiny
-epochs: 1
-batch_size: 64
-log_interval: 2
-device: cpu
-arms:
-  - {name: adam, optimizer: adam}
-  - {name: lamb, optimizer: lamb}
-expect:
-  - {claim: LAMB trains, arm: lamb, measure: final_accuracy, above: 0.0}
-"""
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
 def tiny_run(tiny_mnist_env, tmp_path):
     """A finished tiny run: (the runs folder, the run folder)."""
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
     result = invoke("run", tmp_path / "tiny.yaml", "--runs-dir", tmp_path / "runs", "--quiet")
     assert result.exit_code == 0, result.output
     [run_dir] = (tmp_path / "runs" / "tiny").iterdir()
@@ -43,7 +25,7 @@ def tiny_run(tiny_mnist_env, tmp_path):
 
 
 def test_version_is_the_projects():
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert invoke("--version").output == f"lambexp {version}\n"
 
 
@@ -77,7 +59,7 @@ def test_bundled_names_work_from_any_folder_and_a_path_wins(tmp_path, monkeypatc
     assert invoke("validate", "adam_vs_lamb", "large_batch", "beyond/large_batch.yaml").exit_code == 0
     shown = invoke("show-config", "lamb_wd", "epochs=2").output
     assert "name: lamb_wd" in shown and "epochs: 2" in shown
-    (tmp_path / "lamb_wd.yaml").write_text(TINY)  # a file of that name here: it is used
+    (tmp_path / "lamb_wd.yaml").write_text(TINY_CONFIG)  # a file of that name here: it is used
     assert "name: tiny" in invoke("show-config", "lamb_wd.yaml").output
 
 
@@ -122,7 +104,7 @@ def test_validate_json(tmp_path):
 
 
 def test_run_json_is_the_summaries(tiny_mnist_env, tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
     result = invoke("run", tmp_path / "tiny.yaml", "--runs-dir", tmp_path / "runs", "--json")
     assert result.exit_code == 0
     out = json.loads(result.output)  # nothing but the JSON on stdout
@@ -164,10 +146,10 @@ def test_compare_two_runs_side_by_side(tiny_run, tmp_path):
 
 
 def test_reproduce_strict_fails_on_a_claim_that_does_not_hold(tiny_mnist_env, tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
     args = ["reproduce", tmp_path / "tiny.yaml", "--out", tmp_path / "repro", "--seeds", "1", "--quiet"]
     assert invoke(*args, "--strict").exit_code == 0
-    (tmp_path / "tiny.yaml").write_text(TINY.replace("above: 0.0", "above: 2.0"))  # accuracy > 200%
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("above: 0.0", "above: 2.0"))  # accuracy > 200%
     result = invoke(*args, "--strict")
     assert result.exit_code == 1 and "strict: NOT REPRODUCED: LAMB trains" in result.output
     assert invoke(*args).exit_code == 0  # without --strict a verdict is not an error

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_dirs, summary_json
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -17,7 +18,8 @@ from lambexp.config import parse_experiment
 from lambexp.data import load_mnist
 from lambexp.errors import Interrupted
 from lambexp.experiment import make_run_dir, run_arm
-from lambexp.train import Progress, warm_up
+from lambexp.progress import NoProgress
+from lambexp.train import warm_up
 
 BOOM = """\
 name: boom
@@ -46,12 +48,8 @@ arms:
 """
 
 
-def summary(arm_dir):
-    return json.loads((arm_dir / "summary.json").read_text())
-
-
 def only_run_dir(runs):
-    [run_dir] = [p for p in runs.glob("*/*") if p.is_dir()]
+    [run_dir] = run_dirs(runs)
     return run_dir
 
 
@@ -61,7 +59,7 @@ def test_divergence_stops_the_arm_and_is_a_result(tiny_mnist_env, tmp_path):
     result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     run_dir = only_run_dir(tmp_path / "runs")
-    boom, fine = summary(run_dir / "boom"), summary(run_dir / "fine")
+    boom, fine = summary_json(run_dir / "boom"), summary_json(run_dir / "fine")
     assert boom["status"] == "finished" and boom["diverged"] is True
     assert boom["diverged_reason"] in ("non-finite loss", "non-finite parameter")
     assert 1 <= boom["diverged_step"] <= 8
@@ -79,7 +77,7 @@ def test_on_divergence_continue_keeps_training(tiny_mnist_env, tmp_path):
     config.write_text(BOOM.replace("device: cpu", "device: cpu\non_divergence: continue"))
     result = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "runs"), "-q"])
     assert result.exit_code == 0, result.output
-    boom = summary(only_run_dir(tmp_path / "runs") / "boom")
+    boom = summary_json(only_run_dir(tmp_path / "runs") / "boom")
     assert boom["diverged"] is True and boom["steps"] == 16 and boom["epochs_done"] == 2
 
 
@@ -115,14 +113,14 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
 
     save = experiment.save_checkpoint
     monkeypatch.setattr(experiment, "save_checkpoint", save_and_keep_the_first)
-    run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", Progress())
+    run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", NoProgress())
     whole = _records(tmp_path / "arm")
     # the crash: the first checkpoint is the last one on disk, no summary, every later record there
     shutil.copy(kept[0], tmp_path / "arm" / "checkpoint.pt")
     (tmp_path / "arm" / "summary.json").unlink()
     monkeypatch.setattr(experiment, "save_checkpoint", save)
-    resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", Progress())
-    assert resumed["status"] == "finished" and resumed["steps"] == 12
+    resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", NoProgress())
+    assert resumed.finished and resumed.steps == 12
     assert _records(tmp_path / "arm") == whole
     board = EventAccumulator(str(tmp_path / "arm"), size_guidance={"scalars": 0})
     board.Reload()
@@ -136,18 +134,18 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
 @pytest.mark.parametrize("stop_at", [3, 4, 9])  # mid-epoch, at an epoch boundary, later epoch
 def test_interrupt_at_a_chosen_step_then_resume_is_identical(tiny_mnist_env, tmp_path, stop_at):
     arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
-    whole = run_arm(arm, data, torch.device("cpu"), tmp_path / "whole", Progress())
+    whole = run_arm(arm, data, torch.device("cpu"), tmp_path / "whole", NoProgress())
     steps = iter(range(10_000))
     with pytest.raises(Interrupted):
-        run_arm(arm, data, torch.device("cpu"), tmp_path / "cut", Progress(),
+        run_arm(arm, data, torch.device("cpu"), tmp_path / "cut", NoProgress(),
                 stop_requested=lambda: next(steps) >= stop_at)
-    cut = summary(tmp_path / "cut")
+    cut = summary_json(tmp_path / "cut")
     assert cut["status"] == "interrupted" and cut["steps"] == stop_at
     assert (tmp_path / "cut" / "checkpoint.pt").is_file()
-    resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "cut", Progress())
-    assert resumed["history"] == whole["history"]  # every test loss and accuracy, bit for bit
-    assert resumed["final_train_loss"] == whole["final_train_loss"]
-    assert resumed["steps"] == whole["steps"] and resumed["status"] == "finished"
+    resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "cut", NoProgress())
+    assert resumed.history == whole.history  # every test loss and accuracy, bit for bit
+    assert resumed.final_train_loss == whole.final_train_loss
+    assert resumed.steps == whole.steps and resumed.finished
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()
     logged = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["kind"] == "trust"]
@@ -177,15 +175,15 @@ def test_sigint_to_a_real_process_then_resume_matches_a_straight_run(tiny_mnist_
     code, err = _start_and_signal(config, tmp_path / "runs", signal.SIGINT)
     assert code == 130, err
     run_dir = only_run_dir(tmp_path / "runs")
-    assert f"lambexp resume {run_dir}" in err and summary(run_dir / "lamb")["status"] == "interrupted"
-    assert summary(run_dir / "lamb")["steps"] < 60  # 15 epochs × 4 steps: it stopped early
+    assert f"lambexp resume {run_dir}" in err and summary_json(run_dir / "lamb")["status"] == "interrupted"
+    assert summary_json(run_dir / "lamb")["steps"] < 60  # 15 epochs × 4 steps: it stopped early
     done = subprocess.run([sys.executable, "-m", "lambexp", "resume", str(run_dir), "-q"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     straight = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "straight"), "-q"])
     assert straight.exit_code == 0
-    a = summary(run_dir / "lamb")
-    b = summary(only_run_dir(tmp_path / "straight") / "lamb")
+    a = summary_json(run_dir / "lamb")
+    b = summary_json(only_run_dir(tmp_path / "straight") / "lamb")
     assert a["status"] == "finished" and a["steps"] == 60
     assert a["history"] == b["history"] and a["final_train_loss"] == b["final_train_loss"]
 
@@ -197,7 +195,7 @@ def test_sigterm_exits_143_with_a_checkpoint(tiny_mnist_env, tmp_path):
     code, err = _start_and_signal(config, tmp_path / "runs", signal.SIGTERM)
     assert code == 143, err
     arm_dir = only_run_dir(tmp_path / "runs") / "lamb"
-    assert (arm_dir / "checkpoint.pt").is_file() and summary(arm_dir)["status"] == "interrupted"
+    assert (arm_dir / "checkpoint.pt").is_file() and summary_json(arm_dir)["status"] == "interrupted"
 
 
 def test_run_folders_are_distinct_under_concurrency(tmp_path):
@@ -312,7 +310,7 @@ def test_an_unreadable_checkpoint_is_a_user_error(tiny_mnist_env, tmp_path):
     (tmp_path / "arm").mkdir()
     (tmp_path / "arm" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable checkpoint.*delete it"):
-        run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", Progress())
+        run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", NoProgress())
 
 
 def test_tensorboard_verb_passes_its_exit_code(monkeypatch, tmp_path):

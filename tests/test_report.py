@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import TINY_CONFIG
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -280,18 +281,7 @@ def test_a_claim_whose_measure_fails_is_not_reproduced(tmp_path):
     assert "s1: n/a" in row and row.endswith("| NOT REPRODUCED (0 of 1) |")
 
 
-SHARED_A = """\
-name: exp_a
-epochs: 1
-batch_size: 64
-log_interval: 2
-device: cpu
-arms:
-  - {name: adam, optimizer: adam}
-  - {name: lamb, optimizer: lamb}
-expect:
-  - {claim: LAMB trains, arm: lamb, measure: final_accuracy, above: 0.0}
-"""
+SHARED_A = TINY_CONFIG.replace("name: tiny", "name: exp_a")
 SHARED_B = """\
 name: exp_b
 epochs: 1
@@ -389,3 +379,19 @@ def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_
     assert CliRunner().invoke(app, both).exit_code == 0
     assert not link.is_symlink() and json.loads((link / "summary.json").read_text())["status"] == "finished"
     assert link.resolve() != (out / "exp_a" / "seed1" / "lamb").resolve()
+
+
+def test_summary_round_trip_and_damaged_ones(tmp_path):
+    from lambexp.errors import UserError
+    from lambexp.layout import Status, Summary, read_summary, write_summary
+
+    summary = Summary(Status.INTERRUPTED, arm="lamb", final_test_accuracy=0.5, diverged=True,
+                      diverged_step=7, history=[{"step": 4, "samples": 256, "test/accuracy": 0.5}])
+    write_summary(tmp_path, summary)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    assert read_summary(tmp_path) == summary
+    assert read_summary(tmp_path / "nothing") is None
+    for text in ("[1, 2]", '{"status": "halfway"}', '{"arm": "x"}', "{"):
+        (tmp_path / "summary.json").write_text(text)
+        with pytest.raises(UserError, match="summary.json: damaged"):
+            read_summary(tmp_path)

@@ -6,6 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from lambexp.layout import Status, Summary
 from lambexp.report import figures
 from lambexp.report.series import ArmSeries
 
@@ -29,7 +30,7 @@ def series(arm: str, seed: int, n: int = 12, blowup: int | None = None, stopped:
     test_x = np.array([n / 3, 2 * n / 3, n]) * 1000.0
     acc = np.array([0.90, 0.95, 0.97 if blowup is None else 0.098])
     return ArmSeries(arm, seed, np.c_[x, loss], np.c_[test_x, 1 - acc], np.c_[test_x, acc], x, NAMES,
-                     r, r1, r2, {"diverged": blowup is not None or stopped})
+                     r, r1, r2, Summary(Status.FINISHED, diverged=blowup is not None or stopped))
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
+from lambexp.layout import find_experiments
 from lambexp.report import figures
 from lambexp.report.claims import ClaimResult, check, mean_std
-from lambexp.report.collect import ExperimentRuns, collect, find_experiments
+from lambexp.report.collect import ExperimentRuns, collect
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 
 PERCENT = {"final_accuracy", "best_accuracy"}
@@ -97,9 +98,9 @@ def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
             rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}", "0",
                          "not finished", "", "", ""])
             continue
-        acc = mean_std([s.summary["final_test_accuracy"] for s in series])
-        wall = mean_std([s.summary["wall_seconds"] for s in series])
-        speed = mean_std([s.summary["samples_per_second"] for s in series])
+        acc = mean_std([s.summary.final_test_accuracy for s in series])
+        wall = mean_std([s.summary.wall_seconds for s in series])
+        speed = mean_std([s.summary.samples_per_second for s in series])
         bad = sum(s.diverged for s in series)
         rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}",
                      str(len(series)), f"{acc[0]:.2%} ± {acc[1]:.2%}", f"{bad} of {len(series)}",
@@ -144,7 +145,7 @@ def batch_figure(runs: ExperimentRuns, title: str, path: Path) -> Path:
         if not finished:
             continue
         label = f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
-        mean, std = mean_std([s.summary["final_test_accuracy"] for s in finished])
+        mean, std = mean_std([s.summary.final_test_accuracy for s in finished])
         points.setdefault(label, []).append((arm.batch_size, mean, std))
     return figures.accuracy_vs_batch(title, points, BATCH_COLORS, path)
 
@@ -159,7 +160,7 @@ def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
     rows = []
     for runs, label in zip(all_runs, folder_labels(all_runs)):
         env = runs.environment
-        devices = sorted({s.summary.get("device", "?") for arms in runs.seeds.values()
+        devices = sorted({s.summary.device for arms in runs.seeds.values()
                           for s in arms.values()})
         rows.append([label, ", ".join(devices), env.get("torch", "?"),
                      env.get("python", "?"), str(env.get("cpu_threads", "?")),
@@ -204,7 +205,7 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
     labels = folder_labels(all_runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
-    total = sum(s.summary.get("wall_seconds", 0) for s in trainings.values())  # shared ones once
+    total = sum(s.summary.wall_seconds for s in trainings.values())  # shared ones once
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         Heading("lambexp: does 'An intuitive understanding of the LAMB optimizer' reproduce?", 1),

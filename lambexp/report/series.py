@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lambexp.errors import UserError
-from lambexp.layout import METRICS_FILE, read_jsonl, read_summary
+from lambexp.layout import METRICS_FILE, Summary, read_jsonl, read_summary
 
 
 @dataclass
@@ -25,21 +25,18 @@ class ArmSeries:
     r: np.ndarray  # (T, L) trust ratio of each tensor at each log
     r1: np.ndarray  # (T, L) weight-norm part
     r2: np.ndarray  # (T, L) update-norm part
-    summary: dict = field(default_factory=dict)  # summary.json as written by the run
+    summary: Summary  # summary.json as written by the run
     folder: Path | None = None  # where it was read from, links resolved (a shared training is one)
 
     @property
     def diverged(self) -> bool:
         """As the trainer decided it, by the one rule of lambexp.divergence (summary.json)."""
-        return bool(self.summary.get("diverged"))
+        return self.summary.diverged
 
     @property
     def samples_per_epoch(self) -> int | None:
-        """Training samples in one epoch: from the summary, else the first evaluation's x."""
-        if self.summary.get("samples_per_epoch"):
-            return int(self.summary["samples_per_epoch"])
-        history = self.summary.get("history") or []
-        return int(history[0]["samples"]) if history else None
+        """Training samples in one epoch (None in summaries of versions that did not record it)."""
+        return self.summary.samples_per_epoch
 
 
 def _pairs(records: list[dict], tag: str) -> np.ndarray:
@@ -67,6 +64,6 @@ def load_arm(arm_dir: Path, seed: int) -> ArmSeries:
         test_accuracy=_pairs(records, "test/accuracy"),
         trust_steps=np.array([r["step"] for r in trust], dtype=float),
         names=names, r=table("r"), r1=table("r1"), r2=table("r2"),
-        summary=read_summary(arm_dir) or {},
+        summary=read_summary(arm_dir),
         folder=arm_dir.resolve(),
     )
