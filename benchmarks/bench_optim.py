@@ -39,10 +39,10 @@ def contenders() -> dict:
     return {
         "torch Adam fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
         "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
-        "lambexp Lamb blog": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, variant="blog"),
-        "lambexp Lamb paper": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, variant="paper"),
+        "lambexp Lamb blog": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, rule="blog"),
+        "lambexp Lamb paper": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, rule="paper"),
         "lambexp Lamb blog fused": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, fused=True),
-        "lambexp Lamb paper fused": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, variant="paper",
+        "lambexp Lamb paper fused": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01, rule="paper",
                                                    fused=True),
         "lambexp Lamb blog per-tensor": lambda p: Lamb(p, lr=1e-3, weight_decay=0.01,
                                                        foreach=False),

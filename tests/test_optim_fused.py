@@ -40,12 +40,12 @@ def assert_same(net_a, opt_a, net_b, opt_b, data, tol):
 
 
 CASES = {
-    "blog": dict(variant="blog", weight_decay=0.01),
-    "blog-adam": dict(variant="blog", adam=True),
-    "blog-no-clamp": dict(variant="blog", weight_decay=0.01, clamp=None),
-    "paper": dict(variant="paper", weight_decay=0.01),
-    "paper-adam": dict(variant="paper", weight_decay=0.01, adam=True),
-    "paper-no-clamp-no-bias-correction": dict(variant="paper", clamp=None, bias_correction=False),
+    "blog": dict(rule="blog", weight_decay=0.01),
+    "blog-adam": dict(rule="blog", adam=True),
+    "blog-no-clamp": dict(rule="blog", weight_decay=0.01, clamp=None),
+    "paper": dict(rule="paper", weight_decay=0.01),
+    "paper-adam": dict(rule="paper", weight_decay=0.01, adam=True),
+    "paper-no-clamp-no-bias-correction": dict(rule="paper", clamp=None, bias_correction=False),
 }
 
 
@@ -64,10 +64,10 @@ def test_fused_equals_reference_path_in_float64(case):
     test_fused_equals_reference_path(case, dtype=F64)
 
 
-@pytest.mark.parametrize("variant", ["blog", "paper"])
-def test_twenty_steps_with_a_changing_lr_do_not_recompile(variant):
+@pytest.mark.parametrize("rule", ["blog", "paper"])
+def test_twenty_steps_with_a_changing_lr_do_not_recompile(rule):
     net = small_net()
-    opt = Lamb(net.parameters(), lr=0.01, weight_decay=0.01, variant=variant, fused=True)
+    opt = Lamb(net.parameters(), lr=0.01, weight_decay=0.01, rule=rule, fused=True)
     train(net, opt, batches(2))  # compiles (or finds the graph compiled by an earlier test)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -100,8 +100,8 @@ def test_a_compile_failure_warns_once_and_finishes_with_foreach(monkeypatch):
 
     real_kernel = fused.kernel
 
-    def failing_kernel(variant):
-        real = real_kernel(variant)
+    def failing_kernel(rule):
+        real = real_kernel(rule)
 
         def step(*args):
             calls.append(1)

@@ -107,7 +107,7 @@ class TestPaperRule:
         # ‖w‖ = ‖[30, 40]‖ = 50, clamped to 10. Step 1: m̂/√v̂ = sign(g) = [1, -1];
         # u = [1, -1] + 0.1·[30, 40] = [4, 3], ‖u‖ = 5; r = 10/5 = 2; w = w − 0.1·2·u.
         p = param(30.0, 40.0)
-        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, weight_decay=0.1, variant="paper",
+        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, weight_decay=0.1, rule="paper",
                    foreach=foreach)
         step_with(opt, p, [0.5, -0.5])
         assert_close(p.detach(), [30 - 0.2 * 4, 40 - 0.2 * 3])
@@ -123,7 +123,7 @@ class TestPaperRule:
 
     def test_without_bias_correction(self, foreach):
         p = param(3.0, 4.0)
-        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, variant="paper", bias_correction=False,
+        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, rule="paper", bias_correction=False,
                    foreach=foreach)
         step_with(opt, p, [0.5, -0.5])  # m/√v = 0.1·g / (0.1·|g|) = sign(g)
         r = 5 / math.sqrt(2)
@@ -136,8 +136,8 @@ class TestPaperRule:
 
     def test_zero_weight_norm_and_adam_mode(self, foreach):
         p, q = param(0.0, 0.0), param(3.0, 4.0)
-        lamb = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, variant="paper", foreach=foreach)
-        adam = Lamb([q], lr=0.1, betas=(B1, B2), eps=0.0, variant="paper", adam=True,
+        lamb = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, rule="paper", foreach=foreach)
+        adam = Lamb([q], lr=0.1, betas=(B1, B2), eps=0.0, rule="paper", adam=True,
                     foreach=foreach)
         step_with(lamb, p, [0.5, -0.5])
         step_with(adam, q, [0.5, -0.5])

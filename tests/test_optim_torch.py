@@ -50,7 +50,7 @@ def test_blog_adam_mode_equals_torch_adam_with_l2():
 def test_paper_adam_mode_equals_torch_adam():
     data = batches()
     a, b = small_net(), small_net()
-    mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, variant="paper", adam=True)
+    mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, rule="paper", adam=True)
     ref = torch.optim.Adam(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6)
     assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
 
@@ -59,7 +59,7 @@ def test_paper_rule_equals_timm_lamb():
     data = batches()
     a, b = small_net(), small_net()
     mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                variant="paper", clamp=None)
+                rule="paper", clamp=None)
     ref = timm.optim.Lamb(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6,
                           weight_decay=0.01, max_grad_norm=None, always_adapt=True)
     assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
@@ -69,7 +69,7 @@ def test_paper_rule_equals_torch_optimizer_lamb():
     data = batches()
     a, b = small_net(), small_net()
     mine = Lamb(a.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                variant="paper", clamp=10, bias_correction=False)
+                rule="paper", clamp=10, bias_correction=False)
     ref = torch_optimizer.Lamb(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-6,
                                weight_decay=0.01, clamp_value=10, debias=False)
     assert_same(train(a, mine, data), train(b, ref, data), 1e-12)
@@ -85,7 +85,7 @@ def test_sgd_mode_equals_torch_sgd():
 
 OPTIMIZERS = {
     "lamb-blog": lambda p, **kw: Lamb(p, lr=0.01, weight_decay=0.01, **kw),
-    "lamb-paper": lambda p, **kw: Lamb(p, lr=0.01, weight_decay=0.01, variant="paper", **kw),
+    "lamb-paper": lambda p, **kw: Lamb(p, lr=0.01, weight_decay=0.01, rule="paper", **kw),
     "adam-blog": lambda p, **kw: Lamb(p, lr=0.01, adam=True, **kw),
     "lars": lambda p, **kw: Lars(p, lr=0.5, weight_decay=0.01, **kw),
 }
@@ -202,7 +202,7 @@ def test_lr_scheduler_and_closure():
     ({"betas": (0.9, -0.1)}, "betas[1]", "-0.1"),
     ({"eps": -1e-8}, "eps", "-1e-08"),
     ({"weight_decay": -0.01}, "weight_decay", "-0.01"),
-    ({"variant": "nope"}, "variant", "'nope'"),
+    ({"rule": "nope"}, "rule", "'nope'"),
     ({"clamp": 0.0}, "clamp", "0.0"),
 ])
 def test_invalid_hyperparameters_name_argument_and_value(kwargs, name, value):

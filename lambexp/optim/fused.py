@@ -18,13 +18,13 @@ HP_FIELDS = ("lr", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "weight
              "adam", "bc1", "sqrt_bc2")
 
 # Inductor, left to itself, recomputes a = m/(√v+ε) in the second pass and so keeps the new
-# m, v in scratch buffers until that pass: two more full-size streams, 1.5-2× slower on the CPU.
+# m, v in scratch buffers until that pass: two more full-size streams (slower: docs/optimizer.md).
 # Storing every multi-use intermediate instead writes m, v in place in the first pass and `a`
 # to a temporary, which the second pass (w ← w − s·r·a) reads back.
 COMPILE_OPTIONS = {"realize_opcount_threshold": 0}
 
 # Tensors of at most this many elements are stepped together, laid end to end, in one call:
-# a call costs ~30 µs in Python, ten times what such a tensor's update does.
+# a call costs more in Python than such a tensor's update (docs/optimizer.md).
 PACK_NUMEL = 4096
 
 
@@ -35,7 +35,7 @@ def hyper_parameters(group: dict, step: int, like: Tensor) -> Tensor:
     """
     beta1, beta2 = group["betas"]
     lr, bc1, bc2 = group["lr"], 1 - beta1**step, 1 - beta2**step
-    if group["variant"] == "blog":  # s = lr·√(1−β2ᵗ)/(1−β1ᵗ) carries the correction
+    if group["rule"] == "blog":  # s = lr·√(1−β2ᵗ)/(1−β1ᵗ) carries the correction
         lr, bc1, bc2 = lr * math.sqrt(bc2) / bc1, 1.0, 1.0
     elif not group["bias_correction"]:
         bc1, bc2 = 1.0, 1.0
@@ -136,8 +136,8 @@ class CompileFailed(RuntimeError):
 
 
 @functools.cache
-def kernel(variant: str):
-    """The compiled step of ``variant`` ("blog" or "paper"), called as ``blog_step`` is.
+def kernel(rule: str):
+    """The compiled step of ``rule`` ("blog" or "paper"), called as ``blog_step`` is.
 
     Compiles on its first call for each dtype and device: one graph for packed tensors and one
     for single tensors (over ``PACK_NUMEL`` elements; a non-contiguous tensor adds one per
@@ -150,7 +150,7 @@ def kernel(variant: str):
     if not torch._dynamo.is_dynamo_supported():
         raise CompileFailed("torch.compile does not support this Python")
     options = {k: v for k, v in COMPILE_OPTIONS.items() if hasattr(torch._inductor.config, k)}
-    compiled = torch.compile(blog_step if variant == "blog" else paper_step, fullgraph=True,
+    compiled = torch.compile(blog_step if rule == "blog" else paper_step, fullgraph=True,
                              dynamic=True, options=options)
 
     def step(*args: Tensor | None) -> Tensor:

@@ -14,7 +14,7 @@ from lambexp.optim.trust import (
     check_range,
 )
 
-VARIANTS = ("blog", "paper")
+RULES = ("blog", "paper")
 DEFAULT_EPS = {"blog": 1e-8, "paper": 1e-6}
 
 
@@ -30,7 +30,7 @@ class Lamb(TrustRatioOptimizer):
         eps: ε added to √v; default ``None`` picks the rule's own: 1e-8 (blog), 1e-6 (paper).
         weight_decay: λ (default 0). The blog rule adds λ·w to the gradient (L2); the paper
             rule adds it to the update (decoupled).
-        variant: ``"blog"`` (default) or ``"paper"``, the update rules of SPEC.md §2. The blog rule
+        rule: ``"blog"`` (default) or ``"paper"``, the update rules of SPEC.md §2. The blog rule
             is the default because lambexp exists to reproduce the blog's experiments, which ran it.
         clamp: c (default 10). Blog: the ratio r is clipped at c. Paper: the weight norm ‖w‖ is
             clamped at c before the ratio (the paper's φ). ``None``: no clipping or clamp.
@@ -42,24 +42,21 @@ class Lamb(TrustRatioOptimizer):
         fused: ``True``: the step as kernels that ``torch.compile`` (inductor) generates from
             ``fused.py``: one call per tensor over ``fused.PACK_NUMEL`` elements, one for all
             smaller tensors laid end to end; each does the whole update in two passes over
-            memory (moments, r1, r2 in the first; w in the second). On the CPU it is 2-4× faster
-            than the foreach step, on LeNet and on a 25M-parameter stack (``make bench-optim``).
-            The first step compiles, which needs a C++ compiler and takes seconds: ~15 s for
-            the first rule in a process on 2 cores, ~4 s for the other, 1-3 s when inductor's
-            on-disk cache is warm. Worth it for CPU runs of more than a few hundred steps; keep
-            the default for short runs and tests. If torch.compile cannot run here, Lamb warns
-            once and takes the foreach step. Cannot be combined with ``foreach=False``.
-            Default ``False``.
+            memory (moments, r1, r2 in the first; w in the second). The first step compiles,
+            which needs a C++ compiler and takes seconds; worth it for runs of more than a few
+            hundred steps (docs/optimizer.md has the measured speeds and compile times). If
+            torch.compile cannot run here, Lamb warns once and takes the foreach step. Cannot
+            be combined with ``foreach=False``. Default ``False``.
 
     After each step, :meth:`trust_stats` returns the latest r, r1, r2 of every tensor, kept on
     the device. Sparse gradients are refused; parameters without a gradient are skipped.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float | None = None, weight_decay: float = 0.0, *, variant: str = "blog",
+                 eps: float | None = None, weight_decay: float = 0.0, *, rule: str = "blog",
                  clamp: float | None = 10.0, adam: bool = False, bias_correction: bool = True,
                  foreach: bool | None = None, fused: bool = False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, variant=variant,
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rule=rule,
                         clamp=clamp, adam=adam, bias_correction=bias_correction, foreach=foreach,
                         fused=fused)
         self._compile_failed = False  # set when torch.compile failed: fused groups take foreach
@@ -69,8 +66,8 @@ class Lamb(TrustRatioOptimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group["eps"] is None and group["variant"] in DEFAULT_EPS:
-            group["eps"] = DEFAULT_EPS[group["variant"]]
+        if group["eps"] is None and group["rule"] in DEFAULT_EPS:
+            group["eps"] = DEFAULT_EPS[group["rule"]]
         validate_group(group)
 
     def _step_tensors(self, group: dict, w: list[Tensor]):
@@ -91,13 +88,13 @@ class Lamb(TrustRatioOptimizer):
         state["step"] += 1
 
     def _reference_step(self, group: dict, w: list[Tensor]):
-        rule = rules.lamb_blog if group["variant"] == "blog" else rules.lamb_paper
-        extra = {} if group["variant"] == "blog" else {"bias_correction": group["bias_correction"]}
+        update = rules.lamb_blog if group["rule"] == "blog" else rules.lamb_paper
+        extra = {} if group["rule"] == "blog" else {"bias_correction": group["bias_correction"]}
         beta1, beta2 = group["betas"]
         out = []
         for p in w:
             state = self.state[p]
-            new = rule(p, p.grad, state["m"], state["v"], state["step"], lr=group["lr"], beta1=beta1,
+            new = update(p, p.grad, state["m"], state["v"], state["step"], lr=group["lr"], beta1=beta1,
                        beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                        clamp=group["clamp"], adam=group["adam"], **extra)
             p.copy_(new.w)
@@ -112,7 +109,7 @@ class Lamb(TrustRatioOptimizer):
         """
         done, stats = [], []  # indices into w stepped so far, and their (3, k) columns r, r1, r2
         try:
-            kernel = fused.kernel(group["variant"])
+            kernel = fused.kernel(group["rule"])
             for t, index in _by_step(self.state, w).items():
                 hp = fused.hyper_parameters(group, t, w[index[0]])
                 small = [j for j in index if fused.packable(w[j], self.state[w[j]])]
@@ -162,13 +159,13 @@ class Lamb(TrustRatioOptimizer):
         g = [p.grad for p in w]
         m = [self.state[p]["m"] for p in w]
         v = [self.state[p]["v"] for p in w]
-        if group["variant"] == "blog" and lam:
+        if group["rule"] == "blog" and lam:
             g = torch._foreach_add(g, w, alpha=lam)  # g ← g + λ·w
         torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β1·m + (1−β1)·g
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
         denom = torch._foreach_sqrt(v)
-        if group["variant"] == "blog":
+        if group["rule"] == "blog":
             torch._foreach_add_(denom, eps)
             a = torch._foreach_div(m, denom)  # a = m / (√v + ε)
             r1, r2 = _rms(w), _rms(a)
@@ -235,7 +232,7 @@ def _descend(w: list[Tensor], d: list[Tensor], coef: list[float], r: Tensor | No
 
 def validate_group(group: dict) -> None:
     """Refuse impossible hyper-parameters with a ValueError naming the argument and value."""
-    check_range("variant", group["variant"], group["variant"] in VARIANTS, "'blog' or 'paper'")
+    check_range("rule", group["rule"], group["rule"] in RULES, "'blog' or 'paper'")
     beta1, beta2 = group["betas"]
     check_range("lr", group["lr"], group["lr"] >= 0, ">= 0")
     check_range("betas[0]", beta1, 0 <= beta1 < 1, "in [0, 1)")

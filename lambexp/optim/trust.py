@@ -110,8 +110,8 @@ def cache_chunks(w: list[Tensor]) -> list[list[Tensor]]:
     On an accelerator, one run: ``torch._foreach_*`` launches one kernel for all of them.
     On the CPU, a foreach op is a loop over tensors, so running the whole list through each op
     in turn streams every tensor through memory once per op; runs of about ``CPU_CHUNK_NUMEL``
-    elements keep a run in cache from the first op to the last (3-4× faster on a 25M-parameter
-    stack, measured by ``make bench-optim``).
+    elements keep a run in cache from the first op to the last (faster on large models:
+    docs/optimizer.md, ``make bench-optim``).
     """
     if not w or w[0].device.type != "cpu":
         return [w]
