@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from lambexp.optim import rules
+
 # The hyper-parameter tensor ``hp``, in this order, built by ``hyper_parameters``:
 # lr (blog: the step size s), 1−β1, β2, 1−β2 (both 1−β in float64 first: in float32, 1 − 0.999
 # is off by 5e-5), ε, λ, c (∞ for no clamp), adam (1.0 or 0.0),
@@ -65,7 +67,7 @@ def blog_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tenso
     v.mul_(beta2).add_(one_minus_beta2 * g * g)
     a = m / (torch.sqrt(v) + eps)
     r1, r2 = _rms(w, seg, sizes), _rms(a, seg, sizes)
-    r = _ratio(r1, r2, c)
+    r = rules.ratio(r1, r2, c)
     w.sub_(s * _each(torch.where(adam > 0, 1.0, r), seg) * a)
     return torch.stack([r, r1, r2])
 
@@ -85,9 +87,9 @@ def paper_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tens
     m.lerp_(g, one_minus_beta1)
     v.mul_(beta2).add_(one_minus_beta2 * g * g)
     u = (m / bc1) / (torch.sqrt(v) / sqrt_bc2 + eps) + lam * w
-    r1 = torch.minimum(_norm(w, seg, sizes), c)
+    r1 = rules.clamped(_norm(w, seg, sizes), c)
     r2 = _norm(u, seg, sizes)
-    r = _ratio(r1, r2, None)
+    r = rules.ratio(r1, r2)
     w.sub_(lr * _each(torch.where(adam > 0, 1.0, r), seg) * u)
     return torch.stack([r, r1, r2])
 
@@ -110,11 +112,6 @@ def _norm(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
 def _each(r: Tensor, seg: Tensor | None) -> Tensor:
     """Each tensor's r, spread over its elements when packed."""
     return r if seg is None else r[seg]
-
-
-def _ratio(r1: Tensor, r2: Tensor, c: Tensor | None) -> Tensor:
-    q = r1 / r2 if c is None else torch.minimum(r1 / r2, c)
-    return torch.where((r1 > 0) & (r2 > 0), q, 1.0)
 
 
 def packable(p: Tensor, state: dict) -> bool:

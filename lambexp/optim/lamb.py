@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -12,6 +13,7 @@ from lambexp.optim import fused, rules
 from lambexp.optim.trust import (
     TrustRatioOptimizer,
     check_range,
+    in_cache_chunks,
 )
 
 RULES = ("blog", "paper")
@@ -77,7 +79,7 @@ class Lamb(TrustRatioOptimizer):
             return self._reference_step(group, w)
         if group.get("fused") and not self._compile_failed:
             return self._fused_step(group, w)
-        return self._chunked_foreach_step(group, w)
+        return in_cache_chunks(partial(self._foreach_step, group), w)
 
     def _advance(self, p: Tensor) -> None:
         state = self.state[p]
@@ -128,7 +130,8 @@ class Lamb(TrustRatioOptimizer):
             warnings.warn(f"Lamb(fused=True): torch.compile failed, using the foreach step "
                           f"instead ({str(err).strip().splitlines()[0]})", stacklevel=3)
             rest = sorted(set(range(len(w))) - set(done))
-            stats.append(torch.stack(self._chunked_foreach_step(group, [w[j] for j in rest])))
+            stats.append(torch.stack(in_cache_chunks(partial(self._foreach_step, group),
+                                                     [w[j] for j in rest])))
             done += rest
         table = torch.cat(stats, dim=1)
         if done != sorted(done):  # back to the order of w
@@ -168,7 +171,7 @@ class Lamb(TrustRatioOptimizer):
         if group["rule"] == "blog":
             torch._foreach_add_(denom, eps)
             a = torch._foreach_div(m, denom)  # a = m / (√v + ε)
-            r1, r2 = _rms(w), _rms(a)
+            r1, r2 = rules.rms_each(w), rules.rms_each(a)
             r = rules.ratio(r1, r2, group["clamp"])
             s = [lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
             _descend(w, a, s, None if group["adam"] else r)
@@ -180,8 +183,7 @@ class Lamb(TrustRatioOptimizer):
         torch._foreach_div_(u, denom)
         if lam:
             torch._foreach_add_(u, w, alpha=lam)  # u = m̂/(√v̂ + ε) + λ·w
-        w_norm = torch.stack(torch._foreach_norm(w))
-        r1 = w_norm if group["clamp"] is None else torch.clamp(w_norm, max=group["clamp"])
+        r1 = rules.clamped(torch.stack(torch._foreach_norm(w)), group["clamp"])
         r2 = torch.stack(torch._foreach_norm(u))
         r = rules.ratio(r1, r2)
         _descend(w, u, [lr] * len(w), None if group["adam"] else r)
@@ -201,12 +203,6 @@ def _flat(*xs: Tensor) -> list[Tensor]:
     if all(x.is_contiguous() for x in xs):
         return [x.view(-1) for x in xs]
     return list(xs)
-
-
-def _rms(xs: list[Tensor]) -> Tensor:
-    norms = torch._foreach_norm(xs)
-    torch._foreach_div_(norms, [math.sqrt(max(x.numel(), 1)) for x in xs])
-    return torch.stack(norms)
 
 
 def _bias_corrections(steps: list[int], beta1: float, beta2: float, on: bool):

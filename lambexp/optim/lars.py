@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -9,6 +11,7 @@ from lambexp.optim import rules
 from lambexp.optim.trust import (
     TrustRatioOptimizer,
     check_range,
+    in_cache_chunks,
 )
 
 
@@ -50,7 +53,7 @@ class Lars(TrustRatioOptimizer):
                 self.state[p]["buf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["foreach"] is False:
             return self._reference_step(group, w)
-        return self._chunked_foreach_step(group, w)
+        return in_cache_chunks(partial(self._foreach_step, group), w)
 
     def _reference_step(self, group: dict, w: list[Tensor]):
         out = []

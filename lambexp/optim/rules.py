@@ -1,7 +1,9 @@
 """The update rules of SPEC.md §2 as pure functions: tensors and hyper-parameters in, new tensors out.
 
-These are the reference. Each line is one equation of the spec; the fast multi-tensor
-step in ``lamb.py`` / ``lars.py`` is tested against them, never the other way round.
+These are the reference. Each line is one equation of the spec; the fast steps (the multi-tensor
+step in ``lamb.py`` / ``lars.py``, the compiled kernels of ``fused.py``) are tested against them,
+never the other way round, and share their small pieces from here: ``rms``/``rms_each``,
+``clamped`` (the paper's φ) and ``ratio``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,23 @@ def rms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
-def ratio(r1: Tensor, r2: Tensor, clamp: float | None = None) -> Tensor:
+def rms_each(xs: list[Tensor]) -> Tensor:
+    """``rms`` of each tensor of ``xs``, as one vector, in one multi-tensor norm."""
+    norms = torch._foreach_norm(xs)
+    torch._foreach_div_(norms, [math.sqrt(max(x.numel(), 1)) for x in xs])
+    return torch.stack(norms)
+
+
+def clamped(x: Tensor, clamp: float | Tensor | None) -> Tensor:
+    """min(x, c): the paper's φ on ‖w‖ and the blog's clip of r (None: x itself)."""
+    if clamp is None:
+        return x
+    return torch.minimum(x, clamp) if isinstance(clamp, Tensor) else torch.clamp(x, max=clamp)
+
+
+def ratio(r1: Tensor, r2: Tensor, clamp: float | Tensor | None = None) -> Tensor:
     """r = 1 if r1 = 0 or r2 = 0, else r1/r2 clipped at ``clamp`` (None: not clipped)."""
-    q = r1 / r2
-    if clamp is not None:
-        q = torch.clamp(q, max=clamp)
-    return torch.where((r1 > 0) & (r2 > 0), q, torch.ones_like(q))
+    return torch.where((r1 > 0) & (r2 > 0), clamped(r1 / r2, clamp), 1.0)
 
 
 def lamb_blog(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
@@ -84,8 +97,7 @@ def lamb_paper(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
     v = beta2 * v + (1 - beta2) * g * g
     bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if bias_correction else (1.0, 1.0)
     u = (m / bc1) / (torch.sqrt(v) / math.sqrt(bc2) + eps) + weight_decay * w
-    w_norm = torch.linalg.vector_norm(w)
-    r1 = w_norm if clamp is None else torch.clamp(w_norm, max=clamp)
+    r1 = clamped(torch.linalg.vector_norm(w), clamp)
     r2 = torch.linalg.vector_norm(u)
     r = ratio(r1, r2)
     applied = torch.ones_like(r) if adam else r

@@ -38,13 +38,9 @@ class TrustRatioOptimizer(Optimizer):
         return loss
 
     def _step_tensors(self, group: dict, w: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Update the tensors ``w`` of ``group`` in place; return their r, r1, r2 as vectors."""
+        """Update the tensors ``w`` of ``group`` in place; return their r, r1, r2 as vectors.
+        Each optimizer defines it: the whole step of its rule, in its own file."""
         raise NotImplementedError
-
-    def _chunked_foreach_step(self, group: dict, w: list[Tensor]):
-        """``_foreach_step`` over cache-sized runs of ``w`` (see ``cache_chunks``), stats joined."""
-        runs = [self._foreach_step(group, run) for run in cache_chunks(w)]
-        return [torch.cat(col) for col in zip(*runs)]
 
     def trust_stats(self) -> dict:
         """The latest r, r1, r2 of every parameter tensor, in parameter order.
@@ -124,6 +120,13 @@ def cache_chunks(w: list[Tensor]) -> list[list[Tensor]]:
         size += p.numel()
     runs.append(run)
     return runs
+
+
+def in_cache_chunks(step, w: list[Tensor]) -> list[Tensor]:
+    """``step`` (tensors → r, r1, r2) over the cache-sized runs of ``w`` (``cache_chunks``), its
+    r, r1, r2 joined back in the order of ``w``."""
+    runs = [step(run) for run in cache_chunks(w)]
+    return [torch.cat(col) for col in zip(*runs)]
 
 
 def check_range(name: str, value, ok: bool, allowed: str) -> None:
