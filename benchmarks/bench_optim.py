@@ -3,7 +3,9 @@
 Run: ``make bench-optim`` (or ``python benchmarks/bench_optim.py --rounds 7``). Workloads:
 (a) LeNet's 8 tensors, (b) a 144-tensor, 25M-parameter stack of
 24 × [Linear 512→1024, Linear 1024→512, LayerNorm 512]. Gradients are fixed random tensors,
-so only the optimizer step is timed. The rounds alternate the optimizers; the median is shown.
+so only the optimizer step is timed; each optimizer steps its own copy of the model. The rounds
+alternate the optimizers, in the opposite order every other round (so none always runs after the
+same neighbour); the median over rounds is shown with the spread (fastest and slowest round).
 The untimed first step allocates state and, for the fused rows, compiles: its time is printed apart.
 """
 
@@ -52,8 +54,8 @@ def contenders() -> dict:
     }
 
 
-def measure(make_model, rounds: int, steps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median ms per step of each contender, rounds interleaved; and seconds of each first step."""
+def measure(make_model, rounds: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """ms per step of each contender in each round, rounds interleaved; and each first step's s."""
     setups, first = {}, {}
     for name, make_opt in contenders().items():
         torch.manual_seed(0)
@@ -66,13 +68,14 @@ def measure(make_model, rounds: int, steps: int) -> tuple[dict[str, float], dict
         first[name] = time.perf_counter() - t0
         setups[name] = opt
     times: dict[str, list[float]] = {name: [] for name in setups}
-    for _ in range(rounds):
-        for name, opt in setups.items():
+    for k in range(rounds):
+        order = list(setups.items())
+        for name, opt in order if k % 2 == 0 else reversed(order):
             t0 = time.perf_counter()
             for _ in range(steps):
                 opt.step()
             times[name].append((time.perf_counter() - t0) / steps * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}, first
+    return times, first
 
 
 def main() -> None:
@@ -83,12 +86,14 @@ def main() -> None:
     for label, make_model, steps in [("(a) LeNet, 8 tensors, 431k params", LeNet, 50),
                                      ("(b) 144 tensors, 25M params", stack, 3)]:
         n = sum(p.numel() for p in make_model().parameters())
-        ms, first = measure(make_model, args.rounds, steps)
+        rounds, first = measure(make_model, args.rounds, steps)
+        ms = {name: statistics.median(ts) for name, ts in rounds.items()}
         base = ms["torch Adam fused"]
-        print(f"\n{label} ({n:,} parameters), median of {args.rounds} rounds")
-        print(f"{'optimizer':32s} {'ms/step':>9s} {'× Adam fused':>13s}")
+        print(f"\n{label} ({n:,} parameters), median of {args.rounds} rounds [fastest, slowest]")
+        print(f"{'optimizer':32s} {'ms/step':>9s} {'× Adam fused':>13s} {'spread ms':>17s}")
         for name, t in ms.items():
-            print(f"{name:32s} {t:9.2f} {t / base:12.2f}×")
+            spread = f"[{min(rounds[name]):.2f}, {max(rounds[name]):.2f}]"
+            print(f"{name:32s} {t:9.2f} {t / base:12.2f}× {spread:>17s}")
         for name in (name for name in ms if "fused" in name and "Lamb" in name):
             print(f"{name}: first step (compiles) {first[name]:.1f} s")
 

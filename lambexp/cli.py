@@ -116,7 +116,9 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
 
     Ctrl-C or SIGTERM checkpoints the arm in progress (exit 130 / 143; a second one exits at
     once); `lambexp resume RUN_FOLDER` continues it. A diverged arm is a result: exit 0.
-    Under torchrun every process trains with DDP (batch_size is global); rank 0 writes and prints."""
+    Under torchrun every process trains with DDP (batch_size is global); rank 0 writes and prints.
+    `fused=auto` (or true) compiles LAMB's step: seconds at the first step, then a faster step on
+    large models (docs/optimizer.md)."""
     started: list[Path] = []
     with graceful_stop() as stop, reported(ctx, debug, stop, started):
         from lambexp.distributed import is_lead_process

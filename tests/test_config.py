@@ -162,7 +162,7 @@ def test_nan_and_infinity_are_refused():
 
 # --- one exact line per problem ------------------------------------------------------------
 
-ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, eps, clamp, momentum, "
+ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, fused, eps, clamp, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, warmup_epochs, log_interval, "
             "eval_interval, data_dir, on_divergence, checkpoint_every")
 
@@ -491,3 +491,26 @@ def test_config_imports_no_torch_and_only_yaml_io_imports_yaml():
                  if any(line.strip().startswith(("import yaml", "from yaml"))
                         for line in p.read_text().splitlines())]
     assert importers == ["lambexp/config/yaml_io.py"]
+
+
+def test_fused_is_true_false_or_auto_and_reaches_lamb():
+    import torch
+
+    from lambexp.experiment import optimizer_args, use_fused
+    from lambexp.optim import build_optimizer
+
+    arms = parse_experiment("name: e\narms: [{name: a}, {name: b, fused: true},"
+                            " {name: c, fused: auto}]\n").arms
+    assert [a.fused for a in arms] == [False, True, "auto"]
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_fused("auto", cuda, 10, 10) is True
+    assert use_fused("auto", cpu, 431_080, 708) is False  # LeNet for 6 epochs: not worth compiling
+    assert use_fused("auto", cpu, 25_000_000, 5000) is True
+    assert use_fused("auto", cpu, 25_000_000, 999) is False
+    assert use_fused(True, cpu, 1, 1) is True and use_fused(False, cuda, 10**9, 10**9) is False
+    opt = build_optimizer("lamb", [torch.nn.Parameter(torch.ones(3))], **optimizer_args(arms[1], True))
+    assert opt.defaults["fused"] is True
+    assert errors_of("name: e\nfused: maybe\narms: [{name: a}]\n")[0].startswith("error: x.yaml: fused:")
+    assert errors_of("name: e\narms: [{name: a, optimizer: lars, fused: true}]\n") == [
+        "error: x.yaml: arms[0].fused: only LAMB's step is compiled (arm a is optimizer lars); set fused"
+        " on the adam and lamb arms alone (got true)"]

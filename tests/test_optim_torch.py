@@ -105,6 +105,39 @@ def test_foreach_equals_reference_path(name, dtype):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("chunk", [1, 40, 10**6])  # every tensor its own chunk; 48 | 8+24+3; one
+def test_chunked_foreach_with_reused_scratch_equals_reference(name, chunk, monkeypatch):
+    """The CPU foreach step in cache chunks, its temporaries in buffers reused across chunks and
+    steps (and grown when a later chunk is larger), equals the reference path."""
+    import lambexp.optim.trust as trust
+
+    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", chunk)
+    assert len(trust.cache_chunks(list(small_net().parameters()))) == {1: 4, 40: 2, 10**6: 1}[chunk]
+    data = batches(20)
+    a, b = small_net(), small_net()
+    fast = OPTIMIZERS[name](a.parameters(), foreach=True)
+    slow = OPTIMIZERS[name](b.parameters(), foreach=False)
+    assert_same(train(a, fast, data), train(b, slow, data), 1e-12)
+    for key in ("r", "r1", "r2"):
+        torch.testing.assert_close(fast.trust_stats()[key], slow.trust_stats()[key], rtol=1e-12, atol=1e-12)
+
+
+def test_scratch_reuses_its_memory_and_grows_for_a_larger_chunk():
+    from lambexp.optim.trust import Scratch
+
+    scratch = Scratch()
+    small = scratch.like(0, [torch.zeros(2, 3), torch.zeros(4)])
+    assert [t.shape for t in small] == [(2, 3), (4,)]
+    again = scratch.like(0, [torch.zeros(2, 3), torch.zeros(4)])
+    assert again[0].data_ptr() == small[0].data_ptr()  # the same memory, not a new allocation
+    other = scratch.like(0, [torch.zeros(5)])
+    assert other[0].data_ptr() == small[0].data_ptr()  # another layout, still the same buffer
+    assert scratch.like(1, [torch.zeros(5)])[0].data_ptr() != other[0].data_ptr()  # slots differ
+    big = scratch.like(0, [torch.zeros(100)])  # larger than the buffer: it grows
+    assert big[0].shape == (100,) and scratch.like(0, [torch.zeros(2, 3)])[0].numel() == 6
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_dict_round_trip_continues_identically(name):
     data = batches(20)
     net = small_net()

@@ -87,6 +87,14 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
     without it, it would be silently ignored."""
     out = []
     for index, arm in enumerate(experiment.arms):
+        if arm.fused is True and arm.optimizer not in ("adam", "lamb"):
+            raw_arm = raw["arms"][index]
+            loc = ("arms", index, "fused") if "fused" in raw_arm else ("fused",)
+            where = f"arms[{index}].fused" if len(loc) == 3 else "fused"
+            line = problem(where, f"only LAMB's step is compiled (arm {arm.name} is optimizer"
+                                  f" {arm.optimizer}); set fused on the adam and lamb arms alone", True)
+            if (loc, line) not in out:
+                out.append((loc, line))
         if arm.bias_correction:
             continue
         raw_arm = raw["arms"][index]

@@ -34,12 +34,19 @@ def _pair(value: object) -> object:
     return value
 
 
+def _true_false_or_auto(value: object) -> object:
+    if value is True or value is False or value == "auto":
+        return value
+    raise ValueError("must be true, false or auto")
+
+
 def _some_arms(arms: tuple) -> tuple:
     if not arms:
         raise ValueError("must list at least one arm")
     return arms
 
 
+FusedSetting = Annotated[bool | Literal["auto"], BeforeValidator(_true_false_or_auto)]
 # Lax numbers (so YAML's `1e-3`, which PyYAML reads as a string, is 0.001) that refuse booleans.
 Float = Annotated[float, _not_bool("a number")]
 Int = Annotated[int, _not_bool("an integer")]
@@ -67,6 +74,10 @@ class Settings(_Frozen):
     bias_correction: bool = Field(True, description=(
         "paper rule only: divide m and v by (1-β1ᵗ) and (1-β2ᵗ); false is pytorch-lamb's June "
         "2019 rule (E6). The blog rule always folds the correction into its step size"))
+    fused: FusedSetting = Field(False, description=(
+        "LAMB's step (adam, lamb): true: compiled with torch.compile (seconds to compile at the first"
+        " step, then faster: docs/optimizer.md); auto: where that pays, on CUDA, or on the CPU for"
+        " models of at least 1M parameters trained at least 1000 steps; false: the foreach step"))
     eps: Annotated[Float, Field(ge=0)] | None = Field(None, description=(
         "ε added to √v; null: the default, 1e-8 (blog, torch_adam) or 1e-6 (paper)"))
     clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lambexp.optim import fused, rules
 from lambexp.optim.trust import (
+    Scratch,
     TrustRatioOptimizer,
     check_range,
     in_cache_chunks,
@@ -63,6 +64,7 @@ class Lamb(TrustRatioOptimizer):
                         fused=fused)
         self._compile_failed = False  # set when torch.compile failed: fused groups take foreach
         self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # fused: (device, sizes) -> seg, sizes
+        self._scratch = Scratch()  # the CPU foreach step's temporaries, reused
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -156,21 +158,37 @@ class Lamb(TrustRatioOptimizer):
         return stats
 
     def _foreach_step(self, group: dict, w: list[Tensor]):
+        """The rule on the tensors ``w`` with ``torch._foreach_*`` ops, equation by equation as in
+        ``rules.py``. On the CPU the temporaries live in reused scratch buffers (``Scratch``):
+        every large one is written in place there, never allocated."""
         steps = [self.state[p]["step"] for p in w]
         beta1, beta2 = group["betas"]
         lam, eps, lr = group["weight_decay"], group["eps"], group["lr"]
         g = [p.grad for p in w]
         m = [self.state[p]["m"] for p in w]
         v = [self.state[p]["v"] for p in w]
+        reuse = w[0].device.type == "cpu"
+
+        def temporary(slot: int, like: list[Tensor]) -> list[Tensor]:
+            """A copy of ``like`` to work on in place."""
+            if not reuse:
+                return torch._foreach_mul(like, 1.0)
+            out = self._scratch.like(slot, like)
+            torch._foreach_copy_(out, like)
+            return out
+
         if group["rule"] == "blog" and lam:
-            g = torch._foreach_add(g, w, alpha=lam)  # g ← g + λ·w
+            g = temporary(0, g)
+            torch._foreach_add_(g, w, alpha=lam)  # g ← g + λ·w
         torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β1·m + (1−β1)·g
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
-        denom = torch._foreach_sqrt(v)
+        denom = temporary(1, v)
+        torch._foreach_sqrt_(denom)
         if group["rule"] == "blog":
             torch._foreach_add_(denom, eps)
-            a = torch._foreach_div(m, denom)  # a = m / (√v + ε)
+            a = temporary(2, m)
+            torch._foreach_div_(a, denom)  # a = m / (√v + ε)
             r1, r2 = rules.rms_each(w), rules.rms_each(a)
             r = rules.ratio(r1, r2, group["clamp"])
             s = [lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
@@ -179,7 +197,8 @@ class Lamb(TrustRatioOptimizer):
         bc1, bc2 = _bias_corrections(steps, beta1, beta2, group["bias_correction"])
         torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
         torch._foreach_add_(denom, eps)  # √v̂ + ε
-        u = torch._foreach_div(m, bc1)  # m̂
+        u = temporary(2, m)
+        torch._foreach_div_(u, bc1)  # m̂
         torch._foreach_div_(u, denom)
         if lam:
             torch._foreach_add_(u, w, alpha=lam)  # u = m̂/(√v̂ + ε) + λ·w

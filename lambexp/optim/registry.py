@@ -12,7 +12,7 @@ from lambexp.optim.lars import Lars
 
 def _lamb(params, *, adam: bool = False, **h) -> Lamb:
     return Lamb(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
-                rule=h["rule"], clamp=h["clamp"], adam=adam,
+                rule=h["rule"], clamp=h["clamp"], adam=adam, fused=h.get("fused", False),
                 bias_correction=h.get("bias_correction", True))
 
 

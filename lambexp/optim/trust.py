@@ -122,6 +122,40 @@ def cache_chunks(w: list[Tensor]) -> list[list[Tensor]]:
     return runs
 
 
+class Scratch:
+    """Temporaries for a multi-tensor step on the CPU, allocated once and reused at every step.
+
+    torch's CPU allocator is plain malloc: a step that allocates its temporaries anew (g + λ·w,
+    √v + ε, m/(√v + ε)) asks the kernel for fresh pages whenever glibc has returned the last ones,
+    and how often it does depends on the process's history (glibc's dynamic mmap threshold). On a
+    25M-parameter stack that was tens of thousands of page faults a step and a 3× spread between
+    processes (docs/optimizer.md). Here each slot is one flat buffer per device and dtype, as large
+    as the largest cache chunk, and a chunk's temporaries are views into it."""
+
+    def __init__(self):
+        self._flat: dict[tuple, Tensor] = {}  # (slot, device, dtype) -> 1-D buffer
+        self._views: dict[tuple, list[Tensor]] = {}  # (slot, device, dtype, shapes) -> views
+
+    def like(self, slot: int, xs: list[Tensor]) -> list[Tensor]:
+        """Tensors shaped as ``xs`` (contents undefined), the same memory at every call with
+        the same ``slot``: a step must be done with a slot's tensors before it asks again."""
+        shapes = tuple(x.shape for x in xs)
+        key = (slot, xs[0].device, xs[0].dtype, shapes)
+        if key not in self._views:
+            if len(self._views) > 256:  # the set of tensors with a gradient keeps changing
+                self._views.clear()
+            sizes = [x.numel() for x in xs]
+            flat_key = key[:3]
+            flat = self._flat.get(flat_key)
+            if flat is None or flat.numel() < sum(sizes):
+                flat = self._flat[flat_key] = torch.empty(sum(sizes), device=xs[0].device,
+                                                          dtype=xs[0].dtype)
+                self._views = {k: v for k, v in self._views.items() if k[:3] != flat_key}
+            self._views[key] = [part.view(shape) for part, shape in zip(flat[:sum(sizes)].split(sizes),
+                                                                         shapes)]
+        return self._views[key]
+
+
 def in_cache_chunks(step, w: list[Tensor]) -> list[Tensor]:
     """``step`` (tensors → r, r1, r2) over the cache-sized runs of ``w`` (``cache_chunks``), its
     r, r1, r2 joined back in the order of ``w``."""
