@@ -123,7 +123,9 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
     with graceful_stop() as stop, reported(ctx, debug, stop, started):
         from lambexp.distributed import is_lead_process
         from lambexp.experiment import run_experiment
+        from lambexp.malloc import keep_freed_memory
 
+        keep_freed_memory()  # a steady speed from one process to the next (lambexp/malloc.py)
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or json_out or not lead
         exp = _load(config, overrides)
@@ -153,8 +155,10 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
     identical to an uninterrupted run); finished arms are left alone."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [run_dir]):
         from lambexp.distributed import is_lead_process
+        from lambexp.malloc import keep_freed_memory
         from lambexp.reproduce import resume as resume_all
 
+        keep_freed_memory()
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or not lead
         folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
@@ -232,6 +236,9 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                 check_folder(out / exp.name, exp)  # the same refusal reproduce would give
             typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out))))
             return
+        from lambexp.malloc import keep_freed_memory
+
+        keep_freed_memory()
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or not lead
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),

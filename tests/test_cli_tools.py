@@ -191,3 +191,12 @@ def test_data_verify_names_the_folder_in_its_fix(tmp_path):
     result = invoke("data", "verify", "--data-dir", tmp_path / "elsewhere")
     assert result.exit_code == 2
     assert f"fetch it with `lambexp data fetch --data-dir {tmp_path / 'elsewhere'}`" in result.output
+
+
+def test_keep_freed_memory_takes_effect_with_glibc():
+    import platform
+
+    from lambexp.malloc import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
