@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from lambexp.errors import ConfigError, Interrupted, UserError
+from lambexp.layout import SUMMARY_FILE
 from lambexp.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
@@ -138,7 +139,7 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
         run_dir = run_experiment(exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,
                                  say=_say(quiet), on_start=on_start, progress_for=_progress(quiet),
                                  stop_requested=stop)
-        summaries = [run_dir / arm.name / "summary.json" for arm in exp.arms]
+        summaries = [run_dir / arm.name for arm in exp.arms]
         if json_out and lead:
             _print_json({"run_folder": str(run_dir), "arms": [_summary(p) for p in summaries]})
         elif lead:
@@ -164,7 +165,7 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
         folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
                              progress_for=_progress(quiet), stop_requested=stop)
         if not quiet:
-            print_summaries(sorted(p for f in folders for p in f.glob("**/summary.json")))
+            print_summaries(sorted(p.parent for f in folders for p in f.glob(f"**/{SUMMARY_FILE}")))
         if lead:
             print(f"run folder: {run_dir}")
 
@@ -179,21 +180,21 @@ def _print_json(value) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
-def _summary(path: Path) -> dict:
+def _summary(arm_dir: Path) -> dict:
     from lambexp.layout import read_summary
 
-    summary = read_summary(path.parent)
-    return summary.to_json() if summary else {"arm": path.parent.name, "status": "not started"}
+    summary = read_summary(arm_dir)
+    return summary.to_json() if summary else {"arm": arm_dir.name, "status": "not started"}
 
 
-def print_summaries(paths: list[Path]) -> None:
+def print_summaries(arm_dirs: list[Path]) -> None:
     def pct(x):
         return "n/a" if x is None else f"{x:.2%}"
 
     print(f"{'arm':24s} {'final acc':>9s} {'best acc':>9s} {'diverged':>10s} {'samples/s':>9s}"
           f" {'wall s':>7s}")
-    for path in paths:
-        s = _summary(path)
+    for arm_dir in arm_dirs:
+        s = _summary(arm_dir)
         if s.get("status") not in ("finished", "interrupted"):
             continue
         bad = f"step {s['diverged_step']}" if s["diverged"] else "no"

@@ -137,6 +137,21 @@ def test_scratch_reuses_its_memory_and_grows_for_a_larger_chunk():
     assert big[0].shape == (100,) and scratch.like(0, [torch.zeros(2, 3)])[0].numel() == 6
 
 
+def test_scratch_views_have_the_layout_and_alignment_of_their_tensors():
+    """A reduction over a view adds in the order a tensor of its own would (same strides, a
+    64-byte boundary), so the step is bit for bit the one that allocates fresh temporaries."""
+    from lambexp.optim.trust import Scratch
+
+    conv = torch.zeros(20, 1, 5, 5).to(memory_format=torch.channels_last)
+    xs = [torch.zeros(3), conv, torch.zeros(7, 9), torch.zeros(5).expand(4, 5)]
+    views = Scratch().like(0, xs)
+    assert [v.stride() for v in views[:3]] == [x.stride() for x in xs[:3]]
+    assert views[1].is_contiguous(memory_format=torch.channels_last)
+    assert views[3].is_contiguous() and views[3].shape == (4, 5)  # not dense: a contiguous stand-in
+    assert all(v.data_ptr() % 64 == 0 for v in views)
+    assert len({v.data_ptr() for v in views}) == 4
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_dict_round_trip_continues_identically(name):
     data = batches(20)

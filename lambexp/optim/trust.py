@@ -139,21 +139,37 @@ class Scratch:
     def like(self, slot: int, xs: list[Tensor]) -> list[Tensor]:
         """Tensors shaped as ``xs`` (contents undefined), the same memory at every call with
         the same ``slot``: a step must be done with a slot's tensors before it asks again."""
-        shapes = tuple(x.shape for x in xs)
+        shapes = tuple((x.shape, _dense_strides(x)) for x in xs)
         key = (slot, xs[0].device, xs[0].dtype, shapes)
         if key not in self._views:
             if len(self._views) > 256:  # the set of tensors with a gradient keeps changing
                 self._views.clear()
-            sizes = [x.numel() for x in xs]
+            # Each view has the memory layout of the tensor it stands for (channels-last convolution
+            # weights too) and starts on a 64-byte boundary, as a tensor of its own would:
+            # reductions (the norms of r1, r2) then add in the same order, to the last bit.
+            align = max(64 // xs[0].element_size(), 1)
+            starts, end = [], 0
+            for x in xs:
+                starts.append(end)
+                end += -(-x.numel() // align) * align
             flat_key = key[:3]
             flat = self._flat.get(flat_key)
-            if flat is None or flat.numel() < sum(sizes):
-                flat = self._flat[flat_key] = torch.empty(sum(sizes), device=xs[0].device,
+            if flat is None or flat.numel() < end:
+                flat = self._flat[flat_key] = torch.empty(end + align, device=xs[0].device,
                                                           dtype=xs[0].dtype)
                 self._views = {k: v for k, v in self._views.items() if k[:3] != flat_key}
-            self._views[key] = [part.view(shape) for part, shape in zip(flat[:sum(sizes)].split(sizes),
-                                                                         shapes)]
+            base = (-(flat.data_ptr() // xs[0].element_size())) % align  # first aligned element
+            self._views[key] = [torch.as_strided(flat, x.shape, strides, base + s)
+                                for s, x, (_, strides) in zip(starts, xs, shapes)]
         return self._views[key]
+
+
+def _dense_strides(x: Tensor) -> tuple[int, ...]:
+    """``x``'s strides when its elements fill its memory without gaps (contiguous or channels-last),
+    else those of a contiguous tensor of its shape."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return tuple(x.stride())
+    return tuple(torch.empty(x.shape, device="meta").stride())
 
 
 def in_cache_chunks(step, w: list[Tensor]) -> list[Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
-from lambexp.layout import find_experiments
+from lambexp.layout import find_experiments, write_text_atomically
 from lambexp.report import figures
 from lambexp.report.claims import ClaimResult, check, mean_std
 from lambexp.report.collect import ExperimentRuns, collect
@@ -232,9 +232,6 @@ def build_report(paths: list[Path], out_dir: Path) -> Path:
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],
                      environment_rows(all_runs))]
     title = "lambexp reproduction report"
-    tmp_md, tmp_html = out_dir / ".REPORT.md.tmp", out_dir / ".report.html.tmp"
-    tmp_md.write_text(to_markdown(blocks), encoding="utf-8")
-    tmp_html.write_text(to_html(blocks, out_dir, title), encoding="utf-8")
-    tmp_md.replace(out_dir / "REPORT.md")
-    tmp_html.replace(out_dir / "report.html")
+    write_text_atomically(out_dir / "REPORT.md", to_markdown(blocks))
+    write_text_atomically(out_dir / "report.html", to_html(blocks, out_dir, title))
     return out_dir / "REPORT.md"
