@@ -160,7 +160,7 @@ class Lamb(TrustRatioOptimizer):
     def _foreach_step(self, group: dict, w: list[Tensor]):
         """The rule on the tensors ``w`` with ``torch._foreach_*`` ops, equation by equation as in
         ``rules.py``. On the CPU the temporaries live in reused scratch buffers (``Scratch``):
-        every large one is written in place there, never allocated."""
+        every large one is written there, never allocated."""
         steps = [self.state[p]["step"] for p in w]
         beta1, beta2 = group["betas"]
         lam, eps, lr = group["weight_decay"], group["eps"], group["lr"]
@@ -169,26 +169,25 @@ class Lamb(TrustRatioOptimizer):
         v = [self.state[p]["v"] for p in w]
         reuse = w[0].device.type == "cpu"
 
-        def temporary(slot: int, like: list[Tensor]) -> list[Tensor]:
-            """A copy of ``like`` to work on in place."""
+        def new(slot: int, foreach_op, op, *args: list) -> list[Tensor]:
+            """``foreach_op(*args)``; on the CPU the same ``op`` tensor by tensor, written into
+            scratch slot ``slot`` instead of new memory (one pass, nothing allocated)."""
             if not reuse:
-                return torch._foreach_mul(like, 1.0)
-            out = self._scratch.like(slot, like)
-            torch._foreach_copy_(out, like)
+                return foreach_op(*args)
+            out = self._scratch.like(slot, args[0])
+            for *xs, o in zip(*args, out):
+                op(*xs, out=o)
             return out
 
         if group["rule"] == "blog" and lam:
-            g = temporary(0, g)
-            torch._foreach_add_(g, w, alpha=lam)  # g ← g + λ·w
+            g = new(0, partial(torch._foreach_add, alpha=lam), partial(torch.add, alpha=lam), g, w)  # g + λ·w
         torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β1·m + (1−β1)·g
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
-        denom = temporary(1, v)
-        torch._foreach_sqrt_(denom)
+        denom = new(1, torch._foreach_sqrt, torch.sqrt, v)
         if group["rule"] == "blog":
             torch._foreach_add_(denom, eps)
-            a = temporary(2, m)
-            torch._foreach_div_(a, denom)  # a = m / (√v + ε)
+            a = new(2, torch._foreach_div, torch.div, m, denom)  # a = m / (√v + ε)
             r1, r2 = rules.rms_each(w), rules.rms_each(a)
             r = rules.ratio(r1, r2, group["clamp"])
             s = [lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
@@ -197,8 +196,7 @@ class Lamb(TrustRatioOptimizer):
         bc1, bc2 = _bias_corrections(steps, beta1, beta2, group["bias_correction"])
         torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
         torch._foreach_add_(denom, eps)  # √v̂ + ε
-        u = temporary(2, m)
-        torch._foreach_div_(u, bc1)  # m̂
+        u = new(2, torch._foreach_div, torch.div, m, bc1)  # m̂
         torch._foreach_div_(u, denom)
         if lam:
             torch._foreach_add_(u, w, alpha=lam)  # u = m̂/(√v̂ + ε) + λ·w
