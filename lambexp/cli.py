@@ -40,6 +40,10 @@ DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="MNIST folder (default: $LAMBEXP_DATA, else ~/.cache/lambexp)",
     show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output (for logs and CI)")]
+Sweeps = Annotated[list[str] | None, typer.Option(
+    "--sweep", help="KEY=V1,V2,…: every arm once per value, named from it (lamb → lamb_lr0.001);"
+    " repeat for the product of several; adds to the config's `sweep:` and drops its claims, which"
+    " name the arms before the sweep", show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of a table")]
 Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")]
 
@@ -97,18 +101,18 @@ def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
         raise typer.Exit(1) from None
 
 
-def _load(config: str, overrides=()):
+def _load(config: str, overrides=(), sweeps=()):
     """A config file, or a bundled config by name (a path on disk wins)."""
     from lambexp.bundled import find_config
     from lambexp.config import load_experiment
 
-    return load_experiment(find_config(config), overrides or ())
+    return load_experiment(find_config(config), overrides or (), sweeps or ())
 
 
 @app.command()
 def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data_dir: DataDir = None,
         runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
-        quiet: Quiet = False,
+        sweep: Sweeps = None, quiet: Quiet = False,
         json_out: Annotated[bool, typer.Option("--json", help=(
             "at the end print the run folder and every arm's summary as JSON on stdout (and no"
             " progress)"))] = False,
@@ -129,7 +133,7 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
         keep_freed_memory()  # a steady speed from one process to the next (lambexp/malloc.py)
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or json_out or not lead
-        exp = _load(config, overrides)
+        exp = _load(config, overrides, sweep)
 
         def on_start(path: Path) -> None:
             started.append(path)
@@ -303,12 +307,14 @@ def validate(ctx: typer.Context,
 
 
 @app.command("show-config")
-def show_config(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, debug: Debug = False):
-    """Print the fully resolved config (overrides applied, every default filled in) as YAML."""
+def show_config(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, sweep: Sweeps = None,
+                debug: Debug = False):
+    """Print the fully resolved config (overrides applied, sweeps expanded into their arms, every
+    default filled in) as YAML."""
     with reported(ctx, debug):
         from lambexp.config import experiment_to_yaml
 
-        typer.echo(experiment_to_yaml(_load(config, overrides)), nl=False)
+        typer.echo(experiment_to_yaml(_load(config, overrides, sweep)), nl=False)
 
 
 @app.command("configs")

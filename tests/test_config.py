@@ -171,7 +171,7 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, fu
     ("name: e\narms:\n  - name: a\n  - name: b\n    lr: -0.1\n",
      ["error: x.yaml: arms[1].lr: must be > 0 (got -0.1)"]),
     ("name: e\nlrr: 0.1\narms: [{name: a}]\n",
-     ["error: x.yaml: lrr: unknown key (did you mean lr?); allowed: name, description, expect, arms, "
+     ["error: x.yaml: lrr: unknown key (did you mean lr?); allowed: name, description, expect, arms, sweep, "
       + ARM_KEYS.removeprefix("name, ") + " (got 0.1)"]),
     ("name: e\narms: [{name: a, momentun: 0.5}]\n",
      ["error: x.yaml: arms[0].momentun: unknown key (did you mean momentum?); allowed: "
@@ -346,7 +346,7 @@ def test_overrides_do_not_change_the_callers_mapping():
 @pytest.mark.parametrize(("token", "message"), [
     ("epochs", "an override must look like key=value, e.g. epochs=1 or arms.lamb.lr=0.1"),
     ("=1", "an override must look like key=value, e.g. epochs=1 or arms.lamb.lr=0.1"),
-    ("epoch=1", "unknown key (did you mean epochs?); allowed: name, description, expect, "
+    ("epoch=1", "unknown key (did you mean epochs?); allowed: name, description, expect, sweep, "
                 + ARM_KEYS.removeprefix("name, ")),
     ("arms.adam.lrr=1", "unknown arm key (did you mean lr?); allowed: " + ARM_KEYS),
     ("arms.adamw.lr=1", "no arm adamw; arms are adam, lamb (indexes 0 to 1)"),

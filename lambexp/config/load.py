@@ -10,11 +10,13 @@ from pydantic import ValidationError
 from lambexp.config.overrides import apply_overrides
 from lambexp.config.problems import MISSING, in_file_order, problem, pydantic_problems
 from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve
+from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
 
 
-def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+def load_experiment(path: str | Path, overrides: Sequence[str] = (),
+                    sweeps: Sequence[str] = ()) -> Experiment:
     """Read, override, validate and resolve the experiment config at ``path``.
 
     Args:
@@ -22,6 +24,9 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
         overrides: `key=value` tokens applied before validation (see lambexp.config.overrides):
             `epochs=1` sets a shared setting for every arm (also arms that set it themselves),
             `arms.lamb.lr=0.1` or `arms.1.lr=0.1` one arm's; tokens apply left to right.
+        sweeps: `KEY=V1,V2,…` tokens (``--sweep``), added to the file's `sweep:` (a key given
+            both ways takes the command line's values); the file's `expect:` is dropped, as its
+            claims name the arms before the sweep renames them. See lambexp.config.sweep.
     Returns:
         the Experiment, every arm fully resolved (eps filled in when the file leaves it null).
     Raises:
@@ -41,29 +46,38 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _error(source, "is not UTF-8 text") from None
-    return parse_experiment(text, source, overrides).model_copy(update={"source": path})
+    return parse_experiment(text, source, overrides, sweeps).model_copy(update={"source": path})
 
 
-def parse_experiment(text: str, source: str = "<string>",
-                     overrides: Sequence[str] = ()) -> Experiment:
+def parse_experiment(text: str, source: str = "<string>", overrides: Sequence[str] = (),
+                     sweeps: Sequence[str] = ()) -> Experiment:
     """Like load_experiment, for YAML ``text``; ``source`` names it in error lines."""
     try:
         raw = parse_document(text)
     except YamlSyntaxError as err:
         raise _error(source, f"{err}") from None
-    return validate_experiment(raw, source, overrides)
+    return validate_experiment(raw, source, overrides, sweeps)
 
 
-def validate_experiment(raw: object, source: str = "<mapping>",
-                        overrides: Sequence[str] = ()) -> Experiment:
+def validate_experiment(raw: object, source: str = "<mapping>", overrides: Sequence[str] = (),
+                        sweeps: Sequence[str] = ()) -> Experiment:
     """Like load_experiment, for a mapping already read from YAML (plain dicts, lists, scalars)."""
     if raw is None:
         raise _error(source, "the file is empty; a config needs at least name and arms")
     if not isinstance(raw, dict):
         raise _error(source, problem("(top level)", "must be a mapping of keys to values", raw))
     raw, bad_tokens = apply_overrides(_renamed(raw), overrides)
-    if bad_tokens:
-        raise _error(source, *bad_tokens)
+    swept, bad_sweeps = sweep_tokens(sweeps)
+    if bad_tokens or bad_sweeps:
+        raise _error(source, *bad_tokens, *bad_sweeps)
+    if swept:  # the file's claims name its arms as they were before this sweep renames them
+        raw["sweep"] = {**(raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}), **swept}
+        raw.pop("expect", None)
+    if "sweep" in raw:
+        problems = sweep_problems(raw["sweep"])
+        if problems:
+            raise _error(source, *in_file_order(raw, problems))
+        raw = expand(raw)
     problems = []
     spec = None
     try:

@@ -129,7 +129,7 @@ class ExperimentSpec(Header, Settings):
         "the runs to compare; each a mapping with a name and the settings it changes"))
 
 
-TOP_KEYS: tuple[str, ...] = (*Header.model_fields, "arms", *SETTINGS)
+TOP_KEYS: tuple[str, ...] = (*Header.model_fields, "arms", "sweep", *SETTINGS)  # sweep: config/sweep.py
 ARM_KEYS: tuple[str, ...] = ("name", *SETTINGS)
 
 
