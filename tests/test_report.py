@@ -395,3 +395,51 @@ def test_summary_round_trip_and_damaged_ones(tmp_path):
         (tmp_path / "summary.json").write_text(text)
         with pytest.raises(UserError, match="summary.json: damaged"):
             read_summary(tmp_path)
+
+
+SWEEP = """\
+name: sweep
+device: cpu
+arms:
+  - {name: adam, optimizer: adam}
+  - {name: lamb, optimizer: lamb}
+sweep:
+  lr: [0.001, 0.01, 0.1, 1.0]
+expect:
+  - {claim: LAMB's band is wider, arm: lamb_lr*, measure: lr_range, above: adam_lr*}
+  - {claim: Adam's band at 90%, arm: adam_lr*, measure: lr_range, threshold: 0.9, between: [0.9, 1.1]}
+"""
+
+
+def test_the_range_of_learning_rates_that_reach_the_threshold(tmp_path):
+    exp = tmp_path / "repro" / "sweep"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(SWEEP)
+    accuracy = {"adam": [0.98, 0.95, 0.10, 0.10], "lamb": [0.975, 0.985, 0.98, 0.50]}  # lr 0.001 … 1
+    for arm, accs in accuracy.items():
+        for lr, acc in zip(("0.001", "0.01", "0.1", "1"), accs):
+            write_arm(exp / "seed1" / f"{arm}_lr{lr}", acc=[acc], losses=[2.3, 1.0], r=[[0.5, 0.5]] * 2,
+                      r1=[[1.0, 1.0]] * 2)
+    out = tmp_path / "out"
+    report = build_report([tmp_path / "repro"], out).read_text()
+    # LAMB reaches 97% at 0.001, 0.01 and 0.1: 2 decades; Adam at 0.001 only: 0 decades
+    row = claim_row(report, "LAMB's band is wider")
+    assert "s1: 2 decades" in row and "> adam_lr*: 0 decades" in row
+    assert row.endswith("| REPRODUCED (1 of 1) |")
+    # at 90% Adam reaches 0.001 and 0.01: 1 decade
+    assert claim_row(report, "Adam's band at 90%").endswith("| REPRODUCED (1 of 1) |")
+    assert "| adam (blog), wd 0 | 0.001 | 0 decades |" in report
+    assert "| lamb (blog), wd 0 | 0.001, 0.01, 0.1 | 2 decades |" in report
+    assert (out / "figures" / "sweep_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_range_takes_a_pattern_and_names_take_none(tmp_path):
+    from lambexp.config import parse_experiment
+    from lambexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="measure lr_range takes a pattern"):
+        parse_experiment(SWEEP.split("expect:")[0] + "expect: [{claim: c, arm: lamb_lr0.1, measure: lr_range,"
+                         " above: 1}]\n")
+    with pytest.raises(ConfigError, match=r"expect\[0\].arm: no arm of that name"):
+        parse_experiment(SWEEP.split("expect:")[0] + "expect: [{claim: c, arm: sgd_lr*, measure: lr_range,"
+                         " above: 1}]\n")

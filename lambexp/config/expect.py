@@ -40,6 +40,9 @@ MEASURES = {  # name → what it is (the report computes each from the run files
     "best_accuracy": "best test accuracy over the epochs, in [0, 1]",
     "final_loss": "last logged training loss",
     "min_train_loss": "lowest logged training loss (optionally within the first `within_epochs`)",
+    "lr_range": ("decades of learning rate (log10 of the largest over the smallest lr) over which the"
+                 " arms matching `arm` (a pattern with *, e.g. lamb_lr*_wd0) reach `threshold` final"
+                 " test accuracy; 0 for a single lr, NaN for none"),
     "diverged": ("as the trainer decided (lambexp.divergence): loss or a parameter non-finite, or the "
                  "loss rose above its first logged value after falling below half of it"),
     "r_max": "largest trust ratio r over training (all layers, or `layer`)",
@@ -52,6 +55,10 @@ Measure = Literal[tuple(MEASURES)]  # type: ignore[valid-type]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Pair = tuple[str, str]  # [a, b]: arm a's measure minus arm b's
 COMPARATORS = ("above", "below", "equals", "between")
+
+
+def _names(ref) -> list[str]:
+    return [ref] if isinstance(ref, str) else list(ref)
 
 
 class Expectation(BaseModel):
@@ -68,6 +75,8 @@ class Expectation(BaseModel):
     layer: str | None = Field(None, description="a parameter name (e.g. fc1.weight); r/r1 only")
     within_epochs: Annotated[float, Field(gt=0)] | None = Field(None, description=(
         "min_train_loss only: the losses logged in the first N epochs"))
+    threshold: Annotated[float, Field(gt=0, le=1)] = Field(0.97, description=(
+        "lr_range only: the final test accuracy an lr must reach to count"))
     judge: Literal["each_seed", "mean"] = Field("each_seed", description=(
         "each_seed: the claim is checked on every seed and reported k of n; mean: once, on the mean"
         " over seeds of the measure and of what it is compared with"))
@@ -91,6 +100,9 @@ class Expectation(BaseModel):
                              " above, below or between")
         if self.judge == "mean" and self.measure == "diverged":
             raise ValueError("judge: mean needs a number to average; diverged is yes or no per seed")
+        if (self.measure == "lr_range") != any("*" in a for a in _names(self.arm)):
+            raise ValueError("measure lr_range takes a pattern of arms (with *), e.g."
+                             " arm: lamb_lr*_wd0; other measures take arm names")
         if self.within_epochs is not None and self.measure != "min_train_loss":
             raise ValueError("within_epochs applies to measure min_train_loss only")
         if self.between is not None and not self.between[0] <= self.between[1]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,12 +179,20 @@ def unknown_arm_references(raw: dict) -> list[tuple[tuple, str]]:
             value = item.get(key, MISSING)
             named = value if isinstance(value, list) else [value]
             for name in named:
-                if isinstance(name, str) and name not in names:
+                if isinstance(name, str) and not matching_arms(name, names):
                     where = f"expect[{i}].{key}"
                     out.append((("expect", i, key),
                                 problem(where, f"no arm of that name (arms: {', '.join(map(str, names))})",
                                         name)))
     return out
+
+
+def matching_arms(pattern: str, names: list) -> list[str]:
+    """The arm names ``pattern`` stands for: itself, or with ``*`` every name it matches
+    (``lamb_lr*_wd0``: a group of swept arms, for measures such as lr_range)."""
+    if "*" not in pattern:
+        return [pattern] if pattern in names else []
+    return [n for n in names if isinstance(n, str) and fnmatch.fnmatchcase(n, pattern)]
 
 
 def experiment_to_yaml(experiment: Experiment) -> str:

@@ -6,6 +6,7 @@ Every number comes from the run files (metrics.jsonl, summary.json, config.yaml,
 from __future__ import annotations
 
 import math
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from lambexp.report.collect import ExperimentRuns, collect
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 
 PERCENT = {"final_accuracy", "best_accuracy"}
+MAX_ARMS_PER_PANEL_FIGURE = 12  # figures with a panel per arm: large_batch's 12 fit, a 42-arm sweep does not
 
 
 def fmt(measure: str, value: float | None) -> str:
@@ -28,6 +30,8 @@ def fmt(measure: str, value: float | None) -> str:
         return "yes" if value else "no"
     if measure in PERCENT:
         return f"{value:.2%}"
+    if measure == "lr_range":
+        return f"{value:.2g} decades"
     return f"{value:.4g}"
 
 
@@ -123,15 +127,55 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
         (figures.curves(title, by_arm, colors, folder / f"{label}_curves.png",
                         samples_per_epoch=_samples_per_epoch(by_arm)),
          "training loss and test accuracy"),
-        (figures.trust_ridges(title, first_seed, colors, folder / f"{label}_trust.png"),
-         "r, r1, r2 across layers over training (first seed)"),
-        (figures.layer_norms(title, first_seed, folder / f"{label}_r1_layers.png"),
-         "per-layer weight norm r1 (first seed)"),
     ]
+    blocks: list[Block] = []
+    if len(by_arm) <= MAX_ARMS_PER_PANEL_FIGURE:
+        made += [
+            (figures.trust_ridges(title, first_seed, colors, folder / f"{label}_trust.png"),
+             "r, r1, r2 across layers over training (first seed)"),
+            (figures.layer_norms(title, first_seed, folder / f"{label}_r1_layers.png"),
+             "per-layer weight norm r1 (first seed)"),
+        ]
+    else:
+        blocks.append(Para(f"{len(by_arm)} arms: the ridge plots of r, r1, r2 and the per-layer r1"
+                           f" figure (one panel per arm) are drawn for at most {MAX_ARMS_PER_PANEL_FIGURE}"
+                           " arms; TensorBoard has them for every arm."))
     if len({a.batch_size for a in exp.arms}) >= 3:
         made.append((batch_figure(runs, title, folder / f"{label}_batch.png"),
                      "final test accuracy against batch size (mean ± std over seeds)"))
-    return [Image(path.relative_to(out_dir), alt) for path, alt in made]
+    if len({a.lr for a in exp.arms}) >= 4:  # a learning-rate sweep
+        made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png"),
+                     "final test accuracy against learning rate, per optimizer and weight decay"))
+        blocks.append(Table(["optimizer", "learning rates reaching 97% (mean over seeds)", "range"],
+                            lr_range_rows(runs)))
+    return [Image(path.relative_to(out_dir), alt) for path, alt in made] + blocks
+
+
+def lr_group(arm) -> str:
+    """What a learning-rate sweep's line is: the optimizer (and LAMB rule) and weight decay."""
+    name = f"{arm.optimizer} ({arm.rule})" if arm.optimizer in ("adam", "lamb") else arm.optimizer
+    return f"{name}, wd {arm.weight_decay:g}"
+
+
+def lr_points(runs: ExperimentRuns) -> dict[str, list[tuple[float, list[float], int]]]:
+    """group → [(lr, the seeds' final accuracies, seeds diverged)] over the finished arms."""
+    points: dict[str, list] = {}
+    for arm in runs.experiment.arms:
+        finished = runs.arm_runs(arm.name)
+        if finished:
+            accs = [s.summary.final_test_accuracy for s in finished
+                    if s.summary.final_test_accuracy is not None]
+            points.setdefault(lr_group(arm), []).append((arm.lr, accs, sum(s.diverged for s in finished)))
+    return points
+
+
+def lr_range_rows(runs: ExperimentRuns, threshold: float = 0.97) -> list[list[str]]:
+    rows = []
+    for group, pts in lr_points(runs).items():
+        ok = sorted(lr for lr, accs, _ in pts if accs and statistics.fmean(accs) >= threshold)
+        span = f"{math.log10(ok[-1] / ok[0]):.2g} decades" if ok else "none"
+        rows.append([group, ", ".join(f"{lr:g}" for lr in ok) or "none", span])
+    return rows
 
 
 BATCH_COLORS = {"adam": "#1f77b4", "lamb (blog)": "#d62728", "lamb (paper)": "#9467bd"}

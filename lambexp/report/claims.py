@@ -3,6 +3,7 @@ over seeds: REPRODUCED, NOT REPRODUCED, or MIXED (k of n)."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -130,7 +131,16 @@ def _value(ref, arms: dict[str, ArmSeries], e: Expectation) -> float:
     return _value_of(ref, arms, e, e.measure)
 
 
+def lr_range(group: list[ArmSeries], threshold: float) -> float:
+    """Decades of lr (log10 of the largest over the smallest) whose arms reached ``threshold`` final
+    test accuracy: 0 for one lr, NaN for none."""
+    ok = [s.lr for s in group if s.lr and measure(s, "final_accuracy") >= threshold]
+    return math.log10(max(ok) / min(ok)) if ok else math.nan
+
+
 def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> float:
+    if isinstance(ref, str) and "*" in ref:
+        return lr_range([s for n, s in arms.items() if fnmatch.fnmatchcase(n, ref)], e.threshold)
     if isinstance(ref, str):
         return measure(arms[ref], name, e.layer, e.within_epochs)
     a, b = ref
@@ -139,7 +149,10 @@ def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> flo
 
 def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
     """Check ``e`` on each seed that has every arm it needs. ``runs``: seed → arm name → series."""
-    needed = _arms_named(e.arm) + (_arms_named(e.reference) if e.comparator != "between" else [])
+    refs = _arms_named(e.arm) + (_arms_named(e.reference) if e.comparator != "between" else [])
+    every = sorted({name for arms in runs.values() for name in arms})
+    needed = [n for ref in refs for n in ([ref] if "*" not in ref
+                                         else [a for a in every if fnmatch.fnmatchcase(a, ref)])]
     result = ClaimResult(e, [], [], [], [])
     for seed, arms in sorted(runs.items()):
         if not all(name in arms for name in needed):

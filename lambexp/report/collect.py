@@ -30,7 +30,9 @@ def collect(exp_dir: Path) -> ExperimentRuns:
     seeds: dict[int, dict[str, ArmSeries]] = {}
     for arm, arm_dir in existing_arms(exp, exp_dir):
         if is_finished(arm_dir):
-            seeds.setdefault(arm.seed, {})[arm.name] = load_arm(arm_dir, arm.seed)
+            series = load_arm(arm_dir, arm.seed)
+            series.lr = arm.lr
+            seeds.setdefault(arm.seed, {})[arm.name] = series
     env_file = exp_dir / ENVIRONMENT_FILE
     try:
         env = json.loads(env_file.read_text()) if env_file.is_file() else {}

@@ -297,3 +297,36 @@ def accuracy_vs_batch(title: str, points: dict[str, list[tuple[int, float, float
     ax.legend(title="mean ± 1 std over seeds", fontsize=9, title_fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def accuracy_vs_lr(title: str, points: dict[str, list[tuple[float, list[float], int]]], path: Path,
+                   threshold: float = 0.97) -> Path:
+    """Final test accuracy against learning rate (log x), one line per optimizer (and weight decay):
+    each point is (lr, the seeds' final accuracies in [0, 1], seeds that diverged); the mean as a
+    line, the min–max over seeds as a band, ✕ where a seed diverged, the threshold dashed."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, (label, pts) in enumerate(points.items()):
+        pts = sorted(pts)
+        lrs = np.array([lr for lr, _, _ in pts])
+        accs = [np.array(a, dtype=float) * 100 for _, a, _ in pts]
+        mean = np.array([a.mean() if len(a) else np.nan for a in accs])
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(lrs, mean, color=color, marker="o", ms=4, lw=1.8, label=label)
+        if any(len(a) > 1 for a in accs):
+            ax.fill_between(lrs, [a.min() for a in accs], [a.max() for a in accs], color=color,
+                            alpha=0.15, lw=0)
+        bad = [(lr, m) for (lr, _, d), m in zip(pts, mean) if d]
+        if bad:
+            ax.plot(*zip(*bad), "X", ms=10, color=color, mec="black", mew=0.8, zorder=5)
+    ax.axhline(threshold * 100, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="final test accuracy (%)", title=title,
+           ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], ls="--", color="grey"),
+                Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black")]
+    labels += [f"{threshold:.0%} (the claims' threshold)", "a seed diverged"]
+    ax.legend(handles, labels, fontsize=8, title="mean over seeds, band: min–max", title_fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -27,6 +27,7 @@ class ArmSeries:
     r2: np.ndarray  # (T, L) update-norm part
     summary: Summary  # summary.json as written by the run
     folder: Path | None = None  # where it was read from, links resolved (a shared training is one)
+    lr: float | None = None  # the arm's learning rate (from its config), for lr_range
 
     @property
     def diverged(self) -> bool:
