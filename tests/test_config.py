@@ -224,7 +224,8 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, fu
       "arm: a, claim: c, measure: r_max, within_epoch...)"]),
     ("name: e\narms: [{name: a}]\nexpect: [{claim: c, arm: a, measure: r_max, also: [speed], above: 1}]\n",
      ["error: x.yaml: expect[0].also[0]: must be one of final_accuracy, best_accuracy, final_loss, "
-      "min_train_loss, diverged, r_max, r_median, r_start_median, r1_final_max, r1_growth_max (got speed)"]),
+      "min_train_loss, lr_range, diverged, r_max, r_median, r_start_median, r1_final_max, r1_growth_max "
+      "(got speed)"]),
     ("name: e\nseed: 4294967296\narms: [{name: a, momentum: 1}]\n",
      ["error: x.yaml: seed: must be <= 4294967295 (got 4294967296)",
       "error: x.yaml: arms[0].momentum: must be < 1 (got 1)"]),
