@@ -56,6 +56,7 @@ def test_fused_equals_reference_path(case, dtype=torch.float32):
     fast = Lamb(a.parameters(), lr=0.01, fused=True, **CASES[case])
     slow = Lamb(b.parameters(), lr=0.01, foreach=False, **CASES[case])
     assert_same(a, fast, b, slow, data, 1e-12 if dtype == F64 else 1e-5)
+    assert not fast._compile_failed  # compiled, not the foreach fallback compared with itself
 
 
 @pytest.mark.parametrize("case", ["blog", "paper"])
@@ -118,3 +119,28 @@ def test_a_compile_failure_warns_once_and_finishes_with_foreach(monkeypatch):
     with pytest.warns(UserWarning, match="torch.compile failed") as caught:
         assert_same(a, fast, b, slow, data, 1e-5)
     assert len(caught) == 1 and len(calls) == 2
+
+
+@pytest.mark.parametrize("rule, clamp", [("blog", 0.05), ("paper", 0.05)])
+def test_fused_where_the_clip_binds_and_a_tensor_is_zero(rule, clamp):
+    """The blog rule's clip of r (and the paper rule's clamp of ‖w‖) binding on some tensors, and a
+    tensor of zeros (r1 = 0: r must be 1), compiled, against the reference path."""
+    def net():
+        model = small_net()
+        with torch.no_grad():
+            model[2].bias.zero_()  # r1 = 0 at the first step
+        return model
+
+    a, b = net(), net()
+    fast = Lamb(a.parameters(), lr=0.01, rule=rule, clamp=clamp, weight_decay=0.01, fused=True)
+    slow = Lamb(b.parameters(), lr=0.01, rule=rule, clamp=clamp, weight_decay=0.01, foreach=False)
+    data = batches(1)
+    assert_same(a, fast, b, slow, data, 1e-5)
+    assert not fast._compile_failed
+    stats = slow.trust_stats()
+    assert stats["r"][3] == 1.0 and stats["r1"][3] == 0.0  # the zero bias: r1 = 0, so r = 1
+    if rule == "blog":
+        assert (stats["r"] == clamp).any()  # the clip bound somewhere
+    else:
+        assert (stats["r1"] == clamp).any()  # ‖w‖ clamped somewhere
+    assert_same(a, fast, b, slow, batches(5, seed=2), 1e-5)  # and on from there
