@@ -24,7 +24,7 @@ from lambexp.cli import app
 from lambexp.distributed import SINGLE, World
 from lambexp.errors import Interrupted, UserError
 from lambexp.model import build_model
-from lambexp.optim import Lamb
+from lambexp.optim import Lamb, Lars
 from lambexp.sinks import MemorySink
 from lambexp.train import LoopOptions, LoopState, fit
 
@@ -64,11 +64,16 @@ def tiny_tensors():
 
 
 def train(world: World, batch_size: int, state: LoopState | None = None,
-          stop_requested=lambda: False) -> dict:
-    """LeNet + LAMB, EPOCHS epochs of the tiny tensors; what must match across ranks and processes."""
+          stop_requested=lambda: False, optimizer: str = "lamb") -> dict:
+    """LeNet + LAMB, EPOCHS epochs of the tiny tensors; what must match across ranks and processes.
+    ``optimizer="sgd"``: momentum SGD with weight decay, whose update is proportional to the
+    gradient, so a gradient of the wrong scale shows (LAMB's and Adam's hardly depend on it)."""
     torch.manual_seed(1)
     model = build_model("lenet")
-    opt = Lamb(model.named_parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
+    if optimizer == "sgd":
+        opt = Lars(model.named_parameters(), lr=0.05, momentum=0.9, weight_decay=0.01, sgd=True)
+    else:
+        opt = Lamb(model.named_parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
     sink = MemorySink()
     options = LoopOptions(batch_size=batch_size, log_interval=2, world=world,
                           stop_requested=stop_requested)
@@ -108,6 +113,7 @@ def _rank_main(rank: int, port: int, out: Path) -> None:
     try:
         world = World(rank=rank, size=RANKS, local_rank=rank)
         results = {batch: train(world, batch) for batch in BATCHES}
+        results.update({f"sgd{batch}": train(world, batch, optimizer="sgd") for batch in BATCHES})
         results["stop_step"] = stop_step(world)
         results["from_lead"] = from_lead_results(world)
         torch.save(results, out / f"rank{rank}.pt")
@@ -157,6 +163,15 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(ranks, batch):
         [h["test/loss"] for h in one["history"]], rel=1e-5)
     assert [s for s, _ in two["train_loss"]] == [s for s, _ in one["train_loss"]]
     assert [v for _, v in two["train_loss"]] == pytest.approx([v for _, v in one["train_loss"]], rel=1e-5)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_the_global_gradient_has_the_one_process_scale(ranks, batch):
+    """Momentum SGD's update scales with the gradient: two ranks equal one process only if the
+    gradient each step is the whole batch's mean, however the batch splits."""
+    one, two = train(SINGLE, batch, optimizer="sgd"), ranks[0][f"sgd{batch}"]
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_stop_on_one_rank_stops_both_at_the_same_log_step(ranks):
