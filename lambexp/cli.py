@@ -218,6 +218,10 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                   " their number; train nothing")] = False,
               strict: Annotated[bool, typer.Option(
                   "--strict", help="exit 1 unless every claim is REPRODUCED (for CI)")] = False,
+              jobs: Annotated[int, typer.Option(
+                  "--jobs", "-j", help="trainings at once, each in a process of its own with its share"
+                  " of the CPU threads (or a GPU of its own); results equal --jobs 1's to float rounding"
+                  )] = 1,
               data_dir: DataDir = None, quiet: Quiet = False, debug: Debug = False):
     """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
     figures: which of the post's claims hold, k of n seeds each.
@@ -247,7 +251,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or not lead
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
-                progress_for=_progress(quiet), stop_requested=stop)
+                progress_for=_progress(quiet), stop_requested=stop, jobs=jobs)
         if lead:
             typer.echo(f"report: {build_report([out], out)}")  # every experiment finished in OUT
             failed = [(c, v) for c, v in claim_verdicts([out]) if v != "REPRODUCED"]

@@ -209,13 +209,16 @@ def load_all(configs: Sequence[Path]) -> list[Experiment]:
 
 
 def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
-              argv: Sequence[str] = (), say: Say = print,
+              argv: Sequence[str] = (), say: Say = print, jobs: int = 1,
               progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
               stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
-    experiment folders. Every config is validated, and MNIST checked, before anything runs."""
+    experiment folders. Every config is validated, and MNIST checked, before anything runs.
+    ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.jobs)."""
     if seeds < 1:
         raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+    if jobs < 1:
+        raise UserError(f"--jobs: must be at least 1 (got {jobs})")
     exps = load_all(configs)
     with process_group() as world:
         inputs = world.local_first(lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
@@ -227,7 +230,15 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
             link_shared(plan)
             return [(t.label, t.arm, t.folder) for t in plan.trainings]
 
-        run_pending(world.from_lead(prepare), inputs, say, progress_for, stop_requested, world)
+        work = world.from_lead(prepare)
+        if jobs > 1:
+            if world.active:
+                raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
+            from lambexp.jobs import run_in_parallel
+
+            run_in_parallel(work, jobs, data_dir, say, stop_requested)
+        else:
+            run_pending(work, inputs, say, progress_for, stop_requested, world)
     return [out / exp.name for exp in exps]
 
 

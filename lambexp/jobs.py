@@ -1,0 +1,121 @@
+"""`lambexp reproduce --jobs N`: N trainings at once, each in a process of its own with its share of
+the CPU threads (or its own GPU, through CUDA_VISIBLE_DEVICES), so a machine of several cores or GPUs
+gets through a sweep N times sooner.
+
+Each worker process trains one arm at a time exactly as `reproduce` does in one process (run_arm:
+checkpoints, summary, TensorBoard). With as many threads as one process would have, results are
+bit for bit those of ``--jobs 1``; with fewer threads each (the usual case), equal to float rounding.
+Ctrl-C or SIGTERM reaches every worker: each checkpoints its arm, and the parent raises Interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+from lambexp.config import Arm
+from lambexp.errors import Interrupted, UserError
+from lambexp.layout import is_finished
+
+_STOP = None  # in a worker: its graceful-stop flag (the worker's own process, set at start)
+_INPUTS: dict = {}  # in a worker: MNIST loaded once per (folder, device), reused by its trainings
+
+
+def _start_worker(threads: int, gpus: list[str], counter) -> None:
+    """Initializer of a worker process: its threads, its GPU, its Ctrl-C flag, steady malloc."""
+    import signal
+
+    import torch
+
+    from lambexp.malloc import keep_freed_memory
+    from lambexp.signals import StopFlag
+
+    global _STOP
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    _STOP = StopFlag()
+
+    def handler(signum, frame):
+        if _STOP.signum is not None:
+            os._exit(130)
+        _STOP.signum = signum
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
+
+
+def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict | None]:
+    """In a worker: train one arm into ``arm_dir``; ("finished" | "interrupted", its summary)."""
+    from lambexp.experiment import ArmInputs, run_arm
+    from lambexp.progress import NoProgress
+
+    arm = Arm.model_validate_json(arm_json)
+    if data_dir not in _INPUTS:
+        _INPUTS[data_dir] = ArmInputs([arm], Path(data_dir) if data_dir else None, say=lambda s: None)
+    data, device = _INPUTS[data_dir].data(arm)
+    try:
+        summary = run_arm(arm, data, device, Path(arm_dir), NoProgress(), stop_requested=_STOP)
+    except Interrupted:
+        return "interrupted", None
+    return "finished", summary.to_json()
+
+
+def run_in_parallel(work: list[tuple[str, Arm, Path]], jobs: int, data_dir: Path | None,
+                    say: Callable[[str], None], stop_requested: Callable[[], bool]) -> None:
+    """Train the unfinished (label, arm, folder) of ``work`` in ``jobs`` worker processes."""
+    import torch
+
+    pending = [(label, arm, folder) for label, arm, folder in work if not is_finished(folder)]
+    for label, _, folder in work:
+        if is_finished(folder):
+            say(f"{label}: finished before, skipped")
+    if not pending:
+        return
+    gpus = [str(i) for i in range(torch.cuda.device_count())]
+    threads = max(1, torch.get_num_threads() // jobs) if not gpus else torch.get_num_threads()
+    context = get_context("spawn")
+    counter = context.Value("i", 0)
+    say(f"{len(pending)} trainings, {jobs} at once ({threads} CPU thread{'s' * (threads > 1)} each"
+        + (f", GPUs {', '.join(gpus)} in turn" if gpus else "") + ")")
+    interrupted = False
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(threads, gpus, counter)) as pool:
+        queue = list(pending)
+        running: dict[Future, str] = {}
+        forwarded = False
+        while queue or running:
+            if stop_requested() and not forwarded:  # a SIGTERM to this process alone: pass it on
+                forwarded = True
+                for process in list(pool._processes.values()):  # the executor's workers
+                    process.terminate()  # SIGTERM: each worker checkpoints its arm and returns
+            while queue and len(running) < jobs and not stop_requested():
+                label, arm, folder = queue.pop(0)
+                say(f"{label}: {'continuing' if folder.exists() else 'training'}")
+                running[pool.submit(_train, arm.model_dump_json(), str(folder),
+                                    str(data_dir) if data_dir else None)] = label
+            if not running:
+                break
+            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                label = running.pop(future)
+                try:
+                    status, summary = future.result()
+                except Exception as err:  # a worker died or failed: say which training
+                    raise UserError(f"{label}: its training failed in a worker process ({err})") from err
+                if status == "interrupted":
+                    interrupted = True
+                    say(f"{label}: interrupted, checkpointed")
+                else:
+                    accuracy = summary.get("final_test_accuracy")
+                    say(f"{label}: finished" + (f", final test accuracy {accuracy:.2%}"
+                                                if accuracy is not None else ""))
+    if interrupted or stop_requested():
+        raise Interrupted("with every running training checkpointed; the finished ones are kept")
