@@ -100,3 +100,41 @@ def test_the_june_rule_is_not_the_may_rule():
         F.nll_loss(model(x), y).backward()
         opt.step()
     assert not torch.allclose(a.fc1.weight, b.fc1.weight, rtol=1e-6, atol=0)
+
+
+def _group(arm) -> dict:
+    opt = build_optimizer(arm.optimizer, [torch.nn.Parameter(torch.ones(2))], **optimizer_args(arm))
+    [group] = opt.param_groups
+    return {"class": type(opt).__name__, **{k: group[k] for k in
+            ("lr", "betas", "eps", "weight_decay", "rule", "clamp", "adam", "bias_correction", "fused")}}
+
+
+def test_the_beyond_configs_build_the_optimizers_their_comments_state():
+    """large_batch: lr 0.01·√(B/512), betas (0.9, 0.99), no decay, the rule's own eps; lr_sweep:
+    7 lrs half a decade apart × wd 0, 0.01 for Adam mode, blog and paper LAMB. Written out here from
+    the configs' header comments, not read from the configs."""
+    batch_lr = {512: 0.01, 2048: 0.02, 8192: 0.04, 16384: 0.0566}
+    kinds = {"adam": ("blog", True), "lamb": ("blog", False), "lambpaper": ("paper", False)}
+    arms = load_experiment(CONFIGS / "beyond" / "large_batch.yaml").arms
+    assert len(arms) == 12
+    for arm in arms:
+        kind, batch = arm.name.split("_b")
+        rule, adam = kinds[kind]
+        assert arm.batch_size == int(batch) and arm.warmup_epochs == 1 and arm.epochs == 6
+        assert _group(arm) == {"class": "Lamb", "lr": batch_lr[int(batch)], "betas": (0.9, 0.99),
+                               "eps": 1e-8 if rule == "blog" else 1e-6, "weight_decay": 0.0,
+                               "rule": rule, "clamp": 10.0, "adam": adam, "bias_correction": True,
+                               "fused": False}, arm.name
+    lrs = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0]
+    arms = load_experiment(CONFIGS / "beyond" / "lr_sweep.yaml").arms
+    expected = [(kind, lr, wd) for kind in ("adam", "lambblog", "lambpaper") for lr in lrs
+                for wd in (0.0, 0.01)]
+    assert [(a.name.split("_")[0], a.lr, a.weight_decay) for a in arms] == expected
+    for arm in arms:
+        rule, adam = {"adam": ("blog", True), "lambblog": ("blog", False),
+                      "lambpaper": ("paper", False)}[arm.name.split("_")[0]]
+        assert _group(arm) == {"class": "Lamb", "lr": arm.lr, "betas": (0.9, 0.99),
+                               "eps": 1e-8 if rule == "blog" else 1e-6, "weight_decay": arm.weight_decay,
+                               "rule": rule, "clamp": 10.0, "adam": adam, "bias_correction": True,
+                               "fused": False}, arm.name
+        assert (arm.batch_size, arm.epochs) == (512, 6)
