@@ -48,11 +48,13 @@ class RunStatus:
 
 
 def arm_status(arm, arm_dir: Path) -> ArmStatus:
+    """The arm's settings beside its outcome (None where it has no summary yet)."""
     s = read_summary(arm_dir)
-    status = s.status.value if s else "interrupted" if arm_dir.exists() else "not started"
-    return ArmStatus(arm.name, arm.seed, str(arm_dir), status, s and s.diverged, s and s.final_test_accuracy,
-                     s and s.best_test_accuracy, arm.optimizer, arm.rule, arm.lr, arm.weight_decay,
-                     arm.batch_size, s and s.samples_per_second, s and s.wall_seconds)
+    outcome = ((s.status.value, s.diverged, s.final_test_accuracy, s.best_test_accuracy) if s
+               else ("interrupted" if arm_dir.exists() else "not started", None, None, None))
+    return ArmStatus(arm.name, arm.seed, str(arm_dir), *outcome, arm.optimizer, arm.rule, arm.lr,
+                     arm.weight_decay, arm.batch_size, s.samples_per_second if s else None,
+                     s.wall_seconds if s else None)
 
 
 def run_status(exp_dir: Path) -> RunStatus:

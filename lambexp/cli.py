@@ -232,7 +232,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
     with graceful_stop() as stop, reported(ctx, debug, stop, [out]):
         from lambexp.bundled import find_config, the_posts_configs
         from lambexp.distributed import is_lead_process
-        from lambexp.report.build import build_report, claim_verdicts
+        from lambexp.report.build import build_report, claim_verdicts, load_runs
         from lambexp.reproduce import check_folder, load_all, make_plan, plan_lines
         from lambexp.reproduce import reproduce as run_all
 
@@ -253,9 +253,10 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
                 progress_for=_progress(quiet), stop_requested=stop, jobs=jobs)
         if lead:
-            typer.echo(f"report: {build_report([out], out)}")  # every experiment finished in OUT
-            failed = [(c, v) for c, v in claim_verdicts([out]) if v != "REPRODUCED"]
-            if strict and failed:
+            runs = load_runs([out])  # every experiment finished in OUT
+            typer.echo(f"report: {build_report([out], out, runs)}")
+            failed = [(c, v) for c, v in claim_verdicts(runs) if v != "REPRODUCED"] if strict else []
+            if failed:
                 for claim, verdict in failed:
                     typer.echo(f"strict: {verdict}: {claim}", err=True)
                 raise typer.Exit(1)

@@ -26,12 +26,10 @@ _INPUTS: dict = {}  # in a worker: MNIST loaded once per (folder, device), reuse
 
 def _start_worker(threads: int, gpus: list[str], counter) -> None:
     """Initializer of a worker process: its threads, its GPU, its Ctrl-C flag, steady malloc."""
-    import signal
-
     import torch
 
     from lambexp.malloc import keep_freed_memory
-    from lambexp.signals import StopFlag
+    from lambexp.signals import StopFlag, catch
 
     global _STOP
     with counter.get_lock():
@@ -42,14 +40,7 @@ def _start_worker(threads: int, gpus: list[str], counter) -> None:
     torch.set_num_threads(threads)
     keep_freed_memory()
     _STOP = StopFlag()
-
-    def handler(signum, frame):
-        if _STOP.signum is not None:
-            os._exit(130)
-        _STOP.signum = signum
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, handler)
+    catch(_STOP)
 
 
 def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict | None]:

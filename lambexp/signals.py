@@ -24,18 +24,22 @@ class StopFlag:
         return EXIT_CODES.get(self.signum, 130)
 
 
-@contextmanager
-def graceful_stop() -> Iterator[StopFlag]:
-    """Within the block, the first SIGINT/SIGTERM sets the flag; a second one ends the process
-    at once with 130 / 143. Handlers are restored afterwards."""
-    flag = StopFlag()
-
+def catch(flag: StopFlag) -> dict:
+    """From now on the first SIGINT/SIGTERM sets ``flag``; a second one ends the process at once
+    with 130 / 143. Returns the handlers it replaced."""
     def handler(signum, frame):
         if flag.signum is not None:
             os._exit(EXIT_CODES.get(signum, 130))
         flag.signum = signum
 
-    previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
+    return {s: signal.signal(s, handler) for s in EXIT_CODES}
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopFlag]:
+    """Within the block, SIGINT/SIGTERM are caught as ``catch`` says; handlers restored afterwards."""
+    flag = StopFlag()
+    previous = catch(flag)
     try:
         yield flag
     finally:

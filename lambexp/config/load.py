@@ -97,35 +97,33 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
 
 
 def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]]:
-    """Settings that are valid alone but not together: bias_correction: false names the paper rule's
-    switch, so with the blog rule (which folds the correction into its step size) or an optimizer
-    without it, it would be silently ignored."""
-    out = []
+    """Settings that are valid alone but not together, which would otherwise be silently ignored:
+    bias_correction: false (the paper rule's switch) with the blog rule, which folds the correction
+    into its step size, or with an optimizer without it; fused: true with an optimizer that has no
+    compiled step."""
+    out: list[tuple[tuple, str]] = []
+
+    def conflict(index: int, key: str, value: object, message: str) -> None:
+        """One line, at the arm's key when the arm wrote it, else at the shared key (once)."""
+        loc = ("arms", index, key) if key in raw["arms"][index] else (key,)
+        line = problem(f"arms[{index}].{key}" if len(loc) == 3 else key, message, value)
+        if (loc, line) not in out:
+            out.append((loc, line))
+
     for index, arm in enumerate(experiment.arms):
-        if arm.fused is True and arm.optimizer not in ("adam", "lamb"):
-            raw_arm = raw["arms"][index]
-            loc = ("arms", index, "fused") if "fused" in raw_arm else ("fused",)
-            where = f"arms[{index}].fused" if len(loc) == 3 else "fused"
-            line = problem(where, f"only LAMB's step is compiled (arm {arm.name} is optimizer"
-                                  f" {arm.optimizer}); set fused on the adam and lamb arms alone", True)
-            if (loc, line) not in out:
-                out.append((loc, line))
-        if arm.bias_correction:
-            continue
-        raw_arm = raw["arms"][index]
-        loc = ("arms", index, "bias_correction") if "bias_correction" in raw_arm else ("bias_correction",)
-        where = f"arms[{index}].bias_correction" if len(loc) == 3 else "bias_correction"
-        if arm.optimizer not in ("adam", "lamb"):
-            message = (f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer});"
-                       " set bias_correction: false on the paper-rule arms alone")
-        elif arm.rule != "paper":
-            message = (f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
-                       " folds the bias correction into its step size); set rule: paper, or drop"
-                       " bias_correction: false")
-        else:
-            continue
-        if (loc, problem(where, message, False)) not in out:
-            out.append((loc, problem(where, message, False)))
+        lamb = arm.optimizer in ("adam", "lamb")
+        if arm.fused is True and not lamb:
+            conflict(index, "fused", True, f"only LAMB's step is compiled (arm {arm.name} is optimizer"
+                                           f" {arm.optimizer}); set fused on the adam and lamb arms alone")
+        if not arm.bias_correction and not lamb:
+            conflict(index, "bias_correction", False,
+                     f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer});"
+                     " set bias_correction: false on the paper-rule arms alone")
+        elif not arm.bias_correction and arm.rule != "paper":
+            conflict(index, "bias_correction", False,
+                     f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
+                     " folds the bias correction into its step size); set rule: paper, or drop"
+                     " bias_correction: false")
     return out
 
 

@@ -14,8 +14,8 @@ from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
 from lambexp.layout import find_experiments, write_text_atomically
 from lambexp.report import figures
-from lambexp.report.claims import ClaimResult, check, mean_std
-from lambexp.report.collect import ExperimentRuns, collect
+from lambexp.report.claims import ClaimResult, check, decades, mean_std
+from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 
 PERCENT = {"final_accuracy", "best_accuracy"}
@@ -173,7 +173,7 @@ def lr_range_rows(runs: ExperimentRuns, threshold: float = 0.97) -> list[list[st
     rows = []
     for group, pts in lr_points(runs).items():
         ok = sorted(lr for lr, accs, _ in pts if accs and statistics.fmean(accs) >= threshold)
-        span = f"{math.log10(ok[-1] / ok[0]):.2g} decades" if ok else "none"
+        span = fmt("lr_range", decades(ok)) if ok else "none"
         rows.append([group, ", ".join(f"{lr:g}" for lr in ok) or "none", span])
     return rows
 
@@ -202,7 +202,7 @@ def _samples_per_epoch(by_arm: dict) -> int | None:
 
 def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
     rows = []
-    for runs, label in zip(all_runs, folder_labels(all_runs)):
+    for runs, label in zip(all_runs, folder_labels([(r.experiment.name, r.folder) for r in all_runs])):
         env = runs.environment
         devices = sorted({s.summary.device for arms in runs.seeds.values()
                           for s in arms.values()})
@@ -210,21 +210,6 @@ def environment_rows(all_runs: list[ExperimentRuns]) -> list[list[str]]:
                      env.get("python", "?"), str(env.get("cpu_threads", "?")),
                      env.get("cuda") or "none", (env.get("git_commit") or "?")[:10]])
     return rows
-
-
-def folder_labels(all_runs: list[ExperimentRuns]) -> list[str]:
-    """A name per experiment folder for headings and figure files: the experiment's name, with the
-    folder's own name (a run's time) or its path added where two folders hold the same experiment."""
-    names = [r.experiment.name for r in all_runs]
-    labels = []
-    for i, runs in enumerate(all_runs):
-        name = names[i]
-        if names.count(name) == 1:
-            labels.append(name)
-        else:
-            parts = [p for p in runs.folder.resolve().parts[-3:] if p != name]
-            labels.append("-".join([name, *parts]) if parts else f"{name}-{i + 1}")
-    return [label if labels.count(label) == 1 else f"{label}-{i + 1}" for i, label in enumerate(labels)]
 
 
 def load_runs(paths: list[Path]) -> list[ExperimentRuns]:
@@ -236,17 +221,17 @@ def load_runs(paths: list[Path]) -> list[ExperimentRuns]:
     return all_runs
 
 
-def claim_verdicts(paths: list[Path]) -> list[tuple[str, str]]:
-    """(claim, verdict) for every claim of the experiments under ``paths`` (for --strict)."""
-    return [(e.claim, check(e, r.seeds).verdict) for r in load_runs(paths) for e in r.experiment.expect]
+def claim_verdicts(all_runs: list[ExperimentRuns]) -> list[tuple[str, str]]:
+    """(claim, verdict) for every claim of ``all_runs`` (for --strict)."""
+    return [(e.claim, check(e, r.seeds).verdict) for r in all_runs for e in r.experiment.expect]
 
 
-def build_report(paths: list[Path], out_dir: Path) -> Path:
+def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns] | None = None) -> Path:
     """Write REPORT.md, report.html and figures/ into ``out_dir`` from the finished runs under
-    ``paths``; return the path of REPORT.md. Experiment folders with the same experiment get
-    figures of their own (named after the folder)."""
-    all_runs = load_runs(paths)
-    labels = folder_labels(all_runs)
+    ``paths`` (``all_runs``: those runs, when the caller has loaded them already); return the path
+    of REPORT.md. Experiment folders with the same experiment get figures of their own."""
+    all_runs = all_runs if all_runs is not None else load_runs(paths)
+    labels = folder_labels([(r.experiment.name, r.folder) for r in all_runs])
     out_dir.mkdir(parents=True, exist_ok=True)
     trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
     total = sum(s.summary.wall_seconds for s in trainings.values())  # shared ones once

@@ -131,11 +131,14 @@ def _value(ref, arms: dict[str, ArmSeries], e: Expectation) -> float:
     return _value_of(ref, arms, e, e.measure)
 
 
+def decades(lrs: list[float]) -> float:
+    """log10 of the largest over the smallest: 0 for one lr, NaN for none."""
+    return math.log10(max(lrs) / min(lrs)) if lrs else math.nan
+
+
 def lr_range(group: list[ArmSeries], threshold: float) -> float:
-    """Decades of lr (log10 of the largest over the smallest) whose arms reached ``threshold`` final
-    test accuracy: 0 for one lr, NaN for none."""
-    ok = [s.lr for s in group if s.lr and measure(s, "final_accuracy") >= threshold]
-    return math.log10(max(ok) / min(ok)) if ok else math.nan
+    """Decades of lr whose arms reached ``threshold`` final test accuracy (``decades``)."""
+    return decades([s.lr for s in group if s.lr and measure(s, "final_accuracy") >= threshold])
 
 
 def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> float:

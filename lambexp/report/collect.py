@@ -40,3 +40,18 @@ def collect(exp_dir: Path) -> ExperimentRuns:
         raise UserError(f"{env_file}: damaged (not the JSON lambexp writes); delete it to report"
                         " without the environment") from None
     return ExperimentRuns(exp_dir, exp, seeds, env)
+
+
+def folder_labels(places: list[tuple[str, Path]]) -> list[str]:
+    """A label per (experiment name, folder) for headings, figure files and legends: the name, with
+    the folder's own name (a run's time) or more of its path added where two folders hold the same
+    experiment."""
+    names = [name for name, _ in places]
+    labels = []
+    for i, (name, folder) in enumerate(places):
+        if names.count(name) == 1:
+            labels.append(name)
+        else:
+            parts = [p for p in Path(folder).resolve().parts[-3:] if p != name]
+            labels.append("-".join([name, *parts]) if parts else f"{name}-{i + 1}")
+    return [label if labels.count(label) == 1 else f"{label}-{i + 1}" for i, label in enumerate(labels)]

@@ -7,20 +7,14 @@ from pathlib import Path
 
 from lambexp.catalog import RunStatus
 from lambexp.report import figures
+from lambexp.report.collect import folder_labels
 from lambexp.report.series import ArmSeries, load_arm
-
-
-def run_labels(runs: list[RunStatus]) -> list[str]:
-    """The experiment's name, with the folder's own name added where two runs share it."""
-    names = [r.experiment for r in runs]
-    return [r.experiment if names.count(r.experiment) == 1 else f"{r.experiment} {Path(r.folder).name}"
-            for r in runs]
 
 
 def compare_figure(runs: list[RunStatus], path: Path) -> Path | None:
     """Write the figure to ``path``; None (and nothing written) when no arm has finished."""
     lines: dict[str, list[ArmSeries]] = {}
-    for run, label in zip(runs, run_labels(runs)):
+    for run, label in zip(runs, folder_labels([(r.experiment, Path(r.folder)) for r in runs])):
         for arm in run.arms:
             if arm.status == "finished":
                 lines.setdefault(f"{label}: {arm.arm}", []).append(load_arm(Path(arm.folder), arm.seed))
