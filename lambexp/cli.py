@@ -39,7 +39,8 @@ Overrides = Annotated[list[str] | None, typer.Argument(
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="MNIST folder (default: $LAMBEXP_DATA, else ~/.cache/lambexp)",
     show_default=False)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output (for logs and CI)")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=(
+    "no progress output (for logs and CI): only the run folder, on the last line"))]
 Sweeps = Annotated[list[str] | None, typer.Option(
     "--sweep", help="KEY=V1,V2,…: every arm once per value, named from it (lamb → lamb_lr0.001);"
     " repeat for the product of several; adds to the config's `sweep:` and drops its claims, which"
@@ -137,7 +138,7 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
 
         def on_start(path: Path) -> None:
             started.append(path)
-            if not json_out:
+            if not quiet:  # quiet and --json print the folder once, at the end
                 print(f"run folder: {path}", flush=True)
 
         run_dir = run_experiment(exp, runs_root=runs_dir, data_dir=data_dir, argv=sys.argv,

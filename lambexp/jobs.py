@@ -40,7 +40,7 @@ def _start_worker(threads: int, gpus: list[str], counter) -> None:
     torch.set_num_threads(threads)
     keep_freed_memory()
     _STOP = StopFlag()
-    catch(_STOP)
+    catch(_STOP, announce=False)  # the parent tells the person
 
 
 def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict | None]:

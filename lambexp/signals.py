@@ -24,13 +24,22 @@ class StopFlag:
         return EXIT_CODES.get(self.signum, 130)
 
 
-def catch(flag: StopFlag) -> dict:
+FIRST = b"\nstopping after this step, with a checkpoint (Ctrl-C again to quit at once)\n"
+SECOND = b"\nquitting now: the last checkpoint written is kept\n"
+
+
+def catch(flag: StopFlag, announce: bool = True) -> dict:
     """From now on the first SIGINT/SIGTERM sets ``flag``; a second one ends the process at once
-    with 130 / 143. Returns the handlers it replaced."""
+    with 130 / 143. ``announce``: say so on stderr (not in workers, whose parent speaks).
+    Returns the handlers it replaced."""
     def handler(signum, frame):
         if flag.signum is not None:
+            if announce:
+                os.write(2, SECOND)
             os._exit(EXIT_CODES.get(signum, 130))
         flag.signum = signum
+        if announce:
+            os.write(2, FIRST)
 
     return {s: signal.signal(s, handler) for s in EXIT_CODES}
 
