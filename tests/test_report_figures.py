@@ -113,3 +113,97 @@ def test_arm_colors_distinct_when_optimizers_repeat(arms):
 
 def test_fmt_samples():
     assert [figures.fmt_samples(v) for v in (0, 512, 60000, 1_200_000)] == ["0", "512", "60k", "1.2M"]
+
+
+# What the figures show, read back from the matplotlib Figure each one saves: the plotted data must
+# be the series given (computed here from the hand-built inputs), not merely a PNG of some size.
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every Figure the figures module saves, kept open for inspection (and still written to disk)."""
+    kept, save = [], figures.plt.Figure.savefig
+
+    def keep(fig, path, **kwargs):
+        kept.append(fig)
+        save(fig, path, **kwargs)
+
+    monkeypatch.setattr(figures.plt.Figure, "savefig", keep)
+    monkeypatch.setattr(figures.plt, "close", lambda fig=None: None)
+    yield kept
+    for fig in kept:
+        figures.plt.close(fig)
+
+
+def line(ax, label: str):
+    [found] = [ln for ln in ax.lines if ln.get_label() == label]
+    return found
+
+
+def test_curves_draw_the_seed_means_and_mark_where_each_seed_diverged(runs, drawn, tmp_path):
+    figures.curves("t", runs, COLORS, tmp_path / "c.png")
+    ax_loss, ax_acc = drawn[0].axes[:2]
+    a1, a2 = runs["adam"]
+    assert np.allclose(line(ax_loss, "adam (2 seeds)").get_ydata(), (a1.train_loss[:, 1] + a2.train_loss[:, 1]) / 2)
+    assert np.allclose(line(ax_acc, "adam (2 seeds)").get_ydata(), 50 * (a1.test_accuracy[:, 1]
+                                                                         + a2.test_accuracy[:, 1]))
+    assert ax_loss.get_yscale() == "log" and ax_acc.get_ylim()[1] <= 100
+    assert ax_loss.get_legend_handles_labels()[1] == ["adam (2 seeds)", "lamb (2 seeds, diverged 2/2)"]
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()][-1] == "where it diverged (last finite loss)"
+    marks = [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in ax_loss.lines if ln.get_marker() == "X"]
+    l1, l2 = runs["lamb"]  # seed 1 turns inf at index 6: last finite is 5; seed 2 stopped: its last log
+    assert marks == [tuple(l1.train_loss[5]), tuple(l2.train_loss[8])]
+
+
+def test_ridges_show_each_layers_value_at_its_step_and_keep_at_most_40_rows(drawn, tmp_path):
+    s = series("lamb", 1, n=45)
+    figures.trust_ridges("t", {"lamb": s}, {}, tmp_path / "t.png")
+    panels = drawn[0].axes[:3]
+    assert [ax.get_title() for ax in panels] == ["r (trust ratio)", "r₁ (weight norm)", "r₂ (update norm)"]
+    assert all(len(ax.lines) == figures.MAX_RIDGES for ax in panels)  # 45 steps, 40 drawn
+    labels = [t.get_text() for t in panels[0].get_yticklabels()]
+    assert labels[0] == "1k" and labels[-1] == "45k"  # first step at the top, the last at the bottom
+    for ax, key in zip(panels, ["r", "r1", "r2"]):
+        last = ax.lines[-1]  # the last step's ridge, drawn last (in front), at the bottom
+        x, y = last.get_xdata(), np.nan_to_num(last.get_ydata())
+        at = [np.abs(x - value).argmin() for value in getattr(s, key)[-1]]
+        assert all(y[i] > 0.3 * y.max() for i in at), key  # high at every layer's value,
+        assert min(at) - 4 <= y.argmax() <= max(at) + 4, key  # highest among them
+        far = np.min(np.abs(np.arange(len(x))[:, None] - np.array(at)[None, :]), axis=1) > 20
+        assert far.any() and (y[far] == 0).all()  # nothing > 5 kernel widths from every value
+
+
+def test_layer_norms_draw_each_tensor_and_where_values_turn_bad(runs, drawn, tmp_path):
+    lamb = runs["lamb"][0]  # inf r1 from index 6
+    figures.layer_norms("t", {"adam": runs["adam"][0], "lamb": lamb}, tmp_path / "n.png", key="r1")
+    ax_adam, ax_lamb = drawn[0].axes[:2]
+    for j, name in enumerate(NAMES):
+        assert np.allclose(line(ax_adam, name).get_ydata(), runs["adam"][0].r1[:, j])
+        assert line(ax_adam, name).get_linestyle() == ("--" if name.endswith("bias") else "-")
+        y = line(ax_lamb, name).get_ydata()
+        assert np.allclose(y[:6], lamb.r1[:6, j]) and np.isnan(y[6:]).all()
+    assert line(ax_lamb, "first NaN/inf").get_xdata()[0] == lamb.trust_steps[6]
+    assert ax_adam.get_yscale() == "log"
+
+
+def test_accuracy_vs_batch_draws_the_means_in_batch_order(drawn, tmp_path):
+    points = {"lamb": [(4096, 0.97, 0.01), (512, 0.985, 0.002)]}
+    figures.accuracy_vs_batch("t", points, COLORS, tmp_path / "b.png")
+    ax = drawn[0].axes[0]
+    [bars] = ax.containers
+    ln = bars.lines[0]  # the data line of the error bars
+    assert list(ln.get_xdata()) == [512, 4096] and np.allclose(ln.get_ydata(), [98.5, 97.0])
+    assert ax.get_xscale() == "log"
+
+
+def test_accuracy_vs_lr_draws_means_bands_and_diverged_marks(drawn, tmp_path):
+    points = {"lamb": [(0.1, [0.90, 0.10], 1), (0.01, [0.98, 0.96], 0)], "adam": [(0.01, [0.97], 0)]}
+    figures.accuracy_vs_lr("t", points, tmp_path / "lr.png", threshold=0.97)
+    ax = drawn[0].axes[0]
+    lamb = line(ax, "lamb")
+    assert list(lamb.get_xdata()) == [0.01, 0.1] and np.allclose(lamb.get_ydata(), [97.0, 50.0])
+    [mark] = [ln for ln in ax.lines if ln.get_marker() == "X"]
+    assert (mark.get_xdata()[0], mark.get_ydata()[0]) == (0.1, pytest.approx(50.0))
+    [band] = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(98.0)
+    assert 97.0 in [ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() == "--"]  # threshold
