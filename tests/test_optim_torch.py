@@ -7,7 +7,7 @@ import pytest
 import timm.optim
 import torch
 import torch_optimizer
-from torch import nn
+from torch import Tensor, nn
 
 from lambexp.optim import Lamb, Lars, build_optimizer
 
@@ -167,17 +167,41 @@ def test_state_dict_round_trip_continues_identically(name):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_solves_a_quadratic(name):
+SCALE_FREE = {  # no weight decay, no eps, no clip of r: the layer-wise rules' step is then ∝ ||w||
+    "lamb-blog": lambda p: Lamb(p, lr=0.02, eps=1e-30, clamp=None),
+    "lamb-paper": lambda p: Lamb(p, lr=0.02, eps=1e-30, rule="paper"),
+    "lars": lambda p: Lars(p, lr=5.0),
+    "adam-blog": lambda p: Lamb(p, lr=0.02, eps=1e-30, adam=True),  # a fixed step: not scale-free
+}
+
+
+def descend_quadratic(make, scale: float, steps: int = 400) -> tuple[Tensor, list[float]]:
+    """Minimise ||w - scale·t||² from w = scale·(0.3 + 0.1·t'): w/scale after each step (steps, 5, 5)
+    and each step's loss/scale²."""
     torch.manual_seed(0)
-    target = torch.randn(5, 5, dtype=F64)
-    w = nn.Parameter(torch.zeros(5, 5, dtype=F64) + 0.1)
-    opt = OPTIMIZERS[name]([w])
-    for _ in range(2000):
+    target, start = torch.randn(5, 5, dtype=F64), 0.3 + 0.1 * torch.randn(5, 5, dtype=F64)
+    w = nn.Parameter(scale * start)
+    opt = make([w])
+    path, losses = [], []
+    for _ in range(steps):
         opt.zero_grad()
-        ((w - target) ** 2).sum().backward()
+        loss = ((w - scale * target) ** 2).sum()
+        loss.backward()
+        losses.append(loss.item() / scale**2)
         opt.step()
-    assert ((w - target) ** 2).sum().item() < 0.05 * (target**2).sum().item()
+        path.append(w.detach() / scale)
+    return torch.stack(path), losses
+
+
+@pytest.mark.parametrize("name", SCALE_FREE)
+def test_a_quadratic_is_solved_and_the_layerwise_path_does_not_depend_on_scale(name):
+    """LAMB's and LARS's step is a fraction of ||w||: the same problem 1000× smaller follows the same
+    path 1000× smaller (and is solved); Adam's step is lr-sized whatever the scale, so its path differs.
+    Compared over the first 150 steps: near the minimum the oscillation amplifies rounding."""
+    path, losses = descend_quadratic(SCALE_FREE[name], 1.0)
+    small, _ = descend_quadratic(SCALE_FREE[name], 1e-3, steps=150)
+    assert losses[-1] < 1e-3 * losses[0]
+    assert torch.allclose(small, path[:150], rtol=0, atol=1e-9) == (name != "adam-blog")
 
 
 def test_params_without_grad_are_untouched_and_read_nan():
