@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from seed_lamb import SeedLamb
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets, transforms
 
@@ -50,16 +50,13 @@ def log_lamb_rs(optimizer, event_writer, token_count):
         event_writer.add_histogram(f"lamb/{k}", torch.tensor(v), token_count)
 
 
-def seed_dataset(n: int, data_dir: Path | None):
-    if data_dir is None:  # synthetic PIL-free stand-in of the same shape
-        gen = torch.Generator().manual_seed(0)
-        return TensorDataset(torch.randn(n, 1, 28, 28, generator=gen),
-                             torch.randint(0, 10, (n,), generator=gen))
+def seed_dataset(n: int, data_dir: Path):
+    """The first n MNIST training images through the seed's per-sample PIL transforms."""
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     return Subset(datasets.MNIST(str(data_dir), train=True, download=False, transform=tf), range(n))
 
 
-def seed_samples_per_second(n: int, data_dir: Path | None, log_interval: int) -> float:
+def seed_samples_per_second(n: int, data_dir: Path, log_interval: int) -> float:
     torch.manual_seed(1)
     loader = DataLoader(seed_dataset(n, data_dir), batch_size=512, shuffle=True)
     model = Net()

@@ -143,12 +143,14 @@ def test_curves_draw_the_seed_means_and_mark_where_each_seed_diverged(runs, draw
     figures.curves("t", runs, COLORS, tmp_path / "c.png")
     ax_loss, ax_acc = drawn[0].axes[:2]
     a1, a2 = runs["adam"]
-    assert np.allclose(line(ax_loss, "adam (2 seeds)").get_ydata(), (a1.train_loss[:, 1] + a2.train_loss[:, 1]) / 2)
+    mean_loss = (a1.train_loss[:, 1] + a2.train_loss[:, 1]) / 2
+    assert np.allclose(line(ax_loss, "adam (2 seeds)").get_ydata(), mean_loss)
     assert np.allclose(line(ax_acc, "adam (2 seeds)").get_ydata(), 50 * (a1.test_accuracy[:, 1]
                                                                          + a2.test_accuracy[:, 1]))
     assert ax_loss.get_yscale() == "log" and ax_acc.get_ylim()[1] <= 100
     assert ax_loss.get_legend_handles_labels()[1] == ["adam (2 seeds)", "lamb (2 seeds, diverged 2/2)"]
-    assert [t.get_text() for t in ax_loss.get_legend().get_texts()][-1] == "where it diverged (last finite loss)"
+    legend = [t.get_text() for t in ax_loss.get_legend().get_texts()]
+    assert legend[-1] == "where it diverged (last finite loss)"
     marks = [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in ax_loss.lines if ln.get_marker() == "X"]
     l1, l2 = runs["lamb"]  # seed 1 turns inf at index 6: last finite is 5; seed 2 stopped: its last log
     assert marks == [tuple(l1.train_loss[5]), tuple(l2.train_loss[8])]
