@@ -35,6 +35,21 @@ def test_debug_before_or_after_the_verb_shows_the_traceback(args):
     assert result.exit_code == 2 and "Traceback (most recent call last)" in result.output
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_bug_is_exit_1_with_one_line_or_the_traceback_under_debug(monkeypatch, debug):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("lambexp.config.load_experiment", broken)
+    result = invoke("validate", "adam_vs_lamb", *(["--debug"] if debug else []))
+    assert result.exit_code == 1
+    last = "internal error: RuntimeError: boom (rerun with --debug for the traceback)"
+    assert result.output.splitlines()[-1] == last
+    assert ("Traceback (most recent call last)" in result.output) == debug
+    if not debug:
+        assert result.output == last + "\n"
+
+
 def test_without_debug_one_line_and_no_traceback():
     result = invoke("validate", "nope.yaml")
     assert result.exit_code == 2 and "Traceback" not in result.output
