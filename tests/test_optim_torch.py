@@ -122,6 +122,56 @@ def test_chunked_foreach_with_reused_scratch_equals_reference(name, chunk, monke
         torch.testing.assert_close(fast.trust_stats()[key], slow.trust_stats()[key], rtol=1e-12, atol=1e-12)
 
 
+KERNEL_CASES = {  # every way _adam_kernel_step sets c, ε' and d's start
+    **{k: f for k, f in OPTIMIZERS.items() if k != "lars"},
+    "lamb-paper-no-bias-correction": lambda p, **kw: Lamb(p, lr=0.01, weight_decay=0.01, rule="paper",
+                                                          bias_correction=False, **kw),
+    "lamb-blog-clip-binds": lambda p, **kw: Lamb(p, lr=0.01, betas=(0.9, 0.99), clamp=0.05, **kw),
+    "lamb-paper-no-decay": lambda p, **kw: Lamb(p, lr=0.01, rule="paper", clamp=0.5, **kw),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("name", KERNEL_CASES)
+def test_large_tensors_take_the_adam_kernel_and_equal_the_reference(name, dtype, monkeypatch):
+    """With the chunk size at 10 elements, small_net's 6×8 and 8×3 weights count as large: their
+    moments and direction come from torch's fused Adam kernel, their norms from dot products; the
+    biases (8, 3) keep the foreach step. Equal to the reference to float rounding, r included."""
+    import lambexp.optim.trust as trust
+
+    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
+    calls, kernel = [], torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_",
+                        lambda *a, **kw: calls.append(a[0][0].shape) or kernel(*a, **kw))
+    data = batches(20, dtype=dtype)
+    a, b = small_net(dtype=dtype), small_net(dtype=dtype)
+    fast = KERNEL_CASES[name](a.parameters())
+    slow = KERNEL_CASES[name](b.parameters(), foreach=False)
+    tol = 1e-12 if dtype == F64 else 2e-5
+    assert_same(train(a, fast, data), train(b, slow, data), tol)
+    assert calls[:2] == [(8, 6), (3, 8)] and len(calls) == 40  # the two weights, 20 steps
+    for key in ("r", "r1", "r2"):
+        torch.testing.assert_close(fast.trust_stats()[key], slow.trust_stats()[key], rtol=tol, atol=tol)
+    if "clip" in name:
+        assert (slow.trust_stats()["r"] == 0.05).any()  # the clip bound
+
+
+def test_a_zero_large_tensor_takes_r_equal_1_through_the_kernel(monkeypatch):
+    import lambexp.optim.trust as trust
+
+    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
+    for rule in ("blog", "paper"):
+        a, b = small_net(), small_net()
+        for net in (a, b):
+            nn.init.zeros_(net[0].weight)  # r1 = 0: r = 1, the plain Adam step
+        fast, slow = Lamb(a.parameters(), lr=0.01, rule=rule), Lamb(b.parameters(), lr=0.01, rule=rule,
+                                                                   foreach=False)
+        data = batches(3)
+        assert_same(train(a, fast, data[:1]), train(b, slow, data[:1]), 1e-12)
+        assert fast.trust_stats()["r"][0] == 1.0 and fast.trust_stats()["r1"][0] == 0.0
+        assert_same(train(a, fast, data[1:]), train(b, slow, data[1:]), 1e-12)
+
+
 def test_scratch_reuses_its_memory_and_grows_for_a_larger_chunk():
     from lambexp.optim.trust import Scratch
 

@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from lambexp.optim import fused, rules
+from lambexp.optim import fused, rules, trust
 from lambexp.optim.trust import (
     Scratch,
     TrustRatioOptimizer,
@@ -158,53 +158,113 @@ class Lamb(TrustRatioOptimizer):
         return stats
 
     def _foreach_step(self, group: dict, w: list[Tensor]):
-        """The rule on the tensors ``w`` with ``torch._foreach_*`` ops, equation by equation as in
-        ``rules.py``. On the CPU the temporaries live in reused scratch buffers (``Scratch``):
-        every large one is written there, never allocated."""
+        """The rule on the tensors ``w``: the elementwise part (the moments and the direction the
+        rule scales by r), the norms over whole tensors, then the update.
+
+        The elementwise part is ``_direction``: ``torch._foreach_*`` ops equation by equation as
+        in ``rules.py``, on the CPU with every temporary in reused scratch buffers (``Scratch``).
+        A CPU tensor too large to share a cache chunk takes ``_adam_kernel_step`` instead."""
         steps = [self.state[p]["step"] for p in w]
-        beta1, beta2 = group["betas"]
-        lam, eps, lr = group["weight_decay"], group["eps"], group["lr"]
         g = [p.grad for p in w]
         m = [self.state[p]["m"] for p in w]
         v = [self.state[p]["v"] for p in w]
-        reuse = w[0].device.type == "cpu"
+        cpu = w[0].device.type == "cpu"
+        if cpu and _adam_kernel_fits(w, g, m, v):
+            d, r1, r2, coef = self._adam_kernel_step(group, w[0], g[0], m[0], v[0], steps[0])
+        else:
+            d = self._direction(group, w, g, m, v, steps, self._scratch.like(2, w) if cpu else None)
+            if group["rule"] == "blog":
+                r1, r2 = rules.rms_each(w), rules.rms_each(d)
+                beta1, beta2 = group["betas"]
+                coef = [group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
+            else:
+                r1 = rules.clamped(torch.stack(torch._foreach_norm(w)), group["clamp"])
+                r2 = torch.stack(torch._foreach_norm(d))
+                coef = [group["lr"]] * len(w)
+        r = rules.ratio(r1, r2, group["clamp"] if group["rule"] == "blog" else None)
+        _descend(w, d, coef, None if group["adam"] else r)
+        return r, r1, r2
 
-        def new(slot: int, foreach_op, op, *args: list) -> list[Tensor]:
-            """``foreach_op(*args)``; on the CPU the same ``op`` tensor by tensor, written into
-            scratch slot ``slot`` instead of new memory (one pass, nothing allocated)."""
-            if not reuse:
+    def _adam_kernel_step(self, group: dict, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int):
+        """``_foreach_step``'s first part for one large CPU tensor, in fewer passes over memory:
+        LAMB's direction is Adam's, so torch's fused Adam kernel makes it, with the moments, in
+        one pass; the norms are dot products, which use every thread (``_foreach_norm`` one).
+        Equal to the rule to float rounding (tested); LeNet has no tensor this large.
+
+        The kernel, run with lr 1 on a scratch tensor d as its parameter, writes
+        d ← d − c·m̂/(√v̂ + ε'). With c = 1 and ε' = ε where the rule divides m and v by their
+        bias corrections (paper), else c = √(1−β2ᵗ)/(1−β1ᵗ) and ε' = ε/√(1−β2ᵗ), that is
+        d − c·m/(√v + ε). Starting from d = −c·λ·w (the paper's decoupled decay; the blog's
+        λ·w goes into g), d = −c·direction. Returns d, r1, r2 and the coefficient of d in the
+        update w ← w − coef·r·d."""
+        beta1, beta2 = group["betas"]
+        lam, eps = group["weight_decay"], group["eps"]
+        corrected = group["rule"] == "paper" and group["bias_correction"]
+        c = 1.0 if corrected else math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        d = self._scratch.like(2, [w])[0]
+        if group["rule"] == "blog" and lam:
+            g = torch.add(g, w, alpha=lam, out=self._scratch.like(0, [g])[0])  # g + λ·w
+        if group["rule"] == "paper" and lam:
+            torch.mul(w, -c * lam, out=d)
+        else:
+            d.zero_()
+        torch._fused_adam_([d], [g], [m], [v], [], [torch.tensor(float(t))], lr=1.0,
+                           beta1=beta1, beta2=beta2, weight_decay=0.0,
+                           eps=eps if corrected else eps / math.sqrt(1 - beta2**t),
+                           amsgrad=False, maximize=False)
+        flat_w, flat_d = w.view(-1), d.view(-1)
+        norm_w, norm_dir = torch.dot(flat_w, flat_w).sqrt(), torch.dot(flat_d, flat_d).sqrt() / c
+        if group["rule"] == "blog":  # RMS; the step size s = lr·√(1−β2ᵗ)/(1−β1ᵗ) is lr·c
+            root_n = math.sqrt(w.numel())
+            return [d], (norm_w / root_n)[None], (norm_dir / root_n)[None], [-group["lr"]]
+        r1 = rules.clamped(norm_w, group["clamp"])[None]
+        return [d], r1, norm_dir[None], [-group["lr"] / c]
+
+    def _direction(self, group: dict, w: list[Tensor], g: list[Tensor], m: list[Tensor],
+                   v: list[Tensor], steps: list[int], out: list[Tensor] | None) -> list[Tensor]:
+        """m ← β1·m + (1−β1)·g and v ← β2·v + (1−β2)·g² in place, and the direction the rule
+        scales by r: blog a = m/(√v + ε) (λ·w added to g first); paper u = m̂/(√v̂ + ε) + λ·w.
+        On the CPU (``out`` given) it is written into ``out`` and the temporaries into scratch;
+        elsewhere (``out`` None) the foreach ops make new tensors."""
+        beta1, beta2 = group["betas"]
+        lam, eps = group["weight_decay"], group["eps"]
+
+        def into(dest, foreach_op, op, *args: list) -> list[Tensor]:
+            """``foreach_op(*args)``, or on the CPU the same ``op`` tensor by tensor written into
+            ``dest``: a list of tensors, or the number of a scratch slot (nothing allocated)."""
+            if out is None:
                 return foreach_op(*args)
-            out = self._scratch.like(slot, args[0])
-            for *xs, o in zip(*args, out):
+            dest = self._scratch.like(dest, args[0]) if isinstance(dest, int) else dest
+            for *xs, o in zip(*args, dest):
                 op(*xs, out=o)
-            return out
+            return dest
 
         if group["rule"] == "blog" and lam:
-            g = new(0, partial(torch._foreach_add, alpha=lam), partial(torch.add, alpha=lam), g, w)  # g + λ·w
+            g = into(0, partial(torch._foreach_add, alpha=lam), partial(torch.add, alpha=lam), g, w)
         torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β1·m + (1−β1)·g
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
-        denom = new(1, torch._foreach_sqrt, torch.sqrt, v)
         if group["rule"] == "blog":
+            denom = into(out, torch._foreach_sqrt, torch.sqrt, v)
             torch._foreach_add_(denom, eps)
-            a = new(2, torch._foreach_div, torch.div, m, denom)  # a = m / (√v + ε)
-            r1, r2 = rules.rms_each(w), rules.rms_each(a)
-            r = rules.ratio(r1, r2, group["clamp"])
-            s = [lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
-            _descend(w, a, s, None if group["adam"] else r)
-            return r, r1, r2
+            return into(out, torch._foreach_div, torch.div, m, denom)  # a = m / (√v + ε)
         bc1, bc2 = _bias_corrections(steps, beta1, beta2, group["bias_correction"])
+        denom = into(1, torch._foreach_sqrt, torch.sqrt, v)
         torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
         torch._foreach_add_(denom, eps)  # √v̂ + ε
-        u = new(2, torch._foreach_div, torch.div, m, bc1)  # m̂
+        u = into(out, torch._foreach_div, torch.div, m, bc1)  # m̂
         torch._foreach_div_(u, denom)
         if lam:
             torch._foreach_add_(u, w, alpha=lam)  # u = m̂/(√v̂ + ε) + λ·w
-        r1 = rules.clamped(torch.stack(torch._foreach_norm(w)), group["clamp"])
-        r2 = torch.stack(torch._foreach_norm(u))
-        r = rules.ratio(r1, r2)
-        _descend(w, u, [lr] * len(w), None if group["adam"] else r)
-        return r, r1, r2
+        return u
+
+
+def _adam_kernel_fits(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> bool:
+    """A CPU chunk of one tensor too large to share a cache chunk, which torch's fused Adam
+    kernel can step: contiguous, in a floating dtype it takes."""
+    return (len(w) == 1 and w[0].numel() > trust.CPU_CHUNK_NUMEL and hasattr(torch, "_fused_adam_")
+            and w[0].dtype in (torch.float32, torch.float64)
+            and all(x.is_contiguous() for x in (w[0], g[0], m[0], v[0])))
 
 
 def _by_step(state: dict, w: list[Tensor]) -> dict[int, list[int]]:

@@ -107,19 +107,37 @@ def cache_chunks(w: list[Tensor]) -> list[list[Tensor]]:
     On the CPU, a foreach op is a loop over tensors, so running the whole list through each op
     in turn streams every tensor through memory once per op; runs of about ``CPU_CHUNK_NUMEL``
     elements keep a run in cache from the first op to the last (faster on large models:
-    docs/optimizer.md, ``make bench-optim``).
+    docs/optimizer.md, ``make bench-optim``). A larger tensor is a run of its own; the smaller
+    ones fill runs in their order, past the large ones between them (fewer, fuller runs).
     """
     if not w or w[0].device.type != "cpu":
         return [w]
     runs, run, size = [], [], 0
     for p in w:
+        if p.numel() > CPU_CHUNK_NUMEL:
+            runs.append([p])
+            continue
         if run and size + p.numel() > CPU_CHUNK_NUMEL:
             runs.append(run)
             run, size = [], 0
         run.append(p)
         size += p.numel()
-    runs.append(run)
+    if run:
+        runs.append(run)
     return runs
+
+
+def in_cache_chunks(step, w: list[Tensor]) -> list[Tensor]:
+    """``step`` (tensors → r, r1, r2) over the cache-sized runs of ``w`` (``cache_chunks``), its
+    r, r1, r2 joined back in the order of ``w``."""
+    runs = cache_chunks(w)
+    stats = [torch.cat(col) for col in zip(*(step(run) for run in runs))]
+    position = {id(p): j for j, p in enumerate(w)}
+    order = [position[id(p)] for run in runs for p in run]
+    if order == sorted(order):
+        return stats
+    back = torch.tensor(order).argsort().to(stats[0].device)
+    return [x[back] for x in stats]
 
 
 class Scratch:
@@ -170,13 +188,6 @@ def _dense_strides(x: Tensor) -> tuple[int, ...]:
     if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
         return tuple(x.stride())
     return tuple(torch.empty(x.shape, device="meta").stride())
-
-
-def in_cache_chunks(step, w: list[Tensor]) -> list[Tensor]:
-    """``step`` (tensors → r, r1, r2) over the cache-sized runs of ``w`` (``cache_chunks``), its
-    r, r1, r2 joined back in the order of ``w``."""
-    runs = [step(run) for run in cache_chunks(w)]
-    return [torch.cat(col) for col in zip(*runs)]
 
 
 def check_range(name: str, value, ok: bool, allowed: str) -> None:
