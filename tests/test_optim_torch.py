@@ -156,6 +156,26 @@ def test_large_tensors_take_the_adam_kernel_and_equal_the_reference(name, dtype,
         assert (slow.trust_stats()["r"] == 0.05).any()  # the clip bound
 
 
+@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.01}, {"rule": "paper", "weight_decay": 0.01},
+                                {"rule": "paper", "bias_correction": False}])
+def test_the_accelerator_direction_equals_the_cpu_one(kw):
+    """The accelerator path of the elementwise part (foreach ops making new tensors, out=None),
+    run here on CPU tensors, equals the CPU path (scratch buffers) bit for bit: m, v and the
+    direction. On a GPU the tests above compare it with the reference (skipped without one)."""
+    torch.manual_seed(0)
+    w = [torch.randn(4, 3), torch.randn(5)]
+    g = [torch.randn(4, 3), torch.randn(5)]
+    m0, v0 = [torch.randn_like(x) for x in w], [torch.rand_like(x) for x in w]
+    runs = []
+    for out in (None, [torch.empty(4, 3), torch.empty(5)]):
+        opt = Lamb([nn.Parameter(x.clone()) for x in w], lr=0.01, **kw)
+        m, v = [x.clone() for x in m0], [x.clone() for x in v0]
+        d = opt._direction(opt.param_groups[0], w, g, m, v, [3, 3], out)
+        runs.append((m, v, d))
+    for a, b in zip(*runs):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_a_zero_large_tensor_takes_r_equal_1_through_the_kernel(monkeypatch):
     import lambexp.optim.trust as trust
 
