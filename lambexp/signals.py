@@ -24,22 +24,36 @@ class StopFlag:
         return EXIT_CODES.get(self.signum, 130)
 
 
-FIRST = b"\nstopping after this step, with a checkpoint (Ctrl-C again to quit at once)\n"
+FIRST = (b"\nstopping cleanly: the arm in training is checkpointed after its step"
+         b" (Ctrl-C again to quit at once)\n")
 SECOND = b"\nquitting now: the last checkpoint written is kept\n"
 
 
-def catch(flag: StopFlag, announce: bool = True) -> dict:
+def _say(message: bytes) -> None:
+    """Write to stderr from a signal handler; a reader that is gone (``| tee`` killed by the same
+    Ctrl-C) must not turn the request to stop into an error."""
+    try:
+        os.write(2, message)
+    except OSError:
+        pass
+
+
+def catch(flag: StopFlag, announce: bool | None = None) -> dict:
     """From now on the first SIGINT/SIGTERM sets ``flag``; a second one ends the process at once
-    with 130 / 143. ``announce``: say so on stderr (not in workers, whose parent speaks).
-    Returns the handlers it replaced."""
+    with 130 / 143. ``announce``: say so on stderr; by default only the lead process (RANK 0 or
+    no torchrun), and never a worker of ``--jobs``, whose parent speaks. Returns the handlers it
+    replaced."""
+    if announce is None:
+        announce = os.environ.get("RANK", "0") == "0"
+
     def handler(signum, frame):
         if flag.signum is not None:
             if announce:
-                os.write(2, SECOND)
+                _say(SECOND)
             os._exit(EXIT_CODES.get(signum, 130))
         flag.signum = signum
         if announce:
-            os.write(2, FIRST)
+            _say(FIRST)
 
     return {s: signal.signal(s, handler) for s in EXIT_CODES}
 

@@ -121,12 +121,16 @@ def test_a_second_signal_exits_at_once_and_says_so(second, code):
     assert done.returncode == code
     assert done.stdout == "after the first: True 130\n"  # the first only asked to stop
     assert done.stderr.split("\n")[1:4:2] == [
-        "stopping after this step, with a checkpoint (Ctrl-C again to quit at once)",
+        "stopping cleanly: the arm in training is checkpointed after its step (Ctrl-C again to quit"
+        " at once)",
         "quitting now: the last checkpoint written is kept"]
 
 
 @pytest.mark.slow
 def test_two_ctrl_c_on_a_real_run_leave_a_folder_that_resumes(tiny_mnist_env, tmp_path):
+    """Ctrl-C, then Ctrl-C again once the first is announced: exit 130 at whatever point the second
+    lands (mid-step, mid-checkpoint or after it), and `lambexp resume` finishes the arm with every
+    logged step once. (That the second quits at once is the subprocess test above.)"""
     config = tmp_path / "long.yaml"
     config.write_text(TINY_CONFIG.replace("epochs: 1", "epochs: 30").replace(
         "  - {name: adam, optimizer: adam}\n", "").replace("log_interval: 2",
@@ -137,6 +141,7 @@ def test_two_ctrl_c_on_a_real_run_leave_a_folder_that_resumes(tiny_mnist_env, tm
         if line.startswith("[lamb] epoch 3/"):
             break
     proc.send_signal(signal.SIGINT)
+    assert proc.stderr.readline() == "\n" and proc.stderr.readline().startswith("stopping cleanly")
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode == 130
@@ -149,3 +154,15 @@ def test_two_ctrl_c_on_a_real_run_leave_a_folder_that_resumes(tiny_mnist_env, tm
     records = [json.loads(line) for line in (run_dir / "lamb" / "metrics.jsonl").open()]
     steps = [r["step"] for r in records if "train/loss" in r.get("values", {})]
     assert steps == sorted(set(steps)) and len(steps) == 60  # none twice, none missing
+
+
+def test_a_closed_stderr_does_not_turn_ctrl_c_into_an_error():
+    """`lambexp run … 2>&1 | tee log`: the same Ctrl-C kills tee, and the announcement then
+    writes to a closed pipe; the stop must still be a clean one."""
+    script = SECOND_SIGNAL.replace('print("still running", flush=True)', "")
+    read, write = os.pipe()
+    os.close(read)  # a reader that is gone
+    done = subprocess.run([sys.executable, "-c", script, "SIGINT"], stdout=subprocess.PIPE,
+                          stderr=write, text=True, timeout=60)
+    os.close(write)
+    assert done.returncode == 130 and done.stdout == "after the first: True 130\n"
