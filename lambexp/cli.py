@@ -223,7 +223,11 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                   "--jobs", "-j", help="trainings at once, each in a process of its own with its share"
                   " of the CPU threads (or a GPU of its own); results equal --jobs 1's to float rounding"
                   )] = 1,
-              data_dir: DataDir = None, quiet: Quiet = False, debug: Debug = False):
+              data_dir: DataDir = None,
+              quiet: Annotated[bool, typer.Option("--quiet", "-q", help=(
+                  "no progress output (for logs and CI): only the report's path, on the last"
+                  " line"))] = False,
+              debug: Debug = False):
     """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
     figures: which of the post's claims hold, k of n seeds each.
 

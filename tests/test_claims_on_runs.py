@@ -4,7 +4,6 @@ event files (read with TensorBoard's own reader), so a writer/reader drift canno
 NaN and verdicts into NOT REPRODUCED unnoticed."""
 
 import math
-import os
 import shutil
 import statistics
 
@@ -68,12 +67,11 @@ def reproduced(tmp_path_factory):
     """One 2-seed reproduce of CONFIG on the tiny MNIST, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("claims")
     tiny = write_tiny_mnist(root)
-    os.environ["LAMBEXP_MNIST_MD5SUMS"], os.environ["LAMBEXP_DATA"] = str(tiny.manifest), str(tiny.data_dir)
-    try:
-        (root / "e2e.yaml").write_text(CONFIG)
+    (root / "e2e.yaml").write_text(CONFIG)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny.manifest))
+        env.setenv("LAMBEXP_DATA", str(tiny.data_dir))
         result = invoke("reproduce", root / "e2e.yaml", "--out", root / "out", "--seeds", "2", "--quiet")
-    finally:
-        del os.environ["LAMBEXP_MNIST_MD5SUMS"], os.environ["LAMBEXP_DATA"]
     assert result.exit_code == 0, result.output
     return root / "out"
 

@@ -10,6 +10,7 @@ import torch_optimizer
 from torch import Tensor, nn
 
 from lambexp.optim import Lamb, Lars, build_optimizer
+from lambexp.optim.lamb import cpu_adam_kernel
 
 F64 = torch.float64
 
@@ -140,6 +141,7 @@ def test_large_tensors_take_the_adam_kernel_and_equal_the_reference(name, dtype,
     import lambexp.optim.trust as trust
 
     monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
+    assert cpu_adam_kernel()  # probed (and cached) before the spy goes in
     calls, kernel = [], torch._fused_adam_
     monkeypatch.setattr(torch, "_fused_adam_",
                         lambda *a, **kw: calls.append(a[0][0].shape) or kernel(*a, **kw))
@@ -174,6 +176,24 @@ def test_the_accelerator_direction_equals_the_cpu_one(kw):
         runs.append((m, v, d))
     for a, b in zip(*runs):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_without_a_cpu_adam_kernel_large_tensors_take_the_foreach_step(monkeypatch):
+    """torch before 2.4 has no CPU fused Adam: the probe says so and nothing calls the kernel."""
+    import lambexp.optim.lamb as lamb
+    import lambexp.optim.trust as trust
+
+    assert cpu_adam_kernel()  # this torch has it; one without it:
+    with monkeypatch.context() as older:
+        older.delattr(torch, "_fused_adam_")
+        assert not cpu_adam_kernel.__wrapped__()
+    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
+    monkeypatch.setattr(lamb, "cpu_adam_kernel", lambda: False)
+    monkeypatch.setattr(torch, "_fused_adam_", None)  # a call would raise TypeError
+    data = batches(5)
+    a, b = small_net(), small_net()
+    fast, slow = Lamb(a.parameters(), lr=0.01), Lamb(b.parameters(), lr=0.01, foreach=False)
+    assert_same(train(a, fast, data), train(b, slow, data), 1e-12)
 
 
 def test_a_zero_large_tensor_takes_r_equal_1_through_the_kernel(monkeypatch):

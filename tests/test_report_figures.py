@@ -121,7 +121,7 @@ def test_fmt_samples():
 @pytest.fixture
 def drawn(monkeypatch) -> list:
     """Every Figure the figures module saves, kept open for inspection (and still written to disk)."""
-    kept, save = [], figures.plt.Figure.savefig
+    kept, save, close = [], figures.plt.Figure.savefig, figures.plt.close
 
     def keep(fig, path, **kwargs):
         kept.append(fig)
@@ -131,7 +131,7 @@ def drawn(monkeypatch) -> list:
     monkeypatch.setattr(figures.plt, "close", lambda fig=None: None)
     yield kept
     for fig in kept:
-        figures.plt.close(fig)
+        close(fig)
 
 
 def line(ax, label: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from functools import partial
@@ -262,9 +263,22 @@ class Lamb(TrustRatioOptimizer):
 def _adam_kernel_fits(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> bool:
     """A CPU chunk of one tensor too large to share a cache chunk, which torch's fused Adam
     kernel can step: contiguous, in a floating dtype it takes."""
-    return (len(w) == 1 and w[0].numel() > trust.CPU_CHUNK_NUMEL and hasattr(torch, "_fused_adam_")
+    return (len(w) == 1 and w[0].numel() > trust.CPU_CHUNK_NUMEL
             and w[0].dtype in (torch.float32, torch.float64)
-            and all(x.is_contiguous() for x in (w[0], g[0], m[0], v[0])))
+            and all(x.is_contiguous() for x in (w[0], g[0], m[0], v[0])) and cpu_adam_kernel())
+
+
+@functools.cache
+def cpu_adam_kernel() -> bool:
+    """Whether this torch has a fused Adam kernel for the CPU (torch 2.4 and later); tried once,
+    on one-element tensors. Without it, large tensors take the foreach step."""
+    try:
+        one = [[torch.zeros(1)] for _ in range(4)]
+        torch._fused_adam_(*one, [], [torch.ones(())], lr=1.0, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def _by_step(state: dict, w: list[Tensor]) -> dict[int, list[int]]:
