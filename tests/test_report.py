@@ -1,15 +1,19 @@
 """The report on hand-written run folders (known values → known verdicts), and `reproduce` resuming."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 from conftest import TINY_CONFIG
 from typer.testing import CliRunner
 
 from lambexp.cli import app
+from lambexp.layout import Status, Summary
+from lambexp.report import build
 from lambexp.report.build import build_report
-from lambexp.report.claims import measure
-from lambexp.report.series import load_arm
+from lambexp.report.claims import lr_range, measure
+from lambexp.report.series import ArmSeries, load_arm
 
 CONFIG = """\
 name: toy
@@ -428,9 +432,26 @@ def test_the_range_of_learning_rates_that_reach_the_threshold(tmp_path):
     assert row.endswith("| REPRODUCED (1 of 1) |")
     # at 90% Adam reaches 0.001 and 0.01: 1 decade
     assert claim_row(report, "Adam's band at 90%").endswith("| REPRODUCED (1 of 1) |")
-    assert "| adam (blog), wd 0 | 0.001 | 0 decades |" in report
-    assert "| lamb (blog), wd 0 | 0.001, 0.01, 0.1 | 2 decades |" in report
+    assert "| adam (blog), wd 0 | 0.001 | 0 decades (0.001 to 0.001) |" in report
+    assert build.fmt("lr_range", 1.0) == "1 decade" and build.fmt("lr_range", 1.5) == "1.5 decades"
+    assert "| lamb (blog), wd 0 | 0.001, 0.01, 0.1 | 2 decades (0.001 to 0.1) |" in report
     assert (out / "figures" / "sweep_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("accs, expected", [
+    ([0.98, 0.96, 0.98, 0.98], 1.0),  # passes at 0.001, 0.1, 1; fails at 0.01: the run 0.1-1
+    ([0.98, 0.98, 0.96, 0.98], 1.0),  # 0.001-0.01, then a hole: 1 decade, not 3
+    ([0.96, 0.98, 0.96, 0.96], 0.0),  # one lr: 0 decades
+    ([0.96, 0.96, 0.96, 0.96], math.nan),  # none
+])
+def test_lr_range_is_the_widest_run_without_a_hole(accs, expected):
+    """Hand-worked: lrs 0.001, 0.01, 0.1, 1 (a decade apart), threshold 97%."""
+    group = [ArmSeries(f"a{i}", 1, np.empty((0, 2)), np.empty((0, 2)), np.array([[1.0, acc]]),
+                       np.empty(0), [], np.empty((0, 0)), np.empty((0, 0)), np.empty((0, 0)),
+                       Summary(Status.FINISHED), lr=lr)
+             for i, (lr, acc) in enumerate(zip([1.0, 0.001, 0.1, 0.01], [accs[j] for j in (3, 0, 2, 1)]))]
+    value = lr_range(group, 0.97)
+    assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected)
 
 
 def test_lr_range_takes_a_pattern_and_names_take_none(tmp_path):

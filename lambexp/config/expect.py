@@ -40,9 +40,10 @@ MEASURES = {  # name → what it is (the report computes each from the run files
     "best_accuracy": "best test accuracy over the epochs, in [0, 1]",
     "final_loss": "last logged training loss",
     "min_train_loss": "lowest logged training loss (optionally within the first `within_epochs`)",
-    "lr_range": ("decades of learning rate (log10 of the largest over the smallest lr) over which the"
-                 " arms matching `arm` (a pattern with *, e.g. lamb_lr*_wd0) reach `threshold` final"
-                 " test accuracy; 0 for a single lr, NaN for none"),
+    "lr_range": ("decades of learning rate (log10 of the largest over the smallest lr) of the widest"
+                 " run of consecutive lrs whose arms matching `arm` (a pattern with *, e.g."
+                 " lamb_lr*_wd0) all reach `threshold` final test accuracy (an lr in between that"
+                 " fails ends a run); 0 for a single lr, NaN for none"),
     "diverged": ("as the trainer decided (lambexp.divergence): loss or a parameter non-finite, or the "
                  "loss rose above its first logged value after falling below half of it"),
     "r_max": "largest trust ratio r over training (all layers, or `layer`)",

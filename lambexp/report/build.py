@@ -14,7 +14,7 @@ from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
 from lambexp.layout import find_experiments, write_text_atomically
 from lambexp.report import figures
-from lambexp.report.claims import ClaimResult, check, decades, mean_std
+from lambexp.report.claims import ClaimResult, check, decades, mean_std, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 
@@ -31,7 +31,7 @@ def fmt(measure: str, value: float | None) -> str:
     if measure in PERCENT:
         return f"{value:.2%}"
     if measure == "lr_range":
-        return f"{value:.2g} decades"
+        return f"{value:.2g} decade{'' if f'{value:.2g}' == '1' else 's'}"
     return f"{value:.4g}"
 
 
@@ -146,7 +146,8 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
     if len({a.lr for a in exp.arms}) >= 4:  # a learning-rate sweep
         made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png"),
                      "final test accuracy against learning rate, per optimizer and weight decay"))
-        blocks.append(Table(["optimizer", "learning rates reaching 97% (mean over seeds)", "range"],
+        blocks.append(Table(["optimizer", "learning rates reaching 97% (mean over seeds)",
+                             "widest run of consecutive ones"],
                             lr_range_rows(runs)))
     return [Image(path.relative_to(out_dir), alt) for path, alt in made] + blocks
 
@@ -170,10 +171,13 @@ def lr_points(runs: ExperimentRuns) -> dict[str, list[tuple[float, list[float], 
 
 
 def lr_range_rows(runs: ExperimentRuns, threshold: float = 0.97) -> list[list[str]]:
+    """Per optimizer and weight decay, on the mean over seeds: the lrs that reach ``threshold``, and
+    the widest run of consecutive ones (what `measure: lr_range` measures per seed)."""
     rows = []
     for group, pts in lr_points(runs).items():
         ok = sorted(lr for lr, accs, _ in pts if accs and statistics.fmean(accs) >= threshold)
-        span = fmt("lr_range", decades(ok)) if ok else "none"
+        run = widest_run([lr for lr, _, _ in pts], set(ok))
+        span = f"{fmt('lr_range', decades(run))} ({run[0]:g} to {run[-1]:g})" if run else "none"
         rows.append([group, ", ".join(f"{lr:g}" for lr in ok) or "none", span])
     return rows
 

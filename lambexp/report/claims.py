@@ -136,9 +136,25 @@ def decades(lrs: list[float]) -> float:
     return math.log10(max(lrs) / min(lrs)) if lrs else math.nan
 
 
+def widest_run(lrs: list[float], passing: set[float]) -> list[float]:
+    """The longest run of consecutive learning rates of ``lrs`` (the grid, in any order) that are
+    all in ``passing``, by decades covered: a rate in between that fails ends a run, since a band
+    with a hole in it is not a range the optimizer works over. Empty when none passes."""
+    best: list[float] = []
+    run: list[float] = []
+    for lr in sorted(set(lrs)):
+        run = run + [lr] if lr in passing else []
+        if run and (not best or decades(run) > decades(best)):
+            best = run
+    return best
+
+
 def lr_range(group: list[ArmSeries], threshold: float) -> float:
-    """Decades of lr whose arms reached ``threshold`` final test accuracy (``decades``)."""
-    return decades([s.lr for s in group if s.lr and measure(s, "final_accuracy") >= threshold])
+    """Decades of the widest run of consecutive lrs whose arms reached ``threshold`` final test
+    accuracy (``widest_run``, ``decades``): NaN when none did."""
+    lrs = [s.lr for s in group if s.lr]
+    passing = {s.lr for s in group if s.lr and measure(s, "final_accuracy") >= threshold}
+    return decades(widest_run(lrs, passing))
 
 
 def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> float:
