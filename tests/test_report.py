@@ -464,3 +464,18 @@ def test_lr_range_takes_a_pattern_and_names_take_none(tmp_path):
     with pytest.raises(ConfigError, match=r"expect\[0\].arm: no arm of that name"):
         parse_experiment(SWEEP.split("expect:")[0] + "expect: [{claim: c, arm: sgd_lr*, measure: lr_range,"
                          " above: 1}]\n")
+
+
+def test_a_sweep_groups_its_arms_by_optimizer_and_decay_labelled_by_lr():
+    from lambexp.config import parse_experiment
+    from lambexp.report.build import arm_groups
+
+    exp = parse_experiment(SWEEP.replace("  lr: [0.001, 0.01, 0.1, 1.0]",
+                                         "  lr: [1.0, 0.001, 0.1]\n  weight_decay: [0, 0.01]"))
+    by_arm = {a.name: [a.name] for a in exp.arms if a.name != "lamb_lr0.1_wd0.01"}  # one unfinished
+    groups = arm_groups(exp, by_arm)
+    assert list(groups) == ["adam (blog), wd 0", "adam (blog), wd 0.01", "lamb (blog), wd 0",
+                            "lamb (blog), wd 0.01"]
+    assert groups["adam (blog), wd 0"] == {"lr 0.001": ["adam_lr0.001_wd0"], "lr 0.1": ["adam_lr0.1_wd0"],
+                                           "lr 1": ["adam_lr1_wd0"]}
+    assert list(groups["lamb (blog), wd 0.01"]) == ["lr 0.001", "lr 1"]

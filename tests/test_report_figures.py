@@ -209,3 +209,18 @@ def test_accuracy_vs_lr_draws_means_bands_and_diverged_marks(drawn, tmp_path):
     ys = band.get_paths()[0].vertices[:, 1]
     assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(98.0)
     assert 97.0 in [ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() == "--"]  # threshold
+
+
+def test_curves_by_group_draw_a_row_per_group_and_a_line_per_arm(runs, drawn, tmp_path):
+    groups = {"adam, wd 0": {"lr 0.001": runs["adam"], "lr 0.01": [series("adam", 3)]},
+              "lamb, wd 0": {"lr 0.001": runs["lamb"]}}
+    figures.curves_by_group("t", groups, tmp_path / "g.png", samples_per_epoch=4000)
+    axes = drawn[0].axes
+    (adam_loss, adam_acc), (lamb_loss, _) = axes[0:2], axes[2:4]
+    assert adam_loss.get_ylabel().startswith("adam, wd 0") and lamb_loss.get_ylabel().startswith("lamb, wd 0")
+    a1, a2 = runs["adam"]
+    mean_loss = (a1.train_loss[:, 1] + a2.train_loss[:, 1]) / 2
+    assert np.allclose(line(adam_loss, "lr 0.001").get_ydata(), mean_loss)
+    assert np.allclose(line(adam_acc, "lr 0.01").get_ydata(), 100 * series("adam", 3).test_accuracy[:, 1])
+    assert line(lamb_loss, "lr 0.001 (diverged 2/2)") is not None
+    assert sum(ln.get_marker() == "X" for ln in lamb_loss.lines) == 2 and adam_acc.get_ylim() == (0, 100)

@@ -123,11 +123,12 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
     folder = out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{exp.name}: {exp.description}" if exp.description else exp.name
-    made = [
-        (figures.curves(title, by_arm, colors, folder / f"{label}_curves.png",
-                        samples_per_epoch=_samples_per_epoch(by_arm)),
-         "training loss and test accuracy"),
-    ]
+    curves_path, per_epoch = folder / f"{label}_curves.png", _samples_per_epoch(by_arm)
+    if len(by_arm) <= MAX_ARMS_PER_PANEL_FIGURE:
+        curves = figures.curves(title, by_arm, colors, curves_path, samples_per_epoch=per_epoch)
+    else:  # one line per arm in one panel would be a legend of 42 entries: a row per group
+        curves = figures.curves_by_group(title, arm_groups(exp, by_arm), curves_path, per_epoch)
+    made = [(curves, "training loss and test accuracy")]
     blocks: list[Block] = []
     if len(by_arm) <= MAX_ARMS_PER_PANEL_FIGURE:
         made += [
@@ -150,6 +151,21 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
                              "widest run of consecutive ones"],
                             lr_range_rows(runs)))
     return [Image(path.relative_to(out_dir), alt) for path, alt in made] + blocks
+
+
+def arm_groups(exp, by_arm: dict) -> dict[str, dict[str, list]]:
+    """The finished arms by ``lr_group`` (optimizer, rule, weight decay), each group's arms by
+    learning rate and then batch size, labelled by what tells them apart within the group."""
+    groups: dict[str, list] = {}
+    for arm in sorted((a for a in exp.arms if a.name in by_arm), key=lambda a: (a.lr, a.batch_size)):
+        groups.setdefault(lr_group(arm), []).append(arm)
+    out = {}
+    for group, arms in groups.items():
+        by_lr = len({a.lr for a in arms}) == len(arms)
+        by_batch = len({a.batch_size for a in arms}) == len(arms)
+        out[group] = {(f"lr {a.lr:g}" if by_lr else f"batch {a.batch_size}" if by_batch else a.name):
+                      by_arm[a.name] for a in arms}
+    return out
 
 
 def lr_group(arm) -> str:

@@ -161,6 +161,41 @@ def curves(title: str, runs: dict[str, list[ArmSeries]], colors: dict[str, str],
     return _save(fig, path)
 
 
+def curves_by_group(title: str, groups: dict[str, dict[str, list[ArmSeries]]], path: Path,
+                    samples_per_epoch: int | None = None) -> Path:
+    """``curves`` for many arms (a sweep): one row per group (e.g. optimizer and weight decay), its
+    training loss and test accuracy side by side, one line per arm of the group in the order given
+    (e.g. by learning rate, from dark to light), the mean over seeds with ✕ where a seed diverged."""
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 0.8 + 2.9 * len(groups)), sharex=True,
+                             squeeze=False)
+    for (ax_loss, ax_acc), (group, lines) in zip(axes, groups.items()):
+        shades = plt.cm.viridis(np.linspace(0, 0.9, max(len(lines), 2)))
+        for color, (label, seeds) in zip(shades, lines.items()):
+            diverged = sum(s.diverged for s in seeds)
+            note = f" (diverged {diverged}/{len(seeds)})" if diverged else ""
+            _plot_seeds(ax_loss, [s.train_loss for s in seeds], color, label + note)
+            _plot_seeds(ax_acc, [s.test_accuracy for s in seeds], color, label + note, scale=100.0)
+            for x, y in filter(None, map(_divergence_mark, seeds)):
+                ax_loss.plot(x, y, "X", ms=9, color=color, mec="black", mew=0.8, zorder=5)
+        ax_loss.set(yscale="log", ylabel=f"{group}\ntraining loss (log)")
+        ax_acc.set(ylabel="test accuracy (%)", ylim=(0, 100))
+        ax_acc.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_title("training loss")
+    axes[0, 1].set_title("test accuracy")
+    for ax in axes[-1]:
+        _samples_axis(ax, None)
+    if samples_per_epoch:
+        for ax in axes[0]:
+            _samples_axis(ax, samples_per_epoch)
+            ax.set_xlabel("")
+    fig.suptitle(f"{title}\none row per group, one line per arm (mean over seeds); ✕: where a seed"
+                 " diverged (last finite loss)", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))  # room for the two-line title
+    return _save(fig, path)
+
+
 def _ridge_axis(values: list[np.ndarray]) -> tuple[bool, float, float]:
     """(log10 scale?, lo, hi) for one column: log when nothing is negative and the positive finite values
     span more than 20× (norms decay to 0 in a dead network: zeros then sit at the left edge)."""
