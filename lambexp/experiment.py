@@ -86,17 +86,19 @@ def optimizer_args(arm: Arm, fused: bool = False) -> dict:
                 trust_coefficient=arm.trust_coefficient, fused=fused)
 
 
-FUSED_MIN_PARAMETERS = 1_000_000  # `fused: auto` on the CPU: the step must be large enough ...
-FUSED_MIN_STEPS = 1000  # ... and repeated often enough to pay for seconds of compiling
+# `fused: auto` on the CPU: compiling costs up to about 15 s (an empty inductor cache, 2 cores) and
+# then saves about 0.16 ms per million parameters a step against the default step (4.0 ms on the
+# 25M stack: docs/optimizer.md), so it pays from about 10^11 parameter-steps.
+FUSED_MIN_PARAMETER_STEPS = 10**11
 
 
 def use_fused(setting: bool | str, device: torch.device, parameters: int, steps: int) -> bool:
-    """``fused: auto`` → on CUDA, or on the CPU for models of at least FUSED_MIN_PARAMETERS trained
-    at least FUSED_MIN_STEPS steps (LeNet's 431k parameters for 708 steps: no, the optimizer is 2%
-    of its step there); true and false as they are."""
+    """``fused: auto`` → on CUDA, or on the CPU where parameters × steps reach
+    FUSED_MIN_PARAMETER_STEPS (LeNet's 431k parameters for 708 steps: far from it); true and false
+    as they are."""
     if setting != "auto":
         return bool(setting)
-    return device.type == "cuda" or (parameters >= FUSED_MIN_PARAMETERS and steps >= FUSED_MIN_STEPS)
+    return device.type == "cuda" or parameters * steps >= FUSED_MIN_PARAMETER_STEPS
 
 
 def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],

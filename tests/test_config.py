@@ -506,8 +506,9 @@ def test_fused_is_true_false_or_auto_and_reaches_lamb():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_fused("auto", cuda, 10, 10) is True
     assert use_fused("auto", cpu, 431_080, 708) is False  # LeNet for 6 epochs: not worth compiling
-    assert use_fused("auto", cpu, 25_000_000, 5000) is True
-    assert use_fused("auto", cpu, 25_000_000, 999) is False
+    assert use_fused("auto", cpu, 25_000_000, 4000) is True  # 1e11 parameter-steps
+    assert use_fused("auto", cpu, 25_000_000, 3999) is False
+    assert use_fused("auto", cpu, 1_000_000, 50_000) is False
     assert use_fused(True, cpu, 1, 1) is True and use_fused(False, cuda, 10**9, 10**9) is False
     opt = build_optimizer("lamb", [torch.nn.Parameter(torch.ones(3))], **optimizer_args(arms[1], True))
     assert opt.defaults["fused"] is True

@@ -76,8 +76,8 @@ class Settings(_Frozen):
         "2019 rule (E6). The blog rule always folds the correction into its step size"))
     fused: FusedSetting = Field(False, description=(
         "LAMB's step (adam, lamb): true: compiled with torch.compile (seconds to compile at the first"
-        " step, then faster: docs/optimizer.md); auto: where that pays, on CUDA, or on the CPU for"
-        " models of at least 1M parameters trained at least 1000 steps; false: the foreach step"))
+        " step, then faster: docs/optimizer.md); auto: where that pays, on CUDA, or on the CPU from"
+        " 10^11 parameters × steps (25M parameters for 4000 steps); false: the default step"))
     eps: Annotated[Float, Field(ge=0)] | None = Field(None, description=(
         "ε added to √v; null: the default, 1e-8 (blog, torch_adam) or 1e-6 (paper)"))
     clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(
