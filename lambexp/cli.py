@@ -41,6 +41,8 @@ DataDir = Annotated[Path | None, typer.Option(
     show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=(
     "no progress output (for logs and CI): only the run folder, on the last line"))]
+QuietReport = Annotated[bool, typer.Option("--quiet", "-q", help=(
+    "no progress output (for logs and CI): only the report's path, on the last line"))]
 Sweeps = Annotated[list[str] | None, typer.Option(
     "--sweep", help="KEY=V1,V2,…: every arm once per value, named from it (lamb → lamb_lr0.001);"
     " repeat for the product of several; adds to the config's `sweep:` and drops its claims, which"
@@ -223,11 +225,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                   "--jobs", "-j", help="trainings at once, each in a process of its own with its share"
                   " of the CPU threads (or a GPU of its own); results equal --jobs 1's to float rounding"
                   )] = 1,
-              data_dir: DataDir = None,
-              quiet: Annotated[bool, typer.Option("--quiet", "-q", help=(
-                  "no progress output (for logs and CI): only the report's path, on the last"
-                  " line"))] = False,
-              debug: Debug = False):
+              data_dir: DataDir = None, quiet: QuietReport = False, debug: Debug = False):
     """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
     figures: which of the post's claims hold, k of n seeds each.
 

@@ -43,7 +43,7 @@ def catch(flag: StopFlag, announce: bool | None = None) -> dict:
     with 130 / 143. ``announce``: say so on stderr; by default only the lead process (RANK 0 or
     no torchrun), and never a worker of ``--jobs``, whose parent speaks. Returns the handlers it
     replaced."""
-    if announce is None:
+    if announce is None:  # torchrun's RANK, read here as distributed.launched_world does (torch-free)
         announce = os.environ.get("RANK", "0") == "0"
 
     def handler(signum, frame):

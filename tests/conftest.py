@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -107,6 +108,11 @@ expect:
 def invoke(*args, catch_exceptions: bool = True):
     """``lambexp ARGS`` in this process (paths may be Path objects); the click Result."""
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def lambexp_argv(*args) -> list[str]:
+    """``python -m lambexp ARGS`` as a command for a real process (paths may be Path objects)."""
+    return [sys.executable, "-m", "lambexp", *map(str, args)]
 
 
 def run_dirs(runs: Path) -> list[Path]:

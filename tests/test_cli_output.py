@@ -12,14 +12,10 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_CONFIG, run_dirs, summary_json
+from conftest import TINY_CONFIG, lambexp_argv, run_dirs, summary_json
 
 EPOCH_LINE = re.compile(r"^\[(\w+)\] epoch (\d+)/(\d+)  train loss (\d+\.\d{4})  "
                         r"test loss (\d+\.\d{4})  test accuracy (\d+\.\d{2})%$")
-
-
-def lambexp(*args) -> list[str]:
-    return [sys.executable, "-m", "lambexp", *map(str, args)]
 
 
 @pytest.fixture
@@ -30,7 +26,7 @@ def two_epochs(tiny_mnist_env, tmp_path):
 
 
 def test_piped_run_prints_one_plain_line_per_epoch_with_the_summarys_numbers(two_epochs, tmp_path):
-    done = subprocess.run(lambexp("run", two_epochs, "--runs-dir", tmp_path / "runs"),
+    done = subprocess.run(lambexp_argv("run", two_epochs, "--runs-dir", tmp_path / "runs"),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout + done.stderr  # no terminal control codes in a pipe
@@ -48,7 +44,7 @@ def test_piped_run_prints_one_plain_line_per_epoch_with_the_summarys_numbers(two
 
 
 def test_quiet_prints_only_the_run_folder(two_epochs, tmp_path):
-    done = subprocess.run(lambexp("run", two_epochs, "--runs-dir", tmp_path / "runs", "--quiet"),
+    done = subprocess.run(lambexp_argv("run", two_epochs, "--runs-dir", tmp_path / "runs", "--quiet"),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     [run_dir] = run_dirs(tmp_path / "runs")
@@ -56,7 +52,7 @@ def test_quiet_prints_only_the_run_folder(two_epochs, tmp_path):
 
 
 def test_json_prints_one_json_document(two_epochs, tmp_path):
-    done = subprocess.run(lambexp("run", two_epochs, "--runs-dir", tmp_path / "runs", "--json"),
+    done = subprocess.run(lambexp_argv("run", two_epochs, "--runs-dir", tmp_path / "runs", "--json"),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     [run_dir] = run_dirs(tmp_path / "runs")
@@ -87,7 +83,7 @@ def test_a_terminal_gets_a_progress_bar_and_the_epoch_lines(tiny_mnist_env, tmp_
                                                                              "log_interval: 1"))
     leader, follower = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
-    proc = subprocess.Popen(lambexp("run", config, "--runs-dir", tmp_path / "runs"), stdin=follower,
+    proc = subprocess.Popen(lambexp_argv("run", config, "--runs-dir", tmp_path / "runs"), stdin=follower,
                             stdout=follower, stderr=follower, env=env)
     os.close(follower)
     try:
@@ -135,7 +131,7 @@ def test_two_ctrl_c_on_a_real_run_leave_a_folder_that_resumes(tiny_mnist_env, tm
     config.write_text(TINY_CONFIG.replace("epochs: 1", "epochs: 30").replace(
         "  - {name: adam, optimizer: adam}\n", "").replace("log_interval: 2",
                                                            "log_interval: 2\ncheckpoint_every: 2"))
-    proc = subprocess.Popen(lambexp("run", config, "--runs-dir", tmp_path / "runs"),
+    proc = subprocess.Popen(lambexp_argv("run", config, "--runs-dir", tmp_path / "runs"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # the third epoch line: past the first checkpoint (epoch 2)
         if line.startswith("[lamb] epoch 3/"):
@@ -146,7 +142,7 @@ def test_two_ctrl_c_on_a_real_run_leave_a_folder_that_resumes(tiny_mnist_env, tm
     proc.communicate(timeout=120)
     assert proc.returncode == 130
     [run_dir] = run_dirs(tmp_path / "runs")
-    done = subprocess.run(lambexp("resume", run_dir, "-q"), capture_output=True, text=True,
+    done = subprocess.run(lambexp_argv("resume", run_dir, "-q"), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     summary = summary_json(run_dir / "lamb")

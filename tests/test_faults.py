@@ -3,14 +3,13 @@
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_dirs, summary_json
+from conftest import lambexp_argv, run_dirs, summary_json
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -152,14 +151,10 @@ def test_interrupt_at_a_chosen_step_then_resume_is_identical(tiny_mnist_env, tmp
     assert logged == sorted(set(logged))  # no step logged twice across the two sessions
 
 
-def _cli(*args, env):
-    return [sys.executable, "-m", "lambexp", *map(str, args)], env
-
-
 def _start_and_signal(config, runs, signum):
     """Start `lambexp run` in a real process; once it has logged, send ``signum``."""
-    proc = subprocess.Popen([sys.executable, "-m", "lambexp", "run", str(config), "--runs-dir",
-                             str(runs), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(lambexp_argv("run", config, "--runs-dir", runs, "-q"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(runs.glob("*/*/lamb/metrics.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -177,7 +172,7 @@ def test_sigint_to_a_real_process_then_resume_matches_a_straight_run(tiny_mnist_
     run_dir = only_run_dir(tmp_path / "runs")
     assert f"lambexp resume {run_dir}" in err and summary_json(run_dir / "lamb")["status"] == "interrupted"
     assert summary_json(run_dir / "lamb")["steps"] < 60  # 15 epochs × 4 steps: it stopped early
-    done = subprocess.run([sys.executable, "-m", "lambexp", "resume", str(run_dir), "-q"],
+    done = subprocess.run(lambexp_argv("resume", run_dir, "-q"),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     straight = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "straight"), "-q"])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import Tensor
@@ -268,7 +267,7 @@ def _adam_kernel_fits(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list
             and all(x.is_contiguous() for x in (w[0], g[0], m[0], v[0])) and cpu_adam_kernel())
 
 
-@functools.cache
+@cache
 def cpu_adam_kernel() -> bool:
     """Whether this torch has a fused Adam kernel for the CPU (torch 2.4 and later); tried once,
     on one-element tensors. Without it, large tensors take the foreach step."""
