@@ -27,6 +27,17 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+    save_atomically(path, payload)
+
+
+def save_weights(path: Path, model: nn.Module) -> None:
+    """The model's final weights (its state_dict), for anyone to load with
+    ``torch.load(weights_only=True)`` and evaluate again."""
+    save_atomically(path, model.state_dict())
+
+
+def save_atomically(path: Path, payload: object) -> None:
+    """``torch.save`` to a temporary name, flushed to disk, then renamed over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         torch.save(payload, f)

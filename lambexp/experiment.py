@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lambexp.checkpoint import load_checkpoint, save_checkpoint
+from lambexp.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.distributed import SINGLE, World, process_group
@@ -29,6 +29,7 @@ from lambexp.layout import (
     CONFIG_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
+    MODEL_FILE,
     Status,
     Summary,
     make_run_dir,
@@ -179,6 +180,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                       "test/loss": final.get("test/loss", float("nan")),
                       "train/loss": state.last_loss})
     if world.lead:
+        save_weights(arm_dir / MODEL_FILE, model)
         write_summary(arm_dir, summary)
         checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     return summary

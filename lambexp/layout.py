@@ -11,6 +11,7 @@ compare) share it; torch-free.
             metrics.jsonl              every logged number, exact
             summary.json               the arm's outcome (Summary); once finished or interrupted
             checkpoint.pt              while unfinished
+            model.pt                   the final weights (a state_dict), once finished
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ ENVIRONMENT_FILE = "environment.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
 SEED_DIR = re.compile(r"^seed(\d+)$")
 
 

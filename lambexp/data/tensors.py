@@ -65,8 +65,11 @@ def epoch_batches(
 ) -> Iterator[Tensor]:
     """One epoch of shuffled index batches, the last one partial.
 
-    ``randperm(n)`` is drawn at the call from the CPU ``generator`` and moved to ``device``: the
-    order ``DataLoader(shuffle=True, drop_last=False, generator=generator)`` would give.
+    ``randperm(n)`` is drawn at the call from the CPU ``generator`` and moved to ``device``, so
+    epoch e of an arm is the e-th permutation of a generator seeded with its seed. For the first
+    epoch that is what ``RandomSampler(range(n), generator=generator)`` draws; torch's sampler then
+    draws a second, unused permutation at the end of each pass (and DataLoader a worker seed before
+    it), so its later epochs differ from these.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
