@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lambexp.config import load_experiment
+from lambexp.errors import UserError
 from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, existing_arms, find_experiments, read_summary
 
 
@@ -48,20 +49,26 @@ class RunStatus:
 
 
 def arm_status(arm, arm_dir: Path) -> ArmStatus:
-    """The arm's settings beside its outcome (None where it has no summary yet)."""
+    """The arm's settings beside its outcome (None where it has no summary yet). The settings are
+    those its summary records it trained with (the last, when a resume changed them), else the
+    config's."""
     s = read_summary(arm_dir)
     outcome = ((s.status.value, s.diverged, s.final_test_accuracy, s.best_test_accuracy) if s
                else ("interrupted" if arm_dir.exists() else "not started", None, None, None))
-    return ArmStatus(arm.name, arm.seed, str(arm_dir), *outcome, arm.optimizer, arm.rule, arm.lr,
-                     arm.weight_decay, arm.batch_size, s.samples_per_second if s else None,
-                     s.wall_seconds if s else None)
+    trained = arm.model_copy(update={k: v for k, v in s.settings.items() if k in type(arm).model_fields}) \
+        if s and s.settings else arm
+    return ArmStatus(arm.name, trained.seed, str(arm_dir), *outcome, trained.optimizer, trained.rule,
+                     trained.lr, trained.weight_decay, trained.batch_size,
+                     s.samples_per_second if s else None, s.wall_seconds if s else None)
 
 
 def run_status(exp_dir: Path) -> RunStatus:
     """The experiment folder's arms, every seed, with their status."""
     exp = load_experiment(exp_dir / CONFIG_FILE)
     arms = [arm_status(arm, arm_dir) for arm, arm_dir in existing_arms(exp, exp_dir)]
-    if any(a.status != "finished" for a in arms):
+    if any(a.status == "failed" for a in arms):
+        status = "failed"
+    elif any(a.status != "finished" for a in arms):
         status = "interrupted"
     else:
         bad = sum(bool(a.diverged) for a in arms)
@@ -74,8 +81,15 @@ def run_status(exp_dir: Path) -> RunStatus:
 
 
 def list_runs(root: Path) -> list[RunStatus]:
-    """Every experiment folder at or below ``root`` (two levels down), oldest first."""
-    runs = [run_status(p) for p in find_experiments([root])]
+    """Every experiment folder at or below ``root`` (two levels down), oldest first; one that
+    cannot be read (a damaged config or summary) is listed as damaged, with why, among the rest."""
+    runs = []
+    for folder in find_experiments([root]):
+        try:
+            runs.append(run_status(folder))
+        except UserError as err:
+            runs.append(RunStatus(str(folder), folder.parent.name if folder.parent != root else
+                                  folder.name, f"damaged: {err}", None, []))
     return sorted(runs, key=lambda r: (r.started_utc or "", r.folder))
 
 

@@ -1,31 +1,52 @@
-"""Checkpoints: model, optimizer, RNG and loop position in one file, written atomically and loaded
-with ``torch.load(weights_only=True)`` (tensors and plain containers only, no pickled code)."""
+"""Checkpoints: model, optimizer, RNG, loop position and the settings that trained them, in one file,
+written atomically and loaded with ``torch.load(weights_only=True)`` (tensors and plain containers
+only, no pickled code). A file that is not a checkpoint this version can continue from is a
+UserError naming it, and is left as it is."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lambexp.errors import UserError
-from lambexp.layout import CHECKPOINT_FILE  # noqa: F401  (the file's name lives with the run folder)
 from lambexp.train import LoopState
 
+# 2: with the arm's settings and their changes. 1: lambexp before the format was recorded (no
+# "format" key, no settings): still continued, without the check that the config is unchanged.
+FORMAT = 2
+READABLE = (1, 2)
+PARTS = ("model", "optimizer", "loop", "torch_rng")
 
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                    state: LoopState) -> None:
-    """Write to a temporary name, then rename: a crash leaves the previous checkpoint whole."""
-    loop = {f.name: getattr(state, f.name) for f in dataclasses.fields(LoopState)}
+
+@dataclass
+class Restored:
+    """What a checkpoint brings back besides the model's and the optimizer's state."""
+
+    state: LoopState
+    settings: dict | None = None  # the arm's settings it trained with (None: a format-1 file)
+    changes: list[dict] = field(default_factory=list)  # settings changed on resume, with the step
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: LoopState,
+                    settings: dict | None = None, changes: list[dict] | None = None) -> None:
+    """Write to a temporary name, then rename: a crash, or a full disk, leaves the previous
+    checkpoint whole (``save_atomically``)."""
     payload = {
+        "format": FORMAT,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
-        "loop": loop,
+        "loop": {f.name: getattr(state, f.name) for f in dataclasses.fields(LoopState)},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "settings": settings,
+        "changes": list(changes or []),
     }
     save_atomically(path, payload)
 
@@ -37,30 +58,114 @@ def save_weights(path: Path, model: nn.Module) -> None:
 
 
 def save_atomically(path: Path, payload: object) -> None:
-    """``torch.save`` to a temporary name, flushed to disk, then renamed over ``path``."""
+    """``torch.save`` into memory, then the bytes to a temporary name, flushed to disk, renamed over
+    ``path``. Writing the bytes ourselves turns a full disk into an OSError (ENOSPC) naming the file,
+    where torch's writer raises an opaque RuntimeError; the temporary file is removed either way."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave it empty
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> LoopState:
-    """Restore model, optimizer and RNG from ``path``; return the loop state to continue from."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave it empty
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:
+            err.filename = str(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> Restored:
+    """Restore model, optimizer and RNG from ``path``; return the loop state to continue from."""
+    payload = _read(path)
+    loop = _loop(path, payload["loop"])
+    device = next(model.parameters()).device
+    try:
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
-    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: unreadable checkpoint ({first}); delete it to start this arm"
-                        " again") from None
-    torch.set_rng_state(payload["torch_rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.set_rng_state(payload["torch_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise _unusable(path, f"its model or optimizer does not fit this arm ({_first_line(err)})") from None
+    if payload.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    loop = payload["loop"]
-    device = next(model.parameters()).device
     if loop["first_bad"] is not None:
         loop["first_bad"] = loop["first_bad"].to(device)
-    return LoopState(**loop)
+    return Restored(LoopState(**loop), payload.get("settings"), list(payload.get("changes") or []))
+
+
+def recorded_settings(path: Path) -> dict | None:
+    """The settings a checkpoint says its arm trained with; None when it has none or cannot be
+    read (continuing from it says why)."""
+    try:
+        return _read(path).get("settings")
+    except UserError:
+        return None
+
+
+def _read(path: Path) -> dict:
+    """The file's payload: a dict of a readable format with every part, else a UserError."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message suggests weights_only=False: never
+        why = ("it holds objects other than tensors and plain containers" if "Unsupported global" in
+               str(err) else "unreadable: not a file that torch.save wrote, or a damaged one")
+        raise _unusable(path, why) from None
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as err:
+        raise _unusable(path, f"unreadable: {_first_line(err)}") from None
+    if not isinstance(payload, dict) or not all(part in payload for part in PARTS):
+        raise _unusable(path, f"not a lambexp checkpoint (it holds {_kind(payload)})")
+    version = payload.get("format", 1)
+    if version not in READABLE:
+        raise _unusable(path, f"written by an incompatible version of lambexp (checkpoint format"
+                              f" {version!r}; this version reads formats {', '.join(map(str, READABLE))})")
+    return payload
+
+
+# The loop position's fields and the types each may hold (None where the field may be None).
+LOOP_TYPES = {"step": int, "samples": int, "epoch": int, "batch": int, "epoch_rng": (Tensor, None),
+              "train_seconds": float, "wall_seconds": float, "last_loss": float,
+              "diverged_step": (int, None), "diverged_reason": (str, None), "first_loss": (float, None),
+              "loss_fell": bool, "history": list, "first_bad": (Tensor, None)}
+
+
+def _loop(path: Path, loop: object) -> dict:
+    """The loop position, checked field by field against this version's LoopState."""
+    names = {f.name for f in dataclasses.fields(LoopState)}
+    assert names == set(LOOP_TYPES), "LOOP_TYPES must list LoopState's fields"
+    if not isinstance(loop, dict) or set(loop) != names:
+        have = sorted(loop) if isinstance(loop, dict) else _kind(loop)
+        raise _unusable(path, "written by an incompatible version of lambexp (its loop position"
+                              f" holds {have}, not {sorted(names)})")
+    for name, kinds in LOOP_TYPES.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        value = loop[name]
+        ok = any(value is None if k is None else isinstance(value, k) or (k is float and
+                 isinstance(value, int) and not isinstance(value, bool)) for k in kinds)
+        if not ok or (kinds[0] is int and isinstance(value, bool)):
+            raise _unusable(path, f"damaged: its loop position's {name} is {_kind(value)}")
+    if loop["epoch_rng"] is not None:
+        try:
+            torch.Generator().set_state(loop["epoch_rng"])
+        except (RuntimeError, TypeError) as err:
+            raise _unusable(path, f"damaged: its shuffling state is not one ({_first_line(err)})") from None
+    return dict(loop)
+
+
+def _unusable(path: Path, why: str) -> UserError:
+    return UserError(f"{path}: cannot continue from this checkpoint: {why}; it is left as it is"
+                     " (delete it to train this arm again from the start)")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if "weights_only" not in line]
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return f"a mapping of {sorted(map(str, value))[:6]}"
+    return f"a {type(value).__name__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -13,13 +14,18 @@ from typing import Annotated
 
 import typer
 
-from lambexp.errors import ConfigError, Interrupted, UserError
+from lambexp.errors import ConfigError, Interrupted, ResumableError, UserError
 from lambexp.layout import SUMMARY_FILE
 from lambexp.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
               "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C), 143 terminated "
               "(SIGTERM).")
+
+# What the file system refuses (a read-only or full disk, a file where a folder should be): the
+# user's to fix, so exit 2 with the path, like every other user error.
+FILE_SYSTEM_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                        errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
 
 app = typer.Typer(
     help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
@@ -89,10 +95,22 @@ def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
     except UserError as err:
         if debug:
             traceback.print_exc()
+        hint = f"; then continue with: lambexp resume {resume_hint[0]}" \
+            if isinstance(err, ResumableError) and resume_hint else ""
         lines = err.lines if isinstance(err, ConfigError) else [
-            f"error: {err}", *(f"  {line}" for line in err.lines if line != str(err))]
+            f"error: {err}{hint}", *(f"  {line}" for line in err.lines if line != str(err))]
         typer.echo("\n".join(lines), err=True)
         raise typer.Exit(err.exit_code) from None
+    except OSError as err:
+        if debug or err.errno not in FILE_SYSTEM_REFUSALS:
+            traceback.print_exc() if debug else None
+        if err.errno not in FILE_SYSTEM_REFUSALS:
+            typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+                       "traceback)", err=True)
+            raise typer.Exit(1) from None
+        where = f"{err.filename}: " if err.filename else ""
+        typer.echo(f"error: {where}{err.strerror or err}", err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -158,9 +176,15 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
 @app.command()
 def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
                help="a run folder (runs/EXPERIMENT/TIME) or a reproduce folder")],
-           data_dir: DataDir = None, quiet: Quiet = False, debug: Debug = False):
+           data_dir: DataDir = None, quiet: Quiet = False,
+           apply_config_changes: Annotated[bool, typer.Option(
+               "--apply-config-changes", help="train on with the settings config.yaml says now where"
+               " they changed since an arm began (optimizer hyper-parameters and the schedule only);"
+               " the summary records each change and its step")] = False,
+           debug: Debug = False):
     """Continue every unfinished arm of RUN_DIR from its last checkpoint (on the CPU the result is
-    identical to an uninterrupted run); finished arms are left alone."""
+    identical to an uninterrupted run); finished arms are left alone. An arm whose config.yaml
+    changed since it began is refused (exit 2, naming the settings) unless --apply-config-changes."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [run_dir]):
         from lambexp.distributed import is_lead_process
         from lambexp.malloc import keep_freed_memory
@@ -170,7 +194,8 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or not lead
         folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
-                             progress_for=_progress(quiet), stop_requested=stop)
+                             progress_for=_progress(quiet), stop_requested=stop,
+                             apply_changes=apply_config_changes)
         if not quiet:
             print_summaries(sorted(p.parent for f in folders for p in f.glob(f"**/{SUMMARY_FILE}")))
         if lead:
@@ -240,13 +265,11 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         from lambexp.reproduce import reproduce as run_all
 
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
-        if seeds < 1:
-            raise UserError(f"--seeds: must be at least 1 (got {seeds})")
         if plan:
-            exps = load_all(paths)
+            exps = load_all(paths, seeds)
             for exp in exps:
                 check_folder(out / exp.name, exp)  # the same refusal reproduce would give
-            typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out))))
+            typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out, stop))))
             return
         from lambexp.malloc import keep_freed_memory
 

@@ -25,6 +25,11 @@ class DataError(UserError):
     """The data set could not be obtained or failed verification."""
 
 
+class ResumableError(UserError):
+    """A training stopped by its surroundings (a full disk, too little memory): its last
+    checkpoint is whole, and ``lambexp resume`` continues once the cause is fixed."""
+
+
 class Interrupted(Exception):
     """A stop was requested (Ctrl-C, SIGTERM) and honoured at a consistent point: what was
     running is checkpointed, and ``lambexp resume`` continues it. Not a user error: exit 130/143."""

@@ -8,22 +8,23 @@ and rank 0 alone writes the folder (``lambexp.distributed``).
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from lambexp.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from lambexp.checkpoint import Restored, load_checkpoint, save_checkpoint, save_weights
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
 from lambexp.distributed import SINGLE, World, process_group
-from lambexp.errors import Interrupted, UserError
+from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.layout import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -39,6 +40,7 @@ from lambexp.layout import (
     write_summary,
     write_text_atomically,
 )
+from lambexp.lock import folder_lock
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
 from lambexp.progress import NoProgress, Progress
@@ -137,11 +139,15 @@ def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Ite
 
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
             progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
-            world: World = SINGLE) -> Summary:
-    """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json) and return
-    its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise starts
-    afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request the
-    state is checkpointed, the summary says interrupted, and Interrupted is raised.
+            world: World = SINGLE, apply_changes: bool = False) -> Summary:
+    """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json, model.pt)
+    and return its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise
+    starts afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request
+    the state is checkpointed, the summary says interrupted, and Interrupted is raised.
+    A checkpoint of other settings than ``arm``'s is refused (UserError), unless ``apply_changes``
+    and only CHANGEABLE settings differ: then training goes on with the new ones, and the summary
+    records the change and its step. A full disk or an allocation failure marks the arm failed in
+    its summary and raises ResumableError (the last checkpoint stays whole).
     Under torchrun every rank calls this alike: rank 0 decides whether to resume and writes every
     file; every rank loads the same checkpoint (so ``arm_dir`` must be on a shared file system
     to resume on several machines)."""
@@ -152,38 +158,117 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
     checkpoint = arm_dir / CHECKPOINT_FILE
     resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
-    state = load_checkpoint(checkpoint, model, opt) if resumed else LoopState()
+    restored = load_checkpoint(checkpoint, model, opt) if resumed else Restored(LoopState())
+    state, changes = restored.state, restored.changes
+    if restored.settings is not None:
+        changed = setting_changes(restored.settings, arm)
+        if changed:
+            check_changes(arm_dir, changed, apply_changes)
+            apply_to_optimizer(opt, optimizer_args(arm, fused))
+            changes = [*changes, {"step": state.step, "changed": changed}]
     if resumed:
         progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
-    with arm_sink(arm_dir, state, resumed, write=world.lead) as sink:
 
-        def at_epoch_end(st: LoopState) -> None:
-            if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
-                save_checkpoint(checkpoint, model, opt, st)
+    def record(status: Status, error: str | None = None) -> Summary:
+        return summarize(arm, state, device, status, len(data.train_x), changes, error)
 
-        try:
-            options = loop_options(arm, len(data.train_x), stop_requested, world)
-            fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
-                epochs=arm.epochs, seed=arm.seed, options=options, sink=sink, progress=progress,
-                state=state, on_epoch_end=at_epoch_end)
-        except Interrupted:
-            if world.lead:
-                save_checkpoint(checkpoint, model, opt, state)
-                write_summary(arm_dir, summarize(arm, state, device, Status.INTERRUPTED,
-                                                 len(data.train_x)))
+    try:
+        with arm_sink(arm_dir, state, resumed, write=world.lead) as sink:
+
+            def at_epoch_end(st: LoopState) -> None:
+                if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
+                    save_checkpoint(checkpoint, model, opt, st, arm_settings(arm), changes)
+
+            try:
+                options = loop_options(arm, len(data.train_x), stop_requested, world)
+                fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
+                    epochs=arm.epochs, seed=arm.seed, options=options, sink=sink, progress=progress,
+                    state=state, on_epoch_end=at_epoch_end)
+            except Interrupted:
+                if world.lead:
+                    save_checkpoint(checkpoint, model, opt, state, arm_settings(arm), changes)
+                    write_summary(arm_dir, record(Status.INTERRUPTED))
+                raise
+            summary = record(Status.FINISHED)
+            sink.scalars(state.samples, {"throughput/samples_per_s": summary.samples_per_second})
+            final = state.history[-1] if state.history else {}
+            sink.hparams(arm_hparams(arm, device),
+                         {"test/accuracy": final.get("test/accuracy", float("nan")),
+                          "test/loss": final.get("test/loss", float("nan")),
+                          "train/loss": state.last_loss})
+        if world.lead:
+            save_weights(arm_dir / MODEL_FILE, model)
+            write_summary(arm_dir, summary)
+            checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    except (OSError, RuntimeError, MemoryError) as err:
+        problem = resource_problem(err, arm, device, arm_dir)
+        if problem is None:
             raise
-        summary = summarize(arm, state, device, Status.FINISHED, len(data.train_x))
-        sink.scalars(state.samples, {"throughput/samples_per_s": summary.samples_per_second})
-        final = state.history[-1] if state.history else {}
-        sink.hparams(arm_hparams(arm, device),
-                     {"test/accuracy": final.get("test/accuracy", float("nan")),
-                      "test/loss": final.get("test/loss", float("nan")),
-                      "train/loss": state.last_loss})
-    if world.lead:
-        save_weights(arm_dir / MODEL_FILE, model)
-        write_summary(arm_dir, summary)
-        checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+        if world.lead:
+            with suppress(OSError):  # the disk may still be full: the error line says it all
+                write_summary(arm_dir, record(Status.FAILED, problem))
+        raise ResumableError(problem) from None
     return summary
+
+
+# Settings that may change while an arm trains (`lambexp resume --apply-config-changes`): the
+# optimizer's hyper-parameters and the loop's schedule. The others make it another training.
+CHANGEABLE = frozenset({"lr", "weight_decay", "betas", "eps", "clamp", "momentum", "trust_coefficient",
+                        "epochs", "warmup_epochs", "log_interval", "eval_interval", "on_divergence",
+                        "checkpoint_every", "fused", "device", "data_dir"})
+
+
+def arm_settings(arm: Arm) -> dict:
+    """What an arm trains with, as recorded in its checkpoint and summary (JSON values)."""
+    return arm.model_dump(mode="json", exclude={"name"})
+
+
+def setting_changes(recorded: dict, arm: Arm) -> dict[str, list]:
+    """{setting: [as recorded, as ``arm`` says]} for each setting that differs."""
+    now = arm_settings(arm)
+    return {key: [recorded.get(key), value] for key, value in now.items() if recorded.get(key) != value}
+
+
+def describe_changes(changed: dict[str, list]) -> str:
+    return ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in changed.items())
+
+
+def check_changes(arm_dir: Path, changed: dict[str, list], apply: bool) -> None:
+    """A UserError unless ``apply`` and every changed setting may change mid-training."""
+    fixed = sorted(set(changed) - CHANGEABLE)
+    if not apply:
+        raise UserError(f"{arm_dir}: its config changed since it began training"
+                        f" ({describe_changes(changed)}); start a new run with the new config, or"
+                        " resume with --apply-config-changes to train on with the new values")
+    if fixed:
+        raise UserError(f"{arm_dir}: {', '.join(fixed)} cannot change in the middle of a training"
+                        f" ({describe_changes({k: changed[k] for k in fixed})}); start a new run")
+
+
+def apply_to_optimizer(opt: torch.optim.Optimizer, args: dict) -> None:
+    """The optimizer's hyper-parameters from ``args`` (``optimizer_args``), over the checkpoint's."""
+    for group in opt.param_groups:
+        for key, value in args.items():
+            if key in group:
+                group[key] = value
+        if "initial_lr" in group:  # the warm-up's target
+            group["initial_lr"] = args["lr"]
+
+
+def resource_problem(err: BaseException, arm: Arm, device: torch.device, arm_dir: Path) -> str | None:
+    """One line for a full disk, an unwritable file or an allocation failure; None for anything else."""
+    if isinstance(err, OSError):
+        where = err.filename or arm_dir
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on device writing {where}"
+        return f"cannot write {where} ({err.strerror or err})"
+    text = str(err)
+    if isinstance(err, MemoryError) or isinstance(err, torch.OutOfMemoryError) or \
+            "DefaultCPUAllocator" in text or "out of memory" in text:
+        first = text.strip().splitlines()[0][:160] if text.strip() else type(err).__name__
+        return (f"{arm.name}: out of memory with batch_size {arm.batch_size} on {device} ({first});"
+                " lower batch_size")
+    return None
 
 
 def arm_hparams(arm: Arm, device: torch.device) -> dict:
@@ -195,7 +280,7 @@ def arm_hparams(arm: Arm, device: torch.device) -> dict:
 
 
 def summarize(arm: Arm, state: LoopState, device: torch.device, status: Status,
-              samples_per_epoch: int) -> Summary:
+              samples_per_epoch: int, changes: Sequence[dict] = (), error: str | None = None) -> Summary:
     """The arm's Summary from the loop's state (see lambexp.layout.Summary)."""
     accuracies = [h["test/accuracy"] for h in state.history]
     final = state.history[-1] if state.history else {}
@@ -219,6 +304,9 @@ def summarize(arm: Arm, state: LoopState, device: torch.device, status: Status,
         torch=torch.__version__,
         seed=arm.seed,
         history=list(state.history),
+        settings=arm_settings(arm),
+        setting_changes=list(changes),
+        error=error,
     )
 
 
@@ -252,9 +340,11 @@ def write_run_header(run_dir: Path, exp: Experiment, argv: Sequence[str]) -> Non
 
 
 def start_run(runs_root: Path, exp: Experiment, argv: Sequence[str],
-              on_start: Callable[[Path], None]) -> Path:
-    """A new run folder with its config.yaml and environment.json."""
+              on_start: Callable[[Path], None], held: ExitStack) -> Path:
+    """A new run folder, locked for as long as ``held`` lasts, with its config.yaml and
+    environment.json."""
     run_dir = make_run_dir(runs_root / exp.name)
+    held.enter_context(folder_lock(run_dir, "--runs-dir"))
     on_start(run_dir)
     write_run_header(run_dir, exp, argv)
     return run_dir
@@ -269,13 +359,14 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
 
     Devices are checked and MNIST is fetched and verified before the run folder is created, so
     a failure there leaves nothing behind. Under torchrun every rank trains every arm with DDP;
-    rank 0 creates the run folder (its path sent to the others) and alone calls ``on_start``.
+    rank 0 creates and locks the run folder (its path sent to the others) and alone calls
+    ``on_start``.
     """
-    with process_group() as world:
+    with process_group() as world, ExitStack() as held:
         inputs = world.local_first(lambda: ArmInputs(exp.arms, data_dir, say))
         if stop_requested():  # e.g. Ctrl-C while MNIST was fetched: leave nothing behind
             raise Interrupted("before training began; nothing was written")
-        run_dir = world.from_lead(lambda: start_run(runs_root, exp, argv, on_start))
+        run_dir = world.from_lead(lambda: start_run(runs_root, exp, argv, on_start, held))
         for arm in exp.arms:
             if not world.active and stop_requested():  # under DDP the ranks agree at log steps
                 raise Interrupted("between arms; the finished arms are kept")

@@ -99,6 +99,8 @@ def run_in_parallel(work: list[tuple[str, Arm, Path]], jobs: int, data_dir: Path
                 label = running.pop(future)
                 try:
                     status, summary = future.result()
+                except UserError as err:  # a full disk, too little memory: the worker's own line
+                    raise type(err)(f"{label}: {err}") from None
                 except Exception as err:  # a worker died or failed: say which training
                     raise UserError(f"{label}: its training failed in a worker process ({err})") from err
                 if status == "interrupted":

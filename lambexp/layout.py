@@ -92,6 +92,7 @@ def prepare_arm_dir(arm_dir: Path) -> bool:
 class Status(str, Enum):
     FINISHED = "finished"
     INTERRUPTED = "interrupted"
+    FAILED = "failed"  # stopped by a full disk or an allocation failure: see ``error``
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ class Summary:
     torch: str = "?"
     seed: int | None = None
     history: list[dict] = field(default_factory=list)  # one {step, samples, test/loss, test/accuracy}
+    settings: dict | None = None  # what the arm trained with (its resolved settings, name aside)
+    setting_changes: list[dict] = field(default_factory=list)  # {step, changed: {key: [old, new]}}
+    error: str | None = None  # why it failed (status failed)
 
     @property
     def finished(self) -> bool:

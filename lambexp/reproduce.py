@@ -16,22 +16,34 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from lambexp.config import Arm, Experiment, experiment_to_yaml, load_experiment
-from lambexp.distributed import SINGLE, World, process_group
+from lambexp.checkpoint import recorded_settings
+from lambexp.config import MAX_SEED, Arm, Experiment, experiment_to_yaml, load_experiment
+from lambexp.distributed import SINGLE, World, launched_world, process_group
 from lambexp.errors import Interrupted, UserError
-from lambexp.experiment import ArmInputs, run_arm, write_run_header
+from lambexp.experiment import (
+    ArmInputs,
+    check_changes,
+    describe_changes,
+    run_arm,
+    setting_changes,
+    write_run_header,
+)
 from lambexp.layout import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     existing_arms,
     find_experiments,
     is_finished,
+    read_summary,
     seed_dir,
     write_text_atomically,
 )
+from lambexp.lock import folder_lock, folder_locks, lock_root
 from lambexp.progress import NoProgress, Progress
 
 Say = Callable[[str], None]
@@ -107,7 +119,8 @@ def _trainings_on_disk(out: Path) -> dict[Path, str]:
     return found
 
 
-def make_plan(exps: Sequence[Experiment], seeds: int, out: Path) -> Plan:
+def make_plan(exps: Sequence[Experiment], seeds: int, out: Path,
+              stop_requested: Callable[[], bool] = lambda: False) -> Plan:
     """The distinct trainings that ``seeds`` seeds of ``exps`` need, and the links that let every
     experiment find its arms. An arm folder already on disk stays its own training; a link stays
     when it points at a training of the same settings (on disk, or planned here), else it is stale:
@@ -119,6 +132,8 @@ def make_plan(exps: Sequence[Experiment], seeds: int, out: Path) -> Plan:
     links, stale, arms = [], [], 0
     for exp in exps:
         for arm, arm_dir in seeded_arms(exp, seeds, out / exp.name):
+            if stop_requested():
+                raise Interrupted("while planning; nothing was trained")
             arms += 1
             label, key = f"{exp.name}/seed{arm.seed}/{arm.name}", training_key(arm)
             here = arm_dir.parent.resolve() / arm_dir.name  # absolute, a link not followed
@@ -186,7 +201,7 @@ def plan_lines(plan: Plan) -> list[str]:
 
 def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
                 progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
-                world: World = SINGLE) -> None:
+                world: World = SINGLE, apply_changes: bool = False) -> None:
     """Run each (label, arm, folder) that is not finished (rank 0's view); Interrupted propagates."""
     for label, arm, arm_dir in work:
         if world.from_lead(partial(is_finished, arm_dir)):
@@ -196,15 +211,27 @@ def run_pending(work: list[tuple[str, Arm, Path]], inputs: ArmInputs, say: Say,
             raise Interrupted("between arms; the finished arms are kept")
         say(f"{label}: {'continuing' if arm_dir.exists() else 'training'}")
         data, device = inputs.data(arm)
-        run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested, world)
+        run_arm(arm, data, device, arm_dir, progress_for(arm), stop_requested, world, apply_changes)
 
 
-def load_all(configs: Sequence[Path]) -> list[Experiment]:
-    """Every config, validated, with distinct experiment names."""
+MAX_SEEDS = 1000  # --seeds: each seed is a whole reproduction; more is a typo, not a plan
+
+
+def load_all(configs: Sequence[Path], seeds: int = 1) -> list[Experiment]:
+    """Every config, validated, with distinct experiment names, and ``seeds`` seeds that stay
+    within the seed range (each arm's seed, +1, … +seeds−1)."""
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds: must be from 1 to {MAX_SEEDS} (got {seeds})")
     exps = [load_experiment(c) for c in configs]
     names = [e.name for e in exps]
     if len(set(names)) != len(names):
         raise UserError(f"two configs share an experiment name: {', '.join(names)}")
+    for exp in exps:
+        for arm in exp.arms:
+            if arm.seed + seeds - 1 > MAX_SEED:
+                raise UserError(f"--seeds {seeds}: {exp.name}'s arm {arm.name} has seed {arm.seed},"
+                                f" so its last seed would be {arm.seed + seeds - 1}, past the largest"
+                                f" seed, {MAX_SEED}; lower the config's seed or --seeds")
     return exps
 
 
@@ -215,18 +242,17 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
     experiment folders. Every config is validated, and MNIST checked, before anything runs.
     ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.jobs)."""
-    if seeds < 1:
-        raise UserError(f"--seeds: must be at least 1 (got {seeds})")
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
-    exps = load_all(configs)
-    with process_group() as world:
+    exps = load_all(configs, seeds)
+    with folder_lock(out, "--out") if launched_world().lead else nullcontext(), \
+            process_group() as world:
         inputs = world.local_first(lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
 
         def prepare() -> list[tuple[str, Arm, Path]]:
             for exp in exps:
                 claim_folder(out / exp.name, exp, argv)
-            plan = make_plan(exps, seeds, out)
+            plan = make_plan(exps, seeds, out, stop_requested)
             link_shared(plan)
             return [(t.label, t.arm, t.folder) for t in plan.trainings]
 
@@ -244,23 +270,58 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
 
 def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
            progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
-           stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
-    """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder)."""
+           stop_requested: Callable[[], bool] = lambda: False,
+           apply_changes: bool = False) -> list[Path]:
+    """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder), holding the
+    lock of every folder it belongs to. An arm whose config.yaml no longer says what it trained with
+    is refused before anything trains (``check_recorded_settings``)."""
     folders = find_experiments([run_dir])
-    found = []
-    for exp_dir in folders:
-        exp = load_experiment(exp_dir / CONFIG_FILE)
-        found += [(f"{exp_dir.relative_to(run_dir.parent)}/{arm_dir.relative_to(exp_dir)}", arm, arm_dir)
-                  for arm, arm_dir in existing_arms(exp, exp_dir)]
-    work, seen = [], set()
-    for label, arm, arm_dir in sorted(found, key=lambda item: item[2].is_symlink()):  # stable
-        if arm_dir.resolve() not in seen:  # a shared training once, under its own folder's name
-            seen.add(arm_dir.resolve())
-            work.append((label, arm, arm_dir.resolve()))
-    if all(is_finished(arm_dir) for _, _, arm_dir in work):  # nothing to train: no data needed
-        say(f"every arm under {run_dir} is finished; nothing to resume")
-        return folders
-    with process_group() as world:
-        inputs = world.local_first(lambda: ArmInputs([arm for _, arm, _ in work], data_dir, say))
-        run_pending(work, inputs, say, progress_for, stop_requested, world)
+    lead = launched_world().lead
+    with folder_locks([lock_root(f) for f in folders]) if lead else nullcontext():
+        found = []
+        for exp_dir in folders:
+            exp = load_experiment(exp_dir / CONFIG_FILE)
+            found += [(f"{exp_dir.relative_to(run_dir.parent)}/{arm_dir.relative_to(exp_dir)}", arm,
+                       arm_dir) for arm, arm_dir in existing_arms(exp, exp_dir)]
+        work, seen = [], set()
+        for label, arm, arm_dir in sorted(found, key=lambda item: item[2].is_symlink()):  # stable
+            if arm_dir.resolve() not in seen:  # a shared training once, under its own folder's name
+                seen.add(arm_dir.resolve())
+                work.append((label, arm, arm_dir.resolve()))
+        check_recorded_settings(work, apply_changes)
+        if all(is_finished(arm_dir) for _, _, arm_dir in work):  # nothing to train: no data needed
+            say(f"every arm under {run_dir} is finished; nothing to resume")
+            return folders
+        with process_group() as world:
+            inputs = world.local_first(lambda: ArmInputs([arm for _, arm, _ in work], data_dir, say))
+            run_pending(work, inputs, say, progress_for, stop_requested, world, apply_changes)
     return folders
+
+
+def check_recorded_settings(work: list[tuple[str, Arm, Path]], apply: bool) -> None:
+    """Every arm's config.yaml settings against what its summary (finished) or checkpoint
+    (unfinished) says it trained with: a finished arm must match; an unfinished one may differ only
+    in CHANGEABLE settings, and only with ``apply`` (experiment.check_changes)."""
+    problems = []
+    for label, arm, arm_dir in work:
+        summary = read_summary(arm_dir) if arm_dir.is_dir() else None
+        if summary is not None and summary.finished:
+            recorded, finished = summary.settings, True
+        elif (arm_dir / CHECKPOINT_FILE).is_file():
+            recorded, finished = recorded_settings(arm_dir / CHECKPOINT_FILE), False
+        else:
+            continue
+        changed = setting_changes(recorded, arm) if recorded is not None else {}
+        if not changed:
+            continue
+        if finished:
+            problems.append(f"{label} finished with other settings than its config.yaml now says"
+                            f" ({describe_changes(changed)}); put the config back, or start a new run")
+            continue
+        try:
+            check_changes(arm_dir, changed, apply)
+        except UserError as err:
+            problems.append(str(err))
+    if problems:
+        raise UserError(problems[0] if len(problems) == 1 else
+                        f"{len(problems)} arms no longer match their config.yaml", problems)

@@ -185,7 +185,7 @@ def recorded_fit(n: int, batch_size: int, seed: int, epochs: int, stop_at: int |
     save_checkpoint(path, model, opt, state)
     fresh = IndexRecorder()
     fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1)
-    state = load_checkpoint(path, fresh, fresh_opt)
+    state = load_checkpoint(path, fresh, fresh_opt).state
     options.stop_requested = lambda: False
     fit(fresh, fresh_opt, (x, y), test, epochs=epochs, seed=seed, options=options, sink=_NullSink(),
         state=state)

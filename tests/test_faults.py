@@ -304,7 +304,7 @@ def test_an_unreadable_checkpoint_is_a_user_error(tiny_mnist_env, tmp_path):
     arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=1))
     (tmp_path / "arm").mkdir()
     (tmp_path / "arm" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="unreadable checkpoint.*delete it"):
+    with pytest.raises(UserError, match="cannot continue from this checkpoint: unreadable.*delete it"):
         run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", NoProgress())
 
 

@@ -10,9 +10,10 @@ from lambexp.config.load import (
     parse_experiment,
     validate_experiment,
 )
-from lambexp.config.schema import SETTINGS, Arm, Experiment, Settings, default_eps
+from lambexp.config.schema import MAX_SEED, SETTINGS, Arm, Experiment, Settings, default_eps
 
 __all__ = [
+    "MAX_SEED",
     "SETTINGS",
     "Arm",
     "Experiment",

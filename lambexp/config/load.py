@@ -15,6 +15,8 @@ from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
 
+MAX_CONFIG_BYTES = 10**6  # the largest shipped config is 4 kB; 50 MB of YAML took 105 s to refuse
+
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = (),
                     sweeps: Sequence[str] = ()) -> Experiment:
@@ -38,6 +40,9 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = (),
     if path.is_dir():
         raise _error(source, "is a directory, not a config file")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise _error(source, f"is {path.stat().st_size / 1e6:.1f} MB; a config is at most"
+                                 f" {MAX_CONFIG_BYTES // 10**6} MB of YAML")
         data = path.read_bytes()
     except FileNotFoundError:
         raise _error(source, "no such file") from None

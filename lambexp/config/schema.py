@@ -15,6 +15,8 @@ Rule = Literal["blog", "paper"]
 ModelName = Literal["lenet", "mlp"]
 Device = Literal["auto", "cpu", "cuda"]
 
+MAX_SEED = 2**32 - 1  # torch.manual_seed's range
+MAX_BATCH = 60_000  # MNIST's training images: a larger batch is the whole set with more memory
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_RULE = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
 
@@ -85,9 +87,10 @@ class Settings(_Frozen):
     momentum: Float = Field(0.9, ge=0, lt=1, description="lars/sgd momentum, in [0, 1)")
     trust_coefficient: Float = Field(0.001, gt=0, description=(
         "LARS's η: layer rate = lr·η·‖w‖/(‖g‖+λ‖w‖)"))
-    batch_size: Int = Field(512, ge=1, description="training samples per step")
+    batch_size: Int = Field(512, ge=1, le=MAX_BATCH, description=(
+        "training samples per step, at most the 60,000 training images"))
     epochs: Int = Field(6, ge=1, description="passes over the 60k training images")
-    seed: Int = Field(1, ge=0, le=2**32 - 1, description="seeds torch (init, shuffling) once per arm")
+    seed: Int = Field(1, ge=0, le=MAX_SEED, description="seeds torch (init, shuffling) once per arm")
     model: ModelName = Field("lenet", description="lenet: PyTorch's MNIST-example CNN; mlp")
     device: Device = Field("auto", description="auto: cuda when available, else cpu")
     warmup_epochs: Float = Field(0.0, ge=0, description=(

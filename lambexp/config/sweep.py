@@ -72,14 +72,16 @@ def sweep_problems(sweep: object) -> list[tuple[tuple, str]]:
         if not isinstance(values, list) or not values:
             out.append((("sweep", key), problem(where, "must be a non-empty list of values", values)))
             continue
+        read = []  # each value as the arm will hold it (the string "1e-3" from an API caller: 0.001)
         for i, value in enumerate(values):
             try:
-                Settings.model_validate({key: value})
+                read.append(getattr(Settings.model_validate({key: value}), key))
             except ValidationError as err:
                 for _, line in pydantic_problems(err):
                     message = line.split(": ", 1)[1] if ": " in line else line
                     out.append((("sweep", key, i), f"{where}[{i}]: {message}"))
-        if len({value_text(v) for v in values}) != len(values):
+        if len({value_text(v) for v in read}) != len(read) or \
+                len({value_text(v) for v in values}) != len(values):
             out.append((("sweep", key), problem(where, "lists the same value twice", values)))
     return out
 

@@ -252,7 +252,11 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
     of REPORT.md. Experiment folders with the same experiment get figures of their own."""
     all_runs = all_runs if all_runs is not None else load_runs(paths)
     labels = folder_labels([(r.experiment.name, r.folder) for r in all_runs])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out_dir}: cannot write the report there ({err.strerror or err}); pass a"
+                        " writable --out") from None
     trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
     total = sum(s.summary.wall_seconds for s in trainings.values())  # shared ones once
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

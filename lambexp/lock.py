@@ -1,0 +1,77 @@
+"""One process at a time in a folder of runs: an OS lock (``fcntl.flock``) on the folder's
+``.lambexp.lock``, which dies with its process, so a crash never leaves a folder locked.
+
+`run` locks the run folder it creates, `reproduce` its ``--out``, `resume` the folder each of its
+experiments belongs to (the reproduce folder holding it, or the run folder itself). A second process
+that wants a locked folder exits 2 naming the holder, before it reads, deletes or writes anything.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from lambexp.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; lambexp runs there without the guard
+    fcntl = None
+
+LOCK_FILE = ".lambexp.lock"
+
+
+def lock_root(exp_dir: Path) -> Path:
+    """The folder whose lock guards ``exp_dir``: the nearest of it, its parent and its grandparent
+    that has a lock file (a reproduce ``--out`` above its experiments), else ``exp_dir`` itself."""
+    for folder in (exp_dir, exp_dir.parent, exp_dir.parent.parent):
+        if (folder / LOCK_FILE).is_file():
+            return folder
+    return exp_dir
+
+
+@contextmanager
+def folder_lock(folder: Path, option: str = "") -> Iterator[None]:
+    """Hold ``folder``'s lock for the block (creating the folder). A folder locked by another
+    process, or one that cannot be written, is a UserError; ``option`` names the command-line
+    option that chose it (e.g. ``--out``) in that message."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        hint = f"; pass a writable {option}" if option else ""
+        raise UserError(f"{folder}: cannot write there ({err.strerror or err}){hint}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                raise UserError(f"{folder} is in use by {holder}; wait for it to end (or stop it)"
+                                " before starting another lambexp there") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} ({' '.join(_command())})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def folder_locks(folders: Sequence[Path], option: str = "") -> Iterator[None]:
+    """``folder_lock`` on each distinct folder, in a fixed order."""
+    with ExitStack() as stack:
+        for folder in sorted({Path(f).resolve() for f in folders}):
+            stack.enter_context(folder_lock(folder, option))
+        yield
+
+
+def _command() -> list[str]:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("__main__.py", "/lambexp")):
+        argv[0] = "lambexp"
+    return [a if len(a) < 80 else a[:77] + "..." for a in argv][:12]
