@@ -85,9 +85,12 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
     try:
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["torch_rng"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
         raise _unusable(path, f"its model or optimizer does not fit this arm ({_first_line(err)})") from None
+    try:
+        torch.set_rng_state(payload["torch_rng"])
+    except (RuntimeError, TypeError) as err:
+        raise _unusable(path, f"damaged: its random-number state is not one ({_first_line(err)})") from None
     if payload.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
     if loop["first_bad"] is not None:
@@ -135,9 +138,13 @@ def _loop(path: Path, loop: object) -> dict:
     names = {f.name for f in dataclasses.fields(LoopState)}
     assert names == set(LOOP_TYPES), "LOOP_TYPES must list LoopState's fields"
     if not isinstance(loop, dict) or set(loop) != names:
-        have = sorted(loop) if isinstance(loop, dict) else _kind(loop)
-        raise _unusable(path, "written by an incompatible version of lambexp (its loop position"
-                              f" holds {have}, not {sorted(names)})")
+        if isinstance(loop, dict):
+            missing, extra = sorted(names - set(loop)), sorted(set(loop) - names)
+            have = "; ".join(([f"lacks {', '.join(missing)}"] if missing else [])
+                             + ([f"has unknown {', '.join(map(str, extra))}"] if extra else []))
+        else:
+            have = f"is {_kind(loop)}"
+        raise _unusable(path, f"written by an incompatible version of lambexp (its loop position {have})")
     for name, kinds in LOOP_TYPES.items():
         kinds = kinds if isinstance(kinds, tuple) else (kinds,)
         value = loop[name]
@@ -160,7 +167,7 @@ def _unusable(path: Path, why: str) -> UserError:
 
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).strip().splitlines() if "weights_only" not in line]
-    return lines[0][:200] if lines else type(err).__name__
+    return lines[0].split(". ")[0][:160].rstrip(".") if lines else type(err).__name__
 
 
 def _kind(value: object) -> str:

@@ -427,11 +427,11 @@ def compare(ctx: typer.Context,
     accuracy in one figure (compare.png)."""
     with reported(ctx, debug):
         from lambexp.catalog import run_status
-        from lambexp.layout import find_experiments
+        from lambexp.layout import find_experiments, writable_folder
         from lambexp.report.compare import compare_figure
 
         runs = [run_status(p) for p in find_experiments(run_dirs)]
-        figure = compare_figure(runs, (out or run_dirs[0]) / "compare.png")
+        figure = compare_figure(runs, writable_folder(out or run_dirs[0], "--out") / "compare.png")
         if json_out:
             _print_json({"figure": str(figure) if figure else None, "runs": [r.as_dict() for r in runs]})
             return

@@ -58,6 +58,22 @@ def write_json(path: Path, value: dict) -> None:
     write_text_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
+def writable_folder(path: Path, option: str) -> Path:
+    """``path`` as a folder this process can write in (created with its parents), or a UserError
+    that names it and the command-line ``option`` that chose it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".lambexp-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{path}: is a file, not a folder; pass a folder as {option}") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot write there ({err.strerror or err}); pass a writable"
+                        f" {option}") from None
+    return path
+
+
 def make_run_dir(parent: Path) -> Path:
     """A new folder ``parent/<UTC timestamp>``, created exclusively: a second run in the same
     second gets ``-1``, ``-2``, …; an existing folder is never reused."""

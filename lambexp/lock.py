@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from lambexp.errors import UserError
+from lambexp.layout import writable_folder
 
 try:
     import fcntl
@@ -39,13 +40,11 @@ def folder_lock(folder: Path, option: str = "") -> Iterator[None]:
     """Hold ``folder``'s lock for the block (creating the folder). A folder locked by another
     process, or one that cannot be written, is a UserError; ``option`` names the command-line
     option that chose it (e.g. ``--out``) in that message."""
-    path = Path(folder) / LOCK_FILE
+    path = writable_folder(Path(folder), option or "folder") / LOCK_FILE
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        hint = f"; pass a writable {option}" if option else ""
-        raise UserError(f"{folder}: cannot write there ({err.strerror or err}){hint}") from None
+        raise UserError(f"{path}: cannot open the lock ({err.strerror or err})") from None
     try:
         if fcntl is not None:
             try:

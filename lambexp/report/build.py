@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
-from lambexp.layout import find_experiments, write_text_atomically
+from lambexp.layout import find_experiments, writable_folder, write_text_atomically
 from lambexp.report import figures
 from lambexp.report.claims import ClaimResult, check, decades, mean_std, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
@@ -252,11 +252,7 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
     of REPORT.md. Experiment folders with the same experiment get figures of their own."""
     all_runs = all_runs if all_runs is not None else load_runs(paths)
     labels = folder_labels([(r.experiment.name, r.folder) for r in all_runs])
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{out_dir}: cannot write the report there ({err.strerror or err}); pass a"
-                        " writable --out") from None
+    writable_folder(out_dir, "--out")
     trainings = {s.folder: s for r in all_runs for arms in r.seeds.values() for s in arms.values()}
     total = sum(s.summary.wall_seconds for s in trainings.values())  # shared ones once
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

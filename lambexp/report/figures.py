@@ -4,6 +4,7 @@ and accuracy against batch size. Every function takes plain data (``ArmSeries``,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,9 @@ from lambexp.divergence import first_divergence
 from lambexp.report.series import ArmSeries
 
 matplotlib.use("Agg")  # files only, never a window: the report runs headless
+# A folder or arm name in a script DejaVu Sans lacks (CJK, say) draws as boxes; matplotlib's
+# warning for each missing glyph would bury the command's own output on stderr.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
 DPI = 110
