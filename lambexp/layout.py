@@ -47,11 +47,17 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Write ``text`` so that a reader sees the old file or the whole new one, never half of it,
     even after a crash: a temporary name, flushed to disk, then renamed over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no half-written temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:
+            err.filename = str(path)
+        raise
 
 
 def write_json(path: Path, value: dict) -> None:

@@ -10,6 +10,8 @@ histograms ``trust/r``, ``trust/r1``, ``trust/r2`` across the parameter tensors;
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -88,10 +90,21 @@ class JsonlSink:
     values, cheap to read back: the report's source."""
 
     def __init__(self, path: Path):
+        self.path = path
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
 
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """A buffered write's OSError (a full disk) names no file: name this one."""
+        try:
+            yield
+        except OSError as err:
+            err.filename = err.filename or str(self.path)
+            raise
+
     def _write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        with self._named():
+            self.file.write(json.dumps(record) + "\n")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self._write({"kind": "scalars", "step": step, "values": values})
@@ -106,13 +119,15 @@ class JsonlSink:
                      "metrics": metrics})
 
     def flush(self) -> None:
-        self.file.flush()
+        with self._named():
+            self.file.flush()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        with self._named():
+            self.file.close()
 
 
 class Tee:

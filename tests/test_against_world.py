@@ -456,25 +456,31 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+REAL_SIZES = {"train-images-idx3-ubyte": 47040016, "train-labels-idx1-ubyte": 60008,
+              "t10k-images-idx3-ubyte": 7840016, "t10k-labels-idx1-ubyte": 10008}  # 60k and 10k
+
+
 def real_mnist() -> Path | None:
+    """The folder holding the real MNIST files (by their sizes), where lambexp looks by default."""
     from lambexp.data import default_data_dir
 
     raw = default_data_dir() / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-             "t10k-labels-idx1-ubyte")
-    return raw if all((raw / n).is_file() for n in names) else None
+    real = all((raw / n).is_file() and (raw / n).stat().st_size == size for n, size in REAL_SIZES.items())
+    return raw if real else None
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(real_mnist() is None, reason="real MNIST is not on this machine (lambexp data fetch)")
-def test_on_real_mnist_the_reported_accuracy_is_the_models_on_the_10000_test_images(tmp_path):
+def test_on_real_mnist_the_reported_accuracy_is_the_models_on_the_10000_test_images(tmp_path, monkeypatch):
     from conftest import invoke
 
     raw = real_mnist()
+    monkeypatch.delenv("LAMBEXP_MNIST_MD5SUMS", raising=False)  # the built-in, real checksums
     config = tmp_path / "real.yaml"
     config.write_text("name: real\nepochs: 1\nbatch_size: 512\ndevice: cpu\n"
                       "arms:\n  - {name: lamb, optimizer: lamb, lr: 0.01}\n")
-    result = invoke("run", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    result = invoke("run", config, "--runs-dir", tmp_path / "runs", "--data-dir", raw.parent.parent,
+                    "--quiet")
     assert result.exit_code == 0, result.output
     (arm_dir,) = tmp_path.glob("runs/real/*/lamb")
     weights = torch.load(arm_dir / "model.pt", weights_only=True)
