@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_pipeline import seed_samples_per_second  # noqa: E402
 
 from lambexp.data import default_data_dir, load_mnist, verify_mnist  # noqa: E402
-from lambexp.malloc import keep_freed_memory  # noqa: E402
 from lambexp.model import LeNet, build_model  # noqa: E402
 from lambexp.optim import Lamb  # noqa: E402
-from lambexp.sinks import JsonlSink, Tee, TensorBoardSink  # noqa: E402
-from lambexp.train import LoopOptions, fit  # noqa: E402
+from lambexp.training.loop import LoopOptions, fit  # noqa: E402
+from lambexp.training.malloc import keep_freed_memory  # noqa: E402
+from lambexp.training.sinks import JsonlSink, Tee, TensorBoardSink  # noqa: E402
 
 BATCH, LOG_INTERVAL = 512, 30
 

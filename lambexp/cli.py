@@ -15,8 +15,8 @@ from typing import Annotated
 import typer
 
 from lambexp.errors import ConfigError, Interrupted, ResumableError, UserError
-from lambexp.layout import SUMMARY_FILE
-from lambexp.signals import graceful_stop
+from lambexp.folders.layout import SUMMARY_FILE
+from lambexp.training.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
               "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C), 143 terminated "
@@ -124,8 +124,8 @@ def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
 
 def _load(config: str, overrides=(), sweeps=()):
     """A config file, or a bundled config by name (a path on disk wins)."""
-    from lambexp.bundled import find_config
     from lambexp.config import load_experiment
+    from lambexp.config.bundled import find_config
 
     return load_experiment(find_config(config), overrides or (), sweeps or ())
 
@@ -147,11 +147,11 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
     large models (docs/optimizer.md)."""
     started: list[Path] = []
     with graceful_stop() as stop, reported(ctx, debug, stop, started):
-        from lambexp.distributed import is_lead_process
-        from lambexp.experiment import run_experiment
-        from lambexp.malloc import keep_freed_memory
+        from lambexp.runner.experiment import run_experiment
+        from lambexp.training.distributed import is_lead_process
+        from lambexp.training.malloc import keep_freed_memory
 
-        keep_freed_memory()  # a steady speed from one process to the next (lambexp/malloc.py)
+        keep_freed_memory()  # a steady speed from one process to the next (lambexp/training/malloc.py)
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
         quiet = quiet or json_out or not lead
         exp = _load(config, overrides, sweep)
@@ -186,9 +186,9 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
     identical to an uninterrupted run); finished arms are left alone. An arm whose config.yaml
     changed since it began is refused (exit 2, naming the settings) unless --apply-config-changes."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [run_dir]):
-        from lambexp.distributed import is_lead_process
-        from lambexp.malloc import keep_freed_memory
-        from lambexp.reproduce import resume as resume_all
+        from lambexp.runner.reproduce import resume as resume_all
+        from lambexp.training.distributed import is_lead_process
+        from lambexp.training.malloc import keep_freed_memory
 
         keep_freed_memory()
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
@@ -213,7 +213,7 @@ def _print_json(value) -> None:
 
 
 def _summary(arm_dir: Path) -> dict:
-    from lambexp.layout import read_summary
+    from lambexp.folders.layout import read_summary
 
     summary = read_summary(arm_dir)
     return summary.to_json() if summary else {"arm": arm_dir.name, "status": "not started"}
@@ -258,11 +258,11 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
     E3's lr 0.01) are trained once per seed and shared: the other experiment's arm folder is a
     link to it."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [out]):
-        from lambexp.bundled import find_config, the_posts_configs
-        from lambexp.distributed import is_lead_process
+        from lambexp.config.bundled import find_config, the_posts_configs
         from lambexp.report.build import build_report, claim_verdicts, load_runs
-        from lambexp.reproduce import check_folder, load_all, make_plan, plan_lines
-        from lambexp.reproduce import reproduce as run_all
+        from lambexp.runner.reproduce import check_folder, load_all, make_plan, plan_lines
+        from lambexp.runner.reproduce import reproduce as run_all
+        from lambexp.training.distributed import is_lead_process
 
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
         if plan:
@@ -271,7 +271,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                 check_folder(out / exp.name, exp)  # the same refusal reproduce would give
             typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out, stop))))
             return
-        from lambexp.malloc import keep_freed_memory
+        from lambexp.training.malloc import keep_freed_memory
 
         keep_freed_memory()
         lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
@@ -304,7 +304,7 @@ def report(ctx: typer.Context, run_dirs: Annotated[list[Path], typer.Argument(
 def _progress(quiet: bool):
     from rich.console import Console
 
-    from lambexp.progress import progress_factory
+    from lambexp.training.progress import progress_factory
 
     return progress_factory(quiet, Console())
 
@@ -360,7 +360,7 @@ def configs_verb(ctx: typer.Context,
     """List the experiment configs that ship with lambexp (usable by name anywhere a config file is),
     or copy one to edit it."""
     with reported(ctx, debug):
-        from lambexp.bundled import copy_config, describe_bundled
+        from lambexp.config.bundled import copy_config, describe_bundled
 
         if copy is not None:
             typer.echo(f"wrote {copy_config(copy, dest)}")
@@ -385,7 +385,7 @@ def ls_verb(ctx: typer.Context,
     """Every run folder under RUNS_DIR: its experiment, arms, status (finished / interrupted /
     diverged), final test accuracy and age."""
     with reported(ctx, debug):
-        from lambexp.catalog import accuracy_text, age, list_runs
+        from lambexp.folders.catalog import accuracy_text, age, list_runs
 
         if not runs_dir.is_dir():
             raise UserError(f"{runs_dir}: no such folder; run an experiment first")
@@ -426,8 +426,8 @@ def compare(ctx: typer.Context,
     """The arms of several runs side by side in one table, and their training loss and test
     accuracy in one figure (compare.png)."""
     with reported(ctx, debug):
-        from lambexp.catalog import run_status
-        from lambexp.layout import find_experiments, writable_folder
+        from lambexp.folders.catalog import run_status
+        from lambexp.folders.layout import find_experiments, writable_folder
         from lambexp.report.compare import compare_figure
 
         runs = [run_status(p) for p in find_experiments(run_dirs)]

@@ -26,14 +26,14 @@ from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler
 
-from lambexp.checkpoint import load_checkpoint, save_checkpoint
 from lambexp.config import Arm, load_experiment
 from lambexp.errors import Interrupted, UserError
-from lambexp.layout import read_jsonl
+from lambexp.folders.layout import read_jsonl
 from lambexp.report.build import build_report
-from lambexp.reproduce import make_plan
-from lambexp.reproduce import reproduce as run_reproduce
-from lambexp.train import LoopOptions, LoopState, fit
+from lambexp.runner.reproduce import make_plan
+from lambexp.runner.reproduce import reproduce as run_reproduce
+from lambexp.training.checkpoint import load_checkpoint, save_checkpoint
+from lambexp.training.loop import LoopOptions, LoopState, fit
 
 MEAN, STD = 0.1307, 0.3081  # MNIST's normalisation in pytorch/examples' mnist/main.py
 

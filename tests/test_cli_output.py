@@ -98,7 +98,7 @@ def test_a_terminal_gets_a_progress_bar_and_the_epoch_lines(tiny_mnist_env, tmp_
 
 SECOND_SIGNAL = """
 import os, signal, sys, time
-from lambexp.signals import StopFlag, catch
+from lambexp.training.signals import StopFlag, catch
 flag = StopFlag()
 catch(flag)
 os.kill(os.getpid(), signal.SIGINT)

@@ -212,7 +212,7 @@ def test_data_verify_names_the_folder_in_its_fix(tmp_path):
 def test_keep_freed_memory_takes_effect_with_glibc():
     import platform
 
-    from lambexp.malloc import keep_freed_memory
+    from lambexp.training.malloc import keep_freed_memory
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc

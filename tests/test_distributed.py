@@ -21,12 +21,12 @@ import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
 from lambexp.cli import app
-from lambexp.distributed import SINGLE, World
 from lambexp.errors import Interrupted, UserError
 from lambexp.model import build_model
 from lambexp.optim import Lamb, Lars
-from lambexp.sinks import MemorySink
-from lambexp.train import LoopOptions, LoopState, fit
+from lambexp.training.distributed import SINGLE, World
+from lambexp.training.loop import LoopOptions, LoopState, fit
+from lambexp.training.sinks import MemorySink
 
 TIMEOUT = 120  # seconds a multi-process part may take before the test fails
 RANKS = 2

@@ -1,5 +1,5 @@
-"""One definition of "diverged" (lambexp.divergence), applied by the trainer at the step a hand-worked
-loss sequence says, and the post's logging schedule: after batches whose index in the epoch is a
+"""One definition of "diverged" (lambexp.training.divergence), applied by the trainer at the step a
+hand-worked loss sequence says, and the post's logging schedule: after batches whose index in the epoch is a
 multiple of log_interval, at x = the samples seen before that batch."""
 
 import math
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from lambexp.divergence import LossWatch, first_divergence
-from lambexp.sinks import MemorySink
-from lambexp.train import LoopOptions, fit
+from lambexp.training.divergence import LossWatch, first_divergence
+from lambexp.training.loop import LoopOptions, fit
+from lambexp.training.sinks import MemorySink
 
 
 @pytest.mark.parametrize("losses, expected", [

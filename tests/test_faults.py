@@ -16,9 +16,9 @@ from lambexp.cli import app
 from lambexp.config import parse_experiment
 from lambexp.data import load_mnist
 from lambexp.errors import Interrupted
-from lambexp.experiment import make_run_dir, run_arm
-from lambexp.progress import NoProgress
-from lambexp.train import warm_up
+from lambexp.runner.experiment import make_run_dir, run_arm
+from lambexp.training.loop import warm_up
+from lambexp.training.progress import NoProgress
 
 BOOM = """\
 name: boom
@@ -100,7 +100,7 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import lambexp.experiment as experiment
+    import lambexp.runner.experiment as experiment
 
     arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
     kept = []
@@ -285,8 +285,8 @@ class Bomb(torch.nn.Module):
 
 
 def test_divergence_after_the_last_log_step_is_caught_before_evaluation():
-    from lambexp.sinks import MemorySink
-    from lambexp.train import LoopOptions, fit
+    from lambexp.training.loop import LoopOptions, fit
+    from lambexp.training.sinks import MemorySink
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)

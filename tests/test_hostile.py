@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from lambexp.cli import app
 from lambexp.config import load_experiment
 from lambexp.errors import Interrupted
-from lambexp.experiment import run_experiment
-from lambexp.lock import LOCK_FILE, folder_lock
-from lambexp.reproduce import make_plan
+from lambexp.folders.lock import LOCK_FILE, folder_lock
+from lambexp.runner.experiment import run_experiment
+from lambexp.runner.reproduce import make_plan
 
 MID = TINY_CONFIG.replace("epochs: 1", "epochs: 3")  # 12 steps an arm, a checkpoint each epoch
 
@@ -251,7 +251,7 @@ def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
 
 def test_an_allocation_failure_names_the_setting_and_marks_the_arm_failed(tiny_mnist_env, tmp_path,
                                                                          monkeypatch):
-    from lambexp import experiment
+    from lambexp.runner import experiment
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough"
@@ -311,7 +311,7 @@ def small_disk(tmp_path, monkeypatch):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
                              capture_output=True).returncode == 0
     if not mounted:
-        from lambexp import checkpoint
+        from lambexp.training import checkpoint
 
         real = checkpoint.open if hasattr(checkpoint, "open") else open
         writes = []

@@ -9,7 +9,7 @@ from conftest import TINY_CONFIG
 from typer.testing import CliRunner
 
 from lambexp.cli import app
-from lambexp.layout import Status, Summary
+from lambexp.folders.layout import Status, Summary
 from lambexp.report import build
 from lambexp.report.build import build_report
 from lambexp.report.claims import lr_range, measure
@@ -387,7 +387,7 @@ def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_
 
 def test_summary_round_trip_and_damaged_ones(tmp_path):
     from lambexp.errors import UserError
-    from lambexp.layout import Status, Summary, read_summary, write_summary
+    from lambexp.folders.layout import Status, Summary, read_summary, write_summary
 
     summary = Summary(Status.INTERRUPTED, arm="lamb", final_test_accuracy=0.5, diverged=True,
                       diverged_step=7, history=[{"step": 4, "samples": 256, "test/accuracy": 0.5}])

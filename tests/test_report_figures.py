@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from lambexp.layout import Status, Summary
+from lambexp.folders.layout import Status, Summary
 from lambexp.report import figures
 from lambexp.report.series import ArmSeries
 

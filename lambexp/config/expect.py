@@ -44,8 +44,9 @@ MEASURES = {  # name → what it is (the report computes each from the run files
                  " run of consecutive lrs whose arms matching `arm` (a pattern with *, e.g."
                  " lamb_lr*_wd0) all reach `threshold` final test accuracy (an lr in between that"
                  " fails ends a run); 0 for a single lr, NaN for none"),
-    "diverged": ("as the trainer decided (lambexp.divergence): loss or a parameter non-finite, or the "
-                 "loss rose above its first logged value after falling below half of it"),
+    "diverged": ("as the trainer decided (lambexp.training.divergence): loss or a parameter"
+                 " non-finite, or the loss rose above its first logged value after falling below half"
+                 " of it"),
     "r_max": "largest trust ratio r over training (all layers, or `layer`)",
     "r_median": "median of r over training (all layers, or `layer`)",
     "r_start_median": "median of r across layers at the first log",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
-from lambexp.layout import find_experiments, writable_folder, write_text_atomically
+from lambexp.folders.layout import find_experiments, writable_folder, write_text_atomically
 from lambexp.report import figures
 from lambexp.report.claims import ClaimResult, check, decades, mean_std, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels

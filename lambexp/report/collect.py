@@ -1,5 +1,5 @@
 """An experiment folder's finished arms, every seed, read back for the report (the folder's layout is
-lambexp.layout's)."""
+lambexp.folders.layout's)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lambexp.config import Experiment, load_experiment
 from lambexp.errors import UserError
-from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, existing_arms, is_finished
+from lambexp.folders.layout import CONFIG_FILE, ENVIRONMENT_FILE, existing_arms, is_finished
 from lambexp.report.series import ArmSeries, load_arm
 
 

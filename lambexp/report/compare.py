@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lambexp.catalog import RunStatus
+from lambexp.folders.catalog import RunStatus
 from lambexp.report import figures
 from lambexp.report.collect import folder_labels
 from lambexp.report.series import ArmSeries, load_arm

@@ -14,8 +14,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-from lambexp.divergence import first_divergence
 from lambexp.report.series import ArmSeries
+from lambexp.training.divergence import first_divergence
 
 matplotlib.use("Agg")  # files only, never a window: the report runs headless
 # A folder or arm name in a script DejaVu Sans lacks (CJK, say) draws as boxes; matplotlib's
@@ -78,7 +78,7 @@ def _stack(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _divergence_mark(s: ArmSeries) -> tuple[float, float] | None:
     """(x, loss) where a diverged run diverged: the logged loss at which the rule of
-    lambexp.divergence fired, or the last finite loss before it when that loss is NaN/inf (or the
+    lambexp.training.divergence fired, or the last finite loss before it when that loss is NaN/inf (or the
     last one logged, when a parameter went bad). None when the run did not diverge."""
     if not s.diverged or not len(s.train_loss):
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lambexp.errors import UserError
-from lambexp.layout import METRICS_FILE, Summary, read_jsonl, read_summary
+from lambexp.folders.layout import METRICS_FILE, Summary, read_jsonl, read_summary
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ArmSeries:
 
     @property
     def diverged(self) -> bool:
-        """As the trainer decided it, by the one rule of lambexp.divergence (summary.json)."""
+        """As the trainer decided it, by the one rule of lambexp.training.divergence (summary.json)."""
         return self.summary.diverged
 
     @property

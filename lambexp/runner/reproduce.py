@@ -3,7 +3,7 @@
 Reproduce layout: ``<out>/<experiment>/{config.yaml, environment.json, seed<k>/<arm>/}``; a `run`
 folder holds ``<arm>/`` directly. An arm whose summary.json says finished is never run again; an
 unfinished one continues from its checkpoint, or starts again when it has none. Under torchrun
-rank 0 decides what is finished and writes the folders; every rank trains (``lambexp.distributed``).
+rank 0 decides what is finished and writes the folders; every rank trains (``lambexp.training.distributed``).
 
 Arms that are the same training once resolved (every setting and the seed equal, only the name
 differs: E1's LAMB is E3's lr 0.01) are trained once per seed, in the folder of the first
@@ -21,19 +21,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from lambexp.checkpoint import recorded_settings
 from lambexp.config import MAX_SEED, Arm, Experiment, experiment_to_yaml, load_experiment
-from lambexp.distributed import SINGLE, World, launched_world, process_group
 from lambexp.errors import Interrupted, UserError
-from lambexp.experiment import (
-    ArmInputs,
-    check_changes,
-    describe_changes,
-    run_arm,
-    setting_changes,
-    write_run_header,
-)
-from lambexp.layout import (
+from lambexp.folders.layout import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     existing_arms,
@@ -43,8 +33,18 @@ from lambexp.layout import (
     seed_dir,
     write_text_atomically,
 )
-from lambexp.lock import folder_lock, folder_locks, lock_root
-from lambexp.progress import NoProgress, Progress
+from lambexp.folders.lock import folder_lock, folder_locks, lock_root
+from lambexp.runner.experiment import (
+    ArmInputs,
+    check_changes,
+    describe_changes,
+    run_arm,
+    setting_changes,
+    write_run_header,
+)
+from lambexp.training.checkpoint import recorded_settings
+from lambexp.training.distributed import SINGLE, World, launched_world, process_group
+from lambexp.training.progress import NoProgress, Progress
 
 Say = Callable[[str], None]
 
@@ -241,7 +241,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
               stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
     experiment folders. Every config is validated, and MNIST checked, before anything runs.
-    ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.jobs)."""
+    ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs)."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
     exps = load_all(configs, seeds)
@@ -260,7 +260,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
         if jobs > 1:
             if world.active:
                 raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
-            from lambexp.jobs import run_in_parallel
+            from lambexp.runner.jobs import run_in_parallel
 
             run_in_parallel(work, jobs, data_dir, say, stop_requested)
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lambexp.config import Arm
 from lambexp.errors import Interrupted, UserError
-from lambexp.layout import is_finished
+from lambexp.folders.layout import is_finished
 
 _STOP = None  # in a worker: its graceful-stop flag (the worker's own process, set at start)
 _INPUTS: dict = {}  # in a worker: MNIST loaded once per (folder, device), reused by its trainings
@@ -28,8 +28,8 @@ def _start_worker(threads: int, gpus: list[str], counter) -> None:
     """Initializer of a worker process: its threads, its GPU, its Ctrl-C flag, steady malloc."""
     import torch
 
-    from lambexp.malloc import keep_freed_memory
-    from lambexp.signals import StopFlag, catch
+    from lambexp.training.malloc import keep_freed_memory
+    from lambexp.training.signals import StopFlag, catch
 
     global _STOP
     with counter.get_lock():
@@ -45,8 +45,8 @@ def _start_worker(threads: int, gpus: list[str], counter) -> None:
 
 def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict | None]:
     """In a worker: train one arm into ``arm_dir``; ("finished" | "interrupted", its summary)."""
-    from lambexp.experiment import ArmInputs, run_arm
-    from lambexp.progress import NoProgress
+    from lambexp.runner.experiment import ArmInputs, run_arm
+    from lambexp.training.progress import NoProgress
 
     arm = Arm.model_validate_json(arm_json)
     if data_dir not in _INPUTS:

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lambexp.data import epoch_batches
-from lambexp.distributed import SINGLE, World, unwrap
-from lambexp.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
 from lambexp.errors import Interrupted
-from lambexp.progress import NoProgress, Progress
-from lambexp.sinks import Sink
+from lambexp.training.distributed import SINGLE, World, unwrap
+from lambexp.training.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
+from lambexp.training.progress import NoProgress, Progress
+from lambexp.training.sinks import Sink
 
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
 
@@ -48,7 +48,7 @@ class LoopState:
     train_seconds: float = 0.0  # wall time spent in training steps (not evaluation)
     wall_seconds: float = 0.0  # wall time in fit, evaluation included, over every session
     last_loss: float = float("nan")  # last logged (finite) training loss
-    diverged_step: int | None = None  # the step at which it diverged (lambexp.divergence)
+    diverged_step: int | None = None  # the step at which it diverged (lambexp.training.divergence)
     diverged_reason: str | None = None
     first_loss: float | None = None  # LossWatch.first: the first logged training loss
     loss_fell: bool = False  # LossWatch.fell: a logged loss has been below first_loss / 2
@@ -61,7 +61,7 @@ class LoopOptions:
     batch_size: int
     log_interval: int
     eval_interval: int | None = None
-    on_divergence: str = "stop"  # stop | continue (lambexp.divergence says when it diverged)
+    on_divergence: str = "stop"  # stop | continue (lambexp.training.divergence says when it diverged)
     stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
     world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant

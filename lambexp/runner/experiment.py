@@ -3,7 +3,7 @@
 The only place where config objects become plain arguments for the model, optimizer, loop and sink.
 Layout: ``<runs>/<experiment>/<timestamp>/{config.yaml, environment.json, <arm>/...}``; each arm
 folder is one TensorBoard run plus ``summary.json``. Under torchrun every rank runs the same arms
-and rank 0 alone writes the folder (``lambexp.distributed``).
+and rank 0 alone writes the folder (``lambexp.training.distributed``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-from lambexp.checkpoint import Restored, load_checkpoint, save_checkpoint, save_weights
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.data import MnistTensors, ensure_mnist, load_mnist
-from lambexp.distributed import SINGLE, World, process_group
 from lambexp.errors import Interrupted, ResumableError, UserError
-from lambexp.layout import (
+from lambexp.folders.layout import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     ENVIRONMENT_FILE,
@@ -40,12 +38,14 @@ from lambexp.layout import (
     write_summary,
     write_text_atomically,
 )
-from lambexp.lock import folder_lock
+from lambexp.folders.lock import folder_lock
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
-from lambexp.progress import NoProgress, Progress
-from lambexp.sinks import JsonlSink, Sink, Tee, TensorBoardSink
-from lambexp.train import LoopOptions, LoopState, fit
+from lambexp.training.checkpoint import Restored, load_checkpoint, save_checkpoint, save_weights
+from lambexp.training.distributed import SINGLE, World, process_group
+from lambexp.training.loop import LoopOptions, LoopState, fit
+from lambexp.training.progress import NoProgress, Progress
+from lambexp.training.sinks import JsonlSink, Sink, Tee, TensorBoardSink
 
 
 def pick_device(name: str) -> torch.device:
@@ -281,7 +281,7 @@ def arm_hparams(arm: Arm, device: torch.device) -> dict:
 
 def summarize(arm: Arm, state: LoopState, device: torch.device, status: Status,
               samples_per_epoch: int, changes: Sequence[dict] = (), error: str | None = None) -> Summary:
-    """The arm's Summary from the loop's state (see lambexp.layout.Summary)."""
+    """The arm's Summary from the loop's state (see lambexp.folders.layout.Summary)."""
     accuracies = [h["test/accuracy"] for h in state.history]
     final = state.history[-1] if state.history else {}
     return Summary(

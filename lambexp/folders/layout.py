@@ -120,7 +120,7 @@ class Status(str, Enum):
 @dataclass(frozen=True)
 class Summary:
     """summary.json: how an arm ended. ``diverged`` is the trainer's decision by the one rule of
-    lambexp.divergence; the accuracies are of the last evaluation (before the divergence, when the
+    lambexp.training.divergence; the accuracies are of the last evaluation (before the divergence, when the
     arm stopped there)."""
 
     status: Status

@@ -1,5 +1,5 @@
 """One process at a time in a folder of runs: an OS lock (``fcntl.flock``) on the folder's
-``.lambexp.lock``, which dies with its process, so a crash never leaves a folder locked.
+``.lambexp.folders.lock``, which dies with its process, so a crash never leaves a folder locked.
 
 `run` locks the run folder it creates, `reproduce` its ``--out``, `resume` the folder each of its
 experiments belongs to (the reproduce folder holding it, or the run folder itself). A second process
@@ -16,14 +16,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from lambexp.errors import UserError
-from lambexp.layout import writable_folder
+from lambexp.folders.layout import writable_folder
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; lambexp runs there without the guard
     fcntl = None
 
-LOCK_FILE = ".lambexp.lock"
+LOCK_FILE = ".lambexp.folders.lock"
 
 
 def lock_root(exp_dir: Path) -> Path:

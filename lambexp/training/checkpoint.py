@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lambexp.errors import UserError
-from lambexp.train import LoopState
+from lambexp.training.loop import LoopState
 
 # 2: with the arm's settings and their changes. 1: lambexp before the format was recorded (no
 # "format" key, no settings): still continued, without the check that the config is unchanged.

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from lambexp.config import load_experiment
 from lambexp.errors import UserError
-from lambexp.layout import CONFIG_FILE, ENVIRONMENT_FILE, existing_arms, find_experiments, read_summary
+from lambexp.folders.layout import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    existing_arms,
+    find_experiments,
+    read_summary,
+)
 
 
 @dataclass
