@@ -136,6 +136,12 @@ TOP_KEYS: tuple[str, ...] = (*Header.model_fields, "arms", "sweep", *SETTINGS)  
 ARM_KEYS: tuple[str, ...] = ("name", *SETTINGS)
 
 
+def uses_lamb_rule(optimizer: str) -> bool:
+    """adam and lamb step by a LAMB rule (``rule``, ``bias_correction``, ``eps``, ``clamp`` apply);
+    lars, sgd and torch_adam do not."""
+    return optimizer in ("adam", "lamb")
+
+
 def default_eps(optimizer: str, rule: str) -> float:
     """ε when a config leaves it null: the LAMB rule's own (SPEC §2: blog 1e-8, paper 1e-6);
     torch.optim.Adam's 1e-8 for torch_adam whatever the rule; lars and sgd do not use it."""

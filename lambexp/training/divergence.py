@@ -13,6 +13,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# The definition in one sentence, for every place that tells a person (config help, claims, report).
+DEFINITION = ("the loss or a parameter became non-finite, or the logged training loss rose above its"
+              " first value after falling below half of it")
 NONFINITE_LOSS = "non-finite loss"
 NONFINITE_PARAMETER = "non-finite parameter"
 
