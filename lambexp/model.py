@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 class LeNet(nn.Module):
     """conv 1→20 (5×5) → ReLU → maxpool 2 → conv 20→50 (5×5) → ReLU → maxpool 2 →
-    linear 800→500 → ReLU → linear 500→10 → log-softmax (SPEC.md §1)."""
+    linear 800→500 → ReLU → linear 500→10 → log-softmax (docs/claims.md)."""
 
     def __init__(self):
         super().__init__()

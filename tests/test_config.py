@@ -74,7 +74,7 @@ def test_blog_configs_have_the_blogs_settings(stem, arms):
 
 
 def test_readme_config_is_the_june_2019_rule_in_both_arms():
-    """E6 as SPEC §1 states it: one optimizer class, the paper rule without bias correction, betas
+    """E6 as docs/claims.md states it: one optimizer class, the paper rule without bias correction, betas
     (0.9, 0.999), eps 1e-6, ‖w‖ clamped at 10, decoupled decay 0.01 in both arms, 6 epochs."""
     adam, lamb = load_experiment(CONFIGS / "readme_lr02.yaml").arms
     assert (adam.name, adam.optimizer, lamb.name, lamb.optimizer) == ("adam", "adam", "lamb", "lamb")

@@ -1,4 +1,4 @@
-"""LeNet is SPEC.md §1's network: shapes, parameter count, and conv → ReLU → pool order."""
+"""LeNet is docs/claims.md's network: shapes, parameter count, and conv → ReLU → pool order."""
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +7,7 @@ from lambexp.model import LeNet, build_model
 
 
 def spec_order(m, x):
-    """SPEC.md §1 literally: conv → ReLU → maxpool, twice; 800 → 500 → ReLU → 10 → log-softmax."""
+    """docs/claims.md literally: conv → ReLU → maxpool, twice; 800 → 500 → ReLU → 10 → log-softmax."""
     x = F.max_pool2d(F.relu(m.conv1(x)), 2, 2)
     x = F.max_pool2d(F.relu(m.conv2(x)), 2, 2)
     return F.log_softmax(m.fc2(F.relu(m.fc1(torch.flatten(x, 1)))), dim=1)

@@ -20,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from seed_lamb import SeedLamb, SeedLambJune2019  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ERA = {  # experiment → the 2019 optimizer its figures ran (SPEC §1)
+ERA = {  # experiment → the 2019 optimizer its figures ran (docs/claims.md)
     "adam_vs_lamb.yaml": SeedLamb, "lamb_lr.yaml": SeedLamb, "lamb_wd.yaml": SeedLamb,
     "adam_lr.yaml": SeedLamb, "readme_lr02.yaml": SeedLambJune2019,
 }
 BLOG = dict(betas=(0.9, 0.99), weight_decay=0.0)
 README = dict(lr=0.02, betas=(0.9, 0.999), weight_decay=0.01)
-SCRIPT = {  # (experiment, arm) → the 2019 script's arguments for that run, as SPEC §1 gives them
+SCRIPT = {  # (experiment, arm) → the 2019 script's arguments for that run, as docs/claims.md gives them
     ("adam_vs_lamb", "adam"): dict(lr=0.01, adam=True, **BLOG),
     ("adam_vs_lamb", "lamb"): dict(lr=0.01, adam=False, **BLOG),
     ("lamb_lr", "lamb_lr0.01"): dict(lr=0.01, adam=False, **BLOG),

@@ -1,4 +1,4 @@
-"""Hand-worked steps of each rule (SPEC.md §2) on two-element tensors, in float64.
+"""Hand-worked steps of each rule (docs/rules.md) on two-element tensors, in float64.
 
 Every expected number is arithmetic written out here, not a value produced by lambexp.
 With ε = 0, Adam's first step direction is sign(g), which keeps the arithmetic short.

@@ -67,7 +67,7 @@ class Settings(_Frozen):
         "adam: LAMB with r computed and logged but not applied (the blog's Adam); lamb; lars; "
         "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself"))
     rule: Rule = Field("blog", description=(
-        "LAMB update rule (SPEC §2), blog (May 2019) or paper; ignored by lars, sgd, torch_adam"))
+        "LAMB update rule (docs/rules.md), blog (May 2019) or paper; ignored by lars, sgd, torch_adam"))
     lr: Float = Field(0.01, gt=0, description="learning rate (global step size)")
     weight_decay: Float = Field(0.0, ge=0, description=(
         "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
@@ -83,7 +83,7 @@ class Settings(_Frozen):
     eps: Annotated[Float, Field(ge=0)] | None = Field(None, description=(
         "ε added to √v; null: the default, 1e-8 (blog, torch_adam) or 1e-6 (paper)"))
     clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(
-        "LAMB's c (SPEC §2): clips r (blog) or ‖w‖ (paper); null: no clamp"))
+        "LAMB's c (docs/rules.md): clips r (blog) or ‖w‖ (paper); null: no clamp"))
     momentum: Float = Field(0.9, ge=0, lt=1, description="lars/sgd momentum, in [0, 1)")
     trust_coefficient: Float = Field(0.001, gt=0, description=(
         "LARS's η: layer rate = lr·η·‖w‖/(‖g‖+λ‖w‖)"))
@@ -143,7 +143,7 @@ def uses_lamb_rule(optimizer: str) -> bool:
 
 
 def default_eps(optimizer: str, rule: str) -> float:
-    """ε when a config leaves it null: the LAMB rule's own (SPEC §2: blog 1e-8, paper 1e-6);
+    """ε when a config leaves it null: the LAMB rule's own (docs/rules.md: blog 1e-8, paper 1e-6);
     torch.optim.Adam's 1e-8 for torch_adam whatever the rule; lars and sgd do not use it."""
     return 1e-6 if rule == "paper" and optimizer != "torch_adam" else 1e-8
 

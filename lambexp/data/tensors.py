@@ -13,7 +13,7 @@ from torchvision.datasets import MNIST
 from lambexp.data.fetch import default_data_dir, problem_lines, raw_dir, verify_mnist
 from lambexp.errors import DataError
 
-MEAN, STD = 0.1307, 0.3081  # of MNIST's pixels scaled to [0, 1] (SPEC.md §1, pytorch/examples)
+MEAN, STD = 0.1307, 0.3081  # of MNIST's pixels scaled to [0, 1] (docs/claims.md, pytorch/examples)
 Device = torch.device | str
 
 

@@ -33,7 +33,7 @@ class Lamb(TrustRatioOptimizer):
         eps: ε added to √v; default ``None`` picks the rule's own: 1e-8 (blog), 1e-6 (paper).
         weight_decay: λ (default 0). The blog rule adds λ·w to the gradient (L2); the paper
             rule adds it to the update (decoupled).
-        rule: ``"blog"`` (default) or ``"paper"``, the update rules of SPEC.md §2. The blog rule
+        rule: ``"blog"`` (default) or ``"paper"``, the update rules of docs/rules.md. The blog rule
             is the default because lambexp exists to reproduce the blog's experiments, which ran it.
         clamp: c (default 10). Blog: the ratio r is clipped at c. Paper: the weight norm ‖w‖ is
             clamped at c before the ratio (the paper's φ). ``None``: no clipping or clamp.

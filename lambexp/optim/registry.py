@@ -28,7 +28,7 @@ def _torch_adam(params, **h) -> torch.optim.Adam:
 
 
 OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
-    "lamb": (_lamb, "LAMB, the blog's or the paper's rule (SPEC.md §2)"),
+    "lamb": (_lamb, "LAMB, the blog's or the paper's rule (docs/rules.md)"),
     "adam": (lambda params, **h: _lamb(params, adam=True, **h),
              "LAMB with r computed and logged but not applied: the blog's Adam"),
     "lars": (_lars, "LARS: momentum SGD with the layer-wise trust ratio"),
