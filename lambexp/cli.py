@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from lambexp.errors import ConfigError, Interrupted, ResumableError, UserError
+from lambexp.errors import ConfigError, Interrupted, NoRunFolders, ResumableError, UserError
 from lambexp.folders.layout import SUMMARY_FILE
+from lambexp.output import json_text, optimizer_text, pct, print_table, yes_no
 from lambexp.training.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
@@ -31,7 +32,7 @@ app = typer.Typer(
     help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
          "log r, r1, r2 to TensorBoard, and check the post's claims.\n\n" + EXIT_CODES,
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode="markdown")
+    rich_markup_mode=None)
 data_app = typer.Typer(help="Get and check MNIST (the four IDX files, md5-verified).\n\n"
                        + EXIT_CODES, no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -148,12 +149,8 @@ def run(ctx: typer.Context, config: ConfigArg, overrides: Overrides = None, data
     started: list[Path] = []
     with graceful_stop() as stop, reported(ctx, debug, stop, started):
         from lambexp.runner.experiment import run_experiment
-        from lambexp.training.distributed import is_lead_process
-        from lambexp.training.malloc import keep_freed_memory
 
-        keep_freed_memory()  # a steady speed from one process to the next (lambexp/training/malloc.py)
-        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
-        quiet = quiet or json_out or not lead
+        lead, quiet = _begin_training(quiet or json_out)
         exp = _load(config, overrides, sweep)
 
         def on_start(path: Path) -> None:
@@ -187,12 +184,8 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
     changed since it began is refused (exit 2, naming the settings) unless --apply-config-changes."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [run_dir]):
         from lambexp.runner.reproduce import resume as resume_all
-        from lambexp.training.distributed import is_lead_process
-        from lambexp.training.malloc import keep_freed_memory
 
-        keep_freed_memory()
-        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
-        quiet = quiet or not lead
+        lead, quiet = _begin_training(quiet)
         folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
                              progress_for=_progress(quiet), stop_requested=stop,
                              apply_changes=apply_config_changes)
@@ -202,14 +195,24 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
             print(f"run folder: {run_dir}")
 
 
+def _begin_training(quiet: bool) -> tuple[bool, bool]:
+    """What each training verb does first: keep freed memory for a steady speed from one process to
+    the next (lambexp/training/malloc.py). Returns (lead, quiet): ranks > 0 under torchrun are not
+    the lead, and print nothing."""
+    from lambexp.training.distributed import is_lead_process
+    from lambexp.training.malloc import keep_freed_memory
+
+    keep_freed_memory()
+    lead = is_lead_process()
+    return lead, quiet or not lead
+
+
 def _say(quiet: bool):
     return (lambda s: None) if quiet else (lambda s: print(s, flush=True))
 
 
 def _print_json(value) -> None:
-    import json
-
-    typer.echo(json.dumps(value, indent=2, default=str))
+    typer.echo(json_text(value))
 
 
 def _summary(arm_dir: Path) -> dict:
@@ -220,9 +223,6 @@ def _summary(arm_dir: Path) -> dict:
 
 
 def print_summaries(arm_dirs: list[Path]) -> None:
-    def pct(x):
-        return "n/a" if x is None else f"{x:.2%}"
-
     print(f"{'arm':24s} {'final acc':>9s} {'best acc':>9s} {'diverged':>10s} {'samples/s':>9s}"
           f" {'wall s':>7s}")
     for arm_dir in arm_dirs:
@@ -260,7 +260,8 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
     with graceful_stop() as stop, reported(ctx, debug, stop, [out]):
         from lambexp.config.bundled import find_config, the_posts_configs
         from lambexp.report.build import build_report, claim_verdicts, load_runs
-        from lambexp.runner.reproduce import check_folder, load_all, make_plan, plan_lines
+        from lambexp.runner.plan import make_plan, plan_lines
+        from lambexp.runner.reproduce import check_folder, load_all
         from lambexp.runner.reproduce import reproduce as run_all
         from lambexp.training.distributed import is_lead_process
 
@@ -375,7 +376,7 @@ def configs_verb(ctx: typer.Context,
         width = max(len(c.name) for c in configs)
         for c in configs:
             typer.echo(f"{c.name:{width}s}  {c.description}")
-            typer.echo(f"{'':{width}s}  arms: {', '.join(c.arms)}; {c.claims} claims")
+            typer.echo(f"{'':{width}s}  arms: {c.arms_text()}; {c.claims} claims")
 
 
 @app.command("ls")
@@ -391,9 +392,7 @@ def ls_verb(ctx: typer.Context,
             raise UserError(f"{runs_dir}: no such folder; run an experiment first")
         try:
             runs = list_runs(runs_dir)
-        except UserError as err:
-            if "no run folders" not in str(err):
-                raise
+        except NoRunFolders:
             runs = []
         if json_out:
             _print_json([r.as_dict() for r in runs])
@@ -403,18 +402,13 @@ def ls_verb(ctx: typer.Context,
             return
         rows = [(r.folder, r.experiment, _arm_count(r), r.status, accuracy_text(r.arms), age(r.started_utc))
                 for r in runs]
-        _print_table(("folder", "experiment", "arms", "status", "final test accuracy", "age"), rows)
+        print_table(("folder", "experiment", "arms", "status", "final test accuracy", "age"), rows,
+                    typer.echo)
 
 
 def _arm_count(run) -> str:
     names, seeds = {a.arm for a in run.arms}, {a.seed for a in run.arms}
     return f"{len(names)} × {len(seeds)} seeds" if len(seeds) > 1 else str(len(names))
-
-
-def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    for row in (header, *rows):
-        typer.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
 @app.command()
@@ -436,17 +430,12 @@ def compare(ctx: typer.Context,
             _print_json({"figure": str(figure) if figure else None, "runs": [r.as_dict() for r in runs]})
             return
 
-        def pct(x):
-            return "n/a" if x is None else f"{x:.2%}"
-
-        rows = [(r.folder, a.arm, a.seed, a.optimizer + (f" ({a.rule})" if a.optimizer in ("adam", "lamb")
-                                                           else ""), f"{a.lr:g}", f"{a.weight_decay:g}",
-                 a.batch_size, a.status, pct(a.final_accuracy), pct(a.best_accuracy),
-                 "n/a" if a.diverged is None else ("yes" if a.diverged else "no"),
-                 "n/a" if a.samples_per_second is None else f"{a.samples_per_second:.0f}")
+        rows = [(r.folder, a.arm, a.seed, optimizer_text(a.optimizer, a.rule), f"{a.lr:g}",
+                 f"{a.weight_decay:g}", a.batch_size, a.status, pct(a.final_accuracy), pct(a.best_accuracy),
+                 yes_no(a.diverged), "n/a" if a.samples_per_second is None else f"{a.samples_per_second:.0f}")
                 for r in runs for a in r.arms]
-        _print_table(("run", "arm", "seed", "optimizer", "lr", "wd", "batch", "status", "final acc",
-                      "best acc", "diverged", "samples/s"), rows)
+        print_table(("run", "arm", "seed", "optimizer", "lr", "wd", "batch", "status", "final acc",
+                     "best acc", "diverged", "samples/s"), rows, typer.echo)
         typer.echo(f"figure: {figure}" if figure else "figure: none (no finished arm)")
 
 

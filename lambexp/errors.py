@@ -25,6 +25,10 @@ class DataError(UserError):
     """The data set could not be obtained or failed verification."""
 
 
+class NoRunFolders(UserError):
+    """A folder that holds no run folders (none with a config.yaml): `ls` lists nothing there."""
+
+
 class ResumableError(UserError):
     """A training stopped by its surroundings (a full disk, too little memory): its last
     checkpoint is whole, and ``lambexp resume`` continues once the cause is fixed."""

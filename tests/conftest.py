@@ -91,18 +91,25 @@ def tiny_mnist_env(tiny_mnist: TinyMnist, monkeypatch: pytest.MonkeyPatch) -> Ti
     return tiny_mnist
 
 
-TINY_CONFIG = """\
-name: tiny
-epochs: 1
-batch_size: 64
-log_interval: 2
-device: cpu
-arms:
-  - {name: adam, optimizer: adam}
-  - {name: lamb, optimizer: lamb}
+TINY_CLAIM = """\
 expect:
   - {claim: LAMB trains, arm: lamb, measure: final_accuracy, above: 0.0}
-"""  # one epoch of 4 batches on the tiny set: a run takes about a second
+"""
+
+
+def tiny_config(name: str = "tiny", arms: tuple[str, ...] = ("adam", "lamb"), expect: str = TINY_CLAIM,
+                **settings) -> str:
+    """A config for the tiny set: one epoch of 4 batches of 64 on the CPU, logged every 2, unless
+    ``settings`` say otherwise (values as YAML writes them, e.g. ``betas="[0.9, 0.99]"``; added
+    after the defaults); one arm per name in ``arms``, of the optimizer of that name; ``expect``,
+    the claims block (TINY_CLAIM by default, "" for none)."""
+    shared = {"epochs": 1, "batch_size": 64, "log_interval": 2, "device": "cpu", **settings}
+    lines = [f"name: {name}", *(f"{key}: {value}" for key, value in shared.items()), "arms:"]
+    lines += [f"  - name: {arm}\n    optimizer: {arm}" for arm in arms]
+    return "\n".join(lines) + "\n" + expect
+
+
+TINY_CONFIG = tiny_config()  # a run of both arms takes about a second
 
 
 def invoke(*args, catch_exceptions: bool = True):

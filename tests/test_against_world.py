@@ -30,7 +30,7 @@ from lambexp.config import Arm, load_experiment
 from lambexp.errors import Interrupted, UserError
 from lambexp.folders.layout import read_jsonl
 from lambexp.report.build import build_report
-from lambexp.runner.reproduce import make_plan
+from lambexp.runner.plan import make_plan
 from lambexp.runner.reproduce import reproduce as run_reproduce
 from lambexp.training.checkpoint import load_checkpoint, save_checkpoint
 from lambexp.training.loop import LoopOptions, LoopState, fit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import events, run_dirs
+from conftest import events, run_dirs, tiny_config
 from conftest import invoke as shared_invoke
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
@@ -15,20 +15,7 @@ from typer.testing import CliRunner
 from lambexp.cli import app
 
 LENET_TENSORS = 8  # conv1, conv2, fc1, fc2: a weight and a bias each
-TWO_ARMS = """\
-name: tiny
-epochs: 2
-batch_size: 64
-log_interval: 2
-betas: [0.9, 0.99]
-lr: 0.01
-device: auto
-arms:
-  - name: adam
-    optimizer: adam
-  - name: lamb
-    optimizer: lamb
-"""
+TWO_ARMS = tiny_config(epochs=2, betas="[0.9, 0.99]", lr=0.01, device="auto", expect="")
 
 
 def invoke(*args):

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_config
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -34,19 +35,7 @@ N_TRAIN, N_TEST = 100, 51  # batch 33: 33, 33, 33, 1 (split 1 + 0); the test set
 BATCHES = (33, 32)  # global batch sizes: one not divisible by 2, one divisible
 TRUST_KEYS = ("r", "r1", "r2")
 EPOCHS = 1  # 4 steps at batch 33, the last one partial
-TWO_ARMS = """\
-name: tiny
-epochs: 1
-batch_size: 33
-log_interval: 2
-lr: 0.01
-device: cpu
-arms:
-  - name: adam
-    optimizer: adam
-  - name: lamb
-    optimizer: lamb
-"""
+TWO_ARMS = tiny_config(batch_size=33, lr=0.01, expect="")
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import lambexp_argv, run_dirs, summary_json
+from conftest import lambexp_argv, run_dirs, summary_json, tiny_config
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -34,17 +34,9 @@ arms:
     optimizer: lamb
     lr: 0.01
 """
-LONG = """\
-name: long
-epochs: {epochs}
-batch_size: 64
-log_interval: 2
-device: cpu
-arms:
-  - name: lamb
-    optimizer: lamb
-    lr: 0.01
-"""
+def long_config(epochs: int) -> str:
+    """One LAMB arm at lr 0.01 for ``epochs`` epochs of the tiny set."""
+    return tiny_config(name="long", arms=("lamb",), epochs=epochs, lr=0.01, expect="")
 
 
 def only_run_dir(runs):
@@ -102,7 +94,7 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
 
     import lambexp.runner.experiment as experiment
 
-    arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
+    arm, data = _arm_and_data(tiny_mnist_env, long_config(3))
     kept = []
 
     def save_and_keep_the_first(path, *args):
@@ -132,7 +124,7 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
 
 @pytest.mark.parametrize("stop_at", [3, 4, 9])  # mid-epoch, at an epoch boundary, later epoch
 def test_interrupt_at_a_chosen_step_then_resume_is_identical(tiny_mnist_env, tmp_path, stop_at):
-    arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=3))
+    arm, data = _arm_and_data(tiny_mnist_env, long_config(3))
     whole = run_arm(arm, data, torch.device("cpu"), tmp_path / "whole", NoProgress())
     steps = iter(range(10_000))
     with pytest.raises(Interrupted):
@@ -163,13 +155,19 @@ def _start_and_signal(config, runs, signum):
     return proc.returncode, err
 
 
+def _signalled_run(tmp_path, signum):
+    """A 15-epoch run in a real process, sent ``signum`` once it logs: (config, exit code, stderr,
+    run folder)."""
+    config = tmp_path / "long.yaml"
+    config.write_text(long_config(15))
+    code, err = _start_and_signal(config, tmp_path / "runs", signum)
+    return config, code, err, only_run_dir(tmp_path / "runs")
+
+
 @pytest.mark.slow
 def test_sigint_to_a_real_process_then_resume_matches_a_straight_run(tiny_mnist_env, tmp_path):
-    config = tmp_path / "long.yaml"
-    config.write_text(LONG.format(epochs=15))
-    code, err = _start_and_signal(config, tmp_path / "runs", signal.SIGINT)
+    config, code, err, run_dir = _signalled_run(tmp_path, signal.SIGINT)
     assert code == 130, err
-    run_dir = only_run_dir(tmp_path / "runs")
     assert f"lambexp resume {run_dir}" in err and summary_json(run_dir / "lamb")["status"] == "interrupted"
     assert summary_json(run_dir / "lamb")["steps"] < 60  # 15 epochs × 4 steps: it stopped early
     done = subprocess.run(lambexp_argv("resume", run_dir, "-q"),
@@ -185,11 +183,9 @@ def test_sigint_to_a_real_process_then_resume_matches_a_straight_run(tiny_mnist_
 
 @pytest.mark.slow
 def test_sigterm_exits_143_with_a_checkpoint(tiny_mnist_env, tmp_path):
-    config = tmp_path / "long.yaml"
-    config.write_text(LONG.format(epochs=15))
-    code, err = _start_and_signal(config, tmp_path / "runs", signal.SIGTERM)
+    _, code, err, run_dir = _signalled_run(tmp_path, signal.SIGTERM)
     assert code == 143, err
-    arm_dir = only_run_dir(tmp_path / "runs") / "lamb"
+    arm_dir = run_dir / "lamb"
     assert (arm_dir / "checkpoint.pt").is_file() and summary_json(arm_dir)["status"] == "interrupted"
 
 
@@ -199,7 +195,7 @@ def test_run_folders_are_distinct_under_concurrency(tmp_path):
     def make():
         try:
             made.append(make_run_dir(tmp_path / "exp"))
-        except Exception as err:  # noqa: BLE001 - collected and asserted on below
+        except Exception as err:  # collected and asserted on below
             errors.append(err)
 
     threads = [threading.Thread(target=make) for _ in range(8)]
@@ -301,7 +297,7 @@ def test_divergence_after_the_last_log_step_is_caught_before_evaluation():
 def test_an_unreadable_checkpoint_is_a_user_error(tiny_mnist_env, tmp_path):
     from lambexp.errors import UserError
 
-    arm, data = _arm_and_data(tiny_mnist_env, LONG.format(epochs=1))
+    arm, data = _arm_and_data(tiny_mnist_env, long_config(1))
     (tmp_path / "arm").mkdir()
     (tmp_path / "arm" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot continue from this checkpoint: unreadable.*delete it"):

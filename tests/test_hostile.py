@@ -22,7 +22,7 @@ from lambexp.config import load_experiment
 from lambexp.errors import Interrupted
 from lambexp.folders.lock import LOCK_FILE, folder_lock
 from lambexp.runner.experiment import run_experiment
-from lambexp.runner.reproduce import make_plan
+from lambexp.runner.plan import make_plan
 
 MID = TINY_CONFIG.replace("epochs: 1", "epochs: 3")  # 12 steps an arm, a checkpoint each epoch
 

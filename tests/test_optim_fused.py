@@ -1,7 +1,11 @@
 """Lamb(fused=True), the torch.compile'd step of fused.py, against the reference path (foreach=False)."""
 
+from functools import partial
+
+import optim_helpers
 import pytest
 import torch
+from optim_helpers import train
 from torch import nn
 
 from lambexp.optim import Lamb, fused
@@ -9,27 +13,10 @@ from lambexp.optim import Lamb, fused
 F64 = torch.float64
 
 
-def small_net(seed=0, dtype=torch.float32, width=700):
-    torch.manual_seed(seed)
-    # tanh keeps every gradient non-zero. The 6×700 weight (over 4096 elements) takes a kernel
-    # call of its own; the other three tensors are packed into one call.
-    return nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 3)).to(dtype)
-
-
-def batches(n=10, seed=1, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 6, generator=gen, dtype=dtype),
-             torch.randn(16, 3, generator=gen, dtype=dtype)) for _ in range(n)]
-
-
-def train(net, opt, data, scheduler=None):
-    for x, y in data:
-        opt.zero_grad()
-        nn.functional.mse_loss(net(x), y).backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-    return [p.detach().clone() for p in net.parameters()]
+# float32, and a 6×700 weight (over 4096 elements) that takes a kernel call of its own; the other
+# three tensors are packed into one call.
+small_net = partial(optim_helpers.small_net, dtype=torch.float32, width=700)
+batches = partial(optim_helpers.batches, dtype=torch.float32)
 
 
 def assert_same(net_a, opt_a, net_b, opt_b, data, tol):
@@ -51,7 +38,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_equals_reference_path(case, dtype=torch.float32):
-    data = batches(dtype=dtype)
+    data = batches(10, dtype=dtype)
     a, b = small_net(dtype=dtype), small_net(dtype=dtype)
     fast = Lamb(a.parameters(), lr=0.01, fused=True, **CASES[case])
     slow = Lamb(b.parameters(), lr=0.01, foreach=False, **CASES[case])

@@ -7,32 +7,13 @@ import pytest
 import timm.optim
 import torch
 import torch_optimizer
+from optim_helpers import batches, small_net, train
 from torch import Tensor, nn
 
 from lambexp.optim import Lamb, Lars, build_optimizer
 from lambexp.optim.lamb import cpu_adam_kernel
 
 F64 = torch.float64
-
-
-def small_net(seed=0, dtype=F64):
-    torch.manual_seed(seed)
-    # tanh keeps every gradient non-zero, so ε = 0 never divides 0 by 0
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
-
-
-def batches(n=50, seed=1, dtype=F64):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 6, generator=gen, dtype=dtype),
-             torch.randn(16, 3, generator=gen, dtype=dtype)) for _ in range(n)]
-
-
-def train(net, opt, data):
-    for x, y in data:
-        opt.zero_grad()
-        nn.functional.mse_loss(net(x), y).backward()
-        opt.step()
-    return [p.detach().clone() for p in net.parameters()]
 
 
 def assert_same(a, b, tol):

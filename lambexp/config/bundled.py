@@ -42,6 +42,9 @@ def find_config(given: str | Path) -> Path:
                         f"{', '.join(bundled_configs())}; `lambexp configs` lists them)") from None
 
 
+MAX_ARMS_LISTED = 12  # `lambexp configs` names each arm up to this many; a larger sweep is summed up
+
+
 @dataclass
 class BundledConfig:
     name: str
@@ -49,16 +52,34 @@ class BundledConfig:
     description: str
     arms: list[str]
     claims: int
+    sweep: dict[str, int]  # swept setting → its number of values (empty without a sweep)
+    swept_arms: list[str]  # the arms as the file writes them, before the sweep crosses them
+
+    def arms_text(self) -> str:
+        """The arms by name, or for a sweep of many, how they multiply: '42 arms: 3 arms (adam,
+        lambblog, lambpaper) × 7 lr × 2 weight_decay'."""
+        if len(self.arms) <= MAX_ARMS_LISTED or not self.sweep:
+            return ", ".join(self.arms)
+        base = len(self.swept_arms)
+        parts = [f"{base} arm{'s' * (base > 1)} ({', '.join(self.swept_arms)})",
+                 *(f"{count} {key}" for key, count in self.sweep.items())]
+        return f"{len(self.arms)} arms: {' × '.join(parts)}"
 
 
 def describe_bundled() -> list[BundledConfig]:
-    """Each bundled config with its description and arms (read through the validating loader)."""
+    """Each bundled config with its description, arms and sweep (read through the validating
+    loader; the sweep from the file itself, since the loaded arms are already expanded)."""
     from lambexp.config import load_experiment
+    from lambexp.config.yaml_io import parse_document
 
     out = []
     for name, path in bundled_configs().items():
         exp = load_experiment(path)
-        out.append(BundledConfig(name, path, exp.description, [a.name for a in exp.arms], len(exp.expect)))
+        raw = parse_document(path.read_text(encoding="utf-8"))
+        sweep = {str(k): len(v) for k, v in (raw.get("sweep") or {}).items()}
+        swept = [str(a.get("name")) for a in raw.get("arms", []) if isinstance(a, dict)]
+        out.append(BundledConfig(name, path, exp.description, [a.name for a in exp.arms],
+                                 len(exp.expect), sweep, swept))
     return out
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from lambexp.config.expect import Expectation
+from lambexp.optim.defaults import DEFAULT_EPS, TORCH_ADAM_EPS
+from lambexp.training.divergence import DEFINITION
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
 Rule = Literal["blog", "paper"]
@@ -100,9 +102,8 @@ class Settings(_Frozen):
         "steps between extra test evaluations; null: test only after each epoch"))
     data_dir: str | None = Field(None, description="folder holding MNIST; null: the default one")
     on_divergence: Literal["stop", "continue"] = Field("stop", description=(
-        "when the arm diverges (its loss or a parameter turns non-finite, or its logged loss, "
-        "having fallen below half of its first value, rises above that first value): stop the "
-        "arm there (a result, not an error), or continue to watch the collapse"))
+        f"when the arm diverges ({DEFINITION}): stop the arm there (a result, not an error), or"
+        " continue to watch the collapse"))
     checkpoint_every: Int = Field(1, ge=1, description=(
         "epochs between checkpoints (model, optimizer, RNG, position), for `lambexp resume`"))
 
@@ -145,7 +146,7 @@ def uses_lamb_rule(optimizer: str) -> bool:
 def default_eps(optimizer: str, rule: str) -> float:
     """ε when a config leaves it null: the LAMB rule's own (docs/rules.md: blog 1e-8, paper 1e-6);
     torch.optim.Adam's 1e-8 for torch_adam whatever the rule; lars and sgd do not use it."""
-    return 1e-6 if rule == "paper" and optimizer != "torch_adam" else 1e-8
+    return TORCH_ADAM_EPS if optimizer == "torch_adam" else DEFAULT_EPS.get(rule, DEFAULT_EPS["blog"])
 
 
 class Arm(ArmSpec):

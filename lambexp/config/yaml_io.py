@@ -58,7 +58,7 @@ def _describe(err: yaml.YAMLError) -> str:
 def parse_document(text: str) -> object:
     """Parse one YAML document (safe types only, unique keys). Raises YamlSyntaxError."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
     except yaml.YAMLError as err:
         raise YamlSyntaxError(_describe(err)) from None
     except RecursionError:

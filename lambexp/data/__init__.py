@@ -12,7 +12,15 @@ from lambexp.data.fetch import (
     raw_dir,
     verify_mnist,
 )
-from lambexp.data.tensors import MEAN, STD, MnistTensors, epoch_batches, load_mnist, normalise
+from lambexp.data.tensors import (
+    MEAN,
+    STD,
+    MnistTensors,
+    batches_per_epoch,
+    epoch_batches,
+    load_mnist,
+    normalise,
+)
 
 __all__ = [
     "MEAN",
@@ -20,6 +28,7 @@ __all__ = [
     "STD",
     "FileCheck",
     "MnistTensors",
+    "batches_per_epoch",
     "default_data_dir",
     "ensure_mnist",
     "epoch_batches",

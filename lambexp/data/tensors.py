@@ -60,6 +60,11 @@ def normalise(images: Tensor, device: Device = "cpu") -> Tensor:
     return x.div_(255).sub_(MEAN).div_(STD)
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """⌈n / batch_size⌉: the batches of one epoch, the last one partial (``epoch_batches``)."""
+    return -(-n // batch_size)
+
+
 def epoch_batches(
     n: int, batch_size: int, generator: torch.Generator, device: Device | None = None
 ) -> Iterator[Tensor]:

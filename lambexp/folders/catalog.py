@@ -18,6 +18,7 @@ from lambexp.folders.layout import (
     find_experiments,
     read_summary,
 )
+from lambexp.output import pct
 
 
 @dataclass
@@ -124,5 +125,5 @@ def accuracy_text(arms: list[ArmStatus]) -> str:
     if not means:
         return "n/a"
     if len(means) > 4:
-        return f"{min(means.values()):.2%} to {max(means.values()):.2%} over {len(means)} arms"
-    return " · ".join(f"{name} {value:.2%}" for name, value in means.items())
+        return f"{pct(min(means.values()))} to {pct(max(means.values()))} over {len(means)} arms"
+    return " · ".join(f"{name} {pct(value)}" for name, value in means.items())

@@ -27,7 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lambexp.errors import UserError
+from lambexp.errors import NoRunFolders, UserError
 
 if TYPE_CHECKING:
     from lambexp.config import Arm, Experiment
@@ -232,7 +232,7 @@ def find_experiments(paths: list[Path]) -> list[Path]:
             found += sorted(p.parent for p in path.glob(f"*/{CONFIG_FILE}"))
             found += sorted(p.parent for p in path.glob(f"*/*/{CONFIG_FILE}"))  # runs/<exp>/<time>
     if not found:
-        raise UserError(f"no run folders (with {CONFIG_FILE}) in {', '.join(map(str, paths))}")
+        raise NoRunFolders(f"no run folders (with {CONFIG_FILE}) in {', '.join(map(str, paths))}")
     return found
 
 

@@ -1,8 +1,16 @@
-"""lambexp's optimizers: LAMB (both published rules, Adam mode), LARS, and their trust statistics."""
+"""lambexp's optimizers: LAMB (both published rules, Adam mode), LARS, and their trust statistics.
 
-from lambexp.optim.lamb import Lamb
-from lambexp.optim.lars import Lars
-from lambexp.optim.registry import OPTIMIZERS, build_optimizer
-from lambexp.optim.trust import TrustRatioOptimizer
+The names below load on first use, so that ``lambexp.optim.defaults`` (torch-free) can be read by
+the config layer without importing torch."""
 
-__all__ = ["Lamb", "Lars", "OPTIMIZERS", "TrustRatioOptimizer", "build_optimizer"]
+from importlib import import_module
+
+_HOMES = {"Lamb": "lamb", "Lars": "lars", "OPTIMIZERS": "registry", "build_optimizer": "registry",
+          "TrustRatioOptimizer": "trust"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(import_module(f"lambexp.optim.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'lambexp.optim' has no attribute {name!r}")

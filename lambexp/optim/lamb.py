@@ -10,15 +10,13 @@ import torch
 from torch import Tensor
 
 from lambexp.optim import fused, rules, trust
+from lambexp.optim.defaults import DEFAULT_EPS, RULES
 from lambexp.optim.trust import (
     Scratch,
     TrustRatioOptimizer,
     check_range,
     in_cache_chunks,
 )
-
-RULES = ("blog", "paper")
-DEFAULT_EPS = {"blog": 1e-8, "paper": 1e-6}
 
 
 class Lamb(TrustRatioOptimizer):

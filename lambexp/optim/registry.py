@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from lambexp.optim.defaults import TORCH_ADAM_EPS
 from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
 
@@ -22,7 +23,7 @@ def _lars(params, *, sgd: bool = False, **h) -> Lars:
 
 
 def _torch_adam(params, **h) -> torch.optim.Adam:
-    eps = 1e-8 if h["eps"] is None else h["eps"]
+    eps = TORCH_ADAM_EPS if h["eps"] is None else h["eps"]
     return torch.optim.Adam(params, lr=h["lr"], betas=h["betas"], eps=eps,
                             weight_decay=h["weight_decay"])
 

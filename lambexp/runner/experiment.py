@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml
-from lambexp.data import MnistTensors, ensure_mnist, load_mnist
+from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.folders.layout import (
     CHECKPOINT_FILE,
@@ -107,7 +107,7 @@ def use_fused(setting: bool | str, device: torch.device, parameters: int, steps:
 def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
                  world: World = SINGLE) -> LoopOptions:
     """The arm's loop settings as plain values; warm-up epochs become steps of this data set."""
-    steps_per_epoch = -(-n_train // arm.batch_size)
+    steps_per_epoch = batches_per_epoch(n_train, arm.batch_size)
     return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
                        eval_interval=arm.eval_interval, on_divergence=arm.on_divergence,
                        stop_requested=stop_requested, world=world,
@@ -153,7 +153,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     to resume on several machines)."""
     torch.manual_seed(arm.seed)
     model = build_model(arm.model, device)
-    steps = arm.epochs * -(-len(data.train_x) // arm.batch_size)
+    steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
     fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
     checkpoint = arm_dir / CHECKPOINT_FILE

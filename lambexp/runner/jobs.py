@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 from lambexp.config import Arm
 from lambexp.errors import Interrupted, UserError
-from lambexp.folders.layout import is_finished
+from lambexp.output import pct
+from lambexp.runner.plan import Training, unfinished
 
 _STOP = None  # in a worker: its graceful-stop flag (the worker's own process, set at start)
 _INPUTS: dict = {}  # in a worker: MNIST loaded once per (folder, device), reused by its trainings
@@ -59,15 +60,12 @@ def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict
     return "finished", summary.to_json()
 
 
-def run_in_parallel(work: list[tuple[str, Arm, Path]], jobs: int, data_dir: Path | None,
+def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
                     say: Callable[[str], None], stop_requested: Callable[[], bool]) -> None:
-    """Train the unfinished (label, arm, folder) of ``work`` in ``jobs`` worker processes."""
+    """Train the unfinished trainings of ``work`` in ``jobs`` worker processes."""
     import torch
 
-    pending = [(label, arm, folder) for label, arm, folder in work if not is_finished(folder)]
-    for label, _, folder in work:
-        if is_finished(folder):
-            say(f"{label}: finished before, skipped")
+    pending = unfinished(work, say)
     if not pending:
         return
     gpus = [str(i) for i in range(torch.cuda.device_count())]
@@ -85,13 +83,13 @@ def run_in_parallel(work: list[tuple[str, Arm, Path]], jobs: int, data_dir: Path
         while queue or running:
             if stop_requested() and not forwarded:  # a SIGTERM to this process alone: pass it on
                 forwarded = True
-                for process in list(pool._processes.values()):  # the executor's workers
+                for process in active_children():  # the executor's workers: our only children
                     process.terminate()  # SIGTERM: each worker checkpoints its arm and returns
             while queue and len(running) < jobs and not stop_requested():
-                label, arm, folder = queue.pop(0)
-                say(f"{label}: {'continuing' if folder.exists() else 'training'}")
-                running[pool.submit(_train, arm.model_dump_json(), str(folder),
-                                    str(data_dir) if data_dir else None)] = label
+                t = queue.pop(0)
+                say(f"{t.label}: {'continuing' if t.folder.exists() else 'training'}")
+                running[pool.submit(_train, t.arm.model_dump_json(), str(t.folder),
+                                    str(data_dir) if data_dir else None)] = t.label
             if not running:
                 break
             done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -108,7 +106,7 @@ def run_in_parallel(work: list[tuple[str, Arm, Path]], jobs: int, data_dir: Path
                     say(f"{label}: interrupted, checkpointed")
                 else:
                     accuracy = summary.get("final_test_accuracy")
-                    say(f"{label}: finished" + (f", final test accuracy {accuracy:.2%}"
+                    say(f"{label}: finished" + (f", final test accuracy {pct(accuracy)}"
                                                 if accuracy is not None else ""))
     if interrupted or stop_requested():
         raise Interrupted("with every running training checkpointed; the finished ones are kept")

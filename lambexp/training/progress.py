@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
+from lambexp.output import pct
+
 
 class Progress(Protocol):
     """What the training loop tells whoever watches it."""
@@ -30,7 +32,7 @@ class NoProgress:
 
 def _epoch_line(name: str, epoch: int, epochs: int, metrics: dict, loss: float) -> str:
     return (f"[{name}] epoch {epoch}/{epochs}  train loss {loss:.4f}  "
-            f"test loss {metrics['test/loss']:.4f}  test accuracy {metrics['test/accuracy']:.2%}")
+            f"test loss {metrics['test/loss']:.4f}  test accuracy {pct(metrics['test/accuracy'])}")
 
 
 class LineProgress(NoProgress):

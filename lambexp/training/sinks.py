@@ -91,7 +91,7 @@ class JsonlSink:
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+        self.file = open(path, "a", encoding="utf-8")  # closed in __exit__
 
     @contextmanager
     def _named(self) -> Iterator[None]:
