@@ -259,7 +259,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
     link to it."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [out]):
         from lambexp.config.bundled import find_config, the_posts_configs
-        from lambexp.report.build import build_report, claim_verdicts, load_runs
+        from lambexp.report.build import build_report, claim_verdicts, load_runs, tally_line
         from lambexp.runner.plan import make_plan, plan_lines
         from lambexp.runner.reproduce import check_folder, load_all
         from lambexp.runner.reproduce import reproduce as run_all
@@ -281,7 +281,10 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                 progress_for=_progress(quiet), stop_requested=stop, jobs=jobs)
         if lead:
             runs = load_runs([out])  # every experiment finished in OUT
-            typer.echo(f"report: {build_report([out], out, runs)}")
+            report_path = build_report([out], out, runs)
+            if not quiet:  # --quiet: the report's path alone
+                typer.echo(tally_line(runs))
+            typer.echo(f"report: {report_path}")
             failed = [(c, v) for c, v in claim_verdicts(runs) if v != "REPRODUCED"] if strict else []
             if failed:
                 for claim, verdict in failed:
@@ -297,9 +300,12 @@ def report(ctx: typer.Context, run_dirs: Annotated[list[Path], typer.Argument(
            debug: Debug = False):
     """Build REPORT.md, report.html and figures from finished runs alone (no training)."""
     with reported(ctx, debug):
-        from lambexp.report.build import build_report
+        from lambexp.report.build import build_report, load_runs, tally_line
 
-        typer.echo(f"report: {build_report(run_dirs, out or run_dirs[0])}")
+        runs = load_runs(run_dirs)
+        report_path = build_report(run_dirs, out or run_dirs[0], runs)
+        typer.echo(tally_line(runs))
+        typer.echo(f"report: {report_path}")
 
 
 def _progress(quiet: bool):

@@ -2,10 +2,11 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, tiny_config
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -15,17 +16,7 @@ from lambexp.report.build import build_report
 from lambexp.report.claims import lr_range, measure
 from lambexp.report.series import ArmSeries, load_arm
 
-CONFIG = """\
-name: toy
-epochs: 1
-batch_size: 64
-log_interval: 2
-device: cpu
-arms:
-  - name: adam
-    optimizer: adam
-  - name: lamb
-    optimizer: lamb
+CONFIG = tiny_config(name="toy", expect="""\
 expect:
   - claim: LAMB beats Adam
     arm: lamb
@@ -48,7 +39,7 @@ expect:
     measure: r1_growth_max
     layer: w1
     above: 2
-"""
+""")
 NAMES = ["w1", "b1"]
 
 
@@ -125,6 +116,45 @@ def test_verdicts_reproduced_not_reproduced_and_mixed(two_seed_folder, tmp_path)
     row = claim_row(report, "conv weight grows over 2x")
     assert "s1: 3 · s2: 1.5" in row and "MIXED (1 of 2 seeds)" in row
     assert "5.75 ± 1.768" in claim_row(report, "LAMB's r peaks between 3 and 6")  # mean of 4.5, 7
+
+
+def test_the_report_opens_with_the_tally_of_verdicts(two_seed_folder, tmp_path):
+    """Hand-counted: LAMB beats Adam, r peaks, conv weight grows are MIXED; the two diverged claims
+    REPRODUCED; every arm has both seeds."""
+    line = "2 of 5 claims REPRODUCED, 3 MIXED, 0 NOT REPRODUCED over 2 seeds"
+    assert build.tally_line(build.load_runs([two_seed_folder])) == line
+    out = tmp_path / "out"
+    report = build_report([two_seed_folder], out).read_text().splitlines()
+    first_table = min(i for i, row in enumerate(report) if row.startswith("| "))
+    assert report[2] == line and first_table > 2  # right under the title
+    assert f"<p>{line}</p>" in (out / "report.html").read_text()
+    lamb = two_seed_folder / "toy" / "seed{}" / "lamb" / "summary.json"
+    Path(str(lamb).format(1)).unlink()  # LAMB's seed 1 unfinished: seed 2 alone, where LAMB loses
+    assert build.tally_line(build.load_runs([two_seed_folder])) == (
+        "2 of 5 claims REPRODUCED, 0 MIXED, 3 NOT REPRODUCED over 2 seeds")
+    Path(str(lamb).format(2)).unlink()  # no LAMB at all: its four claims have no data
+    assert build.tally_line(build.load_runs([two_seed_folder])) == (
+        "1 of 5 claims REPRODUCED, 0 MIXED, 0 NOT REPRODUCED, 4 NO DATA over 2 seeds")
+
+
+def test_every_measure_is_computed_and_formatted_by_its_entry():
+    from lambexp.config.measures import MEASURES, UNITS, fmt, match_arms
+    from lambexp.report.claims import ON_ARM, ON_GROUP
+
+    assert set(ON_ARM) | set(ON_GROUP) == set(MEASURES) and not set(ON_ARM) & set(ON_GROUP)
+    assert {n for n, m in MEASURES.items() if m.over_pattern} == set(ON_GROUP)
+    assert all(m.unit in UNITS for m in MEASURES.values())
+    assert [fmt("final_accuracy", 0.98123), fmt("diverged", 1.0), fmt("diverged", 0.0), fmt("r_max", 4.5312),
+            fmt("lr_range", 1.0), fmt("lr_range", 1.5), fmt("r_max", None), fmt("final_loss", math.nan)] == \
+        ["98.12%", "yes", "no", "4.531", "1 decade", "1.5 decades", "n/a", "n/a"]
+    fell = ArmSeries("a", 1, np.array([[1.0, 2.3], [2.0, 0.4], [3.0, 0.9]]), np.empty((0, 2)),
+                     np.array([[1.0, 0.90], [2.0, 0.98], [3.0, 0.95]]), np.empty(0), [], np.empty((0, 0)),
+                     np.empty((0, 0)), np.empty((0, 0)), Summary(Status.FINISHED))
+    assert [measure(fell, name) for name in ("final_accuracy", "best_accuracy", "final_loss",
+                                              "min_train_loss")] == [0.95, 0.98, 0.9, 0.4]
+    names = ["adam_lr0.1", "lamb_lr0.1", "lamb_lr1"]
+    assert match_arms("lamb_lr*", names) == ["lamb_lr0.1", "lamb_lr1"]
+    assert match_arms("adam_lr0.1", names) == ["adam_lr0.1"] and match_arms("sgd", names) == []
 
 
 def test_not_reproduced_and_figures(two_seed_folder, tmp_path):
@@ -375,8 +405,9 @@ def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_
     link = out / "exp_b" / "seed1" / "lamb_lr0.01"
     assert link.is_symlink()
     (out / "exp_a").rename(tmp_path / "moved_away")  # the link now dangles
-    (tmp_path / "a.yaml").write_text(SHARED_A.replace("{name: lamb, optimizer: lamb}",
-                                                      "{name: lamb, optimizer: lamb, lr: 0.02}"))
+    lamb_at_002 = SHARED_A.replace("    optimizer: lamb\n", "    optimizer: lamb\n    lr: 0.02\n")
+    assert lamb_at_002 != SHARED_A
+    (tmp_path / "a.yaml").write_text(lamb_at_002)
     plan = CliRunner().invoke(app, [*both[:-1], "--plan"]).output.splitlines()
     assert [line for line in plan if line.startswith("exp_a/seed1/lamb:")][0].endswith("[to train]")
     assert any(line.startswith("exp_b/seed1/lamb_lr0.01: lamb (blog) lr 0.01") for line in plan)
@@ -435,6 +466,10 @@ def test_the_range_of_learning_rates_that_reach_the_threshold(tmp_path):
     assert "| adam (blog), wd 0 | 0.001 | 0 decades (0.001 to 0.001) |" in report
     assert build.fmt("lr_range", 1.0) == "1 decade" and build.fmt("lr_range", 1.5) == "1.5 decades"
     assert "| lamb (blog), wd 0 | 0.001, 0.01, 0.1 | 2 decades (0.001 to 0.1) |" in report
+    # a table per threshold the claims set: the default 97% and Adam's claim's 90%
+    assert "learning rates reaching 97% (mean over seeds)" in report
+    assert "| optimizer | learning rates reaching 90% (mean over seeds) |" in report
+    assert "| adam (blog), wd 0 | 0.001, 0.01 | 1 decade (0.001 to 0.01) |" in report
     assert (out / "figures" / "sweep_lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -464,6 +499,12 @@ def test_lr_range_takes_a_pattern_and_names_take_none(tmp_path):
     with pytest.raises(ConfigError, match=r"expect\[0\].arm: no arm of that name"):
         parse_experiment(SWEEP.split("expect:")[0] + "expect: [{claim: c, arm: sgd_lr*, measure: lr_range,"
                          " above: 1}]\n")
+    with pytest.raises(ConfigError, match="measure lr_range takes a pattern"):  # `above` too
+        parse_experiment(SWEEP.split("expect:")[0] + "expect: [{claim: c, arm: lamb_lr*, measure: lr_range,"
+                         " above: adam_lr0.1}]\n")
+    with pytest.raises(ConfigError, match="also: r_max cannot be shown beside lr_range"):
+        parse_experiment(SWEEP.split("expect:")[0] + "expect: [{claim: c, arm: lamb_lr*, measure: lr_range,"
+                         " also: [r_max], above: 1}]\n")
 
 
 def test_a_sweep_groups_its_arms_by_optimizer_and_decay_labelled_by_lr():

@@ -209,6 +209,18 @@ def test_accuracy_vs_lr_draws_means_bands_and_diverged_marks(drawn, tmp_path):
     ys = band.get_paths()[0].vertices[:, 1]
     assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(98.0)
     assert 97.0 in [ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() == "--"]  # threshold
+    assert "97%: lr_range's threshold" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_accuracy_vs_lr_shows_the_thresholds_the_claims_set(drawn, tmp_path):
+    points = {"lamb": [(0.01, [0.98], 0), (0.1, [0.95], 0)]}
+    figures.accuracy_vs_lr("t", points, tmp_path / "lr.png", threshold=[0.9, 0.975])
+    ax = drawn[0].axes[0]
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() in ("--", ":")]
+    assert [ln.get_ydata()[0] for ln in dashed] == [90.0, 97.5]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "90%: lr_range's threshold" in texts and "97.5%: lr_range's threshold" in texts
+    assert not any("97%" in t for t in texts)
 
 
 def test_curves_by_group_draw_a_row_per_group_and_a_line_per_arm(runs, drawn, tmp_path):

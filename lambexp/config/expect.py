@@ -27,6 +27,9 @@ a boolean, or the same quantity of another arm:
         measure: r_median
         also: [r_max]             # shown beside the value, not judged
         below: 1.0
+
+What each measure is, its unit and what it takes (layer, within_epochs, a pattern of arms) are
+lambexp.config.measures'; this module checks that a claim gives its measure what it takes.
 """
 
 from __future__ import annotations
@@ -35,32 +38,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-MEASURES = {  # name → what it is (the report computes each from the run files)
-    "final_accuracy": "test accuracy after the last epoch, in [0, 1]",
-    "best_accuracy": "best test accuracy over the epochs, in [0, 1]",
-    "final_loss": "last logged training loss",
-    "min_train_loss": "lowest logged training loss (optionally within the first `within_epochs`)",
-    "lr_range": ("decades of learning rate (log10 of the largest over the smallest lr) of the widest"
-                 " run of consecutive lrs whose arms matching `arm` (a pattern with *, e.g."
-                 " lamb_lr*_wd0) all reach `threshold` final test accuracy (an lr in between that"
-                 " fails ends a run); 0 for a single lr, NaN for none"),
-    "diverged": ("as the trainer decided (lambexp.training.divergence): loss or a parameter"
-                 " non-finite, or the loss rose above its first logged value after falling below half"
-                 " of it"),
-    "r_max": "largest trust ratio r over training (all layers, or `layer`)",
-    "r_median": "median of r over training (all layers, or `layer`)",
-    "r_start_median": "median of r across layers at the first log",
-    "r1_final_max": "largest weight norm r1 at the last log (all layers, or `layer`)",
-    "r1_growth_max": "largest growth of r1, last log / first log (all layers, or `layer`)",
-}
-Measure = Literal[tuple(MEASURES)]  # type: ignore[valid-type]
+from lambexp.config.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, is_pattern, names_where
+
+MeasureName = Literal[tuple(MEASURES)]  # type: ignore[valid-type]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Pair = tuple[str, str]  # [a, b]: arm a's measure minus arm b's
 COMPARATORS = ("above", "below", "equals", "between")
-
-
-def _names(ref) -> list[str]:
-    return [ref] if isinstance(ref, str) else list(ref)
 
 
 class Expectation(BaseModel):
@@ -73,22 +56,25 @@ class Expectation(BaseModel):
     source: str = Field("the post", description=(
         "where the quote comes from, e.g. 'pytorch-lamb README, commit 207f672'"))
     arm: str | Pair = Field(description="the arm measured, or [a, b]: a's measure minus b's")
-    measure: Measure = Field(description="what is measured: " + "; ".join(MEASURES))
-    layer: str | None = Field(None, description="a parameter name (e.g. fc1.weight); r/r1 only")
+    measure: MeasureName = Field(description="what is measured: " + "; ".join(MEASURES))
+    layer: str | None = Field(None, description=(
+        f"a parameter name (e.g. fc1.weight), for {names_where(lambda x: x.takes_layer)}"))
     within_epochs: Annotated[float, Field(gt=0)] | None = Field(None, description=(
-        "min_train_loss only: the losses logged in the first N epochs"))
-    threshold: Annotated[float, Field(gt=0, le=1)] = Field(0.97, description=(
-        "lr_range only: the final test accuracy an lr must reach to count"))
+        f"{names_where(lambda x: x.takes_window)} only: the losses logged in the first N epochs"))
+    threshold: Annotated[float, Field(gt=0, le=1)] = Field(DEFAULT_THRESHOLD, description=(
+        f"{names_where(lambda x: x.over_pattern)} only: the final test accuracy an lr must reach to count"
+        f" (default {as_percent(DEFAULT_THRESHOLD)})"))
     judge: Literal["each_seed", "mean"] = Field("each_seed", description=(
         "each_seed: the claim is checked on every seed and reported k of n; mean: once, on the mean"
         " over seeds of the measure and of what it is compared with"))
-    also: tuple[Measure, ...] = Field((), description=(
+    also: tuple[MeasureName, ...] = Field((), description=(
         "measures shown beside the value in the report, not judged (e.g. r_max beside r_median)"))
     above: Number | str | Pair | None = Field(None, description=(
         "a number, an arm's same measure, or [a, b]: a's minus b's"))
     below: Number | str | Pair | None = Field(None, description=(
         "a number, an arm's same measure, or [a, b]: a's minus b's"))
-    equals: StrictBool | None = Field(None, description="for diverged: true or false")
+    equals: StrictBool | None = Field(None, description=(
+        f"for {names_where(lambda x: x.is_boolean)}: true or false"))
     between: tuple[Number, Number] | None = Field(None, description="[low, high], inclusive")
 
     @model_validator(mode="after")
@@ -97,19 +83,36 @@ class Expectation(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(COMPARATORS)}"
                              f" (got {', '.join(given) or 'none'})")
-        if (self.measure == "diverged") != (self.equals is not None):
-            raise ValueError("measure diverged takes `equals: true|false`; other measures take"
-                             " above, below or between")
-        if self.judge == "mean" and self.measure == "diverged":
-            raise ValueError("judge: mean needs a number to average; diverged is yes or no per seed")
-        if (self.measure == "lr_range") != any("*" in a for a in _names(self.arm)):
-            raise ValueError("measure lr_range takes a pattern of arms (with *), e.g."
-                             " arm: lamb_lr*_wd0; other measures take arm names")
-        if self.within_epochs is not None and self.measure != "min_train_loss":
-            raise ValueError("within_epochs applies to measure min_train_loss only")
+        wrong = self._misfit()
+        if wrong:
+            raise ValueError(wrong)
         if self.between is not None and not self.between[0] <= self.between[1]:
             raise ValueError(f"between: low must be <= high (got {list(self.between)})")
         return self
+
+    def _misfit(self) -> str | None:
+        """What the claim gives that its measure does not take (lambexp.config.measures), or None."""
+        m = MEASURES[self.measure]
+        if m.is_boolean != (self.equals is not None):
+            return (f"measure {names_where(lambda x: x.is_boolean)} takes `equals: true|false`; other"
+                    " measures take above, below or between")
+        if self.judge == "mean" and m.is_boolean:
+            return f"judge: mean needs a number to average; {self.measure} is yes or no per seed"
+        if any(is_pattern(name) != m.over_pattern for name in self._arm_references()):
+            return (f"measure {names_where(lambda x: x.over_pattern)} takes a pattern of arms (with *),"
+                    " e.g. arm: lamb_lr*_wd0; other measures take arm names")
+        unlike = [name for name in self.also if MEASURES[name].over_pattern != m.over_pattern]
+        if unlike:
+            return (f"also: {', '.join(unlike)} cannot be shown beside {self.measure}: one measures a"
+                    " pattern of arms, the other one arm")
+        if self.within_epochs is not None and not m.takes_window:
+            return f"within_epochs applies to measure {names_where(lambda x: x.takes_window)} only"
+        return None
+
+    def _arm_references(self) -> list[str]:
+        """The arm names and patterns in `arm`, `above` and `below`."""
+        refs = [ref for ref in (self.arm, self.above, self.below) if isinstance(ref, str | tuple)]
+        return [name for ref in refs for name in ([ref] if isinstance(ref, str) else ref)]
 
     @property
     def comparator(self) -> str:

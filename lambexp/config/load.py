@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from lambexp.config.measures import match_arms
 from lambexp.config.overrides import apply_overrides
 from lambexp.config.problems import MISSING, in_file_order, problem, pydantic_problems
-from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve
+from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve, uses_lamb_rule
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
@@ -116,7 +116,7 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
             out.append((loc, line))
 
     for index, arm in enumerate(experiment.arms):
-        lamb = arm.optimizer in ("adam", "lamb")
+        lamb = uses_lamb_rule(arm.optimizer)
         if arm.fused is True and not lamb:
             conflict(index, "fused", True, f"only LAMB's step is compiled (arm {arm.name} is optimizer"
                                            f" {arm.optimizer}); set fused on the adam and lamb arms alone")
@@ -182,20 +182,12 @@ def unknown_arm_references(raw: dict) -> list[tuple[tuple, str]]:
             value = item.get(key, MISSING)
             named = value if isinstance(value, list) else [value]
             for name in named:
-                if isinstance(name, str) and not matching_arms(name, names):
+                if isinstance(name, str) and not match_arms(name, names):
                     where = f"expect[{i}].{key}"
                     out.append((("expect", i, key),
                                 problem(where, f"no arm of that name (arms: {', '.join(map(str, names))})",
                                         name)))
     return out
-
-
-def matching_arms(pattern: str, names: list) -> list[str]:
-    """The arm names ``pattern`` stands for: itself, or with ``*`` every name it matches
-    (``lamb_lr*_wd0``: a group of swept arms, for measures such as lr_range)."""
-    if "*" not in pattern:
-        return [pattern] if pattern in names else []
-    return [n for n in names if isinstance(n, str) and fnmatch.fnmatchcase(n, pattern)]
 
 
 def experiment_to_yaml(experiment: Experiment) -> str:

@@ -11,33 +11,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lambexp.config.expect import Expectation
+from lambexp.config.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, fmt
 from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, writable_folder, write_text_atomically
+from lambexp.output import optimizer_text
 from lambexp.report import figures
 from lambexp.report.claims import ClaimResult, check, decades, mean_std, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+from lambexp.training.divergence import DEFINITION
 
-PERCENT = {"final_accuracy", "best_accuracy"}
 MAX_ARMS_PER_PANEL_FIGURE = 12  # figures with a panel per arm: large_batch's 12 fit, a 42-arm sweep does not
-
-
-def fmt(measure: str, value: float | None) -> str:
-    """A measured value as a person reads it: 98.12%, yes/no, 4.53, 0.0312."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if measure == "diverged":
-        return "yes" if value else "no"
-    if measure in PERCENT:
-        return f"{value:.2%}"
-    if measure == "lr_range":
-        return f"{value:.2g} decade{'' if f'{value:.2g}' == '1' else 's'}"
-    return f"{value:.4g}"
 
 
 def _reference(e: Expectation, result: ClaimResult) -> str:
     if e.comparator == "equals":
-        return f"= {fmt('diverged', float(e.equals))}"
+        return f"= {fmt(e.measure, float(e.equals))}"
     if e.comparator == "between":
         return f"in [{fmt(e.measure, e.between[0])}, {fmt(e.measure, e.between[1])}]"
     sign = ">" if e.comparator == "above" else "<"
@@ -68,7 +57,7 @@ def _claim_text(e: Expectation) -> str:
 
 
 def _summary(measure: str, values: list[float]) -> str:
-    if measure == "diverged":
+    if MEASURES[measure].is_boolean:
         return f"{sum(v == 1.0 for v in values)} of {len(values)} seeds"
     mean, std = mean_std(values)
     return f"{fmt(measure, mean)} ± {fmt(measure, std)}"
@@ -145,11 +134,11 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
         made.append((batch_figure(runs, title, folder / f"{label}_batch.png"),
                      "final test accuracy against batch size (mean ± std over seeds)"))
     if len({a.lr for a in exp.arms}) >= 4:  # a learning-rate sweep
-        made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png"),
+        thresholds = lr_thresholds(exp)
+        made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png", thresholds),
                      "final test accuracy against learning rate, per optimizer and weight decay"))
-        blocks.append(Table(["optimizer", "learning rates reaching 97% (mean over seeds)",
-                             "widest run of consecutive ones"],
-                            lr_range_rows(runs)))
+        blocks += [Table(["optimizer", f"learning rates reaching {as_percent(t)} (mean over seeds)",
+                          "widest run of consecutive ones"], lr_range_rows(runs, t)) for t in thresholds]
     return [Image(path.relative_to(out_dir), alt) for path, alt in made] + blocks
 
 
@@ -170,8 +159,7 @@ def arm_groups(exp, by_arm: dict) -> dict[str, dict[str, list]]:
 
 def lr_group(arm) -> str:
     """What a learning-rate sweep's line is: the optimizer (and LAMB rule) and weight decay."""
-    name = f"{arm.optimizer} ({arm.rule})" if arm.optimizer in ("adam", "lamb") else arm.optimizer
-    return f"{name}, wd {arm.weight_decay:g}"
+    return f"{optimizer_text(arm.optimizer, arm.rule)}, wd {arm.weight_decay:g}"
 
 
 def lr_points(runs: ExperimentRuns) -> dict[str, list[tuple[float, list[float], int]]]:
@@ -186,7 +174,14 @@ def lr_points(runs: ExperimentRuns) -> dict[str, list[tuple[float, list[float], 
     return points
 
 
-def lr_range_rows(runs: ExperimentRuns, threshold: float = 0.97) -> list[list[str]]:
+def lr_thresholds(exp) -> list[float]:
+    """The final test accuracies the experiment's lr_range claims count an lr at, lowest first;
+    lr_range's default when it has none."""
+    used = {e.threshold for e in exp.expect if MEASURES[e.measure].over_pattern}
+    return sorted(used) or [DEFAULT_THRESHOLD]
+
+
+def lr_range_rows(runs: ExperimentRuns, threshold: float = DEFAULT_THRESHOLD) -> list[list[str]]:
     """Per optimizer and weight decay, on the mean over seeds: the lrs that reach ``threshold``, and
     the widest run of consecutive ones (what `measure: lr_range` measures per seed)."""
     rows = []
@@ -246,6 +241,29 @@ def claim_verdicts(all_runs: list[ExperimentRuns]) -> list[tuple[str, str]]:
     return [(e.claim, check(e, r.seeds).verdict) for r in all_runs for e in r.experiment.expect]
 
 
+VERDICTS = ("REPRODUCED", "MIXED", "NOT REPRODUCED", "NO DATA")  # the words a verdict starts with
+
+
+def tally_line(all_runs: list[ExperimentRuns]) -> str:
+    """The report's answer in one line: how many claims got each verdict, and over how many seeds,
+    e.g. "18 of 20 claims REPRODUCED, 2 MIXED, 0 NOT REPRODUCED over 3 seeds" (NO DATA only when
+    some claim has it). The seeds are each experiment's (those with a finished arm) over the
+    experiments that state claims: "over 1 to 3 seeds" when they differ."""
+    words = [verdict.split(" (")[0] for _, verdict in claim_verdicts(all_runs)]
+    if not words:
+        return "No claims to judge: these experiments state none (`expect:` in their configs)."
+    n = {word: words.count(word) for word in VERDICTS}
+    line = (f"{n['REPRODUCED']} of {len(words)} claim{'s' * (len(words) != 1)} REPRODUCED,"
+            f" {n['MIXED']} MIXED, {n['NOT REPRODUCED']} NOT REPRODUCED")
+    line += f", {n['NO DATA']} NO DATA" if n["NO DATA"] else ""
+    seeds = sorted({len(r.seeds) for r in all_runs if r.experiment.expect and r.seeds})
+    if not seeds:
+        return f"{line}, no seed finished"
+    if seeds[0] == seeds[-1]:
+        return f"{line} over {seeds[0]} seed{'s' * (seeds[0] != 1)}"
+    return f"{line} over {seeds[0]} to {seeds[-1]} seeds"
+
+
 def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns] | None = None) -> Path:
     """Write REPORT.md, report.html and figures/ into ``out_dir`` from the finished runs under
     ``paths`` (``all_runs``: those runs, when the caller has loaded them already); return the path
@@ -258,6 +276,7 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         Heading("lambexp: does 'An intuitive understanding of the LAMB optimizer' reproduce?", 1),
+        Para(tally_line(all_runs)),
         Para(f"Built {stamp} from {len(all_runs)} experiment folder(s); every number below is read"
              f" from the run files. {len(trainings)} trainings (arms that are the same training are"
              f" trained once and shared), training wall time {total / 60:.1f} min."),
@@ -265,9 +284,8 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
         Para("Each claim quotes the sentence it tests. Per seed: the measured value (s<seed>: value);"
              " in parentheses, measures shown beside it but not judged. REPRODUCED (k of n): the claim"
              " held for every seed; NOT REPRODUCED: for none; MIXED: for some; \"on the mean\": judged"
-             " once, on the means over seeds. Diverged: the loss or a"
-             " parameter became non-finite, or the logged training loss rose above its first value"
-             " after falling below half of it (decided by the trainer, read from summary.json)."),
+             f" once, on the means over seeds. Diverged: {DEFINITION} (decided by the trainer, read"
+             " from summary.json)."),
         Table(["experiment", "claim", "measured", "per seed", "mean ± std", "compared with",
                "verdict"], [row for r, label in zip(all_runs, labels) for row in claim_rows(r, label)]),
     ]

@@ -1,16 +1,17 @@
-"""The measures an expectation can name, computed from one arm's run files, and each claim's verdict
-over seeds: REPRODUCED, NOT REPRODUCED, or MIXED (k of n)."""
+"""How each measure of lambexp.config.measures is computed from an arm's run files (a table keyed by
+its name), and each claim's verdict over seeds: REPRODUCED, NOT REPRODUCED, or MIXED (k of n)."""
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lambexp.config.expect import Expectation
+from lambexp.config.measures import MEASURES, match_arms
 from lambexp.report.series import ArmSeries
 
 
@@ -52,33 +53,42 @@ def _losses(s: ArmSeries, within_epochs: float | None) -> np.ndarray:
     return loss[:, 1]
 
 
+def _accuracy(s: ArmSeries) -> np.ndarray:
+    return s.test_accuracy[:, 1] if len(s.test_accuracy) else np.array([])
+
+
+def _last(values: np.ndarray) -> float:
+    """The last value as logged (NaN too), or NaN when none was."""
+    return float(values[-1]) if len(values) else math.nan
+
+
+# How each measure of lambexp.config.measures is computed: of one arm (with the claim's `layer` and
+# `within_epochs` where the measure takes them), or of a group of arms and a threshold (lr_range).
+ON_ARM: dict[str, Callable[..., float]] = {
+    "final_accuracy": lambda s: _last(_accuracy(s)),
+    "best_accuracy": lambda s: _or_nan(_accuracy(s), np.max),
+    "final_loss": lambda s: _or_nan(_losses(s, None), lambda v: v[-1]),  # the last finite one
+    "min_train_loss": lambda s, within_epochs: _or_nan(_losses(s, within_epochs), np.min),
+    "diverged": lambda s: float(s.diverged),
+    "r_max": lambda s, layer: _or_nan(_trust(s, "r", layer), np.max),
+    "r_median": lambda s, layer: _or_nan(_trust(s, "r", layer), np.median),
+    "r_start_median": lambda s, layer: _or_nan(_trust(s, "r", layer)[:1], np.median),
+    "r1_final_max": lambda s, layer: _or_nan(_trust(s, "r1", layer)[-1:], np.max),
+    "r1_growth_max": lambda s, layer: _r1_growth(_trust(s, "r1", layer)),
+}
+
+
 def measure(s: ArmSeries, name: str, layer: str | None = None,
             within_epochs: float | None = None) -> float:
-    """The value of measure ``name`` (see lambexp.config.expect.MEASURES); diverged is 1.0 or 0.0.
-    NaN when the run logged nothing to compute it from."""
-    acc = s.test_accuracy[:, 1] if len(s.test_accuracy) else np.array([])
-    if name == "final_accuracy":
-        return float(acc[-1]) if len(acc) else math.nan
-    if name == "best_accuracy":
-        return _or_nan(acc, np.max)
-    if name == "final_loss":
-        return _or_nan(_losses(s, None), lambda v: v[-1])
-    if name == "min_train_loss":
-        return _or_nan(_losses(s, within_epochs), np.min)
-    if name == "diverged":
-        return float(s.diverged)
-    r, r1 = _trust(s, "r", layer), _trust(s, "r1", layer)
-    if name == "r_max":
-        return _or_nan(r, np.max)
-    if name == "r_median":
-        return _or_nan(r, np.median)
-    if name == "r_start_median":
-        return _or_nan(r[:1], np.median)
-    if name == "r1_final_max":
-        return _or_nan(r1[-1:], np.max)
-    if name == "r1_growth_max":
-        return _r1_growth(r1)
-    raise ValueError(f"unknown measure {name!r}")
+    """The value of measure ``name`` (see lambexp.config.measures) on one arm; diverged is 1.0 or
+    0.0. NaN when the run logged nothing to compute it from."""
+    if name not in ON_ARM:
+        raise ValueError(f"unknown measure {name!r}, or not one of a single arm")
+    takes = MEASURES[name]
+    given = {"layer": layer} if takes.takes_layer else {}
+    if takes.takes_window:
+        given["within_epochs"] = within_epochs
+    return ON_ARM[name](s, **given)
 
 
 @dataclass
@@ -157,9 +167,14 @@ def lr_range(group: list[ArmSeries], threshold: float) -> float:
     return decades(widest_run(lrs, passing))
 
 
+ON_GROUP: dict[str, Callable[[list[ArmSeries], float], float]] = {  # of the arms a pattern matches
+    "lr_range": lr_range,
+}
+
+
 def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> float:
-    if isinstance(ref, str) and "*" in ref:
-        return lr_range([s for n, s in arms.items() if fnmatch.fnmatchcase(n, ref)], e.threshold)
+    if isinstance(ref, str) and MEASURES[name].over_pattern:
+        return ON_GROUP[name]([arms[n] for n in match_arms(ref, list(arms))], e.threshold)
     if isinstance(ref, str):
         return measure(arms[ref], name, e.layer, e.within_epochs)
     a, b = ref
@@ -170,8 +185,7 @@ def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
     """Check ``e`` on each seed that has every arm it needs. ``runs``: seed → arm name → series."""
     refs = _arms_named(e.arm) + (_arms_named(e.reference) if e.comparator != "between" else [])
     every = sorted({name for arms in runs.values() for name in arms})
-    needed = [n for ref in refs for n in ([ref] if "*" not in ref
-                                         else [a for a in every if fnmatch.fnmatchcase(a, ref)])]
+    needed = [n for ref in refs for n in match_arms(ref, every) or [ref]]  # [ref]: in no seed, no data
     result = ClaimResult(e, [], [], [], [])
     for seed, arms in sorted(runs.items()):
         if not all(name in arms for name in needed):

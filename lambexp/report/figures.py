@@ -5,6 +5,8 @@ and accuracy against batch size. Every function takes plain data (``ArmSeries``,
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from itertools import cycle
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
+from lambexp.config.measures import DEFAULT_THRESHOLD, as_percent
 from lambexp.report.series import ArmSeries
 from lambexp.training.divergence import first_divergence
 
@@ -33,6 +36,7 @@ MAX_RIDGES = 40  # rows drawn per ridge panel; more logged steps are subsampled 
 RIDGE_GRID = 256  # points on each ridge's x grid
 RIDGE_BANDWIDTH = 1 / 60  # Gaussian kernel width as a fraction of the column's x span (log10 or linear)
 RIDGE_OVERLAP = 2.5  # the tallest ridge in a figure, in row spacings
+THRESHOLD_STYLES = ("--", ":", "-.")  # the lr figure's threshold lines, when claims set several
 
 
 def arm_colors(arms: list[tuple[str, str]]) -> dict[str, str]:
@@ -339,10 +343,11 @@ def accuracy_vs_batch(title: str, points: dict[str, list[tuple[int, float, float
 
 
 def accuracy_vs_lr(title: str, points: dict[str, list[tuple[float, list[float], int]]], path: Path,
-                   threshold: float = 0.97) -> Path:
+                   threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> Path:
     """Final test accuracy against learning rate (log x), one line per optimizer (and weight decay):
     each point is (lr, the seeds' final accuracies in [0, 1], seeds that diverged); the mean as a
-    line, the min–max over seeds as a band, ✕ where a seed diverged, the threshold dashed."""
+    line, the min–max over seeds as a band, ✕ where a seed diverged, and the threshold the lr_range
+    claims use (several: one line each) dashed, its value in the legend."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, (label, pts) in enumerate(points.items()):
         pts = sorted(pts)
@@ -357,15 +362,18 @@ def accuracy_vs_lr(title: str, points: dict[str, list[tuple[float, list[float], 
         bad = [(lr, m) for (lr, _, d), m in zip(pts, mean) if d]
         if bad:
             ax.plot(*zip(*bad), "X", ms=10, color=color, mec="black", mew=0.8, zorder=5)
-    ax.axhline(threshold * 100, color="grey", ls="--", lw=1)
+    levels = [threshold] if isinstance(threshold, float | int) else list(threshold)
+    for level, ls in zip(levels, cycle(THRESHOLD_STYLES)):
+        ax.axhline(level * 100, color="grey", ls=ls, lw=1)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel="final test accuracy (%)", title=title,
            ylim=(0, 100))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], ls="--", color="grey"),
-                Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black")]
-    labels += [f"{threshold:.0%} (the claims' threshold)", "a seed diverged"]
+    handles += [Line2D([], [], ls=ls, color="grey") for _, ls in zip(levels, cycle(THRESHOLD_STYLES))]
+    labels += [f"{as_percent(level)}: lr_range's threshold" for level in levels]
+    handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
+    labels.append("a seed diverged")
     ax.legend(handles, labels, fontsize=8, title="mean over seeds, band: min–max", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
