@@ -3,12 +3,23 @@ hand-worked loss sequence says, and the post's logging schedule: after batches w
 multiple of log_interval, at x = the samples seen before that batch."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from lambexp.training.divergence import LossWatch, first_divergence
+from lambexp.training.divergence import (
+    NONFINITE_LOSS,
+    NONFINITE_PARAMETER,
+    Check,
+    LossWatch,
+    decide,
+    first_divergence,
+    track_first_bad,
+    verdict,
+)
 from lambexp.training.loop import LoopOptions, fit
 from lambexp.training.sinks import MemorySink
 
@@ -103,3 +114,59 @@ def test_logs_at_per_epoch_batch_indices_at_samples_seen_before():
     assert [v for _, v in series] == pytest.approx([loss_of(0), loss_of(1.0), loss_of(1.5), loss_of(2.5)])
     assert [x for x, _ in sink.series("train/step")] == [0, 8, 10, 18]
     assert [h["samples"] for h in state.history] == [10, 20]  # tests: after each epoch
+
+
+def rising() -> LossWatch:
+    """A watch whose next loss above 2.0 is a divergence by the loss rule."""
+    watch = LossWatch()
+    for loss in (2.0, 0.9):
+        watch.update(loss)
+    return watch
+
+
+@pytest.mark.parametrize("check, watch, expected", [
+    (Check(3.0, 4, False), rising(), (NONFINITE_LOSS, 4)),  # a non-finite loss wins, at its own step
+    (Check(3.0, -1, False), rising(), (NONFINITE_PARAMETER, 7)),  # then a non-finite parameter, now
+    (Check(3.0, -1, True), None, (None, 7)),  # the loss rule only at a log step
+])
+def test_which_reason_wins(check, watch, expected):
+    assert verdict(check, 7, watch) == expected
+
+
+def test_the_loss_rule_speaks_when_all_is_finite():
+    reason, step = verdict(Check(3.0, -1, True), 7, rising())
+    assert step == 7 and "rose to 3" in reason
+
+
+class Record:
+    def __init__(self, **fields):
+        self.step, self.first_loss, self.loss_fell = 9, 2.0, True
+        self.diverged_step, self.diverged_reason = None, None
+        self.__dict__.update(fields)
+
+
+def test_decide_keeps_the_first_divergence_and_feeds_the_rule_only_at_log_steps():
+    record = Record(first_loss=None, loss_fell=False)
+    assert decide(record, Check(2.0, -1, True), logged=False) is None and record.first_loss is None
+    assert decide(record, Check(2.0, -1, True), logged=True) is None and record.first_loss == 2.0
+    assert decide(record, Check(2.0, 5, True), logged=True) == NONFINITE_LOSS
+    assert decide(record, Check(2.0, -1, False), logged=True) == NONFINITE_PARAMETER
+    assert (record.diverged_step, record.diverged_reason) == (5, NONFINITE_LOSS)
+
+
+def test_a_check_row_reads_back_as_the_same_check():
+    check = Check(torch.tensor(0.5), torch.tensor(-1), torch.tensor(True))
+    assert Check.from_row(check.row().tolist()) == Check(0.5, -1, True)
+    assert Check.from_row(check.row().tolist()).finite
+
+
+def test_the_first_non_finite_step_is_kept_on_the_device():
+    first_bad = None
+    for step, loss in enumerate([1.0, float("nan"), 1.0, float("inf")], start=1):
+        first_bad = track_first_bad(first_bad, torch.tensor(loss), step)
+    assert first_bad.item() == 2
+
+
+def test_the_rule_imports_no_torch():  # the report reads it
+    code = "import sys, lambexp.training.divergence; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

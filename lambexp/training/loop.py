@@ -1,7 +1,8 @@
 """The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, over tensors already on the device.
 
 The loop reads values back to the host only at a log step (every ``log_interval`` batches) and at
-an evaluation; the step of the first non-finite loss is tracked on the device and checked there.
+an evaluation; the step of the first non-finite loss is tracked on the device, and what a check reads
+there is judged by lambexp.training.divergence.
 The TensorBoard step (x-axis) is the number of training samples seen, the same unit for every arm
 whatever its batch size. ``LoopState`` holds everything needed to continue mid-epoch.
 Under torchrun (``LoopOptions.world``) the model is wrapped in DDP and each global batch is split
@@ -15,15 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lambexp.data import epoch_batches
+from lambexp.data import batches_per_epoch, epoch_batches
 from lambexp.errors import Interrupted
 from lambexp.training.distributed import SINGLE, World, unwrap
-from lambexp.training.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch
+from lambexp.training.divergence import Check, decide, track_first_bad
 from lambexp.training.progress import NoProgress, Progress
 from lambexp.training.sinks import Sink
 
@@ -67,13 +69,6 @@ class LoopOptions:
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant
 
 
-def _track_nonfinite(state: LoopState, loss: Tensor) -> None:
-    """first_bad ← step of the first non-finite loss, on the device, without a host sync."""
-    bad = torch.where(torch.isfinite(loss), -1, state.step)
-    state.first_bad = bad if state.first_bad is None else torch.where(
-        state.first_bad >= 0, state.first_bad, bad)
-
-
 def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
     """The loss to backpropagate for the global batch ``idx`` (B,): its mean NLL in one process;
     under DDP this rank's share of it (``World.share``), whose gradients DDP averages into the
@@ -84,47 +79,37 @@ def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World
     return F.nll_loss(model(x[local]), y[local], reduction="sum") * scale
 
 
-def _log_step_values(model: nn.Module, state: LoopState, loss: Tensor,
-                     options: LoopOptions) -> tuple[float, float, bool, bool]:
-    """(loss, first non-finite step or -1, parameters finite, stop requested), in one host sync;
-    under DDP agreed by every rank (``World.agree``). One process polls for a stop before each
-    step instead."""
-    params_ok = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
-    row = torch.stack([loss.detach().double(), state.first_bad.double(), params_ok.double()])
-    world = options.world
-    if not world.active:
-        value, first_bad, ok = row.tolist()
-        return value, first_bad, bool(ok), False
-    return world.agree(row, options.stop_requested())
+class Checked(NamedTuple):
+    """How a check ended."""
+
+    diverged: bool  # the run diverged at this check (lambexp.training.divergence.decide)
+    stop: bool  # a stop was requested (under DDP: on any rank)
+
+
+def _read(model: nn.Module, state: LoopState, loss: Tensor, options: LoopOptions) -> tuple[Check, bool]:
+    """This check's readings and whether a stop was requested, in one host sync; under DDP agreed by
+    every rank (``World.agree``). One process polls for a stop before each step instead."""
+    params_finite = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
+    check = Check(loss.detach(), state.first_bad, params_finite)
+    if not options.world.active:
+        return Check.from_row(check.row().tolist()), False
+    return options.world.agree(check, options.stop_requested())
 
 
 def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
-                    progress: Progress, options: LoopOptions, x: int, log: bool = True) -> tuple[bool, bool]:
-    """The check's one host sync: loss, first non-finite step, parameters finite (and, under
-    DDP, stop requests). At a log step, logs the loss at ``x`` (samples seen before its batch)
-    and feeds it to the divergence rule; a non-finite value is logged only when continuing.
-    Returns (diverged here, stop requested)."""
-    value, first_bad, ok, stop = _log_step_values(model, state, loss, options)
-    nonfinite = first_bad >= 0 or not ok
-    reason = None
-    if first_bad >= 0:
-        reason, step = NONFINITE_LOSS, int(first_bad)
-    elif not ok:
-        reason, step = NONFINITE_PARAMETER, state.step
-    elif log:
-        watch = LossWatch(state.first_loss, state.loss_fell)
-        reason, step = watch.update(value), state.step
-        state.first_loss, state.loss_fell = watch.first, watch.fell
-    if reason is not None and state.diverged_step is None:
-        state.diverged_step, state.diverged_reason = step, reason
-    if not log:
-        return reason is not None, stop
-    if math.isfinite(value):
-        state.last_loss = value
-    if not nonfinite or options.on_divergence == "continue":
-        log_train(sink, opt, x, state.step, loss=value)
-        progress.advance(state.step, value)
-    return reason is not None, stop
+                    progress: Progress, options: LoopOptions, at: int | None) -> Checked:
+    """Read the values (``_read``), take lambexp.training.divergence's verdict and, at a log step,
+    log the loss at ``at`` (samples seen before its batch; None: not a log step, so the loss rule
+    is not fed). A non-finite value is logged only when continuing."""
+    check, stop = _read(model, state, loss, options)
+    diverged = decide(state, check, logged=at is not None) is not None
+    if at is not None:
+        if math.isfinite(check.loss):
+            state.last_loss = check.loss
+        if check.finite or options.on_divergence == "continue":
+            log_train(sink, opt, at, state.step, loss=check.loss)
+            progress.advance(state.step, check.loss)
+    return Checked(diverged, stop)
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
@@ -153,17 +138,17 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
         loss.backward()
         opt.step()
         state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
-        _track_nonfinite(state, loss)
+        state.first_bad = track_first_bad(state.first_bad, loss, state.step)
         logs = batch_index % options.log_interval == 0  # the post's `batch_idx % log_interval`
         evaluates = bool(options.eval_interval and test is not None
                          and state.step % options.eval_interval == 0)
         if logs or evaluates or state.batch == len(batches):  # no evaluation of a diverged model
-            bad, stop = _check_log_step(model, opt, state, loss, sink, progress, options,
-                                        x=seen_before, log=logs)
-            if bad and options.on_divergence == "stop":
+            checked = _check_log_step(model, opt, state, loss, sink, progress, options,
+                                      at=seen_before if logs else None)
+            if checked.diverged and options.on_divergence == "stop":
                 outcome = Outcome.DIVERGED
                 break
-            if stop:
+            if checked.stop:
                 outcome = Outcome.INTERRUPTED
                 break
         if evaluates:
@@ -239,7 +224,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
         state.epoch_rng = generator.get_state()
     generator.set_state(state.epoch_rng)
     net = options.world.wrap(model)  # DDP: broadcasts rank 0's parameters, averages gradients
-    steps_per_epoch = -(-len(train[0]) // options.batch_size)
+    steps_per_epoch = batches_per_epoch(len(train[0]), options.batch_size)
     progress.begin(epochs * steps_per_epoch, done=state.step)
     if state.step:  # resumed: show where it stands before the next log step
         progress.advance(state.step, state.last_loss)
