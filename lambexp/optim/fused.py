@@ -11,6 +11,9 @@ import torch
 from torch import Tensor
 
 from lambexp.optim import rules
+from lambexp.optim.variants import VARIANTS
+
+RULES = ("blog", "paper", "readme2019")  # the rules compiled here (readme2019: paper's kernel)
 
 # The hyper-parameter tensor ``hp``, in this order, built by ``hyper_parameters``:
 # lr (blog: the step size s), 1−β1, β2, 1−β2 (both 1−β in float64 first: in float32, 1 − 0.999
@@ -37,9 +40,10 @@ def hyper_parameters(group: dict, step: int, like: Tensor) -> Tensor:
     """
     beta1, beta2 = group["betas"]
     lr, bc1, bc2 = group["lr"], 1 - beta1**step, 1 - beta2**step
-    if group["rule"] == "blog":  # s = lr·√(1−β2ᵗ)/(1−β1ᵗ) carries the correction
+    correction = VARIANTS[group["rule"]].correction_for(group["bias_correction"])
+    if correction == "step":  # blog: s = lr·√(1−β2ᵗ)/(1−β1ᵗ) carries the correction
         lr, bc1, bc2 = lr * math.sqrt(bc2) / bc1, 1.0, 1.0
-    elif not group["bias_correction"]:
+    elif correction == "none":
         bc1, bc2 = 1.0, 1.0
     clamp = math.inf if group["clamp"] is None else group["clamp"]
     values = [lr, 1 - beta1, beta2, 1 - beta2, group["eps"], group["weight_decay"], clamp,
@@ -134,7 +138,7 @@ class CompileFailed(RuntimeError):
 
 @functools.cache
 def kernel(rule: str):
-    """The compiled step of ``rule`` ("blog" or "paper"), called as ``blog_step`` is.
+    """The compiled step of ``rule`` (one of RULES), called as ``blog_step`` is.
 
     Compiles on its first call for each dtype and device: one graph for packed tensors and one
     for single tensors (over ``PACK_NUMEL`` elements; a non-contiguous tensor adds one per

@@ -1,4 +1,5 @@
-"""``Lamb``: a thin stateful shell over the two LAMB rules of ``rules.py``, with a multi-tensor step."""
+"""``Lamb``: every published LAMB (``variants.VARIANTS``), stepped by the reference of ``rules.py``
+or, by default, by a multi-tensor step that reads the same pieces."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import torch
 from torch import Tensor
 
 from lambexp.optim import fused, rules, trust
-from lambexp.optim.defaults import DEFAULT_EPS, RULES
 from lambexp.optim.trust import (
     Scratch,
     TrustRatioOptimizer,
     check_range,
     in_cache_chunks,
 )
+from lambexp.optim.variants import RULES, VARIANTS
 
 
 class Lamb(TrustRatioOptimizer):
@@ -28,16 +29,27 @@ class Lamb(TrustRatioOptimizer):
             keeps biases out of decay and out of the trust-ratio adaptation.
         lr: learning rate (default 1e-3).
         betas: (β1, β2), the moment decay rates (default (0.9, 0.999); the blog ran (0.9, 0.99)).
-        eps: ε added to √v; default ``None`` picks the rule's own: 1e-8 (blog), 1e-6 (paper).
-        weight_decay: λ (default 0). The blog rule adds λ·w to the gradient (L2); the paper
-            rule adds it to the update (decoupled).
-        rule: ``"blog"`` (default) or ``"paper"``, the update rules of docs/rules.md. The blog rule
-            is the default because lambexp exists to reproduce the blog's experiments, which ran it.
-        clamp: c (default 10). Blog: the ratio r is clipped at c. Paper: the weight norm ‖w‖ is
-            clamped at c before the ratio (the paper's φ). ``None``: no clipping or clamp.
+        eps: ε added to √v; default ``None`` picks the rule's own (1e-8 for blog, 1e-6 for the
+            others: ``variants.VARIANTS``).
+        weight_decay: λ (default 0). The blog rule adds λ·w to the gradient (L2); the others add
+            it to the update.
+        rule: a name of ``variants.VARIANTS`` (docs/rules.md): ``"blog"`` (default), ``"paper"``,
+            ``"readme2019"``, ``"timm"``, ``"nvlamb"``, ``"optax"``, ``"torch_optimizer"``,
+            ``"tfa"``. The blog rule is the default because lambexp exists to reproduce the blog's
+            experiments, which ran it.
+        clamp: c (default 10), for the rules that have one: blog clips r at c; paper, readme2019
+            and torch_optimizer clamp ‖w‖ at c (the paper's φ). ``None``: no clip or clamp.
         adam: compute and record r, r1, r2 but update with r = 1 (the blog's Adam baseline).
-        bias_correction: paper rule only: divide m, v by (1−βᵗ) (default True). The blog rule
-            always folds the correction into the step size.
+        bias_correction: where the rule has the switch (paper, timm, nvlamb: the moments;
+            torch_optimizer: its ``debias``, folded into the step size). ``None`` (default): the
+            rule's published default. The blog rule always folds it into the step size.
+        trust_clip: r ≤ this (timm's ``trust_clip``: 1, LAMBC); ``None`` (default): no clip.
+        always_adapt: ``False``: the ratio only on tensors whose weight decay is not 0 (timm's and
+            apex's default); ``None`` (default): the rule's own.
+        grad_clip_norm: before the step, every gradient g ← g / max(1, G / this), G the L2 norm
+            over all of them (in place, as ``torch.nn.utils.clip_grad_norm_``); ``"rule"``
+            (default): the rule's own (1.0 for timm and nvlamb, else none); ``None``: none. Read
+            from the constructor, for every group.
         foreach: ``True`` or ``None`` (default): the multi-tensor ``torch._foreach_*`` step;
             ``False``: one tensor at a time through the reference functions of ``rules.py``.
         fused: ``True``: the step as kernels that ``torch.compile`` (inductor) generates from
@@ -55,10 +67,15 @@ class Lamb(TrustRatioOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float | None = None, weight_decay: float = 0.0, *, rule: str = "blog",
-                 clamp: float | None = 10.0, adam: bool = False, bias_correction: bool = True,
-                 foreach: bool | None = None, fused: bool = False):
+                 clamp: float | None = 10.0, adam: bool = False, bias_correction: bool | None = None,
+                 trust_clip: float | None = None, always_adapt: bool | None = None,
+                 grad_clip_norm: float | str | None = "rule", foreach: bool | None = None,
+                 fused: bool = False):
+        if grad_clip_norm == "rule":
+            grad_clip_norm = VARIANTS[rule].grad_clip_norm if rule in VARIANTS else None
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rule=rule,
-                        clamp=clamp, adam=adam, bias_correction=bias_correction, foreach=foreach,
+                        clamp=clamp, adam=adam, bias_correction=bias_correction, trust_clip=trust_clip,
+                        always_adapt=always_adapt, grad_clip_norm=grad_clip_norm, foreach=foreach,
                         fused=fused)
         self._compile_failed = False  # set when torch.compile failed: fused groups take foreach
         self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # fused: (device, sizes) -> seg, sizes
@@ -68,9 +85,32 @@ class Lamb(TrustRatioOptimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group["eps"] is None and group["rule"] in DEFAULT_EPS:
-            group["eps"] = DEFAULT_EPS[group["rule"]]
+        check_range("rule", group["rule"], group["rule"] in RULES, f"one of {', '.join(RULES)}")
+        variant = VARIANTS[group["rule"]]
+        for key, value in (("eps", variant.eps), ("bias_correction", variant.corrected_by_default),
+                           ("always_adapt", variant.always_adapt)):
+            if group[key] is None:
+                group[key] = value
         validate_group(group)
+
+    def __setstate__(self, state: dict) -> None:
+        """After ``load_state_dict``: groups saved before an option existed get its default."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            variant = VARIANTS.get(group.get("rule"), VARIANTS["blog"])
+            group.setdefault("trust_clip", None)
+            group.setdefault("always_adapt", variant.always_adapt)
+            group.setdefault("grad_clip_norm", None)
+
+    def _before_groups(self) -> None:
+        """The global gradient clip, over every gradient of every group, in place."""
+        limit = self.defaults["grad_clip_norm"]
+        if limit is None:
+            return
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_div_(grads, torch.clamp(total / limit, min=1.0))
 
     def _step_tensors(self, group: dict, w: list[Tensor]):
         for p in w:
@@ -90,15 +130,15 @@ class Lamb(TrustRatioOptimizer):
         state["step"] += 1
 
     def _reference_step(self, group: dict, w: list[Tensor]):
-        update = rules.lamb_blog if group["rule"] == "blog" else rules.lamb_paper
-        extra = {} if group["rule"] == "blog" else {"bias_correction": group["bias_correction"]}
         beta1, beta2 = group["betas"]
         out = []
         for p in w:
             state = self.state[p]
-            new = update(p, p.grad, state["m"], state["v"], state["step"], lr=group["lr"], beta1=beta1,
-                       beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                       clamp=group["clamp"], adam=group["adam"], **extra)
+            new = rules.lamb(VARIANTS[group["rule"]], p, p.grad, state["m"], state["v"], state["step"],
+                             lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                             weight_decay=group["weight_decay"], clamp=group["clamp"],
+                             bias_correction=group["bias_correction"], trust_clip=group["trust_clip"],
+                             adapt=adapts(group), adam=group["adam"])
             p.copy_(new.w)
             state["m"], state["v"] = new.m, new.v
             out.append((new.r, new.r1, new.r2))
@@ -167,19 +207,24 @@ class Lamb(TrustRatioOptimizer):
         m = [self.state[p]["m"] for p in w]
         v = [self.state[p]["v"] for p in w]
         cpu = w[0].device.type == "cpu"
+        variant = VARIANTS[group["rule"]]
         if cpu and _adam_kernel_fits(w, g, m, v):
             d, r1, r2, coef = self._adam_kernel_step(group, w[0], g[0], m[0], v[0], steps[0])
         else:
             d = self._direction(group, w, g, m, v, steps, self._scratch.like(2, w) if cpu else None)
-            if group["rule"] == "blog":
-                r1, r2 = rules.rms_each(w), rules.rms_each(d)
-                beta1, beta2 = group["betas"]
-                coef = [group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t) for t in steps]
-            else:
-                r1 = rules.clamped(torch.stack(torch._foreach_norm(w)), group["clamp"])
-                r2 = torch.stack(torch._foreach_norm(d))
-                coef = [group["lr"]] * len(w)
-        r = rules.ratio(r1, r2, group["clamp"] if group["rule"] == "blog" else None)
+            norms = rules.rms_each if variant.norm == "rms" else _norm_each
+            r1, r2 = norms(w), norms(d)
+            beta1, beta2 = group["betas"]
+            step_size = _corrected(group) == "step"
+            coef = [group["lr"] * (math.sqrt(1 - beta2**t) / (1 - beta1**t) if step_size else 1.0)
+                    for t in steps]
+        if variant.clamp_on == "w_norm":
+            r1 = rules.clamped(r1, group["clamp"])
+        r = rules.ratio(r1, r2, group["clamp"] if variant.clamp_on == "r" else None)
+        if group["trust_clip"] is not None:
+            r = rules.clamped(r, group["trust_clip"])
+        if not adapts(group):
+            r = torch.ones_like(r)
         _descend(w, d, coef, None if group["adam"] else r)
         return r, r1, r2
 
@@ -197,12 +242,13 @@ class Lamb(TrustRatioOptimizer):
         update w ← w − coef·r·d."""
         beta1, beta2 = group["betas"]
         lam, eps = group["weight_decay"], group["eps"]
-        corrected = group["rule"] == "paper" and group["bias_correction"]
+        variant, correction = VARIANTS[group["rule"]], _corrected(group)
+        corrected = correction == "moments"
         c = 1.0 if corrected else math.sqrt(1 - beta2**t) / (1 - beta1**t)
         d = self._scratch.like(2, [w])[0]
-        if group["rule"] == "blog" and lam:
+        if variant.decay == "gradient" and lam:
             g = torch.add(g, w, alpha=lam, out=self._scratch.like(0, [g])[0])  # g + λ·w
-        if group["rule"] == "paper" and lam:
+        if variant.decay == "update" and lam:
             torch.mul(w, -c * lam, out=d)
         else:
             d.zero_()
@@ -212,16 +258,18 @@ class Lamb(TrustRatioOptimizer):
                            amsgrad=False, maximize=False)
         flat_w, flat_d = w.view(-1), d.view(-1)
         norm_w, norm_dir = torch.dot(flat_w, flat_w).sqrt(), torch.dot(flat_d, flat_d).sqrt() / c
-        if group["rule"] == "blog":  # RMS; the step size s = lr·√(1−β2ᵗ)/(1−β1ᵗ) is lr·c
+        if variant.norm == "rms":
             root_n = math.sqrt(w.numel())
-            return [d], (norm_w / root_n)[None], (norm_dir / root_n)[None], [-group["lr"]]
-        r1 = rules.clamped(norm_w, group["clamp"])[None]
-        return [d], r1, norm_dir[None], [-group["lr"] / c]
+            norm_w, norm_dir = norm_w / root_n, norm_dir / root_n
+        # w ← w − s·r·u with d = −c·u: coef·d, coef = −s/c; s = lr·c when the step carries it
+        coef = -group["lr"] if correction == "step" else -group["lr"] / c
+        return [d], norm_w[None], norm_dir[None], [coef]
 
     def _direction(self, group: dict, w: list[Tensor], g: list[Tensor], m: list[Tensor],
                    v: list[Tensor], steps: list[int], out: list[Tensor] | None) -> list[Tensor]:
-        """m ← β1·m + (1−β1)·g and v ← β2·v + (1−β2)·g² in place, and the direction the rule
-        scales by r: blog a = m/(√v + ε) (λ·w added to g first); paper u = m̂/(√v̂ + ε) + λ·w.
+        """m ← β1·m + (1−β1)·g and v ← β2·v + (1−β2)·g² in place, and the direction u the rule
+        scales by r, piece by piece as ``rules.lamb``: λ·w added to g first (decay "gradient") or
+        to u (decay "update"); u = m̂/(√v̂ + ε) with the correction "moments", else m/(√v + ε).
         On the CPU (``out`` given) it is written into ``out`` and the temporaries into scratch;
         elsewhere (``out`` None) the foreach ops make new tensors."""
         beta1, beta2 = group["betas"]
@@ -237,16 +285,17 @@ class Lamb(TrustRatioOptimizer):
                 op(*xs, out=o)
             return dest
 
-        if group["rule"] == "blog" and lam:
+        variant = VARIANTS[group["rule"]]
+        if variant.decay == "gradient" and lam:
             g = into(0, partial(torch._foreach_add, alpha=lam), partial(torch.add, alpha=lam), g, w)
         torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β1·m + (1−β1)·g
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
-        if group["rule"] == "blog":
+        if _corrected(group) != "moments" and not (variant.decay == "update" and lam):
             denom = into(out, torch._foreach_sqrt, torch.sqrt, v)
             torch._foreach_add_(denom, eps)
-            return into(out, torch._foreach_div, torch.div, m, denom)  # a = m / (√v + ε)
-        bc1, bc2 = _bias_corrections(steps, beta1, beta2, group["bias_correction"])
+            return into(out, torch._foreach_div, torch.div, m, denom)  # u = m / (√v + ε)
+        bc1, bc2 = _bias_corrections(steps, beta1, beta2, _corrected(group) == "moments")
         denom = into(1, torch._foreach_sqrt, torch.sqrt, v)
         torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
         torch._foreach_add_(denom, eps)  # √v̂ + ε
@@ -314,9 +363,27 @@ def _descend(w: list[Tensor], d: list[Tensor], coef: list[float], r: Tensor | No
     torch._foreach_addcmul_(w, d, list(scale.unbind()))
 
 
+def _corrected(group: dict) -> str:
+    """The group's bias correction: "moments", "step" or "none" (``Variant.correction_for``)."""
+    return VARIANTS[group["rule"]].correction_for(group["bias_correction"])
+
+
+def _norm_each(xs: list[Tensor]) -> Tensor:
+    """‖x‖ of each tensor of ``xs``, as one vector, in one multi-tensor norm."""
+    return torch.stack(torch._foreach_norm(xs))
+
+
+def adapts(group: dict) -> bool:
+    """Whether the group's tensors get the trust ratio: always, unless the rule adapts only
+    tensors with weight decay (timm, apex) and this group has none."""
+    return bool(group["always_adapt"] or group["weight_decay"] != 0)
+
+
 def validate_group(group: dict) -> None:
     """Refuse impossible hyper-parameters with a ValueError naming the argument and value."""
-    check_range("rule", group["rule"], group["rule"] in RULES, "'blog' or 'paper'")
+    variant = VARIANTS[group["rule"]]
+    if not group["bias_correction"] and variant.switch is None:
+        raise ValueError(f"rule {group['rule']!r} has no bias-correction switch (bias_correction=False)")
     beta1, beta2 = group["betas"]
     check_range("lr", group["lr"], group["lr"] >= 0, ">= 0")
     check_range("betas[0]", beta1, 0 <= beta1 < 1, "in [0, 1)")
@@ -325,6 +392,11 @@ def validate_group(group: dict) -> None:
     check_range("weight_decay", group["weight_decay"], group["weight_decay"] >= 0, ">= 0")
     clamp = group["clamp"]
     check_range("clamp", clamp, clamp is None or clamp > 0, "> 0 or None")
+    trust_clip = group.get("trust_clip")
+    check_range("trust_clip", trust_clip, trust_clip is None or trust_clip > 0, "> 0 or None")
+    if group.get("fused") and group["rule"] not in fused.RULES:
+        raise ValueError(f"fused=True compiles the {' and '.join(fused.RULES)} rules; rule"
+                         f" {group['rule']!r} takes the default step (fused=False)")
     if group.get("fused") and group["foreach"] is False:
         raise ValueError("fused=True and foreach=False cannot be combined: fused=True replaces "
                          "the foreach step; foreach=False asks for the reference step")

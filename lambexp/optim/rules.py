@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lambexp.optim.variants import VARIANTS, Variant
+
 
 class LambStep(NamedTuple):
     w: Tensor  # new weights
@@ -56,52 +58,59 @@ def ratio(r1: Tensor, r2: Tensor, clamp: float | Tensor | None = None) -> Tensor
     return torch.where((r1 > 0) & (r2 > 0), clamped(r1 / r2, clamp), 1.0)
 
 
-def lamb_blog(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
-              beta1: float, beta2: float, eps: float, weight_decay: float,
-              clamp: float | None, adam: bool = False) -> LambStep:
-    """LAMB as the blog's experiments ran it (pytorch-lamb, May 2019).
+def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
+         beta1: float, beta2: float, eps: float, weight_decay: float, clamp: float | None,
+         bias_correction: bool = True, trust_clip: float | None = None, adapt: bool = True,
+         adam: bool = False) -> LambStep:
+    """One LAMB step of ``variant`` (lambexp.optim.variants) on one tensor; each line an equation,
+    run only where the variant's piece says so (docs/rules.md gives each variant's):
 
-        g  ← g + λ·w
+        g  ← g + λ·w                                   (decay "gradient": L2)
         m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
-        s  = lr · √(1−β2ᵗ) / (1−β1ᵗ)
-        a  = m / (√v + ε)
-        r1 = RMS(w) ;  r2 = RMS(a)
-        r  = 1 if r1 = 0 or r2 = 0, else min(r1/r2, c)
-        w  ← w − s·r·a            (r replaced by 1 when adam=True)
-    """
-    g = g + weight_decay * w
-    m = torch.lerp(m, g, 1 - beta1)
-    v = beta2 * v + (1 - beta2) * g * g
-    s = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    a = m / (torch.sqrt(v) + eps)
-    r1, r2 = rms(w), rms(a)
-    r = ratio(r1, r2, clamp)
-    applied = torch.ones_like(r) if adam else r
-    return LambStep(w - s * applied * a, m, v, r, r1, r2)
-
-
-def lamb_paper(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
-               beta1: float, beta2: float, eps: float, weight_decay: float,
-               clamp: float | None, bias_correction: bool = True,
-               adam: bool = False) -> LambStep:
-    """LAMB as in the final paper (You et al., 2020) and later implementations.
-
-        m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²      (raw gradient)
-        m̂ = m/(1−β1ᵗ) ;  v̂ = v/(1−β2ᵗ)                   (when bias_correction)
-        u  = m̂ / (√v̂ + ε) + λ·w
-        r1 = min(‖w‖₂, c) ;  r2 = ‖u‖₂                    (c = None: no clamp)
+        m̂ = m/(1−β1ᵗ) ;  v̂ = v/(1−β2ᵗ)                 (correction "moments"; else m, v)
+        u  = m̂ / (√v̂ + ε)
+        u  ← u + λ·w                                   (decay "update")
+        r1 = ‖w‖ ;  r2 = ‖u‖                           (norm "l2"; "rms": ‖·‖/√n)
+        r1 ← min(r1, c)                                (clamp_on "w_norm": the paper's φ)
         r  = 1 if r1 = 0 or r2 = 0, else r1/r2
-        w  ← w − lr·r·u           (r replaced by 1 when adam=True)
+        r  ← min(r, c) ;  r ← min(r, trust_clip)       (clamp_on "r"; trust_clip given: LAMBC)
+        r  ← 1                                         (not adapt: a tensor kept out of the ratio)
+        s  = lr·√(1−β2ᵗ)/(1−β1ᵗ)                       (correction "step"; else s = lr)
+        w  ← w − s·r·u                                 (r replaced by 1 when adam=True)
+
+    The global gradient clip (``grad_clip_norm``) scales g before this, over every tensor at once.
     """
+    correction = variant.correction_for(bias_correction)
+    if variant.decay == "gradient":
+        g = g + weight_decay * w
     m = torch.lerp(m, g, 1 - beta1)
     v = beta2 * v + (1 - beta2) * g * g
-    bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if bias_correction else (1.0, 1.0)
-    u = (m / bc1) / (torch.sqrt(v) / math.sqrt(bc2) + eps) + weight_decay * w
-    r1 = clamped(torch.linalg.vector_norm(w), clamp)
-    r2 = torch.linalg.vector_norm(u)
-    r = ratio(r1, r2)
+    bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if correction == "moments" else (1.0, 1.0)
+    u = (m / bc1) / (torch.sqrt(v) / math.sqrt(bc2) + eps)
+    if variant.decay == "update":
+        u = u + weight_decay * w
+    norm = rms if variant.norm == "rms" else torch.linalg.vector_norm
+    r1, r2 = norm(w), norm(u)
+    if variant.clamp_on == "w_norm":
+        r1 = clamped(r1, clamp)
+    r = ratio(r1, r2, clamp if variant.clamp_on == "r" else None)
+    if trust_clip is not None:
+        r = clamped(r, trust_clip)
+    if not adapt:
+        r = torch.ones_like(r)
+    s = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) if correction == "step" else lr
     applied = torch.ones_like(r) if adam else r
-    return LambStep(w - lr * applied * u, m, v, r, r1, r2)
+    return LambStep(w - s * applied * u, m, v, r, r1, r2)
+
+
+def lamb_blog(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, **hp) -> LambStep:
+    """LAMB as the blog's experiments ran it (pytorch-lamb, May 2019): ``lamb`` of "blog"."""
+    return lamb(VARIANTS["blog"], w, g, m, v, t, **hp)
+
+
+def lamb_paper(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, **hp) -> LambStep:
+    """LAMB as in the final paper (You et al., 2020): ``lamb`` of "paper"."""
+    return lamb(VARIANTS["paper"], w, g, m, v, t, **hp)
 
 
 def lars(w: Tensor, g: Tensor, buf: Tensor, *, lr: float, momentum: float,

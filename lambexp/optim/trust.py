@@ -30,12 +30,17 @@ class TrustRatioOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._before_groups()
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             for bucket in by_device_and_dtype(params, params_with_grad(group)):
                 w = [params[j] for j in bucket]
                 self._record(gi, group, bucket, *self._step_tensors(group, w))
         return loss
+
+    def _before_groups(self) -> None:
+        """What a step does over every group at once before stepping them (e.g. a global
+        gradient clip); nothing by default."""
 
     def _step_tensors(self, group: dict, w: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Update the tensors ``w`` of ``group`` in place; return their r, r1, r2 as vectors.

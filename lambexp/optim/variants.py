@@ -1,0 +1,81 @@
+"""Which LAMB is this? Each published LAMB as one row of named pieces: where weight decay enters,
+where the bias correction goes, the norm, what the clamp c clips, the trust ratio's own clip,
+global gradient clipping, which tensors get the ratio, and the published ε, betas and source.
+
+``rules.lamb`` executes a Variant equation by equation; the fast steps read the same pieces, and
+are tested against it. Torch-free: configs and `lambexp rules` read this table too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Decay = Literal["gradient", "update"]  # λ·w added to g before the moments (L2), or to the update u
+Correction = Literal["moments", "step", "none"]  # m̂, v̂ before the ratio; folded into the step size
+Norm = Literal["l2", "rms"]  # ‖x‖, or ‖x‖/√n (the ratio is the same; the logged r1, r2 are not)
+ClampOn = Literal["r", "w_norm", "none"]  # what c clips: r itself (blog), or ‖w‖ (the paper's φ)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One LAMB, as its code runs it by default."""
+
+    name: str
+    decay: Decay
+    correction: Correction  # with bias correction on (its default where ``switch`` is None)
+    norm: Norm
+    clamp_on: ClampOn
+    eps: float
+    betas: tuple[float, float]
+    source: str  # repository and commit (or package and version), file and lines
+    switch: Correction | None = None  # the correction with bias_correction off; None: not switchable
+    corrected_by_default: bool = True  # bias_correction's published default
+    grad_clip_norm: float | None = None  # global gradient-norm clip before the step, by default
+    always_adapt: bool = True  # False: the ratio only on tensors whose weight decay is not 0
+    trust_clip: float | None = None  # r ≤ this (LAMBC: 1), by default
+    note: str = ""
+
+    def correction_for(self, bias_correction: bool) -> Correction:
+        """The correction a step makes with bias correction on or off."""
+        if bias_correction:
+            return self.correction
+        if self.switch is None:
+            raise ValueError(f"rule {self.name!r} has no bias-correction switch")
+        return self.switch
+
+
+PYTORCH_LAMB = "cybertronai/pytorch-lamb"
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("blog", decay="gradient", correction="step", norm="rms", clamp_on="r", eps=1e-8,
+            betas=(0.9, 0.999), source=f"{PYTORCH_LAMB} ff2245e (May 2019), pytorch_lamb/lamb.py 91-117",
+            note="the post's; it ran betas (0.9, 0.99)"),
+    Variant("readme2019", decay="update", correction="none", norm="l2", clamp_on="w_norm", eps=1e-6,
+            betas=(0.9, 0.999), source=f"{PYTORCH_LAMB} 207f672 (June 2019), pytorch_lamb/lamb.py 92-120",
+            note="the paper's v3: no bias correction; E6's rule"),
+    Variant("paper", decay="update", correction="moments", switch="none", norm="l2",
+            clamp_on="w_norm", eps=1e-6, betas=(0.9, 0.999),
+            source="You et al., ICLR 2020 (arXiv 1904.00962 v5), Algorithm 2",
+            note="φ(‖w‖) = min(‖w‖, c)"),
+    Variant("timm", decay="update", correction="moments", switch="none", norm="l2", clamp_on="none",
+            eps=1e-6, betas=(0.9, 0.999), grad_clip_norm=1.0, always_adapt=False,
+            source="timm 1.0.31, timm/optim/lamb.py 95-371",
+            note="trust_clip 1 is LAMBC"),
+    Variant("nvlamb", decay="update", correction="moments", switch="none", norm="l2",
+            clamp_on="none", eps=1e-6, betas=(0.9, 0.999), grad_clip_norm=1.0,
+            source="NVIDIA/apex 6424da3, apex/optimizers/fused_lamb.py 125-242,"
+                   " csrc/multi_tensor_lamb.cu 38-319",
+            note="use_nvlamb=True; always_adapt: false is apex's default"),
+    Variant("optax", decay="update", correction="moments", norm="l2", clamp_on="none", eps=1e-6,
+            betas=(0.9, 0.999), source="optax 0.2.8, optax/_src/alias.py 1234-1300, transform.py 246-309,"
+                                       " 1038-1080"),
+    Variant("torch_optimizer", decay="update", correction="step", switch="none", norm="l2",
+            clamp_on="w_norm", eps=1e-6, betas=(0.9, 0.999), corrected_by_default=False,
+            source="torch-optimizer 0.3.0, torch_optimizer/lamb.py 82-158",
+            note="bias_correction is its debias, folded into the step size after r"),
+    Variant("tfa", decay="update", correction="moments", norm="l2", clamp_on="none", eps=1e-6,
+            betas=(0.9, 0.999), source="tensorflow/addons d208d75, tensorflow_addons/optimizers/lamb.py"
+                                       " 144-254",
+            note="exclude_from_decay / exclude_from_trust are its two lists"),
+)}
+RULES = tuple(VARIANTS)

@@ -1,0 +1,150 @@
+"""Each published LAMB against its own code: Lamb(rule=...) steps like timm's, torch-optimizer's and
+optax's optimizers (installed as test extras), 30 steps in float64 on a small net, through the
+reference path and the default step, with cases where each clip binds and a tensor of zeros."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optim_helpers import F64, batches, small_net, train
+from torch import nn
+
+from lambexp.optim import Lamb
+from lambexp.optim.variants import VARIANTS
+
+STEPS = 30
+TOL = 1e-10
+
+
+def loud_batches(scale: float = 20.0):
+    """Targets large enough that the global gradient norm is well above 1: the clip binds."""
+    return [(x, y * scale) for x, y in batches(STEPS)]
+
+
+def groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """Weights with decay, biases without (as timm's factory and apex users group them)."""
+    weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in net.named_parameters() if name.endswith("bias")]
+    return [{"params": weights, "weight_decay": weight_decay}, {"params": biases, "weight_decay": 0.0}]
+
+
+def with_zero_bias(net: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        net[0].bias.zero_()  # r1 = 0 → r = 1
+    return net
+
+
+def assert_close(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> None:
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+
+
+FOREACH = [pytest.param(False, id="reference"), pytest.param(None, id="default-step")]
+
+
+# --- timm -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("options", [
+    {},  # its defaults: clip the global norm at 1, r only where weight decay is not 0
+    {"trust_clip": True},  # LAMBC: r ≤ 1
+    {"always_adapt": True},
+    {"max_grad_norm": None},
+], ids=["defaults", "trust_clip", "always_adapt", "no_clip"])
+def test_timm_rule_steps_as_timm_lamb(foreach, options):
+    timm_optim = pytest.importorskip("timm.optim")
+    theirs_net, ours_net = with_zero_bias(small_net()), with_zero_bias(small_net())
+    lr = 0.05
+    theirs = timm_optim.Lamb(groups(theirs_net, 0.01), lr=lr, **options)
+    ours = Lamb(groups(ours_net, 0.01), lr=lr, rule="timm", foreach=foreach,
+                trust_clip=1.0 if options.get("trust_clip") else None,
+                always_adapt=options.get("always_adapt"),
+                grad_clip_norm=options.get("max_grad_norm", "rule"))
+    data = loud_batches()
+    assert_close(train(ours_net, ours, data), train(theirs_net, theirs, data))
+    stats = ours.trust_stats()
+    if options.get("trust_clip"):
+        assert stats["r"].max() <= 1.0
+    if not options.get("always_adapt"):  # the biases (no decay) were not adapted: r = 1 logged
+        assert torch.equal(stats["r"][2:], torch.ones(2, dtype=F64))
+
+
+def test_timm_clip_and_trust_clip_bind_here():
+    """The cases above test what they claim: the global norm is over 1, and r over 1 without the clip."""
+    net = small_net()
+    x, y = loud_batches()[0]
+    nn.functional.mse_loss(net(x), y).backward()
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters()]))
+    assert total > 1.0
+    net = with_zero_bias(small_net())
+    ours = Lamb(groups(net, 0.01), lr=0.05, rule="timm")
+    train(net, ours, loud_batches())
+    assert ours.trust_stats()["r"][:2].max() > 1.0
+
+
+# --- torch-optimizer --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("debias", [False, True])
+@pytest.mark.parametrize("weight_scale", [1.0, 20.0], ids=["plain", "clamp-binds"])
+def test_torch_optimizer_rule_steps_as_torch_optimizer_lamb(foreach, debias, weight_scale):
+    torch_optimizer = pytest.importorskip("torch_optimizer")
+    nets = []
+    for _ in range(2):
+        net = with_zero_bias(small_net())
+        with torch.no_grad():
+            net[0].weight.mul_(weight_scale)  # ‖w‖ over 10: the clamp of φ binds
+        nets.append(net)
+    theirs_net, ours_net = nets
+    assert (theirs_net[0].weight.norm() > 10) == (weight_scale > 1)
+    theirs = torch_optimizer.Lamb(theirs_net.parameters(), lr=0.02, weight_decay=0.01, debias=debias)
+    ours = Lamb(ours_net.parameters(), lr=0.02, weight_decay=0.01, rule="torch_optimizer",
+                bias_correction=debias, foreach=foreach)
+    data = batches(STEPS)
+    assert_close(train(ours_net, ours, data), train(theirs_net, theirs, data))
+
+
+# --- optax ------------------------------------------------------------------------------------------
+
+def optax_weights(net: nn.Module, data, lr: float, weight_decay: float) -> list[torch.Tensor]:
+    """``optax.lamb`` stepping the same net: gradients from torch, the update from optax, in float64."""
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    params = [p for p in net.parameters()]
+    transform = optax.lamb(lr, weight_decay=weight_decay)
+    state = transform.init([jnp.asarray(p.detach().numpy()) for p in params])
+    for x, y in data:
+        net.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        ws = [jnp.asarray(p.detach().numpy()) for p in params]
+        updates, state = transform.update([jnp.asarray(p.grad.numpy()) for p in params], state, ws)
+        for p, new in zip(params, optax.apply_updates(ws, updates)):
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(jax.device_get(new).copy()))
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_optax_rule_steps_as_optax_lamb(foreach, weight_decay):
+    data = batches(STEPS)
+    theirs = optax_weights(with_zero_bias(small_net()), data, lr=0.02, weight_decay=weight_decay)
+    net = with_zero_bias(small_net())
+    ours = Lamb(net.parameters(), lr=0.02, weight_decay=weight_decay, rule="optax", foreach=foreach)
+    assert_close(train(net, ours, data), theirs)
+
+
+# --- the table itself --------------------------------------------------------------------------------
+
+def test_every_rule_is_a_row_with_a_source_and_published_defaults():
+    assert set(VARIANTS) >= {"blog", "readme2019", "paper", "timm", "nvlamb", "optax", "torch_optimizer",
+                             "tfa"}
+    for variant in VARIANTS.values():
+        assert variant.source and variant.eps > 0 and len(variant.betas) == 2
+    # defaults as each code publishes them (docs/rules.md): clip at 1 only in timm and apex
+    assert {n for n, v in VARIANTS.items() if v.grad_clip_norm} == {"timm", "nvlamb"}
+    assert {n for n, v in VARIANTS.items() if not v.always_adapt} == {"timm"}
+    assert VARIANTS["blog"].eps == 1e-8 and VARIANTS["timm"].eps == 1e-6
