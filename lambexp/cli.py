@@ -385,6 +385,24 @@ def configs_verb(ctx: typer.Context,
             typer.echo(f"{'':{width}s}  arms: {c.arms_text()}; {c.claims} claims")
 
 
+@app.command("rules")
+def rules_verb(ctx: typer.Context, json_out: Json = False, debug: Debug = False):
+    """Which LAMB is this? Every LAMB rule lambexp runs (`rule:` in configs, Lamb(rule=...)), as its
+    code publishes it: where weight decay enters, the bias correction, the norm, the clamp, the
+    global gradient clip, which tensors get the trust ratio, eps, betas, and the source."""
+    with reported(ctx, debug):
+        from lambexp.optim.variants import VARIANTS
+
+        rows = [variant.row() for variant in VARIANTS.values()]
+        if json_out:
+            _print_json(rows)
+            return
+        columns = [c for c in rows[0] if c != "source"]
+        print_table(columns, [[row[c] for c in columns] for row in rows], typer.echo)
+        typer.echo("")
+        print_table(("rule", "source"), [(row["rule"], row["source"]) for row in rows], typer.echo)
+
+
 @app.command("ls")
 def ls_verb(ctx: typer.Context,
             runs_dir: Annotated[Path, typer.Argument(help="a folder of runs")] = Path("runs"),

@@ -162,7 +162,8 @@ def test_nan_and_infinity_are_refused():
 
 # --- one exact line per problem ------------------------------------------------------------
 
-ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, fused, eps, clamp, momentum, "
+ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, trust_clip, always_adapt, "
+            "grad_clip_norm, fused, eps, clamp, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, warmup_epochs, log_interval, "
             "eval_interval, data_dir, on_divergence, checkpoint_every")
 
@@ -194,7 +195,8 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, fu
      ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam (got adamw)",
       "error: x.yaml: arms[0].model: must be one of lenet, mlp (got resnet)"]),
     ("name: e\narms: [{name: a, rule: lars, device: tpu}]\n",
-     ["error: x.yaml: arms[0].rule: must be one of blog, paper (got lars)",
+     ["error: x.yaml: arms[0].rule: must be one of blog, readme2019, paper, timm, nvlamb, optax,"
+      " torch_optimizer, tfa (got lars)",
       "error: x.yaml: arms[0].device: must be one of auto, cpu, cuda (got tpu)"]),
     ("name: my exp\narms: [{name: ../up}, lamb]\n",
      ["error: x.yaml: name: must start with a letter or digit and hold only letters, digits, "

@@ -148,3 +148,37 @@ def test_every_rule_is_a_row_with_a_source_and_published_defaults():
     assert {n for n, v in VARIANTS.items() if v.grad_clip_norm} == {"timm", "nvlamb"}
     assert {n for n, v in VARIANTS.items() if not v.always_adapt} == {"timm"}
     assert VARIANTS["blog"].eps == 1e-8 and VARIANTS["timm"].eps == 1e-6
+
+
+# --- configs and `lambexp rules` ------------------------------------------------------------------------
+
+def test_lambexp_rules_lists_every_rule_with_its_source_without_torch():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from lambexp.cli import app; "
+            "r = CliRunner().invoke(app, ['rules', '--json']); print(r.output); "
+            "assert 'torch' not in sys.modules, 'rules imported torch'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [row["rule"] for row in rows] == list(VARIANTS)
+    by_rule = {row["rule"]: row for row in rows}
+    assert by_rule["timm"]["grad clip"] == "global 1"
+    assert by_rule["timm"]["trust ratio on"] == "tensors with decay"
+    assert by_rule["blog"]["decay enters"] == "gradient (L2)" and by_rule["blog"]["norm"] == "RMS"
+    assert all(row["source"] for row in rows)
+
+
+def test_a_timm_config_trains_and_logs_r_1_where_timm_does_not_adapt(tiny_mnist_env, tmp_path):
+    from conftest import events, invoke, run_dirs, tiny_config
+
+    config = tmp_path / "timm.yaml"
+    config.write_text(tiny_config(arms=("lamb",), rule="timm", expect=""))  # weight decay 0
+    result = invoke("run", config, "--runs-dir", tmp_path / "runs", "-q")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = run_dirs(tmp_path / "runs")
+    acc = events(run_dir / "lamb")
+    ratios = [e.value for tag in acc.Tags()["scalars"] if tag.endswith("/r") for e in acc.Scalars(tag)]
+    assert ratios and all(r == 1.0 for r in ratios)  # no decay: timm gives no tensor the ratio

@@ -14,6 +14,9 @@ from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve, u
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
+from lambexp.optim.variants import VARIANTS
+
+FUSED_RULES = ("blog", "paper", "readme2019")  # lambexp.optim.fused.RULES (torch-side)
 
 MAX_CONFIG_BYTES = 10**6  # the largest shipped config is 4 kB; 50 MB of YAML took 105 s to refuse
 
@@ -124,12 +127,32 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
             conflict(index, "bias_correction", False,
                      f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer});"
                      " set bias_correction: false on the paper-rule arms alone")
-        elif not arm.bias_correction and arm.rule != "paper":
+        elif not arm.bias_correction and arm.rule == "blog":
             conflict(index, "bias_correction", False,
                      f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
                      " folds the bias correction into its step size); set rule: paper, or drop"
                      " bias_correction: false")
+        elif not arm.bias_correction and VARIANTS[arm.rule].switch is None:
+            conflict(index, "bias_correction", False,
+                     f"rule {arm.rule} has no bias-correction switch (arm {arm.name}); drop"
+                     " bias_correction: false, or pick a rule with one (`lambexp rules`)")
+        for key in ("trust_clip", "always_adapt", "grad_clip_norm"):
+            if not lamb and _written(raw, index, key):
+                conflict(index, key, getattr(arm, key), f"only the LAMB rules have it (arm {arm.name}"
+                                                        f" is optimizer {arm.optimizer})")
+        if lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp"):
+            conflict(index, "clamp", arm.clamp, f"rule {arm.rule} has no clamp (arm {arm.name});"
+                                               " trust_clip clips r")
+        if lamb and arm.fused is True and arm.rule not in FUSED_RULES:
+            conflict(index, "fused", True, f"fused compiles the {', '.join(FUSED_RULES)} rules alone"
+                                           f" (arm {arm.name} has rule: {arm.rule})")
     return out
+
+
+def _written(raw: dict, index: int, key: str) -> bool:
+    """Whether the file itself sets ``key`` for arm ``index`` (in the arm, or shared)."""
+    arm = raw["arms"][index]
+    return key in raw or (isinstance(arm, dict) and key in arm)
 
 
 RENAMED = {"on_nonfinite": "on_divergence"}  # old key → new, so run folders of older versions load

@@ -10,10 +10,11 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from lambexp.config.expect import Expectation
 from lambexp.optim.defaults import DEFAULT_EPS, TORCH_ADAM_EPS
+from lambexp.optim.variants import RULES, VARIANTS
 from lambexp.training.divergence import DEFINITION
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
-Rule = Literal["blog", "paper"]
+Rule = Literal[RULES]  # type: ignore[valid-type]  # the rows of lambexp.optim.variants
 ModelName = Literal["lenet", "mlp"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -69,15 +70,26 @@ class Settings(_Frozen):
         "adam: LAMB with r computed and logged but not applied (the blog's Adam); lamb; lars; "
         "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself"))
     rule: Rule = Field("blog", description=(
-        "LAMB update rule (docs/rules.md), blog (May 2019) or paper; ignored by lars, sgd, torch_adam"))
+        "LAMB update rule (docs/rules.md, `lambexp rules`): " + ", ".join(RULES) + "; ignored by lars,"
+        " sgd, torch_adam"))
     lr: Float = Field(0.01, gt=0, description="learning rate (global step size)")
     weight_decay: Float = Field(0.0, ge=0, description=(
         "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
     betas: Annotated[tuple[Beta, Beta], BeforeValidator(_pair)] = Field((0.9, 0.99), description=(
         "[β1, β2]: decay rates of the moving averages m and v, each in [0, 1)"))
-    bias_correction: bool = Field(True, description=(
-        "paper rule only: divide m and v by (1-β1ᵗ) and (1-β2ᵗ); false is pytorch-lamb's June "
-        "2019 rule (E6). The blog rule always folds the correction into its step size"))
+    bias_correction: bool | None = Field(None, description=(
+        "the rule's switch, where it has one: paper, timm, nvlamb divide m and v by (1-β1ᵗ) and"
+        " (1-β2ᵗ) (false with paper is pytorch-lamb's June 2019 rule, E6); torch_optimizer's debias"
+        " folds it into the step size. null: the rule's published default. The blog rule always"
+        " folds the correction into its step size"))
+    trust_clip: Annotated[Float, Field(gt=0)] | None = Field(None, description=(
+        "LAMB rules: r ≤ this after the ratio (timm's trust_clip: 1 is LAMBC); null: none"))
+    always_adapt: bool | None = Field(None, description=(
+        "LAMB rules: false gives the trust ratio only to tensors whose weight decay is not 0 (timm's"
+        " and apex's default); null: the rule's own"))
+    grad_clip_norm: Annotated[Float, Field(gt=0)] | Literal["rule"] | None = Field("rule", description=(
+        "LAMB rules: before each step every gradient g ← g / max(1, G / this), G their global L2"
+        " norm; rule: the rule's own (1.0 for timm and nvlamb); null: none"))
     fused: FusedSetting = Field(False, description=(
         "LAMB's step (adam, lamb): true: compiled with torch.compile (seconds to compile at the first"
         " step, then faster: docs/optimizer.md); auto: where that pays, on CUDA, or on the CPU from"
@@ -150,17 +162,29 @@ def default_eps(optimizer: str, rule: str) -> float:
 
 
 class Arm(ArmSpec):
-    """A fully resolved arm: every setting known; eps is the value used, never null."""
+    """A fully resolved arm: every setting known; eps, bias_correction, always_adapt and
+    grad_clip_norm are the values used (the rule's own where the config left them to it)."""
 
     eps: Annotated[Float, Field(ge=0)] = Field(description="ε added to √v, as used")
+    bias_correction: bool = Field(description="the rule's bias-correction switch, as used")
+    always_adapt: bool = Field(description="false: the trust ratio only where weight decay is not 0")
 
     @model_validator(mode="before")
     @classmethod
-    def _fill_eps(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("eps") is None:
-            optimizer = data.get("optimizer", Settings.model_fields["optimizer"].default)
-            rule = data.get("rule", Settings.model_fields["rule"].default)
-            data = {**data, "eps": default_eps(optimizer, rule)}
+    def _fill_rule_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        optimizer = data.get("optimizer", Settings.model_fields["optimizer"].default)
+        rule = data.get("rule", Settings.model_fields["rule"].default)
+        variant = VARIANTS.get(rule) if uses_lamb_rule(optimizer) else None
+        filled = {
+            "eps": default_eps(optimizer, rule),
+            "bias_correction": variant.corrected_by_default if variant else True,
+            "always_adapt": variant.always_adapt if variant else True,
+        }
+        data = {**data, **{k: v for k, v in filled.items() if data.get(k) is None}}
+        if data.get("grad_clip_norm", "rule") == "rule":
+            data = {**data, "grad_clip_norm": variant.grad_clip_norm if variant else None}
         return data
 
 

@@ -14,7 +14,8 @@ from lambexp.optim.lars import Lars
 def _lamb(params, *, adam: bool = False, **h) -> Lamb:
     return Lamb(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
                 rule=h["rule"], clamp=h["clamp"], adam=adam, fused=h.get("fused", False),
-                bias_correction=h.get("bias_correction", True))
+                bias_correction=h.get("bias_correction"), trust_clip=h.get("trust_clip"),
+                always_adapt=h.get("always_adapt"), grad_clip_norm=h.get("grad_clip_norm", "rule"))
 
 
 def _lars(params, *, sgd: bool = False, **h) -> Lars:

@@ -45,6 +45,23 @@ class Variant:
         return self.switch
 
 
+    def row(self) -> dict[str, str]:
+        """The variant in words, one entry per column of `lambexp rules`."""
+        decay = {"gradient": "gradient (L2)", "update": "update (inside r2)"}[self.decay]
+        corrections = {"moments": "on m and v", "step": "in the step size", "none": "none"}
+        correction = corrections[self.correction if self.corrected_by_default else self.switch]
+        if self.switch is not None:
+            other = self.switch if self.corrected_by_default else self.correction
+            correction += f" (switch: {corrections[other]})"
+        clip = {"r": "r ≤ c (10)", "w_norm": "φ = min(‖w‖, c=10)", "none": "none"}[self.clamp_on]
+        return {"rule": self.name, "decay enters": decay, "bias correction": correction,
+                "norm": "RMS" if self.norm == "rms" else "L2", "clamp": clip,
+                "grad clip": f"global {self.grad_clip_norm:g}" if self.grad_clip_norm else "none",
+                "trust ratio on": "every tensor" if self.always_adapt else "tensors with decay",
+                "eps": f"{self.eps:g}", "betas": f"{self.betas[0]:g}, {self.betas[1]:g}",
+                "source": self.source}
+
+
 PYTORCH_LAMB = "cybertronai/pytorch-lamb"
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("blog", decay="gradient", correction="step", norm="rms", clamp_on="r", eps=1e-8,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml
+from lambexp.config.load import FUSED_RULES
 from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.folders.layout import (
@@ -85,7 +86,9 @@ def optimizer_args(arm: Arm, fused: bool = False) -> dict:
     """The arm's optimizer hyper-parameters as plain keyword arguments for ``build_optimizer``
     (``fused``: the arm's ``fused`` setting as resolved by ``use_fused``)."""
     return dict(lr=arm.lr, betas=tuple(arm.betas), eps=arm.eps, weight_decay=arm.weight_decay,
-                rule=arm.rule, bias_correction=arm.bias_correction, clamp=arm.clamp, momentum=arm.momentum,
+                rule=arm.rule, bias_correction=arm.bias_correction, clamp=arm.clamp,
+                trust_clip=arm.trust_clip, always_adapt=arm.always_adapt,
+                grad_clip_norm=arm.grad_clip_norm, momentum=arm.momentum,
                 trust_coefficient=arm.trust_coefficient, fused=fused)
 
 
@@ -154,7 +157,8 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     torch.manual_seed(arm.seed)
     model = build_model(arm.model, device)
     steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
-    fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps)
+    fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps) \
+        and arm.rule in FUSED_RULES  # auto: only where a compiled step exists (config checks true)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
     checkpoint = arm_dir / CHECKPOINT_FILE
     resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
@@ -214,6 +218,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
 # Settings that may change while an arm trains (`lambexp resume --apply-config-changes`): the
 # optimizer's hyper-parameters and the loop's schedule. The others make it another training.
 CHANGEABLE = frozenset({"lr", "weight_decay", "betas", "eps", "clamp", "momentum", "trust_coefficient",
+                        "trust_clip", "always_adapt", "grad_clip_norm",
                         "epochs", "warmup_epochs", "log_interval", "eval_interval", "on_divergence",
                         "checkpoint_every", "fused", "device", "data_dir"})
 
@@ -224,9 +229,11 @@ def arm_settings(arm: Arm) -> dict:
 
 
 def setting_changes(recorded: dict, arm: Arm) -> dict[str, list]:
-    """{setting: [as recorded, as ``arm`` says]} for each setting that differs."""
+    """{setting: [as recorded, as ``arm`` says]} for each setting that differs; a setting the
+    recording version of lambexp did not have yet is not a change."""
     now = arm_settings(arm)
-    return {key: [recorded.get(key), value] for key, value in now.items() if recorded.get(key) != value}
+    return {key: [recorded[key], value] for key, value in now.items()
+            if key in recorded and recorded[key] != value}
 
 
 def describe_changes(changed: dict[str, list]) -> str:
