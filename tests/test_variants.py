@@ -182,3 +182,51 @@ def test_a_timm_config_trains_and_logs_r_1_where_timm_does_not_adapt(tiny_mnist_
     acc = events(run_dir / "lamb")
     ratios = [e.value for tag in acc.Tags()["scalars"] if tag.endswith("/r") for e in acc.Scalars(tag)]
     assert ratios and all(r == 1.0 for r in ratios)  # no decay: timm gives no tensor the ratio
+
+
+# --- ported: apex's FusedLAMB and TF-Addons' LAMB (tests/ports) ------------------------------------------
+
+def port_weights(net: nn.Module, optimizer, data) -> list[torch.Tensor]:
+    """A NumPy port stepping the same net: gradients from torch, the update from the port."""
+    params = list(net.parameters())
+    for x, y in data:
+        net.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        arrays = [p.detach().numpy().copy() for p in params]
+        optimizer.step(arrays, [p.grad.numpy().copy() for p in params])
+        with torch.no_grad():
+            for p, a in zip(params, arrays):
+                p.copy_(torch.from_numpy(a))
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("use_nvlamb", [True, False])
+def test_nvlamb_rule_steps_as_apex_fused_lamb(foreach, use_nvlamb):
+    from ports.apex_lamb import ApexFusedLamb
+
+    data = loud_batches()  # the global clip at 1 binds
+    theirs_net = with_zero_bias(small_net())
+    names = [n for n, _ in theirs_net.named_parameters()]
+    index = {"weight": [i for i, n in enumerate(names) if n.endswith("weight")],
+             "bias": [i for i, n in enumerate(names) if n.endswith("bias")]}
+    port = ApexFusedLamb([{"index": index["weight"], "weight_decay": 0.01},
+                          {"index": index["bias"], "weight_decay": 0.0}], lr=0.05, use_nvlamb=use_nvlamb)
+    theirs = port_weights(theirs_net, port, data)
+    net = with_zero_bias(small_net())
+    ours = Lamb(groups(net, 0.01), lr=0.05, rule="nvlamb", always_adapt=use_nvlamb, foreach=foreach)
+    assert_close(train(net, ours, data), theirs)  # train returns the net's parameters in order
+
+
+@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_tfa_rule_steps_as_tfa_lamb(foreach, weight_decay):
+    from ports.tfa_lamb import TfaLamb
+
+    data = batches(STEPS)
+    theirs_net = with_zero_bias(small_net())
+    port = TfaLamb([n for n, _ in theirs_net.named_parameters()], lr=0.02, weight_decay=weight_decay)
+    theirs = port_weights(theirs_net, port, data)
+    net = with_zero_bias(small_net())
+    ours = Lamb(net.parameters(), lr=0.02, weight_decay=weight_decay, rule="tfa", foreach=foreach)
+    assert_close(train(net, ours, data), theirs)
