@@ -230,3 +230,43 @@ def test_tfa_rule_steps_as_tfa_lamb(foreach, weight_decay):
     net = with_zero_bias(small_net())
     ours = Lamb(net.parameters(), lr=0.02, weight_decay=weight_decay, rule="tfa", foreach=foreach)
     assert_close(train(net, ours, data), theirs)
+
+
+@pytest.mark.parametrize("foreach", FOREACH)
+def test_exclusion_lists_step_as_tfa_with_its_lists_and_log_r_1(foreach):
+    from ports.tfa_lamb import TfaLamb
+
+    from lambexp.optim import build_optimizer
+
+    data = batches(STEPS)
+    theirs_net = with_zero_bias(small_net())
+    port = TfaLamb([n for n, _ in theirs_net.named_parameters()], lr=0.02, weight_decay=0.01,
+                   exclude_from_weight_decay=["bias"], exclude_from_layer_adaptation=[r"^0\."])
+    theirs = port_weights(theirs_net, port, data)
+    net = with_zero_bias(small_net())
+    ours = build_optimizer("lamb", net.named_parameters(), lr=0.02, betas=(0.9, 0.999), eps=None,
+                           weight_decay=0.01, rule="tfa", clamp=None, exclude_from_decay=["bias"],
+                           exclude_from_trust=[r"^0\."], foreach=foreach)
+    assert_close(train(net, ours, data), theirs)
+    stats = ours.trust_stats()
+    r = dict(zip(stats["name"], stats["r"].tolist()))
+    assert r["0.weight"] == 1.0 and r["0.bias"] == 1.0  # kept out: what they really got
+    assert r["2.weight"] != 1.0
+
+
+def test_exclude_from_trust_bias_gives_r_1_on_the_biases_in_the_logged_events(tiny_mnist_env, tmp_path):
+    from conftest import events, invoke, run_dirs, tiny_config
+
+    config = tmp_path / "ex.yaml"
+    config.write_text(tiny_config(arms=("lamb",), rule="paper", weight_decay=0.01,
+                                  exclude_from_trust="[bias]", expect=""))
+    result = invoke("run", config, "--runs-dir", tmp_path / "runs", "-q")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = run_dirs(tmp_path / "runs")
+    acc = events(run_dir / "lamb")
+    for tag in acc.Tags()["scalars"]:
+        if tag.startswith("trust_layer/") and tag.endswith("/r"):
+            values = {e.value for e in acc.Scalars(tag)}
+            assert (values == {1.0}) == (".bias/" in tag), tag
+    histograms = acc.Histograms("trust/r")
+    assert all(h.histogram_value.num == 8 for h in histograms)  # every tensor, the biases at 1

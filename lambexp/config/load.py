@@ -136,7 +136,8 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
             conflict(index, "bias_correction", False,
                      f"rule {arm.rule} has no bias-correction switch (arm {arm.name}); drop"
                      " bias_correction: false, or pick a rule with one (`lambexp rules`)")
-        for key in ("trust_clip", "always_adapt", "grad_clip_norm"):
+        for key in ("trust_clip", "always_adapt", "grad_clip_norm", "exclude_from_decay",
+                    "exclude_from_trust"):
             if not lamb and _written(raw, index, key):
                 conflict(index, key, getattr(arm, key), f"only the LAMB rules have it (arm {arm.name}"
                                                         f" is optimizer {arm.optimizer})")

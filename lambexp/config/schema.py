@@ -3,6 +3,7 @@ shape (shared settings + `arms:`), and the resolved Experiment every other modul
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -51,6 +52,17 @@ def _some_arms(arms: tuple) -> tuple:
     return arms
 
 
+def _regex(value: object) -> object:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty regular expression, or ndim<=1")
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"is not a regular expression ({err})") from None
+    return value
+
+
+Pattern = Annotated[str, AfterValidator(_regex)]
 FusedSetting = Annotated[bool | Literal["auto"], BeforeValidator(_true_false_or_auto)]
 # Lax numbers (so YAML's `1e-3`, which PyYAML reads as a string, is 0.001) that refuse booleans.
 Float = Annotated[float, _not_bool("a number")]
@@ -87,6 +99,12 @@ class Settings(_Frozen):
     always_adapt: bool | None = Field(None, description=(
         "LAMB rules: false gives the trust ratio only to tensors whose weight decay is not 0 (timm's"
         " and apex's default); null: the rule's own"))
+    exclude_from_decay: tuple[Pattern, ...] = Field((), description=(
+        "LAMB rules: tensors without weight decay: regular expressions searched in the parameter"
+        " names (as TF-Addons matches; e.g. [bias]), or ndim<=1 for every bias and norm weight"))
+    exclude_from_trust: tuple[Pattern, ...] = Field((), description=(
+        "LAMB rules: tensors kept out of the trust ratio (r = 1, applied and logged), as"
+        " exclude_from_decay names them"))
     grad_clip_norm: Annotated[Float, Field(gt=0)] | Literal["rule"] | None = Field("rule", description=(
         "LAMB rules: before each step every gradient g ← g / max(1, G / this), G their global L2"
         " norm; rule: the rule's own (1.0 for timm and nvlamb); null: none"))

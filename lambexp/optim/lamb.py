@@ -49,7 +49,9 @@ class Lamb(TrustRatioOptimizer):
         grad_clip_norm: before the step, every gradient g ← g / max(1, G / this), G the L2 norm
             over all of them (in place, as ``torch.nn.utils.clip_grad_norm_``); ``"rule"``
             (default): the rule's own (1.0 for timm and nvlamb, else none); ``None``: none. Read
-            from the constructor, for every group.
+            from the constructor, for every group. G before the clip is kept in ``grad_norm``.
+        trust_ratio: ``False`` keeps a group out of the trust ratio: r = 1, applied and logged
+            (e.g. ``{"params": biases, "trust_ratio": False}``, TF-Addons' exclusion). Default True.
         foreach: ``True`` or ``None`` (default): the multi-tensor ``torch._foreach_*`` step;
             ``False``: one tensor at a time through the reference functions of ``rules.py``.
         fused: ``True``: the step as kernels that ``torch.compile`` (inductor) generates from
@@ -69,14 +71,15 @@ class Lamb(TrustRatioOptimizer):
                  eps: float | None = None, weight_decay: float = 0.0, *, rule: str = "blog",
                  clamp: float | None = 10.0, adam: bool = False, bias_correction: bool | None = None,
                  trust_clip: float | None = None, always_adapt: bool | None = None,
-                 grad_clip_norm: float | str | None = "rule", foreach: bool | None = None,
-                 fused: bool = False):
+                 grad_clip_norm: float | str | None = "rule", trust_ratio: bool = True,
+                 foreach: bool | None = None, fused: bool = False):
         if grad_clip_norm == "rule":
             grad_clip_norm = VARIANTS[rule].grad_clip_norm if rule in VARIANTS else None
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rule=rule,
                         clamp=clamp, adam=adam, bias_correction=bias_correction, trust_clip=trust_clip,
-                        always_adapt=always_adapt, grad_clip_norm=grad_clip_norm, foreach=foreach,
-                        fused=fused)
+                        always_adapt=always_adapt, grad_clip_norm=grad_clip_norm,
+                        trust_ratio=trust_ratio, foreach=foreach, fused=fused)
+        self.grad_norm: Tensor | None = None  # G before the last step's clip (when clipping)
         self._compile_failed = False  # set when torch.compile failed: fused groups take foreach
         self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # fused: (device, sizes) -> seg, sizes
         self._scratch = Scratch()  # the CPU foreach step's temporaries, reused
@@ -101,6 +104,7 @@ class Lamb(TrustRatioOptimizer):
             group.setdefault("trust_clip", None)
             group.setdefault("always_adapt", variant.always_adapt)
             group.setdefault("grad_clip_norm", None)
+            group.setdefault("trust_ratio", True)
 
     def _before_groups(self) -> None:
         """The global gradient clip, over every gradient of every group, in place."""
@@ -109,8 +113,8 @@ class Lamb(TrustRatioOptimizer):
             return
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if grads:
-            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            torch._foreach_div_(grads, torch.clamp(total / limit, min=1.0))
+            self.grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_div_(grads, torch.clamp(self.grad_norm / limit, min=1.0))
 
     def _step_tensors(self, group: dict, w: list[Tensor]):
         for p in w:
@@ -374,9 +378,9 @@ def _norm_each(xs: list[Tensor]) -> Tensor:
 
 
 def adapts(group: dict) -> bool:
-    """Whether the group's tensors get the trust ratio: always, unless the rule adapts only
-    tensors with weight decay (timm, apex) and this group has none."""
-    return bool(group["always_adapt"] or group["weight_decay"] != 0)
+    """Whether the group's tensors get the trust ratio: unless kept out of it (``trust_ratio``), or
+    the rule adapts only tensors with weight decay (timm, apex) and this group has none."""
+    return bool(group["trust_ratio"] and (group["always_adapt"] or group["weight_decay"] != 0))
 
 
 def validate_group(group: dict) -> None:

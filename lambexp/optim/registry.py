@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -11,11 +12,34 @@ from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
 
 
+def excluded(name: str, param: torch.Tensor, patterns: tuple[str, ...]) -> bool:
+    """Whether a tensor is kept out by ``patterns``: a regular expression found in its name (as
+    TF-Addons matches), or ``ndim<=1`` for every bias and norm weight."""
+    return any(param.ndim <= 1 if p == "ndim<=1" else re.search(p, name) for p in patterns)
+
+
+def exclusion_groups(named_params, weight_decay: float, no_decay: tuple[str, ...],
+                     no_trust: tuple[str, ...]) -> list[dict]:
+    """Named parameters as param groups: one per (decay, trust ratio) pair that occurs, in the order
+    the tensors come; the excluded ones with weight_decay 0 or trust_ratio False."""
+    groups: dict[tuple[bool, bool], dict] = {}
+    for name, p in named_params:
+        key = (not excluded(name, p, no_decay), not excluded(name, p, no_trust))
+        group = groups.setdefault(key, {"params": [], "weight_decay": weight_decay if key[0] else 0.0,
+                                        "trust_ratio": key[1]})
+        group["params"].append((name, p))
+    return list(groups.values())
+
+
 def _lamb(params, *, adam: bool = False, **h) -> Lamb:
+    if h.get("exclude_from_decay") or h.get("exclude_from_trust"):
+        params = exclusion_groups(params, h["weight_decay"], tuple(h.get("exclude_from_decay") or ()),
+                                  tuple(h.get("exclude_from_trust") or ()))
     return Lamb(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
                 rule=h["rule"], clamp=h["clamp"], adam=adam, fused=h.get("fused", False),
                 bias_correction=h.get("bias_correction"), trust_clip=h.get("trust_clip"),
-                always_adapt=h.get("always_adapt"), grad_clip_norm=h.get("grad_clip_norm", "rule"))
+                always_adapt=h.get("always_adapt"), grad_clip_norm=h.get("grad_clip_norm", "rule"),
+                foreach=h.get("foreach"))
 
 
 def _lars(params, *, sgd: bool = False, **h) -> Lars:

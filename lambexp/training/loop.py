@@ -170,7 +170,10 @@ def warm_up(opt: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
 
 def log_train(sink: Sink, opt: torch.optim.Optimizer, x: int, step: int, loss: float) -> None:
     """The batch's loss, the lr and the optimizer's r, r1, r2 at x (samples seen before the batch)."""
-    sink.scalars(x, {"train/loss": loss, "lr": opt.param_groups[0]["lr"], "train/step": step})
+    scalars = {"train/loss": loss, "lr": opt.param_groups[0]["lr"], "train/step": step}
+    if getattr(opt, "grad_norm", None) is not None:  # a rule that clips: the norm before the clip
+        scalars["train/grad_norm"] = float(opt.grad_norm)
+    sink.scalars(x, scalars)
     if hasattr(opt, "trust_stats"):
         sink.trust(x, opt.trust_stats())
 
