@@ -56,14 +56,13 @@ class BundledConfig:
     swept_arms: list[str]  # the arms as the file writes them, before the sweep crosses them
 
     def arms_text(self) -> str:
-        """The arms by name, or for a sweep of many, how they multiply: '42 arms: 3 arms (adam,
-        lambblog, lambpaper) × 7 lr × 2 weight_decay'."""
+        """The arms by name, or for a sweep of many, how they multiply: '3 (adam, lambblog,
+        lambpaper) × 7 lr × 2 weight_decay = 42'."""
         if len(self.arms) <= MAX_ARMS_LISTED or not self.sweep:
             return ", ".join(self.arms)
-        base = len(self.swept_arms)
-        parts = [f"{base} arm{'s' * (base > 1)} ({', '.join(self.swept_arms)})",
+        parts = [f"{len(self.swept_arms)} ({', '.join(self.swept_arms)})",
                  *(f"{count} {key}" for key, count in self.sweep.items())]
-        return f"{len(self.arms)} arms: {' × '.join(parts)}"
+        return f"{' × '.join(parts)} = {len(self.arms)}"
 
 
 def describe_bundled() -> list[BundledConfig]:
