@@ -263,7 +263,6 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         from lambexp.runner.plan import make_plan, plan_lines
         from lambexp.runner.reproduce import check_folder, load_all
         from lambexp.runner.reproduce import reproduce as run_all
-        from lambexp.training.distributed import is_lead_process
 
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
         if plan:
@@ -272,11 +271,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                 check_folder(out / exp.name, exp)  # the same refusal reproduce would give
             typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out, stop))))
             return
-        from lambexp.training.malloc import keep_freed_memory
-
-        keep_freed_memory()
-        lead = is_lead_process()  # False on ranks > 0 under torchrun: they print nothing
-        quiet = quiet or not lead
+        lead, quiet = _begin_training(quiet)
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
                 progress_for=_progress(quiet), stop_requested=stop, jobs=jobs)
         if lead:
