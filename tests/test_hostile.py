@@ -388,3 +388,14 @@ def test_a_config_over_1_mb_is_refused_at_once(tmp_path):
     big = write(tmp_path / "big.yaml", TINY_CONFIG + "# " + "x" * 1_100_000 + "\n")
     result = invoke("validate", big)
     assert result.exit_code == 2 and "a config is at most 1 MB" in result.output
+
+
+def test_an_experiment_of_a_reproduce_folder_made_before_locks_is_guarded_by_its_out(tmp_path):
+    from lambexp.folders.lock import lock_root
+
+    out = tmp_path / "out"
+    (out / "exp" / "seed1").mkdir(parents=True)  # no lock file anywhere: an older folder
+    run_dir = tmp_path / "runs" / "exp" / "20260101-000000"
+    run_dir.mkdir(parents=True)
+    assert lock_root(out / "exp") == out
+    assert lock_root(run_dir) == run_dir

@@ -270,3 +270,44 @@ def test_exclude_from_trust_bias_gives_r_1_on_the_biases_in_the_logged_events(ti
             assert (values == {1.0}) == (".bias/" in tag), tag
     histograms = acc.Histograms("trust/r")
     assert all(h.histogram_value.num == 8 for h in histograms)  # every tensor, the biases at 1
+
+
+def test_tfa_keeps_out_of_the_ratio_what_its_decay_list_names_when_it_has_no_trust_list():
+    from ports.tfa_lamb import TfaLamb
+
+    from lambexp.optim import build_optimizer
+
+    data = batches(STEPS)
+    theirs_net = with_zero_bias(small_net())
+    port = TfaLamb([n for n, _ in theirs_net.named_parameters()], lr=0.02, weight_decay=0.01,
+                   exclude_from_weight_decay=["bias"])  # adaptation falls back to this list
+    theirs = port_weights(theirs_net, port, data)
+    net = with_zero_bias(small_net())
+    ours = build_optimizer("lamb", net.named_parameters(), lr=0.02, betas=(0.9, 0.999), eps=None,
+                           weight_decay=0.01, rule="tfa", clamp=None, exclude_from_decay=["bias"])
+    assert_close(train(net, ours, data), theirs)
+
+
+def test_the_compiled_step_refuses_what_its_kernels_do_not_do(tmp_path):
+    from conftest import invoke, tiny_config
+
+    for options in ({"trust_clip": 0.5}, {"always_adapt": False}, {"trust_ratio": False}):
+        with pytest.raises(ValueError, match="fused=True compiles the ratio on every tensor"):
+            Lamb(small_net().parameters(), rule="paper", fused=True, **options)
+    for key, value in (("trust_clip", "0.5"), ("always_adapt", "false"), ("exclude_from_trust", "[bias]")):
+        config = tmp_path / f"{key}.yaml"
+        config.write_text(tiny_config(arms=("lamb",), fused="true", **{key: value}))
+        result = invoke("validate", config)
+        assert result.exit_code == 2 and "set fused: false" in result.output, (key, result.output)
+
+
+def test_an_applied_change_keeps_excluded_tensors_out_of_decay():
+    from lambexp.optim import build_optimizer
+    from lambexp.runner.experiment import apply_to_optimizer
+
+    net = small_net()
+    opt = build_optimizer("lamb", net.named_parameters(), lr=0.01, betas=(0.9, 0.99), eps=None,
+                          weight_decay=0.01, rule="paper", clamp=10.0, exclude_from_decay=["ndim<=1"])
+    args = {"lr": 0.05, "weight_decay": 0.02, "betas": (0.9, 0.99)}
+    apply_to_optimizer(opt, args, {"lr": [0.01, 0.05], "weight_decay": [0.01, 0.02]})
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.05, 0.02), (0.05, 0.0)]

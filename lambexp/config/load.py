@@ -144,10 +144,21 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
         if lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp"):
             conflict(index, "clamp", arm.clamp, f"rule {arm.rule} has no clamp (arm {arm.name});"
                                                " trust_clip clips r")
+        if lamb and arm.fused is True and not fused_supports(arm):
+            conflict(index, "fused", True, f"the compiled step gives every tensor the ratio, unclipped"
+                                           f" (arm {arm.name} sets trust_clip, always_adapt: false or"
+                                           " exclude_from_trust); set fused: false")
         if lamb and arm.fused is True and arm.rule not in FUSED_RULES:
             conflict(index, "fused", True, f"fused compiles the {', '.join(FUSED_RULES)} rules alone"
                                            f" (arm {arm.name} has rule: {arm.rule})")
     return out
+
+
+def fused_supports(arm) -> bool:
+    """Whether the compiled step (lambexp.optim.fused) runs this arm as the rule says: one of its
+    rules, every tensor given the ratio, unclipped."""
+    return (arm.rule in FUSED_RULES and arm.trust_clip is None and arm.always_adapt
+            and not arm.exclude_from_trust)
 
 
 def _written(raw: dict, index: int, key: str) -> bool:

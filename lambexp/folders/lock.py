@@ -1,5 +1,5 @@
 """One process at a time in a folder of runs: an OS lock (``fcntl.flock``) on the folder's
-``.lambexp.folders.lock``, which dies with its process, so a crash never leaves a folder locked.
+``.lambexp.lock``, which dies with its process, so a crash never leaves a folder locked.
 
 `run` locks the run folder it creates, `reproduce` its ``--out``, `resume` the folder each of its
 experiments belongs to (the reproduce folder holding it, or the run folder itself). A second process
@@ -16,22 +16,22 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from lambexp.errors import UserError
-from lambexp.folders.layout import writable_folder
+from lambexp.folders.layout import seeds_in, writable_folder
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; lambexp runs there without the guard
     fcntl = None
 
-LOCK_FILE = ".lambexp.folders.lock"
+LOCK_FILE = ".lambexp.lock"
 
 
 def lock_root(exp_dir: Path) -> Path:
-    """The folder whose lock guards ``exp_dir``: the nearest of it, its parent and its grandparent
-    that has a lock file (a reproduce ``--out`` above its experiments), else ``exp_dir`` itself."""
-    for folder in (exp_dir, exp_dir.parent, exp_dir.parent.parent):
-        if (folder / LOCK_FILE).is_file():
-            return folder
+    """The folder whose lock guards ``exp_dir``: for an experiment of a reproduce folder (it holds
+    ``seed<k>/``, or its parent is locked) that ``--out``, which `reproduce` locks; for a `run`
+    folder the folder itself. By layout, so a folder made before locks existed is guarded too."""
+    if seeds_in(exp_dir) or (exp_dir.parent / LOCK_FILE).is_file():
+        return exp_dir.parent
     return exp_dir
 
 

@@ -10,6 +10,7 @@ import torch
 from lambexp.optim.defaults import TORCH_ADAM_EPS
 from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
+from lambexp.optim.variants import VARIANTS
 
 
 def excluded(name: str, param: torch.Tensor, patterns: tuple[str, ...]) -> bool:
@@ -26,15 +27,17 @@ def exclusion_groups(named_params, weight_decay: float, no_decay: tuple[str, ...
     for name, p in named_params:
         key = (not excluded(name, p, no_decay), not excluded(name, p, no_trust))
         group = groups.setdefault(key, {"params": [], "weight_decay": weight_decay if key[0] else 0.0,
-                                        "trust_ratio": key[1]})
+                                        "trust_ratio": key[1], "decay_excluded": not key[0]})
         group["params"].append((name, p))
     return list(groups.values())
 
 
 def _lamb(params, *, adam: bool = False, **h) -> Lamb:
-    if h.get("exclude_from_decay") or h.get("exclude_from_trust"):
-        params = exclusion_groups(params, h["weight_decay"], tuple(h.get("exclude_from_decay") or ()),
-                                  tuple(h.get("exclude_from_trust") or ()))
+    no_decay, no_trust = tuple(h.get("exclude_from_decay") or ()), tuple(h.get("exclude_from_trust") or ())
+    if VARIANTS[h["rule"]].trust_list_follows_decay and not no_trust:
+        no_trust = no_decay  # TF-Addons: without its own list, adaptation follows the decay list
+    if no_decay or no_trust:
+        params = exclusion_groups(params, h["weight_decay"], no_decay, no_trust)
     return Lamb(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
                 rule=h["rule"], clamp=h["clamp"], adam=adam, fused=h.get("fused", False),
                 bias_correction=h.get("bias_correction"), trust_clip=h.get("trust_clip"),

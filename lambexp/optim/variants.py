@@ -34,6 +34,7 @@ class Variant:
     grad_clip_norm: float | None = None  # global gradient-norm clip before the step, by default
     always_adapt: bool = True  # False: the ratio only on tensors whose weight decay is not 0
     trust_clip: float | None = None  # r ≤ this (LAMBC: 1), by default
+    trust_list_follows_decay: bool = False  # no exclude_from_trust: the decay list serves (TFA)
     note: str = ""
 
     def correction_for(self, bias_correction: bool) -> Correction:
@@ -91,8 +92,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             source="torch-optimizer 0.3.0, torch_optimizer/lamb.py 82-158",
             note="bias_correction is its debias, folded into the step size after r"),
     Variant("tfa", decay="update", correction="moments", norm="l2", clamp_on="none", eps=1e-6,
-            betas=(0.9, 0.999), source="tensorflow/addons d208d75, tensorflow_addons/optimizers/lamb.py"
-                                       " 144-254",
+            betas=(0.9, 0.999), trust_list_follows_decay=True,
+            source="tensorflow/addons d208d75, tensorflow_addons/optimizers/lamb.py 107-112, 144-254",
             note="exclude_from_decay / exclude_from_trust are its two lists"),
 )}
 RULES = tuple(VARIANTS)

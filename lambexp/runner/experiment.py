@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml
-from lambexp.config.load import FUSED_RULES
+from lambexp.config.load import fused_supports
 from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.folders.layout import (
@@ -159,7 +159,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     model = build_model(arm.model, device)
     steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
     fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps) \
-        and arm.rule in FUSED_RULES  # auto: only where a compiled step exists (config checks true)
+        and fused_supports(arm)  # auto: only where the compiled step runs this arm (config checks true)
     opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
     checkpoint = arm_dir / CHECKPOINT_FILE
     resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
@@ -169,7 +169,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         changed = setting_changes(restored.settings, arm)
         if changed:
             check_changes(arm_dir, changed, apply_changes)
-            apply_to_optimizer(opt, optimizer_args(arm, fused))
+            apply_to_optimizer(opt, optimizer_args(arm, fused), changed)
             changes = [*changes, {"step": state.step, "changed": changed}]
     if resumed:
         progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
@@ -253,14 +253,17 @@ def check_changes(arm_dir: Path, changed: dict[str, list], apply: bool) -> None:
                         f" ({describe_changes({k: changed[k] for k in fixed})}); start a new run")
 
 
-def apply_to_optimizer(opt: torch.optim.Optimizer, args: dict) -> None:
-    """The optimizer's hyper-parameters from ``args`` (``optimizer_args``), over the checkpoint's."""
+def apply_to_optimizer(opt: torch.optim.Optimizer, args: dict, changed: dict) -> None:
+    """The ``changed`` hyper-parameters from ``args`` (``optimizer_args``), over the checkpoint's;
+    a group kept out of weight decay (``exclude_from_decay``) keeps none."""
     for group in opt.param_groups:
-        for key, value in args.items():
-            if key in group:
-                group[key] = value
-        if "initial_lr" in group:  # the warm-up's target
+        for key in changed.keys() & args.keys() & group.keys():
+            if not (key == "weight_decay" and group.get("decay_excluded")):
+                group[key] = args[key]
+        if "initial_lr" in group and "lr" in changed:  # the warm-up's target
             group["initial_lr"] = args["lr"]
+    if "grad_clip_norm" in changed:  # one global clip, read from the optimizer's defaults
+        opt.defaults["grad_clip_norm"] = args["grad_clip_norm"]
 
 
 def resource_problem(err: BaseException, arm: Arm, device: torch.device, arm_dir: Path) -> str | None:
