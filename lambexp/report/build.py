@@ -16,7 +16,7 @@ from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
 from lambexp.report import figures
-from lambexp.report.claims import ClaimResult, check, decades, mean_std, widest_run
+from lambexp.report.claims import ClaimResult, check, decades, mean_std, measure, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from lambexp.training.divergence import DEFINITION
@@ -83,21 +83,30 @@ def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:
     return rows
 
 
+ARM_COLUMNS = ["arm", "optimizer (rule)", "lr", "weight decay", "seeds", "final test accuracy",
+               "diverged", "max r", "median r", "wall s / arm", "samples/s"]
+
+
 def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
+    """One row per arm (ARM_COLUMNS): its rule and settings, and over its seeds the mean ± std of
+    the final test accuracy, how many diverged, and the means of r's max and median over training
+    and every layer (the claims' r_max and r_median)."""
     rows = []
     for arm in runs.experiment.arms:
         series = runs.arm_runs(arm.name)
+        head = [arm.name, optimizer_text(arm.optimizer, arm.rule, arm.bias_correction), f"{arm.lr:g}",
+                f"{arm.weight_decay:g}", str(len(series))]
         if not series:
-            rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}", "0",
-                         "not finished", "", "", ""])
+            rows.append([*head, "not finished", "", "", "", "", ""])
             continue
         acc = mean_std([s.summary.final_test_accuracy for s in series])
+        r_max, r_median = (mean_std([measure(s, name) for s in series])[0]
+                           for name in ("r_max", "r_median"))
         wall = mean_std([s.summary.wall_seconds for s in series])
         speed = mean_std([s.summary.samples_per_second for s in series])
         bad = sum(s.diverged for s in series)
-        rows.append([arm.name, arm.optimizer, f"{arm.lr:g}", f"{arm.weight_decay:g}",
-                     str(len(series)), f"{acc[0]:.2%} ± {acc[1]:.2%}", f"{bad} of {len(series)}",
-                     f"{wall[0]:.0f}", f"{speed[0]:.0f}"])
+        rows.append([*head, f"{acc[0]:.2%} ± {acc[1]:.2%}", f"{bad} of {len(series)}",
+                     fmt("r_max", r_max), fmt("r_median", r_median), f"{wall[0]:.0f}", f"{speed[0]:.0f}"])
     return rows
 
 
@@ -292,8 +301,7 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
     for runs, label in zip(all_runs, labels):
         exp = runs.experiment
         blocks += [Heading(label), Para(exp.description or ""),
-                   Table(["arm", "optimizer", "lr", "weight decay", "seeds", "final test accuracy",
-                          "diverged", "wall s / arm", "samples/s"], arm_rows(runs))]
+                   Table(ARM_COLUMNS, arm_rows(runs))]
         blocks += experiment_figures(runs, out_dir, label)
     blocks += [Heading("Environment"),
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],
