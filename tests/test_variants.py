@@ -311,3 +311,37 @@ def test_an_applied_change_keeps_excluded_tensors_out_of_decay():
     args = {"lr": 0.05, "weight_decay": 0.02, "betas": (0.9, 0.99)}
     apply_to_optimizer(opt, args, {"lr": [0.01, 0.05], "weight_decay": [0.01, 0.02]})
     assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.05, 0.02), (0.05, 0.0)]
+
+
+def test_kept_out_tensors_are_recorded_and_marked_in_the_per_layer_figure(tiny_mnist_env, tmp_path):
+    import json
+
+    from conftest import invoke, run_dirs, tiny_config
+
+    from lambexp.report import figures
+    from lambexp.report.series import load_arm
+
+    config = tmp_path / "ex.yaml"
+    config.write_text(tiny_config(arms=("lamb",), rule="paper", weight_decay=0.01,
+                                  exclude_from_trust="[bias]", expect=""))
+    assert invoke("run", config, "--runs-dir", tmp_path / "runs", "-q").exit_code == 0
+    (run_dir,) = run_dirs(tmp_path / "runs")
+    records = [json.loads(line) for line in (run_dir / "lamb" / "metrics.jsonl").read_text().splitlines()]
+    trust = [r for r in records if r["kind"] == "trust"]
+    assert all(r["kept_out"] == ["conv1.bias", "conv2.bias", "fc1.bias", "fc2.bias"] for r in trust)
+    series = load_arm(run_dir / "lamb", 1)
+    kept = []
+    original = figures.plt.Figure.savefig
+
+    def keep(fig, path, **kwargs):
+        kept.append([t.get_text() for t in fig.axes[-1].get_legend().get_texts()])
+        original(fig, path, **kwargs)
+
+    figures.plt.Figure.savefig = keep
+    try:
+        figures.layer_norms("t", {"lamb": series}, tmp_path / "n.png")
+    finally:
+        figures.plt.Figure.savefig = original
+    (labels,) = kept
+    assert "conv1.bias (kept out of r)" in labels and "conv1.weight" in labels
+    assert "conv1.weight (kept out of r)" not in labels

@@ -106,6 +106,9 @@ class Lamb(TrustRatioOptimizer):
             group.setdefault("grad_clip_norm", None)
             group.setdefault("trust_ratio", True)
 
+    def _kept_out(self, group: dict) -> bool:
+        return not adapts(group)
+
     def _before_groups(self) -> None:
         """The global gradient clip, over every gradient of every group, in place."""
         limit = self.defaults["grad_clip_norm"]

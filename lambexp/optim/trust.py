@@ -55,14 +55,20 @@ class TrustRatioOptimizer(Optimizer):
         has not been stepped yet reads NaN. The tensors stay on the parameters' device: reading
         their values is the only thing that synchronises.
         """
-        names, rows = [], []
+        names, rows, kept_out = [], [], []
         for gi, group in enumerate(self.param_groups):
             given = group.get("param_names")
-            names += given if given else [f"group{gi}.param{j}" for j in range(len(group["params"]))]
+            group_names = given if given else [f"group{gi}.param{j}" for j in range(len(group["params"]))]
+            names += group_names
+            kept_out += group_names if self._kept_out(group) else []
             rows.append(self._group_stats(gi, group))
         device = rows[0].device if rows else "cpu"
         table = torch.cat([row.to(device) for row in rows], dim=1) if rows else torch.empty(3, 0)
-        return {"name": names, "r": table[0], "r1": table[1], "r2": table[2]}
+        return {"name": names, "r": table[0], "r1": table[1], "r2": table[2], "kept_out": kept_out}
+
+    def _kept_out(self, group: dict) -> bool:
+        """Whether the group's tensors are kept out of the trust ratio (r = 1); none by default."""
+        return False
 
     def _group_stats(self, gi: int, group: dict) -> Tensor:
         if gi not in self._stats:

@@ -304,7 +304,9 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
             y = np.where(np.isfinite(table[:, j]) & (table[:, j] > 0), table[:, j], np.nan)
             color = plt.cm.tab10(layers.index(name.rsplit(".", 1)[0]) % 10)
             ls = "--" if name.endswith("bias") else "-"
-            ax.plot(s.trust_steps, y, color=color, ls=ls, lw=1.5, label=name)
+            kept_out = name in s.kept_out  # no trust ratio: r = 1, applied and logged
+            ax.plot(s.trust_steps, y, color=color, ls=":" if kept_out else ls, lw=1.5,
+                    label=f"{name} (kept out of r)" if kept_out else name)
         bad = np.flatnonzero(~np.isfinite(table).all(axis=1)) if table.size else []
         if len(bad):
             ax.axvline(s.trust_steps[bad[0]], color="black", ls=":", lw=1.2, label="first NaN/inf")
@@ -314,7 +316,7 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
     axes[0, 0].set_ylabel(f"{TRUST_TITLES.get(key, key)}, log scale")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
     axes[0, -1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1),
-                       fontsize=9, title="parameter (-- bias)", title_fontsize=9)
+                       fontsize=9, title="parameter (-- bias, ·· kept out of r)", title_fontsize=9)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, path)

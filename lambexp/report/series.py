@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ class ArmSeries:
     summary: Summary  # summary.json as written by the run
     folder: Path | None = None  # where it was read from, links resolved (a shared training is one)
     lr: float | None = None  # the arm's learning rate (from its config), for lr_range
+    kept_out: list[str] = field(default_factory=list)  # tensors kept out of the trust ratio (r = 1)
 
     @property
     def diverged(self) -> bool:
@@ -67,4 +68,5 @@ def load_arm(arm_dir: Path, seed: int) -> ArmSeries:
         names=names, r=table("r"), r1=table("r1"), r2=table("r2"),
         summary=read_summary(arm_dir),
         folder=arm_dir.resolve(),
+        kept_out=list(trust[0].get("kept_out", [])) if trust else [],
     )

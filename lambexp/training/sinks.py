@@ -112,7 +112,8 @@ class JsonlSink:
     def trust(self, step: int, stats: dict) -> None:
         names, table = trust_table(stats)
         self._write({"kind": "trust", "step": step, "name": names,
-                     **{k: row.tolist() for k, row in zip(TRUST_KEYS, table)}})
+                     **{k: row.tolist() for k, row in zip(TRUST_KEYS, table)},
+                     **({"kept_out": stats["kept_out"]} if stats.get("kept_out") else {})})
 
     def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
         self._write({"kind": "hparams", "hparams": {k: hparam_value(v) for k, v in hparams.items()},
@@ -142,7 +143,7 @@ class Tee:
 
     def trust(self, step: int, stats: dict) -> None:
         names, table = trust_table(stats)  # one copy from the device for all sinks
-        on_host = {"name": names, **dict(zip(TRUST_KEYS, table))}
+        on_host = {"name": names, **dict(zip(TRUST_KEYS, table)), "kept_out": stats.get("kept_out", [])}
         for sink in self.sinks:
             sink.trust(step, on_host)
 
