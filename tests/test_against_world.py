@@ -88,7 +88,7 @@ def reference_orders(n: int, batch_size: int, seed: int, epochs: int) -> list[li
 # false; lamb allows fused).
 BASE = {"name": "base", "optimizer": "lamb", "rule": "paper", "epochs": 1, "batch_size": 64}
 CANDIDATES = ("blog", "paper", "adam", "sgd", "mlp", "cpu", "cuda", "continue", "auto", True, False,
-              None, 0.5, 3, [0.8, 0.9], "elsewhere")
+              None, 0.5, 3, [0.8, 0.9], ["bias"], "elsewhere")
 
 
 def other_values(value):
