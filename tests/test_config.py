@@ -163,7 +163,7 @@ def test_nan_and_infinity_are_refused():
 # --- one exact line per problem ------------------------------------------------------------
 
 ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, trust_clip, always_adapt, "
-            "grad_clip_norm, fused, eps, clamp, momentum, "
+            "exclude_from_decay, exclude_from_trust, grad_clip_norm, fused, eps, clamp, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, warmup_epochs, log_interval, "
             "eval_interval, data_dir, on_divergence, checkpoint_every")
 

@@ -233,7 +233,7 @@ def test_corrupt_data_is_never_trained_on(tiny_mnist_env, tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("name: x\narms: [{name: a}\n", "invalid YAML"),
     ("name: x\nmodel: resnet\narms: [{name: a}]\n", "model: must be one of lenet, mlp"),
-    ("name: x\nrule: nope\narms: [{name: a}]\n", "rule: must be one of blog, paper"),
+    ("name: x\nrule: nope\narms: [{name: a}]\n", "rule: must be one of blog, readme2019, paper, timm,"),
     ("name: x\narms: [{name: a, optimizer: adamw}]\n", "arms[0].optimizer: must be one of"),
     ("name: x\non_divergence: ignore\narms: [{name: a}]\n", "on_divergence: must be one of stop, continue"),
 ])
