@@ -14,9 +14,8 @@ from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve, u
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
+from lambexp.optim.variants import COMPILED_RULES as FUSED_RULES
 from lambexp.optim.variants import VARIANTS
-
-FUSED_RULES = ("blog", "paper", "readme2019")  # lambexp.optim.fused.RULES (torch-side)
 
 MAX_CONFIG_BYTES = 10**6  # the largest shipped config is 4 kB; 50 MB of YAML took 105 s to refuse
 
@@ -144,13 +143,13 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
         if lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp"):
             conflict(index, "clamp", arm.clamp, f"rule {arm.rule} has no clamp (arm {arm.name});"
                                                " trust_clip clips r")
-        if lamb and arm.fused is True and not fused_supports(arm):
-            conflict(index, "fused", True, f"the compiled step gives every tensor the ratio, unclipped"
-                                           f" (arm {arm.name} sets trust_clip, always_adapt: false or"
-                                           " exclude_from_trust); set fused: false")
         if lamb and arm.fused is True and arm.rule not in FUSED_RULES:
             conflict(index, "fused", True, f"fused compiles the {', '.join(FUSED_RULES)} rules alone"
                                            f" (arm {arm.name} has rule: {arm.rule})")
+        elif lamb and arm.fused is True and not fused_supports(arm):
+            conflict(index, "fused", True, f"the compiled step gives every tensor the ratio, unclipped"
+                                           f" (arm {arm.name} sets trust_clip, always_adapt: false or"
+                                           " exclude_from_trust); set fused: false")
     return out
 
 

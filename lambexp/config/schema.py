@@ -10,8 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from lambexp.config.expect import Expectation
-from lambexp.optim.defaults import DEFAULT_EPS, TORCH_ADAM_EPS
-from lambexp.optim.variants import RULES, VARIANTS
+from lambexp.optim.variants import DEFAULT_EPS, RULES, TORCH_ADAM_EPS, VARIANTS
 from lambexp.training.divergence import DEFINITION
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]

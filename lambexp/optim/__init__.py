@@ -1,6 +1,6 @@
 """lambexp's optimizers: LAMB (both published rules, Adam mode), LARS, and their trust statistics.
 
-The names below load on first use, so that ``lambexp.optim.defaults`` (torch-free) can be read by
+The names below load on first use, so that ``lambexp.optim.variants`` (torch-free) can be read by
 the config layer without importing torch."""
 
 from importlib import import_module

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from lambexp.optim import rules
-from lambexp.optim.variants import VARIANTS
+from lambexp.optim.variants import COMPILED_RULES, VARIANTS
 
-RULES = ("blog", "paper", "readme2019")  # the rules compiled here (readme2019: paper's kernel)
+RULES = COMPILED_RULES  # the rules compiled here (readme2019 runs paper's kernel)
 
 # The hyper-parameter tensor ``hp``, in this order, built by ``hyper_parameters``:
 # lr (blog: the step size s), 1−β1, β2, 1−β2 (both 1−β in float64 first: in float32, 1 − 0.999

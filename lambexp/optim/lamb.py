@@ -401,13 +401,13 @@ def validate_group(group: dict) -> None:
     check_range("clamp", clamp, clamp is None or clamp > 0, "> 0 or None")
     trust_clip = group.get("trust_clip")
     check_range("trust_clip", trust_clip, trust_clip is None or trust_clip > 0, "> 0 or None")
+    if group.get("fused") and group["rule"] not in fused.RULES:
+        raise ValueError(f"fused=True compiles the {' and '.join(fused.RULES)} rules; rule"
+                         f" {group['rule']!r} takes the default step (fused=False)")
     if group.get("fused") and not (group["trust_clip"] is None and group["always_adapt"]
                                    and group["trust_ratio"]):
         raise ValueError("fused=True compiles the ratio on every tensor, unclipped: it cannot take"
                          " trust_clip, always_adapt=False or trust_ratio=False (use fused=False)")
-    if group.get("fused") and group["rule"] not in fused.RULES:
-        raise ValueError(f"fused=True compiles the {' and '.join(fused.RULES)} rules; rule"
-                         f" {group['rule']!r} takes the default step (fused=False)")
     if group.get("fused") and group["foreach"] is False:
         raise ValueError("fused=True and foreach=False cannot be combined: fused=True replaces "
                          "the foreach step; foreach=False asks for the reference step")

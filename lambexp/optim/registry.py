@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from lambexp.optim.defaults import TORCH_ADAM_EPS
 from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
-from lambexp.optim.variants import VARIANTS
+from lambexp.optim.variants import TORCH_ADAM_EPS, VARIANTS
 
 
 def excluded(name: str, param: torch.Tensor, patterns: tuple[str, ...]) -> bool:
