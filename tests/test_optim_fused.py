@@ -1,4 +1,5 @@
-"""Lamb(fused=True), the torch.compile'd step of fused.py, against the reference path (foreach=False)."""
+"""Lamb(fused=True), the torch.compile'd step of optim/fast/fused.py, against the reference step
+(foreach=False)."""
 
 from functools import partial
 
@@ -8,7 +9,8 @@ import torch
 from optim_helpers import train
 from torch import nn
 
-from lambexp.optim import Lamb, fused
+from lambexp.optim import Lamb
+from lambexp.optim.fast import fused
 
 F64 = torch.float64
 
@@ -43,7 +45,7 @@ def test_fused_equals_reference_path(case, dtype=torch.float32):
     fast = Lamb(a.parameters(), lr=0.01, fused=True, **CASES[case])
     slow = Lamb(b.parameters(), lr=0.01, foreach=False, **CASES[case])
     assert_same(a, fast, b, slow, data, 1e-12 if dtype == F64 else 1e-5)
-    assert not fast._compile_failed  # compiled, not the foreach fallback compared with itself
+    assert not fast._fused.failed  # compiled, not the foreach fallback compared with itself
 
 
 @pytest.mark.parametrize("case", ["blog", "paper"])
@@ -123,7 +125,7 @@ def test_fused_where_the_clip_binds_and_a_tensor_is_zero(rule, clamp):
     slow = Lamb(b.parameters(), lr=0.01, rule=rule, clamp=clamp, weight_decay=0.01, foreach=False)
     data = batches(1)
     assert_same(a, fast, b, slow, data, 1e-5)
-    assert not fast._compile_failed
+    assert not fast._fused.failed
     stats = slow.trust_stats()
     assert stats["r"][3] == 1.0 and stats["r1"][3] == 0.0  # the zero bias: r1 = 0, so r = 1
     if rule == "blog":

@@ -11,7 +11,9 @@ from optim_helpers import batches, small_net, train
 from torch import Tensor, nn
 
 from lambexp.optim import Lamb, Lars, build_optimizer
-from lambexp.optim.lamb import cpu_adam_kernel
+from lambexp.optim.fast.chunks import Scratch
+from lambexp.optim.fast.foreach import cpu_adam_kernel, direction
+from lambexp.optim.variants import VARIANTS
 
 F64 = torch.float64
 
@@ -91,10 +93,10 @@ def test_foreach_equals_reference_path(name, dtype):
 def test_chunked_foreach_with_reused_scratch_equals_reference(name, chunk, monkeypatch):
     """The CPU foreach step in cache chunks, its temporaries in buffers reused across chunks and
     steps (and grown when a later chunk is larger), equals the reference path."""
-    import lambexp.optim.trust as trust
+    import lambexp.optim.fast.chunks as chunks
 
-    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", chunk)
-    assert len(trust.cache_chunks(list(small_net().parameters()))) == {1: 4, 40: 2, 10**6: 1}[chunk]
+    monkeypatch.setattr(chunks, "CPU_CHUNK_NUMEL", chunk)
+    assert len(chunks.cache_chunks(list(small_net().parameters()))) == {1: 4, 40: 2, 10**6: 1}[chunk]
     data = batches(20)
     a, b = small_net(), small_net()
     fast = OPTIMIZERS[name](a.parameters(), foreach=True)
@@ -119,9 +121,9 @@ def test_large_tensors_take_the_adam_kernel_and_equal_the_reference(name, dtype,
     """With the chunk size at 10 elements, small_net's 6×8 and 8×3 weights count as large: their
     moments and direction come from torch's fused Adam kernel, their norms from dot products; the
     biases (8, 3) keep the foreach step. Equal to the reference to float rounding, r included."""
-    import lambexp.optim.trust as trust
+    import lambexp.optim.fast.chunks as chunks
 
-    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_NUMEL", 10)
     assert cpu_adam_kernel()  # probed (and cached) before the spy goes in
     calls, kernel = [], torch._fused_adam_
     monkeypatch.setattr(torch, "_fused_adam_",
@@ -151,9 +153,11 @@ def test_the_accelerator_direction_equals_the_cpu_one(kw):
     m0, v0 = [torch.randn_like(x) for x in w], [torch.rand_like(x) for x in w]
     runs = []
     for out in (None, [torch.empty(4, 3), torch.empty(5)]):
-        opt = Lamb([nn.Parameter(x.clone()) for x in w], lr=0.01, **kw)
+        group = Lamb([nn.Parameter(x.clone()) for x in w], lr=0.01, **kw).param_groups[0]
         m, v = [x.clone() for x in m0], [x.clone() for x in v0]
-        d = opt._direction(opt.param_groups[0], w, g, m, v, [3, 3], out)
+        variant = VARIANTS[group["rule"]]
+        d = direction(group, w, g, m, v, [3, 3], out, variant=variant,
+                      correction=variant.correction_for(group["bias_correction"]), scratch=Scratch())
         runs.append((m, v, d))
     for a, b in zip(*runs):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -161,15 +165,15 @@ def test_the_accelerator_direction_equals_the_cpu_one(kw):
 
 def test_without_a_cpu_adam_kernel_large_tensors_take_the_foreach_step(monkeypatch):
     """torch before 2.4 has no CPU fused Adam: the probe says so and nothing calls the kernel."""
-    import lambexp.optim.lamb as lamb
-    import lambexp.optim.trust as trust
+    import lambexp.optim.fast.chunks as chunks
+    import lambexp.optim.fast.foreach as foreach
 
     assert cpu_adam_kernel()  # this torch has it; one without it:
     with monkeypatch.context() as older:
         older.delattr(torch, "_fused_adam_")
         assert not cpu_adam_kernel.__wrapped__()
-    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
-    monkeypatch.setattr(lamb, "cpu_adam_kernel", lambda: False)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_NUMEL", 10)
+    monkeypatch.setattr(foreach, "cpu_adam_kernel", lambda: False)
     monkeypatch.setattr(torch, "_fused_adam_", None)  # a call would raise TypeError
     data = batches(5)
     a, b = small_net(), small_net()
@@ -178,9 +182,9 @@ def test_without_a_cpu_adam_kernel_large_tensors_take_the_foreach_step(monkeypat
 
 
 def test_a_zero_large_tensor_takes_r_equal_1_through_the_kernel(monkeypatch):
-    import lambexp.optim.trust as trust
+    import lambexp.optim.fast.chunks as chunks
 
-    monkeypatch.setattr(trust, "CPU_CHUNK_NUMEL", 10)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_NUMEL", 10)
     for rule in ("blog", "paper"):
         a, b = small_net(), small_net()
         for net in (a, b):
@@ -194,7 +198,6 @@ def test_a_zero_large_tensor_takes_r_equal_1_through_the_kernel(monkeypatch):
 
 
 def test_scratch_reuses_its_memory_and_grows_for_a_larger_chunk():
-    from lambexp.optim.trust import Scratch
 
     scratch = Scratch()
     small = scratch.like(0, [torch.zeros(2, 3), torch.zeros(4)])
@@ -211,7 +214,6 @@ def test_scratch_reuses_its_memory_and_grows_for_a_larger_chunk():
 def test_scratch_views_have_the_layout_and_alignment_of_their_tensors():
     """A reduction over a view adds in the order a tensor of its own would (same strides, a
     64-byte boundary), so the step is bit for bit the one that allocates fresh temporaries."""
-    from lambexp.optim.trust import Scratch
 
     conv = torch.zeros(20, 1, 5, 5).to(memory_format=torch.channels_last)
     xs = [torch.zeros(3), conv, torch.zeros(7, 9), torch.zeros(5).expand(4, 5)]

@@ -154,7 +154,7 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
 
 
 def fused_supports(arm) -> bool:
-    """Whether the compiled step (lambexp.optim.fused) runs this arm as the rule says: one of its
+    """Whether the compiled step (lambexp.optim.fast.fused) runs this arm as the rule says: one of its
     rules, every tensor given the ratio, unclipped."""
     return (arm.rule in FUSED_RULES and arm.trust_clip is None and arm.always_adapt
             and not arm.exclude_from_trust)

@@ -8,11 +8,9 @@ import torch
 from torch import Tensor
 
 from lambexp.optim import rules
-from lambexp.optim.trust import (
-    TrustRatioOptimizer,
-    check_range,
-    in_cache_chunks,
-)
+from lambexp.optim.fast import foreach
+from lambexp.optim.fast.chunks import in_cache_chunks
+from lambexp.optim.trust import TrustRatioOptimizer, check_range
 
 
 class Lars(TrustRatioOptimizer):
@@ -68,17 +66,5 @@ class Lars(TrustRatioOptimizer):
         return [torch.stack(col) for col in zip(*out)]
 
     def _foreach_step(self, group: dict, w: list[Tensor]):
-        lam = group["weight_decay"]
-        g = [p.grad for p in w]
-        buf = [self.state[p]["buf"] for p in w]
-        r1 = torch.stack(torch._foreach_norm(w))
-        r2 = torch.stack(torch._foreach_norm(g)) + lam * r1
-        r = rules.ratio(group["trust_coefficient"] * r1, r2)
-        d = torch._foreach_add(g, w, alpha=lam) if lam else g  # g + λ·w
-        torch._foreach_mul_(buf, group["momentum"])
-        if group["sgd"]:
-            torch._foreach_add_(buf, d, alpha=group["lr"])
-        else:
-            torch._foreach_addcmul_(buf, d, list((r * group["lr"]).unbind()))
-        torch._foreach_sub_(w, buf)  # w ← w − buf
-        return r, r1, r2
+        """``fast.foreach.lars_step`` on one cache-sized run of ``w``."""
+        return foreach.lars_step(group, w, [p.grad for p in w], [self.state[p]["buf"] for p in w])

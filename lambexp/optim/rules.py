@@ -1,7 +1,7 @@
 """The update rules of docs/rules.md as pure functions: tensors and hyper-parameters in, new tensors out.
 
-These are the reference. Each line is one equation of docs/rules.md; the fast steps (the multi-tensor
-step in ``lamb.py`` / ``lars.py``, the compiled kernels of ``fused.py``) are tested against them,
+These are the reference. Each line is one equation of docs/rules.md; the fast steps of ``optim/fast/``
+(the multi-tensor steps of ``foreach.py``, the compiled kernels of ``fused.py``) are tested against them,
 never the other way round, and share their small pieces from here: ``rms``/``rms_each``,
 ``clamped`` (the paper's φ) and ``ratio``.
 """

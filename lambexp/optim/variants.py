@@ -99,4 +99,4 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 RULES = tuple(VARIANTS)
 DEFAULT_EPS = {name: variant.eps for name, variant in VARIANTS.items()}
 TORCH_ADAM_EPS = 1e-8  # torch.optim.Adam's own default, for the torch_adam arms
-COMPILED_RULES = ("blog", "paper", "readme2019")  # the rules lambexp.optim.fused compiles
+COMPILED_RULES = ("blog", "paper", "readme2019")  # the rules lambexp.optim.fast.fused compiles

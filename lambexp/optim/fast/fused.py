@@ -1,11 +1,14 @@
-"""``Lamb(fused=True)``'s step: the rules of ``rules.py`` as torch.compile'd (inductor) kernels,
-a tensor's whole update in one call. Hyper-parameters travel as a tensor, so a new step size never
-recompiles; nothing is compiled before the first fused step."""
+"""``Lamb(fused=True)``'s step, speed only: the rules of ``rules.py`` as torch.compile'd (inductor)
+kernels, a tensor's whole update in one call, and ``FusedStep``, which runs them over a param group.
+Hyper-parameters travel as a tensor, so a new step size never recompiles; nothing is compiled
+before the first fused step. tests/test_optim_fused.py holds them equal to the reference."""
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -161,3 +164,79 @@ def kernel(rule: str):
             raise CompileFailed(str(err)) from err
 
     return step
+
+
+class FusedStep:
+    """The compiled step over one param group's tensors: one kernel call per large tensor, one for
+    all the small ones laid end to end. If torch.compile fails, it warns once, steps the tensors
+    not yet stepped with ``foreach``, and ``failed`` stays set (later steps take foreach)."""
+
+    def __init__(self):
+        self.failed = False
+        self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # (device, sizes) -> seg, sizes
+
+    def __call__(self, group: dict, w: list[Tensor], state: dict, *,
+                 reference: Callable[[dict, list[Tensor]], list[Tensor]],
+                 foreach: Callable[[list[Tensor]], list[Tensor]]) -> list[Tensor]:
+        """Step ``w`` (their moments in ``state``); returns r, r1, r2 as vectors in the order of
+        ``w``. ``reference`` steps an empty tensor (whose RMS would divide 0 by 0); ``foreach``
+        is the fallback."""
+        done, stats = [], []  # indices into w stepped so far, and their (3, k) columns r, r1, r2
+        try:
+            step = kernel(group["rule"])
+            for t, index in _by_step(state, w).items():
+                hp = hyper_parameters(group, t, w[index[0]])
+                small = [j for j in index if packable(w[j], state[w[j]])]
+                if small:  # even one: its own graph would bring one more compile
+                    stats.append(self._packed(step, [w[j] for j in small], state, hp))
+                    done += small
+                for j in sorted(set(index) - set(done)):
+                    p = w[j]
+                    if p.numel() == 0:
+                        stats.append(torch.stack(reference(group, [p])))
+                    else:
+                        stats.append(step(*_flat(p, p.grad, state[p]["m"], state[p]["v"]), hp)[:, None])
+                    done.append(j)
+        except CompileFailed as err:
+            self.failed = True
+            warnings.warn(f"Lamb(fused=True): torch.compile failed, using the foreach step "
+                          f"instead ({str(err).strip().splitlines()[0]})", stacklevel=4)
+            rest = sorted(set(range(len(w))) - set(done))
+            stats.append(torch.stack(foreach([w[j] for j in rest])))
+            done += rest
+        table = torch.cat(stats, dim=1)
+        if done != sorted(done):  # back to the order of w
+            table = table[:, torch.tensor(done, device=table.device).argsort()]
+        return list(table)
+
+    def _packed(self, step, w: list[Tensor], state: dict, hp: Tensor) -> Tensor:
+        """Small tensors laid end to end through one kernel call; returns their (3, T) stats."""
+        sizes = tuple(p.numel() for p in w)
+        key = (w[0].device, sizes)
+        if key not in self._layouts:
+            if len(self._layouts) >= 16:  # the set of tensors with a gradient keeps changing
+                self._layouts.clear()
+            self._layouts[key] = pack(w)
+        flat_w = [p.view(-1) for p in w]
+        flat_m = [state[p]["m"].view(-1) for p in w]
+        flat_v = [state[p]["v"].view(-1) for p in w]
+        packed = [torch.cat(xs) for xs in (flat_w, [p.grad.reshape(-1) for p in w], flat_m, flat_v)]
+        stats = step(*packed, hp, *self._layouts[key])
+        for xs, x in zip((flat_w, flat_m, flat_v), (packed[0], packed[2], packed[3])):
+            torch._foreach_copy_(xs, x.split(sizes))
+        return stats
+
+
+def _by_step(state: dict, w: list[Tensor]) -> dict[int, list[int]]:
+    """Indices of ``w`` by step count (one entry unless tensors joined at different steps)."""
+    index: dict[int, list[int]] = {}
+    for j, p in enumerate(w):
+        index.setdefault(state[p]["step"], []).append(j)
+    return index
+
+
+def _flat(*xs: Tensor) -> list[Tensor]:
+    """1-D views of same-shaped tensors when all are contiguous, so one graph fits every shape."""
+    if all(x.is_contiguous() for x in xs):
+        return [x.view(-1) for x in xs]
+    return list(xs)
