@@ -380,8 +380,11 @@ def test_overridden_values_are_validated_like_the_file():
 
 # --- YAML round trip -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("stem", SHIPPED)
+@pytest.mark.parametrize("stem", sorted(str(p.relative_to(CONFIGS).with_suffix(""))
+                                        for p in CONFIGS.rglob("*.yaml")))
 def test_resolved_yaml_loads_back_to_an_equal_experiment(stem, tmp_path):
+    """Every bundled config, beyond/ too: each run folder's config.yaml is this text, and report,
+    resume and reproduce read it back."""
     exp = load_experiment(CONFIGS / f"{stem}.yaml", ["arms.0.eval_interval=50", "data_dir=/d"])
     saved = tmp_path / "resolved.yaml"
     saved.write_text(experiment_to_yaml(exp))
@@ -389,6 +392,20 @@ def test_resolved_yaml_loads_back_to_an_equal_experiment(stem, tmp_path):
     assert back.source == saved
     assert back.model_copy(update={"source": exp.source}) == exp
     assert experiment_to_yaml(back) == experiment_to_yaml(exp)
+
+
+def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_moot():
+    """timm has no clamp: clamp 5 would be ignored, so it is an error; the default (10, what run
+    folders of an earlier version recorded) and null change nothing and load; the record omits it."""
+    with pytest.raises(ConfigError) as err:
+        parse_experiment("name: e\nrule: timm\narms: [{name: a, clamp: 5}]\n")
+    assert "arms[0].clamp: rule timm has no clamp (arm a); trust_clip clips r (got 5.0)" in str(err.value)
+    for moot in ("10.0", "10", "null"):
+        exp = parse_experiment(f"name: e\nrule: timm\narms: [{{name: a, clamp: {moot}}}]\n")
+        assert exp.arms[0].rule == "timm"
+    record = experiment_to_yaml(parse_experiment("name: e\nrule: timm\narms: [{name: a}]\n"))
+    assert "clamp" not in record and "  trust_clip: null\n" in record
+    assert "  clamp: 10.0\n" in experiment_to_yaml(parse_experiment("name: e\nrule: paper\narms: [{name: a}]\n"))
 
 
 def test_resolved_yaml_states_every_setting_of_every_arm():

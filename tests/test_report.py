@@ -390,7 +390,32 @@ def test_new_claims_on_unchanged_arms_reuse_the_runs(tiny_mnist_env, tmp_path):
     assert "Adam trains too" in (out / "REPORT.md").read_text()
     config.write_text(SHARED_A.replace("epochs: 1", "epochs: 2"))
     changed = CliRunner().invoke(app, args)
-    assert changed.exit_code == 2 and "its arms differ" in changed.output
+    assert changed.exit_code == 2 and "its arms differ: adam (changed), lamb (changed)" in changed.output
+    assert "Adam trains too" in (out / "exp_a" / "config.yaml").read_text()  # the old one kept
+
+
+def test_an_added_arm_trains_and_the_others_are_kept(tiny_mnist_env, tmp_path):
+    """Adding an arm to a config keeps the finished runs and trains the new one alone; removing an
+    arm (its runs would vanish from the report) is refused, naming it, and changes nothing."""
+    config = tmp_path / "toy.yaml"
+    config.write_text(SHARED_A)
+    out = tmp_path / "repro"
+    args = ["reproduce", str(config), "--out", str(out), "--seeds", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = (out / "exp_a" / "seed1" / "lamb" / "summary.json").read_bytes()
+    arms = SHARED_A.index("arms:\n") + len("arms:\n")
+    grown = SHARED_A[:arms] + "  - {name: lamb_lr0.02, optimizer: lamb, lr: 0.02}\n" + SHARED_A[arms:]
+    config.write_text(grown)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("finished before, skipped") == 2
+    assert (out / "exp_a" / "seed1" / "lamb" / "summary.json").read_bytes() == before
+    assert json.loads((out / "exp_a" / "seed1" / "lamb_lr0.02" / "summary.json").read_text())["settings"]["lr"] == 0.02
+    assert "lamb_lr0.02" in (out / "exp_a" / "config.yaml").read_text()
+    config.write_text(SHARED_A)  # lamb_lr0.02 removed
+    removed = CliRunner().invoke(app, args)
+    assert removed.exit_code == 2 and "its arms differ: lamb_lr0.02 (removed)" in removed.output
+    assert "lamb_lr0.02" in (out / "exp_a" / "config.yaml").read_text()
 
 
 def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_path):

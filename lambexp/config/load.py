@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from lambexp.config.measures import match_arms
 from lambexp.config.overrides import apply_overrides
 from lambexp.config.problems import MISSING, in_file_order, problem, pydantic_problems
-from lambexp.config.schema import Experiment, ExperimentSpec, Header, resolve, uses_lamb_rule
+from lambexp.config.schema import Arm, Experiment, ExperimentSpec, Header, resolve, uses_lamb_rule
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
@@ -140,7 +140,8 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
             if not lamb and _written(raw, index, key):
                 conflict(index, key, getattr(arm, key), f"only the LAMB rules have it (arm {arm.name}"
                                                         f" is optimizer {arm.optimizer})")
-        if lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp"):
+        if (lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp")
+                and arm.clamp not in (None, Arm.model_fields["clamp"].default)):  # the default: moot
             conflict(index, "clamp", arm.clamp, f"rule {arm.rule} has no clamp (arm {arm.name});"
                                                " trust_clip clips r")
         if lamb and arm.fused is True and arm.rule not in FUSED_RULES:
@@ -231,11 +232,18 @@ def experiment_to_yaml(experiment: Experiment) -> str:
     saves it beside its results so the settings used are on record.
     """
     data = experiment.model_dump(mode="json", include=set(Header.model_fields) - {"expect"})
-    data["arms"] = [{"name": arm.name, **arm.model_dump(mode="json", exclude={"name"})}
+    data["arms"] = [{"name": arm.name, **arm.model_dump(mode="json", exclude={"name", *_moot(arm)})}
                     for arm in experiment.arms]
     if experiment.expect:
         data["expect"] = [e.model_dump(mode="json", exclude_none=True) for e in experiment.expect]
     return dump_document(data)
+
+
+def _moot(arm: Arm) -> set[str]:
+    """The settings that mean nothing for this arm, left out of its record: ``clamp`` on a LAMB rule
+    without one (timm, nvlamb, optax, tfa), which the loader would read as a request for one."""
+    lamb = uses_lamb_rule(arm.optimizer)
+    return {"clamp"} if lamb and VARIANTS[arm.rule].clamp_on == "none" else set()
 
 
 def _error(source: str, *problems: str) -> ConfigError:

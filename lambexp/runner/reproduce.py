@@ -41,8 +41,9 @@ from lambexp.training.progress import NoProgress, Progress
 
 def claim_folder(exp_dir: Path, exp: Experiment, argv: Sequence[str]) -> None:
     """Create ``exp_dir`` with the resolved config, or check that it was made from the same arms.
-    A config whose arms are unchanged but whose claims or description changed replaces the old one:
-    the runs stay valid, and the report checks the new claims."""
+    A config that keeps every arm unchanged (adding arms, or changing claims or description)
+    replaces the old one: the runs stay valid, the new arms train, the report checks the new
+    claims."""
     config = exp_dir / CONFIG_FILE
     if check_folder(exp_dir, exp):
         if config.read_text() != experiment_to_yaml(exp):
@@ -57,9 +58,13 @@ def check_folder(exp_dir: Path, exp: Experiment) -> bool:
     config = exp_dir / CONFIG_FILE
     if not config.is_file():
         return False
-    if load_experiment(config).arms != exp.arms:
-        raise UserError(f"{exp_dir} holds runs of a different {exp.name} config (its arms"
-                        " differ); pass another --out, or move that folder away")
+    before = {arm.name: arm for arm in load_experiment(config).arms}
+    now = {arm.name: arm for arm in exp.arms}
+    changed = [name for name, arm in before.items() if now.get(name) != arm]
+    if changed:
+        what = ", ".join(f"{name} ({'removed' if name not in now else 'changed'})" for name in changed)
+        raise UserError(f"{exp_dir} holds runs of a different {exp.name} config (its arms differ:"
+                        f" {what}); pass another --out, or move that folder away")
     return True
 
 
