@@ -405,7 +405,8 @@ def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_moot():
         assert exp.arms[0].rule == "timm"
     record = experiment_to_yaml(parse_experiment("name: e\nrule: timm\narms: [{name: a}]\n"))
     assert "clamp" not in record and "  trust_clip: null\n" in record
-    assert "  clamp: 10.0\n" in experiment_to_yaml(parse_experiment("name: e\nrule: paper\narms: [{name: a}]\n"))
+    paper = parse_experiment("name: e\nrule: paper\narms: [{name: a}]\n")
+    assert "  clamp: 10.0\n" in experiment_to_yaml(paper)
 
 
 def test_resolved_yaml_states_every_setting_of_every_arm():

@@ -410,7 +410,8 @@ def test_an_added_arm_trains_and_the_others_are_kept(tiny_mnist_env, tmp_path):
     assert again.exit_code == 0, again.output
     assert again.output.count("finished before, skipped") == 2
     assert (out / "exp_a" / "seed1" / "lamb" / "summary.json").read_bytes() == before
-    assert json.loads((out / "exp_a" / "seed1" / "lamb_lr0.02" / "summary.json").read_text())["settings"]["lr"] == 0.02
+    added = json.loads((out / "exp_a" / "seed1" / "lamb_lr0.02" / "summary.json").read_text())
+    assert added["settings"]["lr"] == 0.02
     assert "lamb_lr0.02" in (out / "exp_a" / "config.yaml").read_text()
     config.write_text(SHARED_A)  # lamb_lr0.02 removed
     removed = CliRunner().invoke(app, args)
@@ -555,3 +556,52 @@ def test_the_arms_table_gives_each_rule_and_r_max_and_median_over_seeds(two_seed
             for line in report.splitlines() if line.startswith("| lamb |") or line.startswith("| adam |")}
     assert rows["lamb"][:1] == ["lamb (blog)"] and rows["lamb"][6:8] == ["5.75", "1"]
     assert rows["adam"][:1] == ["adam (blog)"] and rows["adam"][6:8] == ["0.2", "0.15"]
+
+
+VARIANTS_CONFIG = """\
+name: variants
+optimizer: lamb
+arms:
+  - {name: blog, rule: blog}
+  - {name: paper, rule: paper}
+  - {name: timm, rule: timm}
+sweep:
+  lr: [0.01, 0.1]
+  weight_decay: [0.0, 0.01]
+"""
+
+
+def test_the_variants_grid_table_and_figure(tmp_path):
+    """Three rules × (lr, wd): the report's variant table, worked by hand. blog at lr 0.1, wd 0:
+    seeds 0.10 and 0.12 (mean 11.00%, sample std 1.41%), both diverged; paper at lr 0.01, wd 0.01:
+    0.98 and 0.99 (98.50% ± 0.71%), none diverged; timm at lr 0.1, wd 0.01 not finished: blank."""
+    exp = tmp_path / "repro" / "variants"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(VARIANTS_CONFIG)
+    accs = {"blog_lr0.1_wd0": (0.10, 0.12), "paper_lr0.01_wd0.01": (0.98, 0.99)}
+    for seed in (1, 2):
+        for rule in ("blog", "paper", "timm"):
+            for lr in ("0.01", "0.1"):
+                for wd in ("0", "0.01"):
+                    arm = f"{rule}_lr{lr}_wd{wd}"
+                    if arm == "timm_lr0.1_wd0.01":
+                        continue
+                    acc = accs.get(arm, (0.97, 0.97))[seed - 1]
+                    write_arm(exp / f"seed{seed}" / arm, acc=[acc], losses=[2.3, 1.0],
+                              r=[[0.5, 2.0]] * 2, r1=[[1.0, 1.0]] * 2, diverged=arm == "blog_lr0.1_wd0")
+    out = tmp_path / "out"
+    report = build_report([tmp_path / "repro"], out).read_text()
+    assert "| variant | lr 0.01, wd 0 | lr 0.01, wd 0.01 | lr 0.1, wd 0 | lr 0.1, wd 0.01 |" in report
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in report.splitlines() if line.startswith(("| blog |", "| paper |", "| timm |"))}
+    assert rows["blog"][2] == "11.00% ± 1.41% · 2 of 2 diverged"
+    assert rows["paper"][1] == "98.50% ± 0.71%"
+    assert rows["blog"][0] == "97.00% ± 0.00%" and rows["timm"][3] == ""
+    assert (out / "figures" / "variants_variants.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_variants_grid_is_only_for_a_comparison_of_rules(two_seed_folder, tmp_path):
+    """One rule (the toy experiment): no variant table, no variant figure."""
+    out = tmp_path / "out"
+    report = build_report([two_seed_folder], out).read_text()
+    assert "| variant |" not in report and not list(out.glob("figures/*_variants.png"))

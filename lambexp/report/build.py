@@ -15,10 +15,11 @@ from lambexp.config.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, fmt
 from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
-from lambexp.report import figures
+from lambexp.report import figures, variants
 from lambexp.report.claims import ClaimResult, check, decades, mean_std, measure, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+from lambexp.report.variants import variant_grid
 from lambexp.training.divergence import DEFINITION
 
 MAX_ARMS_PER_PANEL_FIGURE = 12  # figures with a panel per arm: large_batch's 12 fit, a 42-arm sweep does not
@@ -127,6 +128,10 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
     else:  # one line per arm in one panel would be a legend of 42 entries: a row per group
         curves = figures.curves_by_group(title, arm_groups(exp, by_arm), curves_path, per_epoch)
     made = [(curves, "training loss and test accuracy")]
+    grid = variant_grid(runs)
+    if grid is not None:
+        made.append((figures.variant_grid(title, grid, folder / f"{label}_variants.png"),
+                     "each LAMB variant at each setting: final test accuracy and the largest r"))
     blocks: list[Block] = []
     if len(by_arm) <= MAX_ARMS_PER_PANEL_FIGURE:
         made += [
@@ -302,6 +307,10 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
         exp = runs.experiment
         blocks += [Heading(label), Para(exp.description or ""),
                    Table(ARM_COLUMNS, arm_rows(runs))]
+        grid = variant_grid(runs)
+        if grid is not None:
+            blocks += [Para("Final test accuracy of each variant at each setting, mean ± std over seeds"
+                            " (and how many seeds diverged):"), Table(*variants.table(grid))]
         blocks += experiment_figures(runs, out_dir, label)
     blocks += [Heading("Environment"),
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],

@@ -1,5 +1,6 @@
-"""The report's figures as PNG files: training curves, the post's trust-ratio ridge plots, per-layer norms
-and accuracy against batch size. Every function takes plain data (``ArmSeries``, dicts) and returns the path.
+"""The report's figures as PNG files: training curves, the post's trust-ratio ridge plots, per-layer norms,
+accuracy against batch size and learning rate, and the grid of LAMB variants. Every function takes plain
+data (``ArmSeries``, dicts, a ``Grid``) and returns the path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from lambexp.config.measures import DEFAULT_THRESHOLD, as_percent
 from lambexp.report.series import ArmSeries
+from lambexp.report.variants import Grid
 from lambexp.training.divergence import first_divergence
 
 matplotlib.use("Agg")  # files only, never a window: the report runs headless
@@ -377,5 +379,49 @@ def accuracy_vs_lr(title: str, points: dict[str, list[tuple[float, list[float], 
     handles.append(Line2D([], [], ls="", marker="X", ms=9, color="grey", mec="black"))
     labels.append("a seed diverged")
     ax.legend(handles, labels, fontsize=8, title="mean over seeds, band: min–max", title_fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+ACCURACY_FLOOR = 0.90  # the variant grid's colour scale starts here: every cell below reads alike
+
+
+def variant_grid(title: str, grid: Grid, path: Path) -> Path:
+    """Two heat maps of ``grid`` (``report.variants``), variants down, settings across: the final
+    test accuracy (mean over seeds, its colour clipped below ACCURACY_FLOOR; ✕ k/n: seeds that
+    diverged) and the largest trust ratio r (mean over seeds of the max over training and layers,
+    log colour scale). Unfinished cells stay blank."""
+    rows, columns = list(grid.rows), list(grid.columns)
+    acc = np.full((len(rows), len(columns)), np.nan)
+    r_max = np.full_like(acc, np.nan)
+    for (row, column), cell in grid.cells.items():
+        i, j = rows.index(row), columns.index(column)
+        acc[i, j], r_max[i, j] = cell.accuracy[0], cell.r_max
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.45 * len(rows)), sharey=True)
+    shown = np.where(np.isfinite(acc), np.maximum(acc, ACCURACY_FLOOR), np.nan)
+    image = axes[0].imshow(shown * 100, cmap="RdYlGn", vmin=ACCURACY_FLOOR * 100, vmax=100, aspect="auto")
+    fig.colorbar(image, ax=axes[0], label=f"final test accuracy (%), ≤ {ACCURACY_FLOOR:.0%} alike")
+    positive = r_max[np.isfinite(r_max) & (r_max > 0)]
+    norm = matplotlib.colors.LogNorm(*(positive.min(), positive.max()) if positive.size and
+                                     positive.min() < positive.max() else (0.1, 10))
+    image = axes[1].imshow(np.where(r_max > 0, r_max, np.nan), cmap="viridis", norm=norm, aspect="auto")
+    bar = fig.colorbar(image, ax=axes[1], label="largest r over training and layers (log)")
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
+    for (row, column), cell in grid.cells.items():
+        i, j = rows.index(row), columns.index(column)
+        mean, std = cell.accuracy
+        text = f"{mean:.1%}\n± {std:.1%}" if np.isfinite(mean) else "n/a"
+        if cell.diverged:
+            text += f"\n✕ {cell.diverged}/{cell.seeds} diverged"
+        axes[0].text(j, i, text, ha="center", va="center", fontsize=7)
+        light = np.isfinite(r_max[i, j]) and r_max[i, j] > 0 and norm(r_max[i, j]) > 0.6
+        axes[1].text(j, i, f"{cell.r_max:.3g}" if np.isfinite(cell.r_max) else "n/a", ha="center",
+                     va="center", fontsize=8, color="black" if light else "white")
+    for ax, what in zip(axes, ("final test accuracy, mean ± std over seeds", "max r, mean over seeds")):
+        ax.set_xticks(range(len(columns)), [grid.column_text(c) for c in columns], fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=9)
+        ax.set_title(what, fontsize=10)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)

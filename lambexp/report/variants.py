@@ -1,0 +1,98 @@
+"""The variants × settings view of an experiment that runs several LAMB rules (configs/beyond/
+lamb_variants.yaml): one row per variant, one column per (lr, weight decay), each cell the seeds'
+final test accuracy, how many diverged, and r's max and median. The report shows it as a table
+and as a figure (``figures.variant_grid``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lambexp.config.schema import uses_lamb_rule
+from lambexp.config.sweep import value_text
+from lambexp.report.claims import mean_std, measure
+from lambexp.report.collect import ExperimentRuns
+
+MIN_RULES = 3  # an experiment is a comparison of variants when its LAMB arms use this many rules
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One variant at one setting, over its finished seeds."""
+
+    accuracies: tuple[float, ...]  # final test accuracy of each seed, in [0, 1]
+    diverged: int  # seeds that diverged
+    r_max: float  # mean over seeds of the largest r over training and layers
+    r_median: float  # mean over seeds of the median r
+
+    @property
+    def seeds(self) -> int:
+        return len(self.accuracies)
+
+    @property
+    def accuracy(self) -> tuple[float, float]:
+        """Mean and standard deviation of the final test accuracy over the seeds."""
+        return mean_std(list(self.accuracies))
+
+
+@dataclass(frozen=True)
+class Grid:
+    rows: tuple[str, ...]  # variants: the arm names without their "_lr…_wd…" part, in config order
+    columns: tuple[tuple[float, float], ...]  # (lr, weight decay), ascending
+    cells: dict[tuple[str, tuple[float, float]], Cell]  # finished cells only
+
+    @staticmethod
+    def column_text(column: tuple[float, float]) -> str:
+        return f"lr {column[0]:g}, wd {column[1]:g}"
+
+
+def variant_grid(runs: ExperimentRuns) -> Grid | None:
+    """The grid of ``runs``, or None when it is not a comparison of variants: fewer than MIN_RULES
+    rules among its LAMB arms, or two arms in one cell (they differ in something else too)."""
+    arms = [a for a in runs.experiment.arms if uses_lamb_rule(a.optimizer)]
+    if len({a.rule for a in arms}) < MIN_RULES:
+        return None
+    rows: dict[str, None] = {}
+    place: dict[tuple[str, tuple[float, float]], str] = {}
+    for arm in arms:
+        column = (arm.lr, arm.weight_decay)
+        row = variant_name(arm.name, *column)
+        if (row, column) in place:
+            return None
+        rows[row] = None
+        place[row, column] = arm.name
+    cells = {}
+    for key, name in place.items():
+        series = runs.arm_runs(name)
+        if series:
+            cells[key] = Cell(tuple(s.summary.final_test_accuracy for s in series),
+                              sum(s.diverged for s in series),
+                              *(mean_std([measure(s, m) for s in series])[0] for m in ("r_max", "r_median")))
+    columns = tuple(sorted({column for _, column in place}))
+    return Grid(tuple(rows), columns, cells)
+
+
+def variant_name(arm: str, lr: float, weight_decay: float) -> str:
+    """``blog_lr0.1_wd0`` → ``blog``: the name a sweep over lr and weight decay gave the arm, less
+    the sweep's part (``config.sweep``); any other name is its own variant."""
+    for suffix in (f"_lr{value_text(lr)}_wd{value_text(weight_decay)}", f"_lr{value_text(lr)}",
+                   f"_wd{value_text(weight_decay)}"):
+        if arm.endswith(suffix) and len(arm) > len(suffix):
+            return arm[: -len(suffix)]
+    return arm
+
+
+def cell_text(cell: Cell | None) -> str:
+    """"98.91% ± 0.05%", with "· k of n diverged" when any did; empty when not finished."""
+    if cell is None:
+        return ""
+    mean, std = cell.accuracy
+    text = f"{mean:.2%} ± {std:.2%}" if math.isfinite(mean) else "n/a"
+    return text + (f" · {cell.diverged} of {cell.seeds} diverged" if cell.diverged else "")
+
+
+def table(grid: Grid) -> tuple[list[str], list[list[str]]]:
+    """The grid as a table: header and rows, one per variant."""
+    header = ["variant", *(Grid.column_text(c) for c in grid.columns)]
+    return header, [[row, *(cell_text(grid.cells.get((row, c))) for c in grid.columns)]
+                    for row in grid.rows]
