@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -246,10 +247,30 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                   " their number; train nothing")] = False,
               strict: Annotated[bool, typer.Option(
                   "--strict", help="exit 1 unless every claim is REPRODUCED (for CI)")] = False,
-              jobs: Annotated[int, typer.Option(
-                  "--jobs", "-j", help="trainings at once, each in a process of its own with its share"
-                  " of the CPU threads (or a GPU of its own); results equal --jobs 1's to float rounding"
-                  )] = 1,
+              jobs: Annotated[int | None, typer.Option(
+                  "--jobs", "-j", help="trainings at once. local: worker processes, each with its share"
+                  " of the CPU threads (or a GPU of its own), default 1; results equal --jobs 1's to float"
+                  " rounding. ray: tasks submitted at once; slurm: the array's parallelism (default: no"
+                  " limit)", show_default=False)] = None,
+              launcher: Annotated[str, typer.Option(
+                  help="where the trainings run: local (this machine), ray (a Ray cluster: pip install"
+                  " 'lambexp[ray]'), slurm (a Slurm job array through submitit: pip install"
+                  " 'lambexp[slurm]'); docs/distributed.md")] = "local",
+              cpus_per_training: Annotated[int, typer.Option(
+                  help="ray, slurm: CPUs each training asks for (and torch's threads in it)")] = 1,
+              gpus_per_training: Annotated[float, typer.Option(
+                  help="ray, slurm: GPUs each training asks for (ray takes fractions: 0.25 puts four"
+                  " on a GPU)")] = 0,
+              ray_address: Annotated[str | None, typer.Option(
+                  help="ray: the cluster to join (default: $RAY_ADDRESS, a cluster started here with"
+                  " `ray start --head`, else a new one on this machine)", show_default=False)] = None,
+              slurm_partition: Annotated[str | None, typer.Option(
+                  help="slurm: the partition (default: the cluster's)", show_default=False)] = None,
+              slurm_time: Annotated[int, typer.Option(
+                  help="slurm: minutes each training may take (--time)")] = 60,
+              slurm_cluster: Annotated[str, typer.Option(
+                  help="slurm: 'local' runs the same job array as processes on this machine (submitit's"
+                  " local executor), to try it before a cluster")] = "slurm",
               data_dir: DataDir = None, quiet: QuietReport = False, debug: Debug = False):
     """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
     figures: which of the post's claims hold, k of n seeds each.
@@ -271,9 +292,12 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                 check_folder(out / exp.name, exp)  # the same refusal reproduce would give
             typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out, stop))))
             return
+        launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
+                           slurm_partition, slurm_time, slurm_cluster, ctx)
         lead, quiet = _begin_training(quiet)
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
-                progress_for=_progress(quiet), stop_requested=stop, jobs=jobs)
+                progress_for=_progress(quiet), stop_requested=stop,
+                jobs=1 if launch or jobs is None else jobs, launch=launch)
         if lead:
             runs = load_runs([out])  # every experiment finished in OUT
             report_path = build_report([out], out, runs)
@@ -285,6 +309,48 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                 for claim, verdict in failed:
                     typer.echo(f"strict: {verdict}: {claim}", err=True)
                 raise typer.Exit(1)
+
+
+LAUNCHERS = ("local", "ray", "slurm")
+
+
+def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ray_address: str | None,
+              partition: str | None, minutes: int, cluster: str, ctx: typer.Context):
+    """--launcher and its options → None (this machine) or the launch function with its options
+    bound (lambexp.runner.plan.Launch); an option of another launcher is refused by name."""
+    if kind not in LAUNCHERS:
+        raise UserError(f"--launcher: one of {', '.join(LAUNCHERS)} (got {kind!r})")
+    given = {name for name, value in ctx.params.items()  # typer's ParameterSource is not click's
+             if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE" and value is not None}
+    only = {"cpus_per_training": ("ray", "slurm"), "gpus_per_training": ("ray", "slurm"),
+            "ray_address": ("ray",), "slurm_partition": ("slurm",), "slurm_time": ("slurm",),
+            "slurm_cluster": ("slurm",)}
+    for name, kinds in only.items():
+        if name in given and kind not in kinds:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} applies to --launcher {' or '.join(kinds)} (this is --launcher {kind})")
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs: must be at least 1 (got {jobs})")
+    if cpus < 1 or gpus < 0 or minutes < 1:
+        raise UserError("--cpus-per-training and --slurm-time must be at least 1, --gpus-per-training"
+                        " at least 0")
+    if kind == "ray":
+        from lambexp.runner.on_ray import need_ray, run_on_ray
+
+        need_ray()
+        return partial(run_on_ray, address=ray_address, cpus=cpus, gpus=gpus, max_in_flight=jobs)
+    if kind == "slurm":
+        from lambexp.runner.on_slurm import CLUSTERS, SlurmOptions, need_submitit, run_on_slurm
+
+        if cluster not in CLUSTERS:
+            raise UserError(f"--slurm-cluster: one of {', '.join(CLUSTERS)} (got {cluster!r})")
+        if gpus != int(gpus):
+            raise UserError(f"--gpus-per-training: Slurm takes whole GPUs (got {gpus:g})")
+        need_submitit()
+        options = SlurmOptions(partition=partition, time_minutes=minutes, cpus=cpus, gpus=int(gpus),
+                               parallelism=jobs, cluster=cluster)
+        return partial(run_on_slurm, folder=out / ".submitit", options=options)
+    return None
 
 
 @app.command()

@@ -2,9 +2,10 @@
 the CPU threads (or its own GPU, through CUDA_VISIBLE_DEVICES), so a machine of several cores or GPUs
 gets through a sweep N times sooner.
 
-Each worker process trains one arm at a time exactly as `reproduce` does in one process (run_arm:
-checkpoints, summary, TensorBoard). With as many threads as one process would have, results are
-bit for bit those of ``--jobs 1``; with fewer threads each (the usual case), equal to float rounding.
+Each worker process trains one arm at a time exactly as `reproduce` does in one process
+(``task.train_task``: checkpoints, summary, TensorBoard). With as many threads as one process would
+have, results are bit for bit those of ``--jobs 1``; with fewer threads each (the usual case), equal
+to float rounding.
 Ctrl-C or SIGTERM reaches every worker: each checkpoints its arm, and the parent raises Interrupted.
 """
 
@@ -16,13 +17,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from multiprocessing import active_children, get_context
 from pathlib import Path
 
-from lambexp.config import Arm
 from lambexp.errors import Interrupted, UserError
-from lambexp.output import pct
 from lambexp.runner.plan import Training, unfinished
+from lambexp.runner.task import INTERRUPTED, say_result, train_task
 
 _STOP = None  # in a worker: its graceful-stop flag (the worker's own process, set at start)
-_INPUTS: dict = {}  # in a worker: MNIST loaded once per (folder, device), reused by its trainings
 
 
 def _start_worker(threads: int, gpus: list[str], counter) -> None:
@@ -45,19 +44,8 @@ def _start_worker(threads: int, gpus: list[str], counter) -> None:
 
 
 def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict | None]:
-    """In a worker: train one arm into ``arm_dir``; ("finished" | "interrupted", its summary)."""
-    from lambexp.runner.experiment import ArmInputs, run_arm
-    from lambexp.training.progress import NoProgress
-
-    arm = Arm.model_validate_json(arm_json)
-    if data_dir not in _INPUTS:
-        _INPUTS[data_dir] = ArmInputs([arm], Path(data_dir) if data_dir else None, say=lambda s: None)
-    data, device = _INPUTS[data_dir].data(arm)
-    try:
-        summary = run_arm(arm, data, device, Path(arm_dir), NoProgress(), stop_requested=_STOP)
-    except Interrupted:
-        return "interrupted", None
-    return "finished", summary.to_json()
+    """In a worker: ``task.train_task`` with the worker's graceful-stop flag."""
+    return train_task(arm_json, arm_dir, data_dir, stop_requested=_STOP)
 
 
 def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
@@ -101,12 +89,7 @@ def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
                     raise type(err)(f"{label}: {err}") from None
                 except Exception as err:  # a worker died or failed: say which training
                     raise UserError(f"{label}: its training failed in a worker process ({err})") from err
-                if status == "interrupted":
-                    interrupted = True
-                    say(f"{label}: interrupted, checkpointed")
-                else:
-                    accuracy = summary.get("final_test_accuracy")
-                    say(f"{label}: finished" + (f", final test accuracy {pct(accuracy)}"
-                                                if accuracy is not None else ""))
+                interrupted |= status == INTERRUPTED
+                say_result(label, status, summary, say)
     if interrupted or stop_requested():
         raise Interrupted("with every running training checkpointed; the finished ones are kept")

@@ -33,7 +33,7 @@ from lambexp.runner.experiment import (
     setting_changes,
     write_run_header,
 )
-from lambexp.runner.plan import Say, Training, link_shared, make_plan, unfinished
+from lambexp.runner.plan import Launch, Say, Training, link_shared, make_plan, unfinished
 from lambexp.training.checkpoint import recorded_settings
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -104,10 +104,13 @@ def load_all(configs: Sequence[Path], seeds: int = 1) -> list[Experiment]:
 def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path | None = None,
               argv: Sequence[str] = (), say: Say = print, jobs: int = 1,
               progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
-              stop_requested: Callable[[], bool] = lambda: False) -> list[Path]:
+              stop_requested: Callable[[], bool] = lambda: False,
+              launch: Launch | None = None) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
     experiment folders. Every config is validated, and MNIST checked, before anything runs.
-    ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs)."""
+    ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs).
+    ``launch``: send the trainings elsewhere instead (``on_ray.run_on_ray``, ``on_slurm.run_on_slurm``
+    with their options bound), called as ``launch(work, data_dir, say, stop_requested)``."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
     exps = load_all(configs, seeds)
@@ -123,7 +126,11 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
             return plan.trainings
 
         work = world.from_lead(prepare)
-        if jobs > 1:
+        if launch is not None:
+            if world.active:
+                raise UserError("--launcher: under torchrun the processes are torchrun's; drop --launcher")
+            launch(work, data_dir, say, stop_requested)
+        elif jobs > 1:
             if world.active:
                 raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
             from lambexp.runner.jobs import run_in_parallel

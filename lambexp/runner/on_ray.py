@@ -1,0 +1,81 @@
+"""`lambexp reproduce --launcher ray`: each training a Ray task, on a Ray cluster or a local one.
+
+``ray.init(address)`` joins the cluster at ``address`` (or $RAY_ADDRESS, or a cluster started on this
+machine with `ray start --head`), else starts one here. Each unfinished training becomes one task
+asking for its CPUs (and GPUs); the task trains the arm into its folder (``task.train_task``), so
+``--out`` must be a folder every node sees (a shared file system), and lambexp and MNIST must be
+installed there (docs/distributed.md). Ctrl-C cancels every task submitted: a training stopped
+mid-way continues from its last checkpoint on the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from lambexp.errors import Interrupted, UserError
+from lambexp.runner.plan import Training, unfinished
+from lambexp.runner.task import say_result, train_task
+
+WAIT_SECONDS = 1.0  # how often the launcher looks at Ctrl-C while tasks run
+
+
+def need_ray():
+    """The ray module, or a UserError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--launcher ray needs Ray, an optional extra: pip install 'lambexp[ray]'") from None
+    return ray
+
+
+def run_on_ray(work: list[Training], data_dir: Path | None, say: Callable[[str], None],
+               stop_requested: Callable[[], bool], *, address: str | None = None, cpus: int = 1,
+               gpus: float = 0, max_in_flight: int | None = None) -> None:
+    """Train the unfinished trainings of ``work`` as Ray tasks of ``cpus`` CPUs and ``gpus`` GPUs
+    each, at most ``max_in_flight`` submitted at once (None: all)."""
+    ray = need_ray()
+    pending = unfinished(work, say)
+    if not pending:
+        return
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UserError(f"--launcher ray: cannot reach or start a Ray cluster"
+                            f"{f' at {address}' if address else ''}: {err}") from None
+    task = ray.remote(train_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    resources = ray.cluster_resources()
+    say(f"{len(pending)} trainings as Ray tasks of {cpus:g} CPU{'s' * (cpus != 1)}"
+        + (f" and {gpus:g} GPU{'s' * (gpus != 1)}" if gpus else "")
+        + f" each, on a cluster of {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs")
+    queue, running = list(pending), {}
+    data = str(data_dir) if data_dir else None
+    try:
+        while queue or running:
+            if stop_requested():
+                raise Interrupted("the Ray tasks were cancelled; the finished trainings are kept,"
+                                  " the others continue from their last checkpoint")
+            while queue and (max_in_flight is None or len(running) < max_in_flight):
+                t = queue.pop(0)
+                say(f"{t.label}: {'continuing' if t.folder.exists() else 'submitted'}")
+                running[task.remote(t.arm.model_dump_json(), str(t.folder), data, cpus)] = t.label
+            done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in done:
+                label = running.pop(ref)
+                try:
+                    status, summary = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if err.cause is not None else err
+                    if isinstance(cause, UserError):
+                        raise type(cause)(f"{label}: {cause}") from None
+                    raise UserError(f"{label}: its training failed in a Ray task ({cause!r})") from None
+                except ray.exceptions.RayError as err:  # a worker or node died
+                    raise UserError(f"{label}: its Ray task was lost ({type(err).__name__}: "
+                                    f"{str(err).strip().splitlines()[0]})") from None
+                say_result(label, status, summary, say)
+    finally:
+        for ref in running:  # Ctrl-C, or a failure: nothing keeps training unseen
+            ray.cancel(ref, force=True)
