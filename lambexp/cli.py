@@ -286,14 +286,14 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         from lambexp.runner.reproduce import reproduce as run_all
 
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
+        launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
+                           slurm_partition, slurm_time, slurm_cluster, ctx, installed=not plan)
         if plan:
             exps = load_all(paths, seeds)
             for exp in exps:
                 check_folder(out / exp.name, exp)  # the same refusal reproduce would give
             typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out, stop))))
             return
-        launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
-                           slurm_partition, slurm_time, slurm_cluster, ctx)
         lead, quiet = _begin_training(quiet)
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
                 progress_for=_progress(quiet), stop_requested=stop,
@@ -315,9 +315,11 @@ LAUNCHERS = ("local", "ray", "slurm")
 
 
 def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ray_address: str | None,
-              partition: str | None, minutes: int, cluster: str, ctx: typer.Context):
+              partition: str | None, minutes: int, cluster: str, ctx: typer.Context,
+              installed: bool = True):
     """--launcher and its options → None (this machine) or the launch function with its options
-    bound (lambexp.runner.plan.Launch); an option of another launcher is refused by name."""
+    bound (lambexp.runner.plan.Launch); an option of another launcher is refused by name.
+    ``installed``: refuse a launcher whose extra is missing (not for --plan, which trains nothing)."""
     if kind not in LAUNCHERS:
         raise UserError(f"--launcher: one of {', '.join(LAUNCHERS)} (got {kind!r})")
     given = {name for name, value in ctx.params.items()  # typer's ParameterSource is not click's
@@ -337,7 +339,8 @@ def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ra
     if kind == "ray":
         from lambexp.runner.on_ray import need_ray, run_on_ray
 
-        need_ray()
+        if installed:
+            need_ray()
         return partial(run_on_ray, address=ray_address, cpus=cpus, gpus=gpus, max_in_flight=jobs)
     if kind == "slurm":
         from lambexp.runner.on_slurm import CLUSTERS, SlurmOptions, need_submitit, run_on_slurm
@@ -346,7 +349,8 @@ def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ra
             raise UserError(f"--slurm-cluster: one of {', '.join(CLUSTERS)} (got {cluster!r})")
         if gpus != int(gpus):
             raise UserError(f"--gpus-per-training: Slurm takes whole GPUs (got {gpus:g})")
-        need_submitit()
+        if installed:
+            need_submitit()
         options = SlurmOptions(partition=partition, time_minutes=minutes, cpus=cpus, gpus=int(gpus),
                                parallelism=jobs, cluster=cluster)
         return partial(run_on_slurm, folder=out / ".submitit", options=options)

@@ -395,12 +395,14 @@ def test_resolved_yaml_loads_back_to_an_equal_experiment(stem, tmp_path):
 
 
 def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_moot():
-    """timm has no clamp: clamp 5 would be ignored, so it is an error; the default (10, what run
-    folders of an earlier version recorded) and null change nothing and load; the record omits it."""
+    """timm has no clamp: clamp 5 or null would be ignored, so they are errors; the default (10,
+    what run folders of an earlier version recorded) changes nothing and loads; the record omits it."""
     with pytest.raises(ConfigError) as err:
         parse_experiment("name: e\nrule: timm\narms: [{name: a, clamp: 5}]\n")
     assert "arms[0].clamp: rule timm has no clamp (arm a); trust_clip clips r (got 5.0)" in str(err.value)
-    for moot in ("10.0", "10", "null"):
+    with pytest.raises(ConfigError, match=r"rule timm has no clamp \(arm a\); .* \(got null\)"):
+        parse_experiment("name: e\nrule: timm\narms: [{name: a, clamp: null}]\n")
+    for moot in ("10.0", "10"):
         exp = parse_experiment(f"name: e\nrule: timm\narms: [{{name: a, clamp: {moot}}}]\n")
         assert exp.arms[0].rule == "timm"
     record = experiment_to_yaml(parse_experiment("name: e\nrule: timm\narms: [{name: a}]\n"))

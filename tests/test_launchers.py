@@ -98,29 +98,50 @@ def test_slurm_array_trains_what_jobs_1_trains_and_skips_it_on_a_rerun(tiny_mnis
     assert again.returncode == 0 and again.stdout.count("finished before, skipped") == 4
 
 
-@pytest.mark.slow
-def test_ctrl_c_cancels_the_slurm_tasks_which_checkpoint_and_continue(tiny_mnist_env, tmp_path):
-    """SIGINT to `reproduce` while the array runs: exit 130 naming what happened; each task got
-    SIGTERM and checkpointed its arm (no task left running); the rerun finishes every arm."""
-    config = tmp_path / "long.yaml"
-    config.write_text(tiny_config(epochs="60"))  # 240 steps and 60 checkpoints a training
-    out = tmp_path / "slurm"
-    args = ("--launcher", "slurm", "--slurm-cluster", "local")
+def start_when_checkpointed(config, out, args) -> subprocess.Popen:
+    """`reproduce` of ``config`` (one seed) in the background, returned once both arms have written
+    a checkpoint (their tasks are running)."""
     proc = subprocess.Popen(lambexp_argv("reproduce", config, "--seeds", "1", "--out", out, *args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = [out / "tiny" / "seed1" / arm / CHECKPOINT_FILE for arm in ("adam", "lamb")]
+    mtimes = {c: c.stat().st_mtime_ns if c.exists() else 0 for c in checkpoints}
     deadline = time.monotonic() + 300
-    while not all(c.exists() for c in checkpoints) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
+    while not all(c.exists() and c.stat().st_mtime_ns != mtimes[c] for c in checkpoints):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
+    return proc
+
+
+def tasks_running() -> list[str]:
+    """The pids of submitit's local task processes."""
+    return subprocess.run(["pgrep", "-f", "submitit.core._submit"], capture_output=True,
+                          text=True).stdout.split()
+
+
+@pytest.mark.slow
+def test_slurm_tasks_stop_cleanly_at_the_time_limit_and_on_ctrl_c_and_continue(tiny_mnist_env, tmp_path):
+    """SIGUSR2 to each task (what Slurm sends, through submitit, 90 s before --slurm-time): each
+    checkpoints and returns; the command says they ran out of time (exit 2). Rerun, then SIGINT to
+    `reproduce` while the tasks run: exit 130, every task cancelled (SIGTERM, a checkpoint) and
+    none left running, nothing finished. The third run finishes every arm."""
+    config = tmp_path / "long.yaml"
+    config.write_text(tiny_config(epochs="60"))  # 240 steps and 60 checkpoints a training
+    out = tmp_path / "slurm"
+    args = ("--launcher", "slurm", "--slurm-cluster", "local", "--jobs", "2")
+    proc = start_when_checkpointed(config, out, args)
+    for pid in tasks_running():
+        os.kill(int(pid), signal.SIGUSR2)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert "2 trainings reached --slurm-time (60 min) and were checkpointed: run the same" in stderr
+    proc = start_when_checkpointed(config, out, args)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "the job array's unfinished tasks were cancelled" in stderr
+    assert tasks_running() == [], "a cancelled task still runs"
     for arm in ("adam", "lamb"):
         assert summary_json(out / "tiny" / "seed1" / arm)["status"] != "finished"
-    left = subprocess.run(["pgrep", "-f", "submitit.core._submit"], capture_output=True, text=True)
-    assert left.stdout.strip() == "", "a cancelled task still runs"
     again = subprocess.run(lambexp_argv("reproduce", config, "--seeds", "1", "--out", out, *args),
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
@@ -151,9 +172,10 @@ def test_a_launcher_without_its_extra_says_how_to_install_it(module, launcher, e
 ])
 def test_launcher_options_out_of_place_are_refused(args, message, tmp_path):
     (tmp_path / "toy.yaml").write_text(TOY)
-    result = invoke("reproduce", tmp_path / "toy.yaml", "--out", tmp_path / "out", *args)
-    assert result.exit_code == 2 and message in result.output, result.output
-    assert not (tmp_path / "out").exists()
+    for plan in ([], ["--plan"]):
+        result = invoke("reproduce", tmp_path / "toy.yaml", "--out", tmp_path / "out", *args, *plan)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="a Slurm cluster is here")

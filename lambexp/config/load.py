@@ -141,7 +141,7 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
                 conflict(index, key, getattr(arm, key), f"only the LAMB rules have it (arm {arm.name}"
                                                         f" is optimizer {arm.optimizer})")
         if (lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp")
-                and arm.clamp not in (None, Arm.model_fields["clamp"].default)):  # the default: moot
+                and arm.clamp != Arm.model_fields["clamp"].default):  # the default: moot (old records)
             conflict(index, "clamp", arm.clamp, f"rule {arm.rule} has no clamp (arm {arm.name});"
                                                " trust_clip clips r")
         if lamb and arm.fused is True and arm.rule not in FUSED_RULES:

@@ -75,8 +75,8 @@ def variant_grid(runs: ExperimentRuns) -> Grid | None:
 def variant_name(arm: str, lr: float, weight_decay: float) -> str:
     """``blog_lr0.1_wd0`` → ``blog``: the name a sweep over lr and weight decay gave the arm, less
     the sweep's part (``config.sweep``); any other name is its own variant."""
-    for suffix in (f"_lr{value_text(lr)}_wd{value_text(weight_decay)}", f"_lr{value_text(lr)}",
-                   f"_wd{value_text(weight_decay)}"):
+    lr_part, wd_part = f"_lr{value_text(lr)}", f"_wd{value_text(weight_decay)}"
+    for suffix in (lr_part + wd_part, wd_part + lr_part, lr_part, wd_part):  # either sweep order
         if arm.endswith(suffix) and len(arm) > len(suffix):
             return arm[: -len(suffix)]
     return arm

@@ -11,6 +11,7 @@ mid-way continues from its last checkpoint on the next run.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,12 +41,16 @@ def run_on_ray(work: list[Training], data_dir: Path | None, say: Callable[[str],
     if not pending:
         return
     if not ray.is_initialized():
+        ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(f"--launcher ray: cannot reach or start a Ray cluster"
                             f"{f' at {address}' if address else ''}: {err}") from None
+        finally:  # ray.init makes SIGTERM exit at once: Ctrl-C and SIGTERM stay a clean stop
+            for s, handler in ours.items():
+                signal.signal(s, handler)
     task = ray.remote(train_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     resources = ray.cluster_resources()
     say(f"{len(pending)} trainings as Ray tasks of {cpus:g} CPU{'s' * (cpus != 1)}"

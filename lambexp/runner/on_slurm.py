@@ -5,12 +5,14 @@ system the compute nodes share, with lambexp and MNIST installed where they run
 (docs/distributed.md). submitit's own files (the job scripts, each task's stdout and stderr) go to
 ``<out>/.submitit``. This process waits for the array and says each result as it lands; Ctrl-C
 cancels every task not finished (scancel): a training stopped mid-way continues from its last
-checkpoint on the next run. ``cluster="local"``: submitit's local executor, the same array as
-processes on this machine, to try a sweep before submitting it (and how the tests run it).
+checkpoint on the next run; so does a task that reaches its time limit (``train_job``).
+``cluster="local"``: submitit's local executor, the same tasks as processes on this machine, to try
+a sweep before submitting it (and how the tests run it).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from lambexp.errors import Interrupted, UserError
 from lambexp.runner.plan import Training, unfinished
-from lambexp.runner.task import say_result, train_task
+from lambexp.runner.task import INTERRUPTED, say_result, train_task
 
 POLL_SECONDS = 2.0  # how often the array's state is read (submitit caches sacct for a while anyway)
 CLUSTERS = ("slurm", "local")
@@ -32,21 +34,30 @@ class SlurmOptions:
     time_minutes: int = 60  # --time, per training
     cpus: int = 1  # --cpus-per-task; also torch's threads in the task
     gpus: int = 0  # --gpus-per-node
-    parallelism: int | None = None  # %N of the array: tasks running at once (None: Slurm's choice)
+    parallelism: int | None = None  # %N of the array: tasks running at once (None: Slurm's choice;
+    # local: one per `cpus` cores)
     cluster: str = "slurm"  # "local": submitit's local executor
 
 
 CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C: how long to wait for cancelled tasks to checkpoint
+FAILED = "failed"  # a task's UserError, returned as such: submitit would wrap it in its traceback
 
 
 def train_job(arm_json: str, arm_dir: str, data_dir: str | None, threads: int) -> tuple[str, dict | None]:
-    """An array task: ``task.train_task`` with SIGTERM (scancel, or Slurm's time limit with
-    ``--signal``) and SIGINT as a request to stop cleanly: the arm checkpoints after its step."""
+    """An array task: ``task.train_task``, stopping cleanly (the arm checkpointed after its step)
+    on SIGTERM or SIGINT (scancel) and on SIGUSR2, which submitit has Slurm send 90 s before the
+    task's time limit (``--slurm-time``). A UserError comes back as (FAILED, {"error": line})."""
+    import signal
+
     from lambexp.training.signals import StopFlag, catch
 
     stop = StopFlag()
     catch(stop, announce=False)
-    return train_task(arm_json, arm_dir, data_dir, threads, stop_requested=stop)
+    signal.signal(signal.SIGUSR2, lambda signum, frame: setattr(stop, "signum", signum))
+    try:
+        return train_task(arm_json, arm_dir, data_dir, threads, stop_requested=stop)
+    except UserError as err:
+        return FAILED, {"error": str(err)}
 
 
 def need_submitit():
@@ -60,7 +71,9 @@ def need_submitit():
 
 def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str], None],
                  stop_requested: Callable[[], bool], folder: Path, options: SlurmOptions) -> None:
-    """Submit the unfinished trainings of ``work`` as one job array and wait for it."""
+    """Submit the unfinished trainings of ``work`` as one job array and wait for it. With
+    ``cluster="local"``, at most ``parallelism`` run at once (default: one per ``cpus`` cores),
+    since submitit's local executor would start them all."""
     submitit = need_submitit()
     pending = unfinished(work, say)
     if not pending:
@@ -75,21 +88,33 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
                                **({"slurm_array_parallelism": options.parallelism}
                                   if options.parallelism else {}))
     data = str(data_dir) if data_dir else None
+    local = options.cluster == "local"
+    at_once = (options.parallelism or max(1, (os.cpu_count() or 1) // options.cpus)) if local else None
+    queue = list(pending)
+    waiting: dict = {}  # job -> label
+
+    def submit(trainings: list[Training]) -> None:
+        try:
+            jobs = executor.map_array(train_job, [t.arm.model_dump_json() for t in trainings],
+                                      [str(t.folder) for t in trainings], [data] * len(trainings),
+                                      [options.cpus] * len(trainings))
+        except Exception as err:  # sbatch refused: a bad partition, a time over the limit, ...
+            raise UserError(f"--launcher slurm: the job array was not accepted: "
+                            f"{str(err).strip().splitlines()[-1]}") from None
+        waiting.update(zip(jobs, (t.label for t in trainings)))
+
+    stopped = []  # trainings that ran out of --slurm-time, checkpointed
     try:
-        jobs = executor.map_array(train_job, [t.arm.model_dump_json() for t in pending],
-                                  [str(t.folder) for t in pending], [data] * len(pending),
-                                  [options.cpus] * len(pending))
-    except Exception as err:  # sbatch refused: a bad partition, a time over the limit, ...
-        raise UserError(f"--launcher slurm: the job array was not accepted: "
-                        f"{str(err).strip().splitlines()[-1]}") from None
-    what = (f"Slurm job array {jobs[0].job_id.split('_')[0]}" if options.cluster == "slurm"
-            else "local jobs (submitit's local executor)")
-    say(f"{len(pending)} trainings as {what}"
-        f" ({options.cpus} CPU{'s' * (options.cpus != 1)}, {options.gpus} GPUs, "
-        f"{options.time_minutes} min each{f', partition {options.partition}' if options.partition else ''})"
-        f"; its logs: {folder}")
-    waiting = dict(zip(jobs, (t.label for t in pending)))
-    try:
+        if local:
+            submit([queue.pop(0) for _ in range(min(at_once, len(queue)))])
+            what = f"local jobs (submitit's local executor), {at_once} at once"
+        else:
+            submit(queue)
+            queue = []
+            what = f"Slurm job array {next(iter(waiting)).job_id.split('_')[0]}"
+        say(f"{len(pending)} trainings as {what} ({options.cpus} CPU{'s' * (options.cpus != 1)},"
+            f" {options.gpus} GPUs, {options.time_minutes} min each"
+            f"{f', partition {options.partition}' if options.partition else ''}); logs: {folder}")
         while waiting:
             if stop_requested():
                 raise Interrupted("the job array's unfinished tasks were cancelled; the finished"
@@ -98,14 +123,16 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
                 label = waiting.pop(job)
                 try:
                     status, summary = job.result()
-                except UserError as err:
-                    raise type(err)(f"{label}: {err}") from None
-                except Exception as err:  # the task failed, or Slurm killed it (time, memory)
-                    lines = str(err).strip().splitlines()
-                    raise UserError(f"{label}: its Slurm task {job.job_id} failed"
-                                    f" ({lines[-1] if lines else type(err).__name__}); its log:"
-                                    f" {job.paths.stderr}") from None
+                except Exception:  # the task raised, or Slurm killed it (memory, node failure)
+                    raise UserError(f"{label}: its Slurm task {job.job_id} failed; the error is at the"
+                                    f" end of {job.paths.stderr}") from None
+                if status == FAILED:
+                    raise UserError(f"{label}: {summary['error']}")
+                if status == INTERRUPTED and not stop_requested():
+                    stopped.append(label)
                 say_result(label, status, summary, say)
+                if queue:
+                    submit([queue.pop(0)])
             if waiting:
                 time.sleep(POLL_SECONDS)
     finally:
@@ -115,3 +142,7 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
         while waiting and time.monotonic() < deadline:  # let them checkpoint before --out unlocks
             waiting = {job: label for job, label in waiting.items() if not job.done()}
             time.sleep(0.2)
+    if stopped:
+        raise UserError(f"{len(stopped)} training{'s' * (len(stopped) > 1)} reached --slurm-time"
+                        f" ({options.time_minutes} min) and {'were' if len(stopped) > 1 else 'was'}"
+                        " checkpointed: run the same command again to continue, or give more --slurm-time")

@@ -107,7 +107,8 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
               stop_requested: Callable[[], bool] = lambda: False,
               launch: Launch | None = None) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
-    experiment folders. Every config is validated, and MNIST checked, before anything runs.
+    experiment folders. Every config is validated, and MNIST checked (by each task, with ``launch``),
+    before anything runs.
     ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs).
     ``launch``: send the trainings elsewhere instead (``on_ray.run_on_ray``, ``on_slurm.run_on_slurm``
     with their options bound), called as ``launch(work, data_dir, say, stop_requested)``."""
@@ -116,7 +117,12 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     exps = load_all(configs, seeds)
     with folder_lock(out, "--out") if launched_world().lead else nullcontext(), \
             process_group() as world:
-        inputs = world.local_first(lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
+        if launch is not None and world.active:
+            raise UserError("--launcher: under torchrun the processes are torchrun's; drop --launcher")
+        # MNIST and the device are checked where the trainings run: here, or in each task elsewhere
+        # (a login node or Ray head need neither a GPU nor the data)
+        inputs = None if launch else world.local_first(
+            lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
 
         def prepare() -> list[tuple[str, Arm, Path]]:
             for exp in exps:
@@ -127,9 +133,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
 
         work = world.from_lead(prepare)
         if launch is not None:
-            if world.active:
-                raise UserError("--launcher: under torchrun the processes are torchrun's; drop --launcher")
-            launch(work, data_dir, say, stop_requested)
+            launch(work, data_dir.resolve() if data_dir else None, say, stop_requested)
         elif jobs > 1:
             if world.active:
                 raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")

@@ -200,7 +200,7 @@ class FusedStep:
         except CompileFailed as err:
             self.failed = True
             warnings.warn(f"Lamb(fused=True): torch.compile failed, using the foreach step "
-                          f"instead ({str(err).strip().splitlines()[0]})", stacklevel=4)
+                          f"instead ({str(err).strip().splitlines()[0]})", stacklevel=3)
             rest = sorted(set(range(len(w))) - set(done))
             stats.append(torch.stack(foreach([w[j] for j in rest])))
             done += rest
