@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install run reproduce-all test test-fast test-install bench bench-optim tensorboard clean
+.PHONY: install run reproduce-all test test-fast test-install bench bench-optim profile tensorboard clean
 
 install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
 
@@ -37,6 +37,9 @@ test-fast: install  ## the suite without tests marked slow
 
 bench: install  ## training samples/s: the seed's pipeline vs lambexp's trainer, side by side
 	$(PY) benchmarks/bench_train.py
+
+profile: install  ## where a training step's time goes (torch.profiler), by op, against the FLOPs
+	$(PY) benchmarks/profile_train.py
 
 bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py
