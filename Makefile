@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install run reproduce-all test test-fast test-install bench bench-optim profile tensorboard clean
+.PHONY: install run reproduce-all test test-fast test-install bench bench-optim bench-stack profile tensorboard clean
 
 install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
 
@@ -40,6 +40,9 @@ bench: install  ## training samples/s: the seed's pipeline vs lambexp's trainer,
 
 profile: install  ## where a training step's time goes (torch.profiler), by op, against the FLOPs
 	$(PY) benchmarks/profile_train.py
+
+bench-stack: install  ## N trainings stacked (one vmap'd model) against one after another, samples/s
+	$(PY) benchmarks/bench_stack.py
 
 bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py
