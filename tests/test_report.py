@@ -605,3 +605,22 @@ def test_the_variants_grid_is_only_for_a_comparison_of_rules(two_seed_folder, tm
     out = tmp_path / "out"
     report = build_report([two_seed_folder], out).read_text()
     assert "| variant |" not in report and not list(out.glob("figures/*_variants.png"))
+
+
+def test_a_variant_that_diverged_before_any_test_reads_not_tested(tmp_path):
+    """Both seeds of paper at lr 0.1, wd 0.01 diverged within the first epoch: no accuracy at all
+    (summary null), so the cell says so instead of a number."""
+    exp = tmp_path / "repro" / "variants"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(VARIANTS_CONFIG)
+    for seed in (1, 2):
+        for rule in ("blog", "paper", "timm"):
+            folder = exp / f"seed{seed}" / f"{rule}_lr0.1_wd0.01"
+            write_arm(folder, acc=[0.97], losses=[2.3, 1.0], r=[[0.5, 2.0]] * 2, r1=[[1.0, 1.0]] * 2,
+                      diverged=rule == "paper")
+            if rule == "paper":
+                summary = json.loads((folder / "summary.json").read_text())
+                (folder / "summary.json").write_text(json.dumps({**summary, "final_test_accuracy": None}))
+    report = build_report([tmp_path / "repro"], tmp_path / "out").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| paper |"))
+    assert row.endswith("| not tested · 2 of 2 diverged |")

@@ -310,7 +310,8 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
         grid = variant_grid(runs)
         if grid is not None:
             blocks += [Para("Final test accuracy of each variant at each setting, mean ± std over seeds"
-                            " (and how many seeds diverged):"), Table(*variants.table(grid))]
+                            " (and how many seeds diverged; \"not tested\": every seed diverged, and"
+                            " stopped, before its first evaluation):"), Table(*variants.table(grid))]
         blocks += experiment_figures(runs, out_dir, label)
     blocks += [Heading("Environment"),
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],

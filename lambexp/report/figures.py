@@ -390,7 +390,8 @@ def variant_grid(title: str, grid: Grid, path: Path) -> Path:
     """Two heat maps of ``grid`` (``report.variants``), variants down, settings across: the final
     test accuracy (mean over seeds, its colour clipped below ACCURACY_FLOOR; ✕ k/n: seeds that
     diverged) and the largest trust ratio r (mean over seeds of the max over training and layers,
-    log colour scale). Unfinished cells stay blank."""
+    log colour scale). Unfinished cells stay blank; "not tested": every seed diverged, and stopped,
+    before its first evaluation."""
     rows, columns = list(grid.rows), list(grid.columns)
     acc = np.full((len(rows), len(columns)), np.nan)
     r_max = np.full_like(acc, np.nan)
@@ -411,7 +412,7 @@ def variant_grid(title: str, grid: Grid, path: Path) -> Path:
     for (row, column), cell in grid.cells.items():
         i, j = rows.index(row), columns.index(column)
         mean, std = cell.accuracy
-        text = f"{mean:.1%}\n± {std:.1%}" if np.isfinite(mean) else "n/a"
+        text = f"{mean:.1%}\n± {std:.1%}" if np.isfinite(mean) else "not tested"
         if cell.diverged:
             text += f"\n✕ {cell.diverged}/{cell.seeds} diverged"
         axes[0].text(j, i, text, ha="center", va="center", fontsize=7)

@@ -83,11 +83,12 @@ def variant_name(arm: str, lr: float, weight_decay: float) -> str:
 
 
 def cell_text(cell: Cell | None) -> str:
-    """"98.91% ± 0.05%", with "· k of n diverged" when any did; empty when not finished."""
+    """"98.91% ± 0.05%", with "· k of n diverged" when any did; "not tested" when no seed reached
+    an evaluation (each diverged, and stopped, within its first epoch); empty when not finished."""
     if cell is None:
         return ""
     mean, std = cell.accuracy
-    text = f"{mean:.2%} ± {std:.2%}" if math.isfinite(mean) else "n/a"
+    text = f"{mean:.2%} ± {std:.2%}" if math.isfinite(mean) else "not tested"
     return text + (f" · {cell.diverged} of {cell.seeds} diverged" if cell.diverged else "")
 
 
