@@ -384,6 +384,15 @@ def accuracy_vs_lr(title: str, points: dict[str, list[tuple[float, list[float], 
 
 
 ACCURACY_FLOOR = 0.90  # the variant grid's colour scale starts here: every cell below reads alike
+R_COLOUR_CEILING = 1e3  # and its r scale ends here: a run-away r (1e33) would flatten the others
+
+
+def _ink(image, value: float) -> str:
+    """Black or white text, whichever reads on the cell's colour (its luminance)."""
+    if not np.isfinite(value) or value <= 0 and image.norm.__class__.__name__ == "LogNorm":
+        return "black"
+    r, g, b, _ = image.cmap(image.norm(value))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
 def variant_grid(title: str, grid: Grid, path: Path) -> Path:
@@ -400,13 +409,15 @@ def variant_grid(title: str, grid: Grid, path: Path) -> Path:
         acc[i, j], r_max[i, j] = cell.accuracy[0], cell.r_max
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.45 * len(rows)), sharey=True)
     shown = np.where(np.isfinite(acc), np.maximum(acc, ACCURACY_FLOOR), np.nan)
-    image = axes[0].imshow(shown * 100, cmap="RdYlGn", vmin=ACCURACY_FLOOR * 100, vmax=100, aspect="auto")
-    fig.colorbar(image, ax=axes[0], label=f"final test accuracy (%), ≤ {ACCURACY_FLOOR:.0%} alike")
+    acc_image = axes[0].imshow(shown * 100, cmap="RdYlGn", vmin=ACCURACY_FLOOR * 100, vmax=100, aspect="auto")
+    fig.colorbar(acc_image, ax=axes[0], label=f"final test accuracy (%), ≤ {ACCURACY_FLOOR:.0%} alike")
     positive = r_max[np.isfinite(r_max) & (r_max > 0)]
-    norm = matplotlib.colors.LogNorm(*(positive.min(), positive.max()) if positive.size and
-                                     positive.min() < positive.max() else (0.1, 10))
-    image = axes[1].imshow(np.where(r_max > 0, r_max, np.nan), cmap="viridis", norm=norm, aspect="auto")
-    bar = fig.colorbar(image, ax=axes[1], label="largest r over training and layers (log)")
+    low = positive.min() if positive.size else 0.1
+    high = min(positive.max(), R_COLOUR_CEILING) if positive.size else 10
+    norm = matplotlib.colors.LogNorm(low, high if high > low else low * 10, clip=True)
+    r_image = axes[1].imshow(np.where(r_max > 0, r_max, np.nan), cmap="viridis", norm=norm, aspect="auto")
+    bar = fig.colorbar(r_image, ax=axes[1], extend="max" if positive.size and positive.max() > high else
+                       "neither", label=f"largest r over training and layers (log; ≥ {high:g} alike)")
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
     for (row, column), cell in grid.cells.items():
@@ -415,11 +426,12 @@ def variant_grid(title: str, grid: Grid, path: Path) -> Path:
         text = f"{mean:.1%}\n± {std:.1%}" if np.isfinite(mean) else "not tested"
         if cell.diverged:
             text += f"\n✕ {cell.diverged}/{cell.seeds} diverged"
-        axes[0].text(j, i, text, ha="center", va="center", fontsize=7)
-        light = np.isfinite(r_max[i, j]) and r_max[i, j] > 0 and norm(r_max[i, j]) > 0.6
+        axes[0].text(j, i, text, ha="center", va="center", fontsize=7,
+                     color=_ink(acc_image, shown[i, j] * 100))
         axes[1].text(j, i, f"{cell.r_max:.3g}" if np.isfinite(cell.r_max) else "n/a", ha="center",
-                     va="center", fontsize=8, color="black" if light else "white")
+                     va="center", fontsize=8, color=_ink(r_image, r_max[i, j]))
     for ax, what in zip(axes, ("final test accuracy, mean ± std over seeds", "max r, mean over seeds")):
+        ax.set_facecolor("#e8e8e8")  # a cell without a value: not tested (or not finished)
         ax.set_xticks(range(len(columns)), [grid.column_text(c) for c in columns], fontsize=8)
         ax.set_yticks(range(len(rows)), rows, fontsize=9)
         ax.set_title(what, fontsize=10)
