@@ -222,6 +222,6 @@ def test_configs_sums_up_a_large_sweep_and_names_a_small_one():
     result = invoke("configs")
     assert result.exit_code == 0, result.output
     assert "arms: 3 (adam, lambblog, lambpaper) × 7 lr × 2 weight_decay = 42; 4 claims" in result.output
-    assert ("arms: 8 (blog, readme2019, paper, timm, nvlamb, optax, torchopt, tfa) × 2 lr × 2"
-            " weight_decay = 32; 11 claims") in result.output
+    assert ("arms: 10 (blog, readme2019, paper, timm, nvlamb, optax, torchopt, tfa, blog_lambc,"
+            " blog_gradclip) × 2 lr × 2 weight_decay = 40; 13 claims") in result.output
     assert "arms: adam_b512, lamb_b512," in result.output  # 12 arms: each by name
