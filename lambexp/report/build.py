@@ -111,8 +111,10 @@ def arm_rows(runs: ExperimentRuns) -> list[list[str]]:
     return rows
 
 
-def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[Block]:
-    """The experiment's figures, as files ``figures/<label>_*.png`` (``label``: unique per folder)."""
+def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
+                       grid: variants.Grid | None = None) -> list[Block]:
+    """The experiment's figures, as files ``figures/<label>_*.png`` (``label``: unique per folder);
+    ``grid``: its variant grid, when it compares LAMB rules (``variants.variant_grid``)."""
     exp = runs.experiment
     colors = figures.arm_colors([(a.name, a.optimizer) for a in exp.arms])
     by_arm = {a.name: runs.arm_runs(a.name) for a in exp.arms if runs.arm_runs(a.name)}
@@ -128,7 +130,6 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str) -> list[
     else:  # one line per arm in one panel would be a legend of 42 entries: a row per group
         curves = figures.curves_by_group(title, arm_groups(exp, by_arm), curves_path, per_epoch)
     made = [(curves, "training loss and test accuracy")]
-    grid = variant_grid(runs)
     if grid is not None:
         made.append((figures.variant_grid(title, grid, folder / f"{label}_variants.png"),
                      "each LAMB variant at each setting: final test accuracy and the largest r"))
@@ -312,7 +313,7 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
             blocks += [Para("Final test accuracy of each variant at each setting, mean ± std over seeds"
                             " (and how many seeds diverged; \"not tested\": every seed diverged, and"
                             " stopped, before its first evaluation):"), Table(*variants.table(grid))]
-        blocks += experiment_figures(runs, out_dir, label)
+        blocks += experiment_figures(runs, out_dir, label, grid)
     blocks += [Heading("Environment"),
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],
                      environment_rows(all_runs))]
