@@ -57,6 +57,10 @@ Sweeps = Annotated[list[str] | None, typer.Option(
     " name the arms before the sweep", show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of a table")]
 Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")]
+Stack = Annotated[str, typer.Option(
+    "--stack", metavar="N|off", help="train up to N trainings that share a model, batch size and number"
+    " of epochs as one stacked model in this process, each writing what it writes alone (results"
+    " equal to float rounding). Off by default: on the CPU it is slower (docs/measured.md)")]
 
 
 def _version(value: bool) -> None:
@@ -179,7 +183,7 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
                "--apply-config-changes", help="train on with the settings config.yaml says now where"
                " they changed since an arm began (optimizer hyper-parameters and the schedule only);"
                " the summary records each change and its step")] = False,
-           debug: Debug = False):
+           stack: Stack = "off", debug: Debug = False):
     """Continue every unfinished arm of RUN_DIR from its last checkpoint (on the CPU the result is
     identical to an uninterrupted run); finished arms are left alone. An arm whose config.yaml
     changed since it began is refused (exit 2, naming the settings) unless --apply-config-changes."""
@@ -189,12 +193,25 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
         lead, quiet = _begin_training(quiet)
         folders = resume_all(run_dir, data_dir=data_dir, say=_say(quiet),
                              progress_for=_progress(quiet), stop_requested=stop,
-                             apply_changes=apply_config_changes)
+                             apply_changes=apply_config_changes, stack=_stack_size(stack))
         if not quiet:
             print_summaries(sorted(p.parent for f in folders for p in f.glob(f"**/{SUMMARY_FILE}")))
         if lead:
             print(f"run folder: {run_dir}")
 
+
+
+def _stack_size(value: str) -> int:
+    """--stack N|off → trainings per stack (1: off)."""
+    if value.strip().lower() == "off":
+        return 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"--stack: a number of trainings to stack (2 or more), or off (got {value!r})")
+    return n
 
 def _begin_training(quiet: bool) -> tuple[bool, bool]:
     """What each training verb does first: keep freed memory for a steady speed from one process to
@@ -271,7 +288,8 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
               slurm_cluster: Annotated[str, typer.Option(
                   help="slurm: 'local' runs the same job array as processes on this machine (submitit's"
                   " local executor), to try it before a cluster")] = "slurm",
-              data_dir: DataDir = None, quiet: QuietReport = False, debug: Debug = False):
+              stack: Stack = "off", data_dir: DataDir = None, quiet: QuietReport = False,
+              debug: Debug = False):
     """Run every experiment for SEEDS seeds, then write OUT/REPORT.md, OUT/report.html and the
     figures: which of the post's claims hold, k of n seeds each.
 
@@ -285,6 +303,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         from lambexp.runner.reproduce import check_folder, load_all
         from lambexp.runner.reproduce import reproduce as run_all
 
+        stacked = _stack_size(stack)
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
         launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
                            slurm_partition, slurm_time, slurm_cluster, ctx, installed=not plan)
@@ -297,7 +316,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         lead, quiet = _begin_training(quiet)
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
                 progress_for=_progress(quiet), stop_requested=stop,
-                jobs=1 if launch or jobs is None else jobs, launch=launch)
+                jobs=1 if launch or jobs is None else jobs, launch=launch, stack=stacked)
         if lead:
             runs = load_runs([out])  # every experiment finished in OUT
             report_path = build_report([out], out, runs)

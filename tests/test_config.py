@@ -394,6 +394,23 @@ def test_resolved_yaml_loads_back_to_an_equal_experiment(stem, tmp_path):
     assert experiment_to_yaml(back) == experiment_to_yaml(exp)
 
 
+
+def test_a_record_of_every_optimizer_side_by_side_loads_back(tmp_path):
+    """An arm of each optimizer in one config: LAMB's own pieces (trust_clip, …) are not LARS's, and
+    the loader refuses them written on a LARS arm; the record must not write them there."""
+    exp = parse_experiment("name: e\narms: [{name: a, optimizer: lamb}, {name: b, optimizer: adam},"
+                           " {name: c, optimizer: lars}, {name: d, optimizer: lamb, rule: timm}]\n")
+    (tmp_path / "c.yaml").write_text(experiment_to_yaml(exp))
+    back = load_experiment(tmp_path / "c.yaml")
+    assert back.model_copy(update={"source": exp.source}) == exp
+    lars = experiment_to_yaml(exp).split("- name: c\n")[1].split("- name: d\n")[0]
+    assert "trust_clip" not in lars and "momentum: 0.9" in lars
+    old = ("name: e\narms: [{name: c, optimizer: lars, trust_clip: null, always_adapt: true,"
+           " grad_clip_norm: null, exclude_from_decay: [], exclude_from_trust: []}]\n")
+    assert parse_experiment(old).arms[0].optimizer == "lars"  # what earlier versions recorded
+    assert errors_of("name: e\narms: [{name: c, optimizer: lars, trust_clip: 1}]\n") == [
+        "error: x.yaml: arms[0].trust_clip: only the LAMB rules have it (arm c is optimizer lars) (got 1.0)"]
+
 def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_moot():
     """timm has no clamp: clamp 5 or null would be ignored, so they are errors; the default (10,
     what run folders of an earlier version recorded) changes nothing and loads; the record omits it."""

@@ -135,9 +135,8 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
             conflict(index, "bias_correction", False,
                      f"rule {arm.rule} has no bias-correction switch (arm {arm.name}); drop"
                      " bias_correction: false, or pick a rule with one (`lambexp rules`)")
-        for key in ("trust_clip", "always_adapt", "grad_clip_norm", "exclude_from_decay",
-                    "exclude_from_trust"):
-            if not lamb and _written(raw, index, key):
+        for key, moot in LAMB_ONLY.items():
+            if not lamb and _written(raw, index, key) and getattr(arm, key) != moot:
                 conflict(index, key, getattr(arm, key), f"only the LAMB rules have it (arm {arm.name}"
                                                         f" is optimizer {arm.optimizer})")
         if (lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp")
@@ -239,11 +238,19 @@ def experiment_to_yaml(experiment: Experiment) -> str:
     return dump_document(data)
 
 
+# The LAMB rules' own pieces, and the value an arm of another optimizer resolves each to: what run
+# folders of earlier versions recorded for it, which changes nothing and so loads.
+LAMB_ONLY = {"trust_clip": None, "always_adapt": True, "grad_clip_norm": None, "exclude_from_decay": (),
+             "exclude_from_trust": ()}
+
+
 def _moot(arm: Arm) -> set[str]:
-    """The settings that mean nothing for this arm, left out of its record: ``clamp`` on a LAMB rule
-    without one (timm, nvlamb, optax, tfa), which the loader would read as a request for one."""
-    lamb = uses_lamb_rule(arm.optimizer)
-    return {"clamp"} if lamb and VARIANTS[arm.rule].clamp_on == "none" else set()
+    """The settings that mean nothing for this arm, left out of its record, which the loader would
+    read as a request it refuses: ``clamp`` on a LAMB rule without one (timm, nvlamb, optax, tfa);
+    the LAMB rules' own pieces on an arm of another optimizer (LARS, SGD)."""
+    if not uses_lamb_rule(arm.optimizer):
+        return set(LAMB_ONLY)
+    return {"clamp"} if VARIANTS[arm.rule].clamp_on == "none" else set()
 
 
 def _error(source: str, *problems: str) -> ConfigError:

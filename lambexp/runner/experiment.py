@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from lambexp.model import build_model
 from lambexp.optim import build_optimizer
 from lambexp.training.checkpoint import Restored, load_checkpoint, save_checkpoint, save_weights
 from lambexp.training.distributed import SINGLE, World, process_group
+from lambexp.training.group import Member
 from lambexp.training.loop import LoopOptions, LoopState, fit
 from lambexp.training.progress import NoProgress, Progress
 from lambexp.training.sinks import JsonlSink, Sink, Tee, TensorBoardSink
@@ -109,13 +110,15 @@ def use_fused(setting: bool | str, device: torch.device, parameters: int, steps:
 
 
 def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
-                 world: World = SINGLE) -> LoopOptions:
-    """The arm's loop settings as plain values; warm-up epochs become steps of this data set."""
+                 world: World = SINGLE, member: Member | None = None) -> LoopOptions:
+    """The arm's loop settings as plain values; warm-up epochs become steps of this data set.
+    ``member``: the arm's place in a stacked group, which then runs its loss steps."""
     steps_per_epoch = batches_per_epoch(n_train, arm.batch_size)
+    stacked = {} if member is None else {"loss_step": member, "loop_done": member.close}
     return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
                        eval_interval=arm.eval_interval, on_divergence=arm.on_divergence,
                        stop_requested=stop_requested, world=world,
-                       warmup_steps=round(arm.warmup_epochs * steps_per_epoch))
+                       warmup_steps=round(arm.warmup_epochs * steps_per_epoch), **stacked)
 
 
 @contextmanager
@@ -143,7 +146,7 @@ def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Ite
 
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
             progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
-            world: World = SINGLE, apply_changes: bool = False) -> Summary:
+            world: World = SINGLE, apply_changes: bool = False, member: Member | None = None) -> Summary:
     """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json, model.pt)
     and return its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise
     starts afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request
@@ -154,16 +157,21 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     its summary and raises ResumableError (the last checkpoint stays whole).
     Under torchrun every rank calls this alike: rank 0 decides whether to resume and writes every
     file; every rank loads the same checkpoint (so ``arm_dir`` must be on a shared file system
-    to resume on several machines)."""
-    torch.manual_seed(arm.seed)
-    model = build_model(arm.model, device)
-    steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
-    fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps) \
-        and fused_supports(arm)  # auto: only where the compiled step runs this arm (config checks true)
-    opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
-    checkpoint = arm_dir / CHECKPOINT_FILE
-    resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
-    restored = load_checkpoint(checkpoint, model, opt) if resumed else Restored(LoopState())
+    to resume on several machines).
+    ``member``: the arm trains in a stacked group (lambexp.training.group), in a thread of its own;
+    everything it writes is what it writes alone."""
+    # torch's RNG is global: seeding, building from it and restoring it from a checkpoint are one
+    # step, one member of a stacked group at a time
+    with member.group.building() if member else nullcontext():
+        torch.manual_seed(arm.seed)
+        model = build_model(arm.model, device)
+        steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
+        fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps) \
+            and fused_supports(arm)  # auto: only where the compiled step runs this arm (config checks true)
+        opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
+        checkpoint = arm_dir / CHECKPOINT_FILE
+        resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
+        restored = load_checkpoint(checkpoint, model, opt) if resumed else Restored(LoopState())
     state, changes = restored.state, restored.changes
     if restored.settings is not None:
         changed = setting_changes(restored.settings, arm)
@@ -185,7 +193,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                     save_checkpoint(checkpoint, model, opt, st, arm_settings(arm), changes)
 
             try:
-                options = loop_options(arm, len(data.train_x), stop_requested, world)
+                options = loop_options(arm, len(data.train_x), stop_requested, world, member)
                 fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
                     epochs=arm.epochs, seed=arm.seed, options=options, sink=sink, progress=progress,
                     state=state, on_epoch_end=at_epoch_end)

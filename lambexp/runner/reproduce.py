@@ -34,6 +34,7 @@ from lambexp.runner.experiment import (
     write_run_header,
 )
 from lambexp.runner.plan import Launch, Say, Training, link_shared, make_plan, unfinished
+from lambexp.runner.stacked import run_group, stack_groups
 from lambexp.training.checkpoint import recorded_settings
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -70,11 +71,22 @@ def check_folder(exp_dir: Path, exp: Experiment) -> bool:
 
 def run_pending(work: list[Training], inputs: ArmInputs, say: Say,
                 progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
-                world: World = SINGLE, apply_changes: bool = False) -> None:
-    """Run each training of ``work`` that is not finished, in order; Interrupted propagates."""
-    for t in unfinished(work, say, world):
+                world: World = SINGLE, apply_changes: bool = False, stack: int = 1) -> None:
+    """Run each training of ``work`` that is not finished, in order; Interrupted propagates.
+    ``stack`` > 1: up to that many that can share a stacked model train as one
+    (lambexp.runner.stacked); not under torchrun."""
+    pending = unfinished(work, say, world)
+    if stack > 1 and world.active:
+        raise UserError("--stack: under torchrun each training is spread over the processes;"
+                        " leave --stack off")
+    groups = stack_groups(pending, stack, inputs) if stack > 1 else [[t] for t in pending]
+    for group in groups:
         if not world.active and stop_requested():  # under DDP the ranks agree at log steps
             raise Interrupted("between arms; the finished arms are kept")
+        if len(group) > 1:
+            run_group(group, inputs, say, progress_for, stop_requested, apply_changes)
+            continue
+        t = group[0]
         say(f"{t.label}: {'continuing' if t.folder.exists() else 'training'}")
         data, device = inputs.data(t.arm)
         run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested, world, apply_changes)
@@ -105,15 +117,20 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
               argv: Sequence[str] = (), say: Say = print, jobs: int = 1,
               progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
               stop_requested: Callable[[], bool] = lambda: False,
-              launch: Launch | None = None) -> list[Path]:
+              launch: Launch | None = None, stack: int = 1) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
     experiment folders. Every config is validated, and MNIST checked (by each task, with ``launch``),
     before anything runs.
     ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs).
     ``launch``: send the trainings elsewhere instead (``on_ray.run_on_ray``, ``on_slurm.run_on_slurm``
-    with their options bound), called as ``launch(work, data_dir, say, stop_requested)``."""
+    with their options bound), called as ``launch(work, data_dir, say, stop_requested)``.
+    ``stack`` > 1: trainings that can share a stacked model train that many at a time, in this
+    process (lambexp.runner.stacked); not with ``jobs`` > 1 or ``launch``."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
+    if stack > 1 and (jobs > 1 or launch is not None):
+        raise UserError("--stack: stacked trainings run in this process; leave --jobs at 1 and"
+                        " --launcher local")
     exps = load_all(configs, seeds)
     with folder_lock(out, "--out") if launched_world().lead else nullcontext(), \
             process_group() as world:
@@ -141,14 +158,14 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
 
             run_in_parallel(work, jobs, data_dir, say, stop_requested)
         else:
-            run_pending(work, inputs, say, progress_for, stop_requested, world)
+            run_pending(work, inputs, say, progress_for, stop_requested, world, stack=stack)
     return [out / exp.name for exp in exps]
 
 
 def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
            progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
            stop_requested: Callable[[], bool] = lambda: False,
-           apply_changes: bool = False) -> list[Path]:
+           apply_changes: bool = False, stack: int = 1) -> list[Path]:
     """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder), holding the
     lock of every folder it belongs to. An arm whose config.yaml no longer says what it trained with
     is refused before anything trains (``check_recorded_settings``)."""
@@ -171,7 +188,7 @@ def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
             return folders
         with process_group() as world:
             inputs = world.local_first(lambda: ArmInputs([t.arm for t in work], data_dir, say))
-            run_pending(work, inputs, say, progress_for, stop_requested, world, apply_changes)
+            run_pending(work, inputs, say, progress_for, stop_requested, world, apply_changes, stack)
     return folders
 
 

@@ -40,7 +40,7 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
     checkpoint whole (``save_atomically``)."""
     payload = {
         "format": FORMAT,
-        "model": model.state_dict(),
+        "model": own_weights(model),
         "optimizer": opt.state_dict(),
         "loop": {f.name: getattr(state, f.name) for f in dataclasses.fields(LoopState)},
         "torch_rng": torch.get_rng_state(),
@@ -54,7 +54,15 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
 def save_weights(path: Path, model: nn.Module) -> None:
     """The model's final weights (its state_dict), for anyone to load with
     ``torch.load(weights_only=True)`` and evaluate again."""
-    save_atomically(path, model.state_dict())
+    save_atomically(path, own_weights(model))
+
+
+def own_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict, each tensor that is a view into a larger storage (a member of a
+    stacked group: lambexp.training.group) copied out: torch.save writes a view's whole storage,
+    which would put every member's weights in each member's file."""
+    return {name: t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
+            for name, t in model.state_dict().items()}
 
 
 def save_atomically(path: Path, payload: object) -> None:

@@ -67,6 +67,11 @@ class LoopOptions:
     stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
     world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant
+    # forward and backward of a batch, returning its loss: a training alone (``separate_step``), or a
+    # member of a stacked group (lambexp.training.group.Member), which leaves it at ``loop_done``
+    loss_step: Callable[[nn.Module, Tensor, Tensor, Tensor, World], Tensor] = field(
+        default_factory=lambda: separate_step)
+    loop_done: Callable[[], None] = lambda: None
 
 
 def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
@@ -77,6 +82,13 @@ def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World
     if scale is None:
         return F.nll_loss(model(x[local]), y[local])
     return F.nll_loss(model(x[local]), y[local], reduction="sum") * scale
+
+
+def separate_step(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
+    """The loss step of a training alone: forward and backward of the batch ``idx``."""
+    loss = batch_loss(model, x, y, idx, world)
+    loss.backward()
+    return loss
 
 
 class Checked(NamedTuple):
@@ -134,8 +146,7 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: 
             warm_up(opt, state.step + 1, options.warmup_steps)
         batch_index, seen_before = state.batch, state.samples
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss(model, x, y, idx, options.world)
-        loss.backward()
+        loss = options.loss_step(model, x, y, idx, options.world)
         opt.step()
         state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
         state.first_bad = track_first_bad(state.first_bad, loss, state.step)
@@ -255,6 +266,7 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
             clock()
             on_epoch_end(state)
     finally:
+        options.loop_done()
         clock()
         sink.flush()
         progress.end()

@@ -8,9 +8,9 @@ state), and so its trust ratios: a member's optimizer sees only views of its own
 ever mixes two members' tensors. The summed loss's gradient with respect to member i's slice is
 member i's own gradient, since no member's loss reads another's parameters.
 
-This is the computing core (issue 24): it equals the same members trained one by one to float
-rounding (tests/test_stack.py). The loop that logs, evaluates and checkpoints each member as a
-training of its own builds on it.
+This is the computing core: it equals the same members trained one by one to float rounding
+(tests/test_stack.py). ``lambexp.training.group`` builds the stacked loop on it: each member a
+training of its own, which logs, evaluates and checkpoints as a lone one does.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ class Stack:
         """Member i's named parameters: views of its slices, in the model's parameter order."""
         return self._members[i]
 
+    def bind(self, models: list[nn.Module]) -> None:
+        """Make each model's own parameters aliases of its slices (``p.data = slice``): the same
+        Parameter objects, so an optimizer built on them, a checkpoint loaded into them or an
+        evaluation of the model reads and writes the stack. ``backward`` then fills their ``.grad``."""
+        for i, model in enumerate(models):
+            named = list(model.named_parameters())
+            if [name for name, _ in named] != list(self.params):
+                raise ValueError("bind: a model of another architecture than the stack's")
+            for (_, p), (_, view) in zip(named, self._members[i]):
+                p.data = view
+            self._members[i] = named
+
     def forward(self, x: Tensor) -> Tensor:
         """The members' outputs for their own inputs: x (N, B, ...) → (N, B, ...)."""
         def one(params, buffers, xb):
@@ -54,10 +66,16 @@ class Stack:
 
         return vmap(one)(self.params, self.buffers, x)
 
-    def losses(self, x: Tensor, y: Tensor) -> Tensor:
-        """Each member's mean NLL loss on its own batch (x (N, B, ...), y (N, B)) → (N,)."""
+    def losses(self, x: Tensor, y: Tensor, counts: list[int] | None = None) -> Tensor:
+        """Each member's mean NLL loss on its own batch (x (N, B, ...), y (N, B)) → (N,).
+        ``counts``: member i's batch is its first counts[i] rows (the rest is padding, left out)."""
         out = self.forward(x)  # (N, B, C) log-probabilities
-        return F.nll_loss(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(dim=1)
+        each = F.nll_loss(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        if counts is None:
+            return each.mean(dim=1)
+        n = torch.tensor(counts, device=each.device)
+        mask = torch.arange(each.shape[1], device=each.device) < n[:, None]
+        return (each * mask).sum(dim=1) / n
 
     def backward(self, losses: Tensor, active: Tensor | None = None) -> None:
         """Gradients of every member's own loss, handed to its views' ``.grad``. ``active`` (N,)
