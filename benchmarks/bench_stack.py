@@ -6,6 +6,10 @@ MNIST-shaped batches, each member its own seed and batches. For each N: N member
 another (N separate models and optimizers, as `--stack off` trains) and as one stack
 (lambexp.training.stack), in alternating rounds; prints the median training samples per second over
 all members and the ratio. A GPU is used when there is one (``--device``).
+
+``--loop``: the whole path instead, as a person runs it: ``lambexp reproduce`` of N LAMB arms (lr
+0.01 × 1.1^i, one epoch of real MNIST, batch 512, logging and evaluation on) with ``--stack N``
+against ``--stack off``, in alternating rounds; prints the wall time of each and the ratio.
 """
 
 from __future__ import annotations
@@ -72,13 +76,50 @@ def stacked(n: int, steps: int, device: str) -> float:
     return n * steps * BATCH / (time.perf_counter() - t0)
 
 
+def loop(n: int, device: str, stack: int, out: Path) -> float:
+    """Seconds for `reproduce` of n one-epoch LAMB arms into a fresh ``out``, with ``stack``."""
+    import shutil
+
+    from lambexp.runner.reproduce import reproduce
+
+    arms = "\n".join(f"  - {{name: lr{i}, lr: {0.01 * 1.1 ** i:.6g}}}" for i in range(n))
+    config = out.parent / f"stack{n}.yaml"
+    config.write_text(f"name: stack{n}\noptimizer: lamb\nrule: blog\nbatch_size: {BATCH}\nepochs: 1\n"
+                      f"log_interval: 30\ndevice: {device}\narms:\n{arms}\n")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    reproduce([config], seeds=1, out=out, say=lambda s: None, stack=stack)
+    return time.perf_counter() - t0
+
+
+def main_loop(args) -> None:
+    import tempfile
+
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; `reproduce` of N"
+          f" LAMB arms, 1 epoch of MNIST, batch {BATCH}; {args.rounds} alternating rounds, median shown")
+    print(f"{'members':>7s} {'--stack off s':>14s} {'--stack N s':>12s} {'stacked ×':>10s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.members:
+            times = {1: [], n: []}
+            for r in range(args.rounds):
+                for stack in ((1, n) if r % 2 == 0 else (n, 1)):
+                    times[stack].append(loop(n, args.device, stack, Path(tmp) / "out"))
+            off, on = statistics.median(times[1]), statistics.median(times[n])
+            print(f"{n:7d} {off:14.1f} {on:12.1f} {off / on:9.2f}×")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--loop", action="store_true", help="time `lambexp reproduce --stack N` against"
+                    " --stack off on real MNIST instead of the bare step")
     args = ap.parse_args()
+    if args.loop:
+        main_loop(args)
+        return
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; LeNet, batch {BATCH}, LAMB blog; {args.steps} steps,"

@@ -302,11 +302,13 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         from lambexp.runner.plan import make_plan, plan_lines
         from lambexp.runner.reproduce import check_folder, load_all
         from lambexp.runner.reproduce import reproduce as run_all
+        from lambexp.runner.stacked import check_stack
 
         stacked = _stack_size(stack)
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
         launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
                            slurm_partition, slurm_time, slurm_cluster, ctx, installed=not plan)
+        check_stack(stacked, jobs or 1, launch is not None)
         if plan:
             exps = load_all(paths, seeds)
             for exp in exps:

@@ -230,3 +230,21 @@ def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp
     with ThreadPoolExecutor(2) as pool:
         losses = list(pool.map(step, (1, 2)))
     assert [v.item() for v in losses] == pytest.approx(alone, rel=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stack", "0"], "--stack: a number of trainings to stack (2 or more), or off (got '0')"),
+    (["--stack", "two"], "--stack: a number of trainings to stack (2 or more), or off (got 'two')"),
+    (["--stack", "2", "--jobs", "2"], "--stack: stacked trainings run in this process; leave --jobs at 1"),
+    (["--stack", "4", "--launcher", "ray"], "--stack: stacked trainings run in this process; leave"),
+])
+def test_stack_refuses_what_it_cannot_do_in_one_line(args, message, tmp_path):
+    (tmp_path / "toy.yaml").write_text(CONFIG)
+    for plan in ([], ["--plan"]):
+        result = invoke("reproduce", tmp_path / "toy.yaml", "--out", tmp_path / "out", *args, *plan)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+    if "--jobs" not in args and "--launcher" not in args:
+        result = invoke("resume", tmp_path / "out", *args)
+        assert result.exit_code == 2 and message in result.output, result.output

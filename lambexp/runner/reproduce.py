@@ -34,7 +34,7 @@ from lambexp.runner.experiment import (
     write_run_header,
 )
 from lambexp.runner.plan import Launch, Say, Training, link_shared, make_plan, unfinished
-from lambexp.runner.stacked import run_group, stack_groups
+from lambexp.runner.stacked import check_stack, run_group, stack_groups
 from lambexp.training.checkpoint import recorded_settings
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -128,9 +128,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     process (lambexp.runner.stacked); not with ``jobs`` > 1 or ``launch``."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
-    if stack > 1 and (jobs > 1 or launch is not None):
-        raise UserError("--stack: stacked trainings run in this process; leave --jobs at 1 and"
-                        " --launcher local")
+    check_stack(stack, jobs, launch is not None)
     exps = load_all(configs, seeds)
     with folder_lock(out, "--out") if launched_world().lead else nullcontext(), \
             process_group() as world:

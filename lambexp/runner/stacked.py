@@ -11,12 +11,19 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import torch
 
 from lambexp.config import Arm
-from lambexp.errors import Interrupted
+from lambexp.errors import Interrupted, UserError
 from lambexp.runner.experiment import ArmInputs, run_arm
 from lambexp.runner.plan import Say, Training
 from lambexp.runner.task import FINISHED, INTERRUPTED, say_result
 from lambexp.training.group import StackGroup
 from lambexp.training.progress import NoProgress, Progress
+
+
+def check_stack(stack: int, jobs: int, launching: bool) -> None:
+    """A UserError for --stack with what it cannot go with: stacks train in this process."""
+    if stack > 1 and (jobs > 1 or launching):
+        raise UserError("--stack: stacked trainings run in this process; leave --jobs at 1 and"
+                        " --launcher local")
 
 
 def stack_key(t: Training, inputs: ArmInputs) -> tuple:
