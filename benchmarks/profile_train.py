@@ -7,6 +7,8 @@ its children excluded) is put in one bucket (the convolutions split by their inp
 reads 1 channel, conv2 reads 20), and the table gives each bucket's share of the profiled wall time.
 Below it, each layer's share of LeNet's training FLOPs (torch's counter): a bucket far above its
 layer's share of the FLOPs is where the loop falls short of the compute limit.
+Last, each layer's passes timed alone on tensors of the step's shapes (``layer_rates``): the GFLOP/s
+each reaches against the matmul peak, and how far the whole step is from the sum of its layers.
 """
 
 from __future__ import annotations
@@ -113,6 +115,53 @@ def main() -> None:
     print("\nshare of training FLOPs (forward + backward) by layer:")
     for layer, share in layer_flops().items():
         print(f"  {layer:30s} {share:6.1%}")
+    print(f"\neach layer alone (batch {BATCH}, channels-last, median of 10): its rate against the"
+          f" {peak:.0f} GFLOP/s matmul peak")
+    print(f"{'layer, pass':24s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    total = 0.0
+    for label, ms, gflop in layer_rates():
+        total += ms
+        rate = f"{gflop / ms * 1e3:8.1f} {gflop / ms * 1e3 / peak:8.1%}" if gflop else f"{'':8s} {'':8s}"
+        print(f"{label:24s} {ms:7.2f} {rate}")
+    step = plain.train_seconds / plain.step * 1e3
+    print(f"{'sum of the layers':24s} {total:7.2f}\n{'a whole training step':24s} {step:7.2f}"
+          f"  (optimizer, logging, batch gather, loss: the rest)")
+
+
+def layer_rates(batch: int = BATCH, repeats: int = 10) -> list[tuple[str, float, float]]:
+    """(layer and pass, median ms, GFLOP) for each LeNet layer alone on tensors of a training step's
+    shapes: forward, then backward of a random output gradient (conv1's input needs none)."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    model = build_model("lenet")
+    cl = torch.channels_last
+    rows = []
+    shapes = [("conv1", model.conv1, (batch, 1, 28, 28), False), ("pool1", None, (batch, 20, 24, 24), True),
+              ("conv2", model.conv2, (batch, 20, 12, 12), True), ("pool2", None, (batch, 50, 8, 8), True),
+              ("fc1", model.fc1, (batch, 800), True), ("fc2", model.fc2, (batch, 500), True)]
+    for name, layer, shape, input_grad in shapes:
+        x = torch.randn(shape)
+        x = (x.contiguous(memory_format=cl) if x.dim() == 4 else x).requires_grad_(input_grad)
+        forward = layer if layer is not None else (lambda t: F.max_pool2d(t, 2, 2))
+        out = forward(x)
+        grad = torch.randn_like(out)
+        macs = 0 if layer is None else out.numel() * (layer.weight[0].numel())  # per output: Cin·k²
+        rows.append((f"{name} forward", timed(lambda f=forward, x=x: f(x)), 2 * macs / 1e9))
+        passes = 2 if input_grad else 1  # the input's gradient, and the weight's
+        whole = timed(lambda f=forward, x=x, g=grad: f(x).backward(g))
+        rows.append((f"{name} backward", whole - rows[-1][1], 2 * macs * passes / 1e9))
+    return rows
 
 
 def layer_flops() -> dict[str, float]:
