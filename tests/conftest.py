@@ -117,6 +117,17 @@ def invoke(*args, catch_exceptions: bool = True):
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 
+def assert_reproduce_refuses(config_text: str, tmp_path: Path, args: list, message: str) -> None:
+    """``lambexp reproduce CONFIG --out OUT ARGS``, with and without --plan: exit 2 with ``message``
+    on one line, and no OUT made."""
+    (tmp_path / "toy.yaml").write_text(config_text)
+    for plan in ([], ["--plan"]):
+        result = invoke("reproduce", tmp_path / "toy.yaml", "--out", tmp_path / "out", *args, *plan)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert not (tmp_path / "out").exists()
+
+
 def lambexp_argv(*args) -> list[str]:
     """``python -m lambexp ARGS`` as a command for a real process (paths may be Path objects)."""
     return [sys.executable, "-m", "lambexp", *map(str, args)]

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import invoke, lambexp_argv, summary_json, tiny_config
+from conftest import assert_reproduce_refuses, invoke, lambexp_argv, summary_json, tiny_config
 
 from lambexp.folders.layout import CHECKPOINT_FILE
 
@@ -171,11 +171,7 @@ def test_a_launcher_without_its_extra_says_how_to_install_it(module, launcher, e
     (["--launcher", "slurm", "--gpus-per-training", "0.5"], "Slurm takes whole GPUs (got 0.5)"),
 ])
 def test_launcher_options_out_of_place_are_refused(args, message, tmp_path):
-    (tmp_path / "toy.yaml").write_text(TOY)
-    for plan in ([], ["--plan"]):
-        result = invoke("reproduce", tmp_path / "toy.yaml", "--out", tmp_path / "out", *args, *plan)
-        assert result.exit_code == 2 and message in result.output, result.output
-        assert not (tmp_path / "out").exists()
+    assert_reproduce_refuses(TOY, tmp_path, args, message)
 
 
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="a Slurm cluster is here")

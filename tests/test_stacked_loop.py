@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from conftest import events, invoke, summary_json
+from conftest import assert_reproduce_refuses, events, invoke, summary_json
 from test_against_world import scores
 
 from lambexp.errors import Interrupted
@@ -239,12 +239,7 @@ def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp
     (["--stack", "4", "--launcher", "ray"], "--stack: stacked trainings run in this process; leave"),
 ])
 def test_stack_refuses_what_it_cannot_do_in_one_line(args, message, tmp_path):
-    (tmp_path / "toy.yaml").write_text(CONFIG)
-    for plan in ([], ["--plan"]):
-        result = invoke("reproduce", tmp_path / "toy.yaml", "--out", tmp_path / "out", *args, *plan)
-        assert result.exit_code == 2 and message in result.output, result.output
-        assert len(result.output.strip().splitlines()) == 1
-        assert not (tmp_path / "out").exists()
+    assert_reproduce_refuses(CONFIG, tmp_path, args, message)
     if "--jobs" not in args and "--launcher" not in args:
         result = invoke("resume", tmp_path / "out", *args)
         assert result.exit_code == 2 and message in result.output, result.output
