@@ -36,11 +36,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+MODEL = "lenet"
+
+
 def setup(n: int, device: str):
     nets = []
     for i in range(n):
         torch.manual_seed(i + 1)
-        nets.append(build_model("lenet", device))
+        nets.append(build_model(MODEL, device))
     x = torch.randn(8192, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (8192,), device=device)
     return nets, x, y
@@ -84,8 +87,8 @@ def loop(n: int, device: str, stack: int, out: Path) -> float:
 
     arms = "\n".join(f"  - {{name: lr{i}, lr: {0.01 * 1.1 ** i:.6g}}}" for i in range(n))
     config = out.parent / f"stack{n}.yaml"
-    config.write_text(f"name: stack{n}\noptimizer: lamb\nrule: blog\nbatch_size: {BATCH}\nepochs: 1\n"
-                      f"log_interval: 30\ndevice: {device}\narms:\n{arms}\n")
+    config.write_text(f"name: stack{n}\nmodel: {MODEL}\noptimizer: lamb\nrule: blog\nbatch_size: {BATCH}\n"
+                      f"epochs: 1\nlog_interval: 30\ndevice: {device}\narms:\n{arms}\n")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     reproduce([config], seeds=1, out=out, say=lambda s: None, stack=stack)
@@ -109,20 +112,24 @@ def main_loop(args) -> None:
 
 
 def main() -> None:
+    global BATCH, MODEL
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=BATCH, help="samples per batch (default: the blog's)")
+    ap.add_argument("--model", default=MODEL, choices=["lenet", "mlp"])
     ap.add_argument("--loop", action="store_true", help="time `lambexp reproduce --stack N` against"
                     " --stack off on real MNIST instead of the bare step")
     args = ap.parse_args()
+    BATCH, MODEL = args.batch, args.model
     if args.loop:
         main_loop(args)
         return
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}; LeNet, batch {BATCH}, LAMB blog; {args.steps} steps,"
+    print(f"torch {torch.__version__}, {where}; {MODEL}, batch {BATCH}, LAMB blog; {args.steps} steps,"
           f" {args.rounds} alternating rounds, median shown")
     print("\nsamples/s over all members")
     print(f"{'members':>7s} {'one after another':>18s} {'stacked':>10s} {'stacked ×':>10s}")

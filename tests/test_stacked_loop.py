@@ -243,3 +243,33 @@ def test_stack_refuses_what_it_cannot_do_in_one_line(args, message, tmp_path):
     if "--jobs" not in args and "--launcher" not in args:
         result = invoke("resume", tmp_path / "out", *args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_bars_of_a_stack_share_one_display_on_a_terminal():
+    """Members train at once, and rich allows one live display at a time: the factory's bars share
+    one, which shows every member's bar and goes when the last ends."""
+    import io
+
+    from rich.console import Console
+
+    from lambexp.config import Arm
+    from lambexp.training.progress import progress_factory
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    make = progress_factory(False, console)
+    bars = [make(Arm(name=name, optimizer="lamb")) for name in ("first", "second")]
+    for bar in bars:
+        bar.begin(10)
+    for k, bar in enumerate(bars):
+        bar.advance(3 + k, 2.5)
+    shared = bars[0].shared
+    assert bars[1].shared is shared and shared.bar.live.is_started
+    assert [(t.description, t.completed) for t in shared.bar.tasks] == [("first", 3), ("second", 4)]
+    shared.bar.refresh()
+    bars[0].end()
+    assert bars[1].shared.bar.live.is_started  # the second still trains
+    bars[1].end()
+    assert not bars[1].shared.bar.live.is_started
+    shown = out.getvalue()
+    assert "first" in shown and "second" in shown and "4/10" in shown

@@ -5,6 +5,7 @@ epochs, a device and a data folder train N at a time as one stacked model, in th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -16,7 +17,7 @@ from lambexp.runner.experiment import ArmInputs, run_arm
 from lambexp.runner.plan import Say, Training
 from lambexp.runner.task import FINISHED, INTERRUPTED, say_result
 from lambexp.training.group import StackGroup
-from lambexp.training.progress import NoProgress, Progress
+from lambexp.training.progress import Progress
 
 
 def check_stack(stack: int, jobs: int, launching: bool) -> None:
@@ -51,11 +52,16 @@ def stack_groups(work: list[Training], size: int, inputs: ArmInputs) -> list[lis
 def run_group(group: list[Training], inputs: ArmInputs, say: Say,
               progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
               apply_changes: bool = False) -> None:
-    """Train ``group`` together, each in a thread of its own; the first shows its progress (one
-    live display at a time), each says how it ended. When every member has ended, raises the
-    first error a member raised (Interrupted when one was interrupted)."""
+    """Train ``group`` together, each in a thread of its own, each with its progress (bars share one
+    display: lambexp.training.progress.SharedBar), each saying how it ended. When every member has
+    ended, raises the first error a member raised (Interrupted when one was interrupted)."""
     together = StackGroup(len(group))
     threads = torch.get_num_threads()
+    lock = threading.Lock()
+
+    def said(line: str) -> None:  # whole lines: members finish at the same moment
+        with lock:
+            say(line)
 
     loaded = [inputs.data(t.arm) for t in group]  # here, once, not in the threads at once
 
@@ -65,15 +71,14 @@ def run_group(group: list[Training], inputs: ArmInputs, say: Say,
         torch.set_num_threads(threads)
         try:
             data, device = loaded[slot]
-            progress = progress_for(t.arm) if slot == 0 else NoProgress()
-            summary = run_arm(t.arm, data, device, t.folder, progress, stop_requested,
+            summary = run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested,
                               apply_changes=apply_changes, member=together.member(slot))
         except Interrupted:
-            say_result(t.label, INTERRUPTED, None, say)
+            say_result(t.label, INTERRUPTED, None, said)
             return INTERRUPTED
         finally:
             together.leave(slot)  # also when it failed before its first step
-        say_result(t.label, FINISHED, summary.to_json(), say)
+        say_result(t.label, FINISHED, summary.to_json(), said)
         return FINISHED
 
     say(f"{len(group)} trainings as one stacked model: " + ", ".join(

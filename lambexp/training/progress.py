@@ -52,10 +52,13 @@ class LineProgress(NoProgress):
         self.write(_epoch_line(self.name, epoch, self.epochs, metrics, self.loss))
 
 
-class BarProgress(LineProgress):
-    """A rich progress bar per arm (steps, loss, last test accuracy), and the epoch lines above it."""
+class SharedBar:
+    """One rich live display for the bars of every arm that trains at once (a stacked group trains
+    several in threads; rich allows one live display at a time): shown while any bar is."""
 
-    def __init__(self, name: str, epochs: int, console):
+    def __init__(self, console):
+        import threading
+
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -65,23 +68,48 @@ class BarProgress(LineProgress):
         )
         from rich.progress import Progress as RichProgress
 
-        super().__init__(name, epochs, lambda line: console.print(line, markup=False, highlight=False))
         self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                 console=console, transient=True)
+        self._users = 0
+        self._lock = threading.Lock()
+
+    def add(self, name: str, total: int, done: int):
+        with self._lock:
+            if self._users == 0:
+                self.bar.start()
+            self._users += 1
+            return self.bar.add_task(name, total=total, completed=done, status="")
+
+    def remove(self, task) -> None:
+        with self._lock:
+            self.bar.remove_task(task)
+            self._users -= 1
+            if self._users == 0:
+                self.bar.stop()
+
+
+class BarProgress(LineProgress):
+    """A rich progress bar per arm (steps, loss, last test accuracy), and the epoch lines above it;
+    the bars of arms training at once share one display (``SharedBar``)."""
+
+    def __init__(self, name: str, epochs: int, console, shared: SharedBar | None = None):
+        super().__init__(name, epochs, lambda line: console.print(line, markup=False, highlight=False))
+        self.shared = shared or SharedBar(console)
         self.task = None
 
     def begin(self, total_steps: int, done: int = 0) -> None:
-        self.bar.start()
-        self.task = self.bar.add_task(self.name, total=total_steps, completed=done, status="")
+        self.task = self.shared.add(self.name, total_steps, done)
 
     def advance(self, step: int, loss: float) -> None:
         super().advance(step, loss)
-        self.bar.update(self.task, completed=step, status=f"loss {loss:.4f}")
+        self.shared.bar.update(self.task, completed=step, status=f"loss {loss:.4f}")
 
     def end(self) -> None:
-        self.bar.stop()
+        if self.task is not None:
+            self.shared.remove(self.task)
+            self.task = None
 
 
 def progress_factory(quiet: bool, console=None) -> Callable:
@@ -89,6 +117,7 @@ def progress_factory(quiet: bool, console=None) -> Callable:
     if quiet:
         return lambda arm: NoProgress()
     if console is not None and console.is_terminal:
-        return lambda arm: BarProgress(arm.name, arm.epochs, console)
+        shared = SharedBar(console)
+        return lambda arm: BarProgress(arm.name, arm.epochs, console, shared)
     return lambda arm: LineProgress(arm.name, arm.epochs, lambda s: print(s, file=sys.stdout,
                                                                             flush=True))
