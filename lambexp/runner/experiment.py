@@ -168,6 +168,11 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
         fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps) \
             and fused_supports(arm)  # auto: only where the compiled step runs this arm (config checks true)
+        if fused and member is not None:  # torch.compile is not thread-safe: members compile at once
+            fused = False
+            if arm.fused is True:
+                progress.note("fused: true does not apply in a stack (torch.compile is not thread-safe);"
+                              " the multi-tensor step runs instead, equal to rounding")
         opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
         checkpoint = arm_dir / CHECKPOINT_FILE
         resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
