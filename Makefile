@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install run reproduce-all test test-fast test-install bench bench-optim bench-stack profile tensorboard clean
+.PHONY: install run reproduce-all test test-fast test-install bench bench-optim bench-stack profile gpu-pack tensorboard clean
 
 install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
 
@@ -46,6 +46,20 @@ bench-stack: install  ## N trainings stacked (one vmap'd model) against one afte
 
 bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py
+
+GPU_WHEELS := pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+  torch-optimizer==0.3.0 pytorch-ranger==0.1.1 submitit==1.5.4
+
+gpu-pack: install  ## .gpu/: what benchmarks/gpu_check.sh needs on a GPU machine with no network (wheels, MNIST)
+	rm -rf .gpu && mkdir -p .gpu
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform any -d .gpu $(GPU_WHEELS)
+	$(VENV)/bin/lambexp data fetch
+	for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do \
+	  gzip -c "$$($(PY) -c 'from lambexp.data.fetch import default_data_dir; print(default_data_dir())')/MNIST/raw/$$f" \
+	    > .gpu/$$f.gz; done
+	du -sh .gpu
 
 tensorboard: install  ## TensorBoard on runs/
 	$(VENV)/bin/lambexp tensorboard

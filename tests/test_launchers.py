@@ -71,6 +71,7 @@ def assert_same_trainings(out, straight) -> None:
 
 @pytest.mark.slow
 def test_ray_trains_what_jobs_1_trains_and_skips_it_on_a_rerun(tiny_mnist_env, tmp_path, straight):
+    pytest.importorskip("ray")  # an extra: CI installs it; a GPU image may not have it
     config = tmp_path / "toy.yaml"
     config.write_text(TOY)
     first = reproduce(config, tmp_path / "ray", "--launcher", "ray")
