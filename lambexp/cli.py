@@ -59,8 +59,9 @@ Json = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead
 Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")]
 Stack = Annotated[str, typer.Option(
     "--stack", metavar="N|off", help="train up to N trainings that share a model, batch size and number"
-    " of epochs as one stacked model in this process, each writing what it writes alone (results"
-    " equal to float rounding). Off by default: on the CPU it is slower (docs/measured.md)")]
+    " of epochs as one stacked model (here, in each --jobs worker, or in each Ray or Slurm task),"
+    " each writing what it writes alone (results equal to float rounding). Off by default: on the"
+    " CPU it is slower (docs/measured.md)")]
 
 
 def _version(value: bool) -> None:
@@ -274,10 +275,11 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
                   " 'lambexp[ray]'), slurm (a Slurm job array through submitit: pip install"
                   " 'lambexp[slurm]'); docs/distributed.md")] = "local",
               cpus_per_training: Annotated[int, typer.Option(
-                  help="ray, slurm: CPUs each training asks for (and torch's threads in it)")] = 1,
+                  help="ray, slurm: CPUs each training (or stack, --stack) asks for, and torch's threads"
+                  " in it")] = 1,
               gpus_per_training: Annotated[float, typer.Option(
-                  help="ray, slurm: GPUs each training asks for (ray takes fractions: 0.25 puts four"
-                  " on a GPU)")] = 0,
+                  help="ray, slurm: GPUs each training (or stack) asks for (ray takes fractions: 0.25"
+                  " puts four on a GPU)")] = 0,
               ray_address: Annotated[str | None, typer.Option(
                   help="ray: the cluster to join (default: $RAY_ADDRESS, a cluster started here with"
                   " `ray start --head`, else a new one on this machine)", show_default=False)] = None,
@@ -302,13 +304,11 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         from lambexp.runner.plan import make_plan, plan_lines
         from lambexp.runner.reproduce import check_folder, load_all
         from lambexp.runner.reproduce import reproduce as run_all
-        from lambexp.runner.stacked import check_stack
 
         stacked = _stack_size(stack)
         paths = [find_config(c) for c in configs] if configs else the_posts_configs()
         launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
                            slurm_partition, slurm_time, slurm_cluster, ctx, installed=not plan)
-        check_stack(stacked, jobs or 1, launch is not None)
         if plan:
             exps = load_all(paths, seeds)
             for exp in exps:

@@ -71,16 +71,17 @@ def assert_same_trainings(out, straight) -> None:
 
 @pytest.mark.slow
 def test_ray_trains_what_jobs_1_trains_and_skips_it_on_a_rerun(tiny_mnist_env, tmp_path, straight):
+    """With --stack 2: each Ray task trains a seed's two arms as one stacked model."""
     pytest.importorskip("ray")  # an extra: CI installs it; a GPU image may not have it
     config = tmp_path / "toy.yaml"
     config.write_text(TOY)
-    first = reproduce(config, tmp_path / "ray", "--launcher", "ray")
+    first = reproduce(config, tmp_path / "ray", "--launcher", "ray", "--stack", "2")
     assert first.returncode == 0, first.stderr
-    assert "4 trainings as Ray tasks of 1 CPU each" in first.stdout
+    assert "4 trainings as 2 stacks in Ray tasks of 1 CPU each" in first.stdout
     assert all(f"tiny/{arm}: finished, final test accuracy" in first.stdout for arm in ARMS)
     assert "Token authentication" not in first.stderr  # Ray's own chatter stays out
     assert_same_trainings(tmp_path / "ray", straight)
-    again = reproduce(config, tmp_path / "ray", "--launcher", "ray")
+    again = reproduce(config, tmp_path / "ray", "--launcher", "ray", "--stack", "2")
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("finished before, skipped") == 4 and "Ray tasks" not in again.stdout
 

@@ -157,6 +157,19 @@ def test_a_stack_writes_what_its_arms_write_one_by_one(world, tmp_path):
         assert_same_training(tmp_path / "stacked" / "toy" / "seed1" / arm, straight / arm, tiny)
 
 
+def test_stacks_in_worker_processes_write_what_the_arms_write_one_by_one(world, tmp_path):
+    """--jobs 2 --stack 3: two worker processes, each training three arms as one stacked model."""
+    straight, tiny = world
+    (tmp_path / "toy.yaml").write_text(CONFIG)
+    result = invoke("reproduce", tmp_path / "toy.yaml", "--seeds", "1", "--out", tmp_path / "jobs",
+                    "--jobs", "2", "--stack", "3")
+    assert result.exit_code == 0, result.output
+    assert "6 trainings in 2 stacks of up to 3, 2 at once" in result.output
+    assert result.output.count("3 trainings as one stacked model: ") == 2
+    for arm in ARMS:
+        assert_same_training(tmp_path / "jobs" / "toy" / "seed1" / arm, straight / arm, tiny)
+
+
 def test_members_resumed_at_different_steps_step_together(world, tmp_path):
     """The first arm stopped alone at step 3 (its checkpoint mid-epoch), the others fresh: stacked,
     the first reaches its short last batch while the others are at full ones (padding)."""
@@ -235,14 +248,11 @@ def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp
 @pytest.mark.parametrize("args, message", [
     (["--stack", "0"], "--stack: a number of trainings to stack (2 or more), or off (got '0')"),
     (["--stack", "two"], "--stack: a number of trainings to stack (2 or more), or off (got 'two')"),
-    (["--stack", "2", "--jobs", "2"], "--stack: stacked trainings run in this process; leave --jobs at 1"),
-    (["--stack", "4", "--launcher", "ray"], "--stack: stacked trainings run in this process; leave"),
 ])
 def test_stack_refuses_what_it_cannot_do_in_one_line(args, message, tmp_path):
     assert_reproduce_refuses(CONFIG, tmp_path, args, message)
-    if "--jobs" not in args and "--launcher" not in args:
-        result = invoke("resume", tmp_path / "out", *args)
-        assert result.exit_code == 2 and message in result.output, result.output
+    result = invoke("resume", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_the_bars_of_a_stack_share_one_display_on_a_terminal():
@@ -273,3 +283,53 @@ def test_the_bars_of_a_stack_share_one_display_on_a_terminal():
     assert not bars[1].shared.bar.live.is_started
     shown = out.getvalue()
     assert "first" in shown and "second" in shown and "4/10" in shown
+
+
+@pytest.mark.filterwarnings("ignore:Lamb\\(fused=True\\). torch.compile failed")
+def test_a_member_resumed_from_a_compiled_run_steps_without_compiling(tmp_path, monkeypatch):
+    """torch.compile is not thread-safe, so members take the multi-tensor step; a checkpoint of a
+    lone `fused: true` run must not bring the compiled step back (its param groups say fused)."""
+    import threading
+
+    from lambexp.config import Arm
+    from lambexp.data.tensors import MnistTensors
+    from lambexp.optim.fast import fused
+    from lambexp.runner.experiment import run_arm
+    from lambexp.training.group import StackGroup
+    from lambexp.training.progress import NoProgress
+
+    asked = []
+
+    def kernel(rule):  # stands in for the compiled kernel: who asked, then "fails" (foreach runs)
+        asked.append(threading.current_thread().name)
+        raise fused.CompileFailed("not compiled in this test")
+
+    monkeypatch.setattr(fused, "kernel", kernel)
+    g = torch.Generator().manual_seed(0)
+    data = MnistTensors(torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g),
+                        torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+    arms = [Arm(name=f"a{s}", optimizer="lamb", fused=True, epochs=1, batch_size=32, log_interval=4,
+                device="cpu", seed=s) for s in (1, 2)]
+    for arm in arms:  # alone, stopped after 3 steps: a checkpoint whose groups say fused
+        polls = iter(range(10))
+        with pytest.raises(Interrupted):
+            run_arm(arm, data, torch.device("cpu"), tmp_path / arm.name, NoProgress(),
+                    lambda polls=polls: next(polls) >= 3)
+    assert asked  # the lone runs asked for the compiled step
+    asked.clear()
+    group = StackGroup(2)
+
+    def member(slot):
+        try:
+            run_arm(arms[slot], data, torch.device("cpu"), tmp_path / arms[slot].name, NoProgress(),
+                    member=group.member(slot))
+        finally:
+            group.leave(slot)
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert asked == []
+    assert all(summary_json(tmp_path / arm.name)["status"] == "finished" for arm in arms)

@@ -177,6 +177,9 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         checkpoint = arm_dir / CHECKPOINT_FILE
         resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
         restored = load_checkpoint(checkpoint, model, opt) if resumed else Restored(LoopState())
+        for group in opt.param_groups:  # the checkpoint's groups say how that run stepped, not this one
+            if "fused" in group:
+                group["fused"] = fused
     state, changes = restored.state, restored.changes
     if restored.settings is not None:
         changed = setting_changes(restored.settings, arm)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lambexp.errors import Interrupted, UserError
 from lambexp.runner.plan import Training, unfinished
-from lambexp.runner.task import INTERRUPTED, say_result, train_task
+from lambexp.runner.task import INTERRUPTED, say_result, train_task, unit_label
 
 _STOP = None  # in a worker: its graceful-stop flag (the worker's own process, set at start)
 
@@ -43,15 +43,18 @@ def _start_worker(threads: int, gpus: list[str], counter) -> None:
     catch(_STOP, announce=False)  # the parent tells the person
 
 
-def _train(arm_json: str, arm_dir: str, data_dir: str | None) -> tuple[str, dict | None]:
+def _train(arms_json: list[str], arm_dirs: list[str], data_dir: str | None) -> list[tuple[str, dict | None]]:
     """In a worker: ``task.train_task`` with the worker's graceful-stop flag."""
-    return train_task(arm_json, arm_dir, data_dir, stop_requested=_STOP)
+    return train_task(arms_json, arm_dirs, data_dir, stop_requested=_STOP)
 
 
 def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
-                    say: Callable[[str], None], stop_requested: Callable[[], bool]) -> None:
-    """Train the unfinished trainings of ``work`` in ``jobs`` worker processes."""
+                    say: Callable[[str], None], stop_requested: Callable[[], bool], stack: int = 1) -> None:
+    """Train the unfinished trainings of ``work`` in ``jobs`` worker processes; ``stack`` > 1: each
+    worker trains up to that many at a time as one stacked model (lambexp.runner.stacked)."""
     import torch
+
+    from lambexp.runner.stacked import describe_group, stack_groups
 
     pending = unfinished(work, say)
     if not pending:
@@ -60,13 +63,15 @@ def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
     threads = max(1, torch.get_num_threads() // jobs) if not gpus else torch.get_num_threads()
     context = get_context("spawn")
     counter = context.Value("i", 0)
-    say(f"{len(pending)} trainings, {jobs} at once ({threads} CPU thread{'s' * (threads > 1)} each"
+    units = stack_groups(pending, stack, data_dir)
+    say(f"{len(pending)} trainings" + (f" in {len(units)} stacks of up to {stack}" if stack > 1 else "")
+        + f", {jobs} at once ({threads} CPU thread{'s' * (threads > 1)} each"
         + (f", GPUs {', '.join(gpus)} in turn" if gpus else "") + ")")
     interrupted = False
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                              initargs=(threads, gpus, counter)) as pool:
-        queue = list(pending)
-        running: dict[Future, str] = {}
+        queue = list(units)
+        running: dict[Future, list[Training]] = {}
         forwarded = False
         while queue or running:
             if stop_requested() and not forwarded:  # a SIGTERM to this process alone: pass it on
@@ -74,22 +79,25 @@ def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
                 for process in active_children():  # the executor's workers: our only children
                     process.terminate()  # SIGTERM: each worker checkpoints its arm and returns
             while queue and len(running) < jobs and not stop_requested():
-                t = queue.pop(0)
-                say(f"{t.label}: {'continuing' if t.folder.exists() else 'training'}")
-                running[pool.submit(_train, t.arm.model_dump_json(), str(t.folder),
-                                    str(data_dir) if data_dir else None)] = t.label
+                unit = queue.pop(0)
+                say(describe_group(unit) if len(unit) > 1 else
+                    f"{unit[0].label}: {'continuing' if unit[0].folder.exists() else 'training'}")
+                arms, folders = [t.arm.model_dump_json() for t in unit], [str(t.folder) for t in unit]
+                running[pool.submit(_train, arms, folders, str(data_dir) if data_dir else None)] = unit
             if not running:
                 break
             done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done:
-                label = running.pop(future)
+                unit = running.pop(future)
                 try:
-                    status, summary = future.result()
+                    results = future.result()
                 except UserError as err:  # a full disk, too little memory: the worker's own line
-                    raise type(err)(f"{label}: {err}") from None
+                    raise type(err)(f"{unit_label(unit)}: {err}") from None
                 except Exception as err:  # a worker died or failed: say which training
-                    raise UserError(f"{label}: its training failed in a worker process ({err})") from err
-                interrupted |= status == INTERRUPTED
-                say_result(label, status, summary, say)
+                    raise UserError(f"{unit_label(unit)}: its training failed in a worker process"
+                                    f" ({err})") from err
+                for t, (status, summary) in zip(unit, results):
+                    interrupted |= status == INTERRUPTED
+                    say_result(t.label, status, summary, say)
     if interrupted or stop_requested():
         raise Interrupted("with every running training checkpointed; the finished ones are kept")

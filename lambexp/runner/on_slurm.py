@@ -1,11 +1,12 @@
 """`lambexp reproduce --launcher slurm`: the unfinished trainings as one Slurm job array (submitit).
 
-Each array task trains one arm into its folder (``task.train_task``), so ``--out`` must be on a file
-system the compute nodes share, with lambexp and MNIST installed where they run
-(docs/distributed.md). submitit's own files (the job scripts, each task's stdout and stderr) go to
-``<out>/.submitit``. This process waits for the array and says each result as it lands; Ctrl-C
-cancels every task not finished (scancel): a training stopped mid-way continues from its last
-checkpoint on the next run; so does a task that reaches its time limit (``train_job``).
+Each array task trains one arm (or one stacked group, ``--stack``) into its folder
+(``task.train_task``), so ``--out`` must be on a file system the compute nodes share, with lambexp
+and MNIST installed where they run (docs/distributed.md). submitit's own files (the job scripts,
+each task's stdout and stderr) go to ``<out>/.submitit``. This process waits for the array and says
+each result as it lands; Ctrl-C cancels every task not finished (scancel): a training stopped
+mid-way continues from its last checkpoint on the next run; so does a task that reaches its time
+limit (``train_job``).
 ``cluster="local"``: submitit's local executor, the same tasks as processes on this machine, to try
 a sweep before submitting it (and how the tests run it).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from lambexp.errors import Interrupted, UserError
 from lambexp.runner.plan import Training, unfinished
-from lambexp.runner.task import INTERRUPTED, say_result, train_task
+from lambexp.runner.task import INTERRUPTED, say_result, train_task, unit_label
 
 POLL_SECONDS = 2.0  # how often the array's state is read (submitit caches sacct for a while anyway)
 CLUSTERS = ("slurm", "local")
@@ -43,10 +44,12 @@ CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C: how long to wait for cancelled tasks
 FAILED = "failed"  # a task's UserError, returned as such: submitit would wrap it in its traceback
 
 
-def train_job(arm_json: str, arm_dir: str, data_dir: str | None, threads: int) -> tuple[str, dict | None]:
-    """An array task: ``task.train_task``, stopping cleanly (the arm checkpointed after its step)
-    on SIGTERM or SIGINT (scancel) and on SIGUSR2, which submitit has Slurm send 90 s before the
-    task's time limit (``--slurm-time``). A UserError comes back as (FAILED, {"error": line})."""
+def train_job(arms_json: list[str], arm_dirs: list[str], data_dir: str | None,
+              threads: int) -> list[tuple[str, dict | None]]:
+    """An array task: ``task.train_task`` (one training, or a stacked group), stopping cleanly (each
+    arm checkpointed after its step) on SIGTERM or SIGINT (scancel) and on SIGUSR2, which submitit
+    has Slurm send 90 s before the task's time limit (``--slurm-time``). A UserError comes back as
+    [(FAILED, {"error": line})]."""
     import signal
 
     from lambexp.training.signals import StopFlag, catch
@@ -55,9 +58,9 @@ def train_job(arm_json: str, arm_dir: str, data_dir: str | None, threads: int) -
     catch(stop, announce=False)
     signal.signal(signal.SIGUSR2, lambda signum, frame: setattr(stop, "signum", signum))
     try:
-        return train_task(arm_json, arm_dir, data_dir, threads, stop_requested=stop)
+        return train_task(arms_json, arm_dirs, data_dir, threads, stop_requested=stop)
     except UserError as err:
-        return FAILED, {"error": str(err)}
+        return [(FAILED, {"error": str(err)})]
 
 
 def need_submitit():
@@ -70,10 +73,14 @@ def need_submitit():
 
 
 def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str], None],
-                 stop_requested: Callable[[], bool], folder: Path, options: SlurmOptions) -> None:
-    """Submit the unfinished trainings of ``work`` as one job array and wait for it. With
-    ``cluster="local"``, at most ``parallelism`` run at once (default: one per ``cpus`` cores),
-    since submitit's local executor would start them all."""
+                 stop_requested: Callable[[], bool], folder: Path, options: SlurmOptions,
+                 stack: int = 1) -> None:
+    """Submit the unfinished trainings of ``work`` as one job array and wait for it; ``stack`` > 1:
+    each array task trains up to that many as one stacked model. With ``cluster="local"``, at most
+    ``parallelism`` run at once (default: one per ``cpus`` cores), since submitit's local executor
+    would start them all."""
+    from lambexp.runner.stacked import stack_groups
+
     submitit = need_submitit()
     pending = unfinished(work, say)
     if not pending:
@@ -90,18 +97,18 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
     data = str(data_dir) if data_dir else None
     local = options.cluster == "local"
     at_once = (options.parallelism or max(1, (os.cpu_count() or 1) // options.cpus)) if local else None
-    queue = list(pending)
-    waiting: dict = {}  # job -> label
+    queue = stack_groups(pending, stack, data_dir)
+    waiting: dict = {}  # job -> its unit (a training, or a stacked group)
 
-    def submit(trainings: list[Training]) -> None:
+    def submit(units: list[list[Training]]) -> None:
         try:
-            jobs = executor.map_array(train_job, [t.arm.model_dump_json() for t in trainings],
-                                      [str(t.folder) for t in trainings], [data] * len(trainings),
-                                      [options.cpus] * len(trainings))
+            jobs = executor.map_array(train_job, [[t.arm.model_dump_json() for t in u] for u in units],
+                                      [[str(t.folder) for t in u] for u in units], [data] * len(units),
+                                      [options.cpus] * len(units))
         except Exception as err:  # sbatch refused: a bad partition, a time over the limit, ...
             raise UserError(f"--launcher slurm: the job array was not accepted: "
                             f"{str(err).strip().splitlines()[-1]}") from None
-        waiting.update(zip(jobs, (t.label for t in trainings)))
+        waiting.update(zip(jobs, units))
 
     stopped = []  # trainings that ran out of --slurm-time, checkpointed
     try:
@@ -112,7 +119,8 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
             submit(queue)
             queue = []
             what = f"Slurm job array {next(iter(waiting)).job_id.split('_')[0]}"
-        say(f"{len(pending)} trainings as {what} ({options.cpus} CPU{'s' * (options.cpus != 1)},"
+        say(f"{len(pending)} trainings as {f'{len(queue) + len(waiting)} stacks in ' if stack > 1 else ''}"
+            f"{what} ({options.cpus} CPU{'s' * (options.cpus != 1)},"
             f" {options.gpus} GPUs, {options.time_minutes} min each"
             f"{f', partition {options.partition}' if options.partition else ''}); logs: {folder}")
         while waiting:
@@ -120,17 +128,18 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
                 raise Interrupted("the job array's unfinished tasks were cancelled; the finished"
                                   " trainings are kept, the others continue from their last checkpoint")
             for job in [j for j in waiting if j.done()]:
-                label = waiting.pop(job)
+                unit = waiting.pop(job)
                 try:
-                    status, summary = job.result()
+                    results = job.result()
                 except Exception:  # the task raised, or Slurm killed it (memory, node failure)
-                    raise UserError(f"{label}: its Slurm task {job.job_id} failed; the error is at the"
-                                    f" end of {job.paths.stderr}") from None
-                if status == FAILED:
-                    raise UserError(f"{label}: {summary['error']}")
-                if status == INTERRUPTED and not stop_requested():
-                    stopped.append(label)
-                say_result(label, status, summary, say)
+                    raise UserError(f"{unit_label(unit)}: its Slurm task {job.job_id} failed; the error"
+                                    f" is at the end of {job.paths.stderr}") from None
+                if results[0][0] == FAILED:
+                    raise UserError(f"{unit_label(unit)}: {results[0][1]['error']}")
+                for t, (status, summary) in zip(unit, results):
+                    if status == INTERRUPTED and not stop_requested():
+                        stopped.append(t.label)
+                    say_result(t.label, status, summary, say)
                 if queue:
                     submit([queue.pop(0)])
             if waiting:
@@ -140,7 +149,7 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
             job.cancel(check=False)
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
         while waiting and time.monotonic() < deadline:  # let them checkpoint before --out unlocks
-            waiting = {job: label for job, label in waiting.items() if not job.done()}
+            waiting = {job: unit for job, unit in waiting.items() if not job.done()}
             time.sleep(0.2)
     if stopped:
         raise UserError(f"{len(stopped)} training{'s' * (len(stopped) > 1)} reached --slurm-time"

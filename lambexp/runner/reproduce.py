@@ -79,7 +79,7 @@ def run_pending(work: list[Training], inputs: ArmInputs, say: Say,
     if stack > 1 and world.active:
         raise UserError("--stack: under torchrun each training is spread over the processes;"
                         " leave --stack off")
-    groups = stack_groups(pending, stack, inputs) if stack > 1 else [[t] for t in pending]
+    groups = stack_groups(pending, stack, inputs.data_dir)
     for group in groups:
         if not world.active and stop_requested():  # under DDP the ranks agree at log steps
             raise Interrupted("between arms; the finished arms are kept")
@@ -123,12 +123,12 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     before anything runs.
     ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs).
     ``launch``: send the trainings elsewhere instead (``on_ray.run_on_ray``, ``on_slurm.run_on_slurm``
-    with their options bound), called as ``launch(work, data_dir, say, stop_requested)``.
-    ``stack`` > 1: trainings that can share a stacked model train that many at a time, in this
-    process (lambexp.runner.stacked); not with ``jobs`` > 1 or ``launch``."""
+    with their options bound), called as ``launch(work, data_dir, say, stop_requested, stack=stack)``.
+    ``stack`` > 1: trainings that can share a stacked model train up to that many at a time as one
+    (lambexp.runner.stacked): here, in each worker, or in each task ``launch`` sends."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
-    check_stack(stack, jobs, launch is not None)
+    check_stack(stack)
     exps = load_all(configs, seeds)
     with folder_lock(out, "--out") if launched_world().lead else nullcontext(), \
             process_group() as world:
@@ -148,13 +148,13 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
 
         work = world.from_lead(prepare)
         if launch is not None:
-            launch(work, data_dir.resolve() if data_dir else None, say, stop_requested)
+            launch(work, data_dir.resolve() if data_dir else None, say, stop_requested, stack=stack)
         elif jobs > 1:
             if world.active:
                 raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
             from lambexp.runner.jobs import run_in_parallel
 
-            run_in_parallel(work, jobs, data_dir, say, stop_requested)
+            run_in_parallel(work, jobs, data_dir, say, stop_requested, stack)
         else:
             run_pending(work, inputs, say, progress_for, stop_requested, world, stack=stack)
     return [out / exp.name for exp in exps]

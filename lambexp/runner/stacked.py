@@ -1,6 +1,7 @@
 """`lambexp reproduce --stack N`: the pending trainings that share a model, a batch size, a number of
-epochs, a device and a data folder train N at a time as one stacked model, in this process
-(lambexp.training.group). Each writes its folder exactly as it would alone.
+epochs, a device and a data folder train N at a time as one stacked model (lambexp.training.group),
+in this process, in each `--jobs` worker, or in each Ray task or Slurm array task. Each writes its
+folder exactly as it would alone.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
 
 import torch
 
@@ -20,27 +22,25 @@ from lambexp.training.group import StackGroup
 from lambexp.training.progress import Progress
 
 
-def check_stack(stack: int, jobs: int, launching: bool) -> None:
-    """A UserError for --stack with what it cannot go with: stacks train in this process."""
-    if stack > 1 and (jobs > 1 or launching):
-        raise UserError("--stack: stacked trainings run in this process; leave --jobs at 1 and"
-                        " --launcher local")
+def check_stack(stack: int) -> None:
+    """A UserError for a --stack that is not a number of trainings."""
+    if stack < 1:
+        raise UserError(f"--stack: a number of trainings to stack (2 or more), or off (got {stack})")
 
 
-def stack_key(t: Training, inputs: ArmInputs) -> tuple:
+def stack_key(arm: Arm, data_dir: Path | None) -> tuple:
     """Trainings with equal keys can share a stack: same model and batch shape, the same number of
-    steps, one device and one data set."""
-    a = t.arm
-    return a.model, a.batch_size, a.epochs, a.device, str(inputs.folder(a))
+    steps, one device and one data set (``data_dir``: --data-dir, which overrides the arm's)."""
+    return arm.model, arm.batch_size, arm.epochs, arm.device, str(data_dir or arm.data_dir)
 
 
-def stack_groups(work: list[Training], size: int, inputs: ArmInputs) -> list[list[Training]]:
+def stack_groups(work: list[Training], size: int, data_dir: Path | None) -> list[list[Training]]:
     """``work`` in groups of at most ``size`` that share a ``stack_key``, in the order of each
-    group's first training (the plan's order: seed by seed)."""
+    group's first training (the plan's order: seed by seed). ``size`` 1: each training alone."""
     open_groups: dict[tuple, list[Training]] = {}
     groups: list[list[Training]] = []
     for t in work:
-        key = stack_key(t, inputs)
+        key = stack_key(t.arm, data_dir)
         group = open_groups.get(key)
         if group is None or len(group) == size:
             group = open_groups[key] = []
@@ -49,45 +49,61 @@ def stack_groups(work: list[Training], size: int, inputs: ArmInputs) -> list[lis
     return groups
 
 
-def run_group(group: list[Training], inputs: ArmInputs, say: Say,
-              progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
-              apply_changes: bool = False) -> None:
-    """Train ``group`` together, each in a thread of its own, each with its progress (bars share one
-    display: lambexp.training.progress.SharedBar), each saying how it ended. When every member has
-    ended, raises the first error a member raised (Interrupted when one was interrupted)."""
+def train_together(group: list[Training], inputs: ArmInputs, progress_for: Callable[[Arm], Progress],
+                   stop_requested: Callable[[], bool], apply_changes: bool = False,
+                   say: Say | None = None) -> list[tuple[str, dict | None]]:
+    """Train ``group`` as one stacked model, each member in a thread of its own with its progress
+    (bars share one display: lambexp.training.progress.SharedBar); each member's (FINISHED, its
+    summary) or (INTERRUPTED, None), in order, each also said as it ends when ``say`` is given.
+    When every member has ended, raises the first error a member raised other than Interrupted."""
     together = StackGroup(len(group))
     threads = torch.get_num_threads()
     lock = threading.Lock()
 
     def said(line: str) -> None:  # whole lines: members finish at the same moment
-        with lock:
-            say(line)
+        if say is not None:
+            with lock:
+                say(line)
 
     loaded = [inputs.data(t.arm) for t in group]  # here, once, not in the threads at once
 
-    def train(slot: int, t: Training) -> str:
+    def train(slot: int, t: Training) -> tuple[str, dict | None]:
         # a new thread's OpenMP team size is the machine's, not this process's setting: the same
         # for every member, so the stacked step (run by whichever arrives last) sums alike
         torch.set_num_threads(threads)
         try:
             data, device = loaded[slot]
             summary = run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested,
-                              apply_changes=apply_changes, member=together.member(slot))
+                              apply_changes=apply_changes, member=together.member(slot)).to_json()
         except Interrupted:
             say_result(t.label, INTERRUPTED, None, said)
-            return INTERRUPTED
+            return INTERRUPTED, None
         finally:
             together.leave(slot)  # also when it failed before its first step
-        say_result(t.label, FINISHED, summary.to_json(), said)
-        return FINISHED
+        say_result(t.label, FINISHED, summary, said)
+        return FINISHED, summary
 
-    say(f"{len(group)} trainings as one stacked model: " + ", ".join(
-        f"{t.label} ({'continuing' if t.folder.exists() else 'training'})" for t in group))
     with ThreadPoolExecutor(len(group), thread_name_prefix="lambexp-member") as pool:
         futures = [pool.submit(train, slot, t) for slot, t in enumerate(group)]
         wait(futures)
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]
-    if any(f.result() == INTERRUPTED for f in futures):
+    return [f.result() for f in futures]
+
+
+def describe_group(group: list[Training]) -> str:
+    """The line that says what a stacked group trains."""
+    return f"{len(group)} trainings as one stacked model: " + ", ".join(
+        f"{t.label} ({'continuing' if t.folder.exists() else 'training'})" for t in group)
+
+
+def run_group(group: list[Training], inputs: ArmInputs, say: Say,
+              progress_for: Callable[[Arm], Progress], stop_requested: Callable[[], bool],
+              apply_changes: bool = False) -> None:
+    """``train_together`` in this process, saying what it trains and how each ended; Interrupted
+    when a member was interrupted."""
+    say(describe_group(group))
+    results = train_together(group, inputs, progress_for, stop_requested, apply_changes, say)
+    if any(status == INTERRUPTED for status, _ in results):
         raise Interrupted("with every training of the stack checkpointed; the finished ones are kept")

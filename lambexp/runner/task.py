@@ -1,7 +1,8 @@
-"""One training as a unit of work that a launcher sends elsewhere: a worker process (``--jobs``), a
-Ray task (``--launcher ray``) or a Slurm job (``--launcher slurm``).
+"""One training, or one stacked group of them (``--stack``), as a unit of work that a launcher sends
+elsewhere: a worker process (``--jobs``), a Ray task (``--launcher ray``) or a Slurm job
+(``--launcher slurm``).
 
-``train_task`` runs in the worker, wherever that is: it trains one arm into its folder exactly as
+``train_task`` runs in the worker, wherever that is: it trains its arms into their folders exactly as
 ``reproduce`` does in one process (run_arm: checkpoints, summary, TensorBoard), so a launcher adds
 nothing to what a training writes. ``say_result`` is the launching side's line for its outcome.
 Everything crosses as plain strings and dicts, which every launcher can ship.
@@ -21,27 +22,38 @@ _INPUTS: dict = {}  # in a worker: MNIST loaded once per data folder, reused by 
 FINISHED, INTERRUPTED = "finished", "interrupted"
 
 
-def train_task(arm_json: str, arm_dir: str, data_dir: str | None, threads: int | None = None,
-               stop_requested: Callable[[], bool] | None = None) -> tuple[str, dict | None]:
-    """Train one arm (``Arm`` as JSON) into ``arm_dir``; returns (FINISHED, its summary) or
+def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, threads: int | None = None,
+               stop_requested: Callable[[], bool] | None = None) -> list[tuple[str, dict | None]]:
+    """Train one arm (``Arm`` as JSON) into its folder, or several as one stacked model
+    (``--stack``: lambexp.runner.stacked); for each, in order, (FINISHED, its summary) or
     (INTERRUPTED, None). ``threads``: the CPU threads torch may use here (None: torch's choice)."""
     import torch
 
     from lambexp.runner.experiment import ArmInputs, run_arm
+    from lambexp.runner.plan import Training
+    from lambexp.runner.stacked import train_together
     from lambexp.training.progress import NoProgress
 
     if threads:
         torch.set_num_threads(threads)
-    arm = Arm.model_validate_json(arm_json)
+    arms = [Arm.model_validate_json(a) for a in arms_json]
     if data_dir not in _INPUTS:
-        _INPUTS[data_dir] = ArmInputs([arm], Path(data_dir) if data_dir else None, say=lambda s: None)
-    data, device = _INPUTS[data_dir].data(arm)
+        _INPUTS[data_dir] = ArmInputs(arms, Path(data_dir) if data_dir else None, say=lambda s: None)
+    inputs, stop = _INPUTS[data_dir], stop_requested or (lambda: False)
+    if len(arms) > 1:
+        group = [Training(folder, arm, Path(folder)) for arm, folder in zip(arms, arm_dirs)]
+        return train_together(group, inputs, lambda arm: NoProgress(), stop)
+    data, device = inputs.data(arms[0])
     try:
-        summary = run_arm(arm, data, device, Path(arm_dir), NoProgress(),
-                          stop_requested=stop_requested or (lambda: False))
+        summary = run_arm(arms[0], data, device, Path(arm_dirs[0]), NoProgress(), stop_requested=stop)
     except Interrupted:
-        return INTERRUPTED, None
-    return FINISHED, summary.to_json()
+        return [(INTERRUPTED, None)]
+    return [(FINISHED, summary.to_json())]
+
+
+def unit_label(unit) -> str:
+    """How the launching side names a unit of work (a training, or a stacked group) in a line."""
+    return " + ".join(t.label for t in unit)
 
 
 def say_result(label: str, status: str, summary: dict | None, say: Callable[[str], None]) -> None:

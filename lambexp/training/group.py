@@ -75,6 +75,8 @@ class StackGroup:
                 for p in model.parameters():
                     p.data = p.data.clone()
                     p.grad = None
+            if not self._models:  # the last one: nothing holds the stack any more
+                self._stack, self._stacked = None, []
             self._run_when_ready()
 
     def _run_when_ready(self) -> None:

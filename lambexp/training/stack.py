@@ -75,7 +75,7 @@ class Stack:
             return each.mean(dim=1)
         n = torch.tensor(counts, device=each.device)
         mask = torch.arange(each.shape[1], device=each.device) < n[:, None]
-        return (each * mask).sum(dim=1) / n
+        return torch.where(mask, each, 0.0).sum(dim=1) / n  # padding left out, even where inf
 
     def backward(self, losses: Tensor, active: Tensor | None = None) -> None:
         """Gradients of every member's own loss, handed to its views' ``.grad``. ``active`` (N,)
