@@ -333,3 +333,18 @@ def test_a_member_resumed_from_a_compiled_run_steps_without_compiling(tmp_path, 
         t.join()
     assert asked == []
     assert all(summary_json(tmp_path / arm.name)["status"] == "finished" for arm in arms)
+
+
+def test_running_out_of_memory_in_a_stack_says_to_stack_fewer(tmp_path):
+    """A stack's members share the memory of one forward: the line says --stack, not only batch_size."""
+    from lambexp.config import Arm
+    from lambexp.runner.experiment import resource_problem
+
+    arm = Arm(name="lamb", optimizer="lamb", batch_size=512)
+    err = RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    alone = resource_problem(err, arm, torch.device("cuda"), tmp_path)
+    stacked = resource_problem(err, arm, torch.device("cuda"), tmp_path, stacked=True)
+    assert alone == ("lamb: out of memory with batch_size 512 on cuda (CUDA out of memory. Tried to"
+                     " allocate 20.00 GiB); lower batch_size")
+    assert stacked == ("lamb: out of memory with batch_size 512 on cuda in a stack (CUDA out of memory."
+                       " Tried to allocate 20.00 GiB); lower --stack (fewer trainings at once) or batch_size")

@@ -222,7 +222,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
             write_summary(arm_dir, summary)
             checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     except (OSError, RuntimeError, MemoryError) as err:
-        problem = resource_problem(err, arm, device, arm_dir)
+        problem = resource_problem(err, arm, device, arm_dir, stacked=member is not None)
         if problem is None:
             raise
         if world.lead:
@@ -282,8 +282,10 @@ def apply_to_optimizer(opt: torch.optim.Optimizer, args: dict, changed: dict) ->
         opt.defaults["grad_clip_norm"] = args["grad_clip_norm"]
 
 
-def resource_problem(err: BaseException, arm: Arm, device: torch.device, arm_dir: Path) -> str | None:
-    """One line for a full disk, an unwritable file or an allocation failure; None for anything else."""
+def resource_problem(err: BaseException, arm: Arm, device: torch.device, arm_dir: Path,
+                     stacked: bool = False) -> str | None:
+    """One line for a full disk, an unwritable file or an allocation failure; None for anything else.
+    ``stacked``: the arm trained in a stack, whose members' activations share the memory."""
     if isinstance(err, OSError):
         where = err.filename or arm_dir
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -293,8 +295,9 @@ def resource_problem(err: BaseException, arm: Arm, device: torch.device, arm_dir
     if isinstance(err, MemoryError) or isinstance(err, torch.OutOfMemoryError) or \
             "DefaultCPUAllocator" in text or "out of memory" in text:
         first = text.strip().splitlines()[0][:160] if text.strip() else type(err).__name__
-        return (f"{arm.name}: out of memory with batch_size {arm.batch_size} on {device} ({first});"
-                " lower batch_size")
+        return (f"{arm.name}: out of memory with batch_size {arm.batch_size} on {device}"
+                f"{' in a stack' if stacked else ''} ({first}); lower "
+                + ("--stack (fewer trainings at once) or batch_size" if stacked else "batch_size"))
     return None
 
 
