@@ -201,18 +201,19 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
             print(f"run folder: {run_dir}")
 
 
-
 def _stack_size(value: str) -> int:
     """--stack N|off → trainings per stack (1: off)."""
+    from lambexp.runner.stacked import check_stack
+
     if value.strip().lower() == "off":
         return 1
     try:
         n = int(value)
     except ValueError:
         n = 0
-    if n < 1:
-        raise UserError(f"--stack: a number of trainings to stack (2 or more), or off (got {value!r})")
+    check_stack(n, repr(value))
     return n
+
 
 def _begin_training(quiet: bool) -> tuple[bool, bool]:
     """What each training verb does first: keep freed memory for a steady speed from one process to

@@ -54,7 +54,7 @@ def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
     worker trains up to that many at a time as one stacked model (lambexp.runner.stacked)."""
     import torch
 
-    from lambexp.runner.stacked import describe_group, stack_groups
+    from lambexp.runner.stacked import describe_unit, stack_groups
 
     pending = unfinished(work, say)
     if not pending:
@@ -80,8 +80,7 @@ def run_in_parallel(work: list[Training], jobs: int, data_dir: Path | None,
                     process.terminate()  # SIGTERM: each worker checkpoints its arm and returns
             while queue and len(running) < jobs and not stop_requested():
                 unit = queue.pop(0)
-                say(describe_group(unit) if len(unit) > 1 else
-                    f"{unit[0].label}: {'continuing' if unit[0].folder.exists() else 'training'}")
+                say(describe_unit(unit))
                 arms, folders = [t.arm.model_dump_json() for t in unit], [str(t.folder) for t in unit]
                 running[pool.submit(_train, arms, folders, str(data_dir) if data_dir else None)] = unit
             if not running:

@@ -34,7 +34,7 @@ from lambexp.runner.experiment import (
     write_run_header,
 )
 from lambexp.runner.plan import Launch, Say, Training, link_shared, make_plan, unfinished
-from lambexp.runner.stacked import check_stack, run_group, stack_groups
+from lambexp.runner.stacked import check_stack, describe_unit, run_group, stack_groups
 from lambexp.training.checkpoint import recorded_settings
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -87,7 +87,7 @@ def run_pending(work: list[Training], inputs: ArmInputs, say: Say,
             run_group(group, inputs, say, progress_for, stop_requested, apply_changes)
             continue
         t = group[0]
-        say(f"{t.label}: {'continuing' if t.folder.exists() else 'training'}")
+        say(describe_unit(group))
         data, device = inputs.data(t.arm)
         run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested, world, apply_changes)
 

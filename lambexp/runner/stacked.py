@@ -22,10 +22,11 @@ from lambexp.training.group import StackGroup
 from lambexp.training.progress import Progress
 
 
-def check_stack(stack: int) -> None:
-    """A UserError for a --stack that is not a number of trainings."""
+def check_stack(stack: int, given: str | None = None) -> None:
+    """A UserError for a --stack that is not a number of trainings (``given``: as it was typed)."""
     if stack < 1:
-        raise UserError(f"--stack: a number of trainings to stack (2 or more), or off (got {stack})")
+        raise UserError(f"--stack: a number of trainings to stack (2 or more), or off"
+                        f" (got {given if given is not None else stack})")
 
 
 def stack_key(arm: Arm, data_dir: Path | None) -> tuple:
@@ -92,10 +93,15 @@ def train_together(group: list[Training], inputs: ArmInputs, progress_for: Calla
     return [f.result() for f in futures]
 
 
-def describe_group(group: list[Training]) -> str:
-    """The line that says what a stacked group trains."""
-    return f"{len(group)} trainings as one stacked model: " + ", ".join(
-        f"{t.label} ({'continuing' if t.folder.exists() else 'training'})" for t in group)
+def describe_unit(unit: list[Training]) -> str:
+    """The line that says what a unit trains: one training, or a stacked group."""
+    def state(t: Training) -> str:
+        return "continuing" if t.folder.exists() else "training"
+
+    if len(unit) == 1:
+        return f"{unit[0].label}: {state(unit[0])}"
+    members = ", ".join(f"{t.label} ({state(t)})" for t in unit)
+    return f"{len(unit)} trainings as one stacked model: {members}"
 
 
 def run_group(group: list[Training], inputs: ArmInputs, say: Say,
@@ -103,7 +109,7 @@ def run_group(group: list[Training], inputs: ArmInputs, say: Say,
               apply_changes: bool = False) -> None:
     """``train_together`` in this process, saying what it trains and how each ended; Interrupted
     when a member was interrupted."""
-    say(describe_group(group))
+    say(describe_unit(group))
     results = train_together(group, inputs, progress_for, stop_requested, apply_changes, say)
     if any(status == INTERRUPTED for status, _ in results):
         raise Interrupted("with every training of the stack checkpointed; the finished ones are kept")

@@ -92,12 +92,12 @@ class StackGroup:
                 self._stacked = slots
             xs, ys = zip(*(self._batches[s] for s in slots))
             counts = [len(y) for y in ys]
-            if len(set(counts)) > 1:  # members at different points of their epochs
+            padded = len(set(counts)) > 1  # members at different points of their epochs
+            if padded:
                 longest = max(counts)
                 xs = [torch.cat([x, x[:1].expand(longest - len(x), *x.shape[1:])]) for x in xs]
                 ys = [torch.cat([y, y[:1].expand(longest - len(y))]) for y in ys]
-            losses = self._stack.losses(torch.stack(xs), torch.stack(ys),
-                                        counts if len(set(counts)) > 1 else None)
+            losses = self._stack.losses(torch.stack(xs), torch.stack(ys), counts if padded else None)
             self._stack.backward(losses)
             for k, s in enumerate(slots):
                 self._results[s] = losses[k].detach()

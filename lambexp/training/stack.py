@@ -36,8 +36,7 @@ class Stack:
             raise ValueError("a stack needs at least one model")
         self.size = len(models)
         params, buffers = stack_module_state(models)
-        # stack_module_state stacks contiguously; keep each member's layout (channels-last convs)
-        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}  # leaves of our own
         self.buffers = buffers
         self._base = copy.deepcopy(models[0]).to("meta")
         self._members = [[(name, p.detach()[i]) for name, p in self.params.items()]
