@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -22,12 +23,13 @@ from lambexp.training.signals import graceful_stop
 
 EXIT_CODES = ("Exit codes: 0 success; 2 a user or config error (one line per problem on stderr, "
               "no traceback unless --debug); 1 an internal error; 130 interrupted (Ctrl-C), 143 terminated "
-              "(SIGTERM).")
+              "(SIGTERM); 141 stdout's reader stopped reading (`| head`), nothing said.")
 
 # What the file system refuses (a read-only or full disk, a file where a folder should be): the
 # user's to fix, so exit 2 with the path, like every other user error.
 FILE_SYSTEM_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell tool says when its reader stops reading (`| head`)
 
 app = typer.Typer(
     help="Reproduce the MNIST experiments of 'An intuitive understanding of the LAMB optimizer', "
@@ -93,6 +95,7 @@ def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
     debug = _debugging(ctx, debug)
     try:
         yield
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, if not before
     except Interrupted as err:
         hint = f"; continue with: lambexp resume {resume_hint[0]}" if resume_hint else ""
         typer.echo(f"interrupted {err}{hint}", err=True)
@@ -109,6 +112,9 @@ def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
         typer.echo("\n".join(lines), err=True)
         raise typer.Exit(err.exit_code) from None
     except OSError as err:
+        if isinstance(err, BrokenPipeError) and _stdout_gone():  # `lambexp ls | head -1`
+            _quiet_stdout()
+            raise typer.Exit(STDOUT_CLOSED) from None
         if debug or err.errno not in FILE_SYSTEM_REFUSALS:
             traceback.print_exc() if debug else None
         if err.errno not in FILE_SYSTEM_REFUSALS:
@@ -127,6 +133,28 @@ def reported(ctx: typer.Context | None = None, debug: bool = False, stop=None,
         typer.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for the "
                    "traceback)", err=True)
         raise typer.Exit(1) from None
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has gone (`| head` has read its fill): the write end of a pipe
+    polls as an error then. Where poll is missing (Windows), any broken pipe is taken for it."""
+    if not hasattr(select, "poll"):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # stdout not a file (a test's): not its pipe
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at the null device, so that Python's flush at exit finds no pipe to break and
+    prints nothing."""
+    with suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _load(config: str, overrides=(), sweeps=()):
@@ -339,8 +367,9 @@ LAUNCHERS = ("local", "ray", "slurm")
 def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ray_address: str | None,
               partition: str | None, minutes: int, cluster: str, ctx: typer.Context,
               installed: bool = True):
-    """--launcher and its options → None (this machine) or the launch function with its options
-    bound (lambexp.runner.plan.Launch); an option of another launcher is refused by name.
+    """--launcher and its options → None (this machine) or the Launch with its options bound (its
+    run, and the check that it can start: lambexp.runner.plan.Launch); an option of another launcher
+    is refused by name.
     ``installed``: refuse a launcher whose extra is missing (not for --plan, which trains nothing)."""
     if kind not in LAUNCHERS:
         raise UserError(f"--launcher: one of {', '.join(LAUNCHERS)} (got {kind!r})")
@@ -358,14 +387,17 @@ def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ra
     if cpus < 1 or gpus < 0 or minutes < 1:
         raise UserError("--cpus-per-training and --slurm-time must be at least 1, --gpus-per-training"
                         " at least 0")
+    from lambexp.runner.plan import Launch
+
     if kind == "ray":
-        from lambexp.runner.on_ray import need_ray, run_on_ray
+        from lambexp.runner.on_ray import connect_ray, need_ray, run_on_ray
 
         if installed:
             need_ray()
-        return partial(run_on_ray, address=ray_address, cpus=cpus, gpus=gpus, max_in_flight=jobs)
+        return Launch(partial(run_on_ray, address=ray_address, cpus=cpus, gpus=gpus, max_in_flight=jobs),
+                      partial(connect_ray, ray_address, cpus, gpus))
     if kind == "slurm":
-        from lambexp.runner.on_slurm import CLUSTERS, SlurmOptions, need_submitit, run_on_slurm
+        from lambexp.runner.on_slurm import CLUSTERS, SlurmOptions, check_slurm, need_submitit, run_on_slurm
 
         if cluster not in CLUSTERS:
             raise UserError(f"--slurm-cluster: one of {', '.join(CLUSTERS)} (got {cluster!r})")
@@ -375,7 +407,8 @@ def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ra
             need_submitit()
         options = SlurmOptions(partition=partition, time_minutes=minutes, cpus=cpus, gpus=int(gpus),
                                parallelism=jobs, cluster=cluster)
-        return partial(run_on_slurm, folder=out / ".submitit", options=options)
+        return Launch(partial(run_on_slurm, folder=out / ".submitit", options=options),
+                      partial(check_slurm, out / ".submitit", options))
     return None
 
 
@@ -387,10 +420,13 @@ def report(ctx: typer.Context, run_dirs: Annotated[list[Path], typer.Argument(
            debug: Debug = False):
     """Build REPORT.md, report.html and figures from finished runs alone (no training)."""
     with reported(ctx, debug):
+        from lambexp.folders.lock import writing_into
         from lambexp.report.build import build_report, load_runs, tally_line
 
-        runs = load_runs(run_dirs)
-        report_path = build_report(run_dirs, out or run_dirs[0], runs)
+        target = out or run_dirs[0]
+        with writing_into(target):  # never where another lambexp works
+            runs = load_runs(run_dirs)
+            report_path = build_report(run_dirs, target, runs)
         typer.echo(tally_line(runs))
         typer.echo(f"report: {report_path}")
 
@@ -480,10 +516,10 @@ def rules_verb(ctx: typer.Context, json_out: Json = False, debug: Debug = False)
     with reported(ctx, debug):
         from lambexp.optim.variants import VARIANTS
 
-        rows = [variant.row() for variant in VARIANTS.values()]
-        if json_out:
-            _print_json(rows)
+        if json_out:  # numbers as numbers; the table below keeps them as text
+            _print_json([variant.facts() for variant in VARIANTS.values()])
             return
+        rows = [variant.row() for variant in VARIANTS.values()]
         columns = [c for c in rows[0] if c != "source"]
         print_table(columns, [[row[c] for c in columns] for row in rows], typer.echo)
         typer.echo("")
@@ -494,8 +530,8 @@ def rules_verb(ctx: typer.Context, json_out: Json = False, debug: Debug = False)
 def ls_verb(ctx: typer.Context,
             runs_dir: Annotated[Path, typer.Argument(help="a folder of runs")] = Path("runs"),
             json_out: Json = False, debug: Debug = False):
-    """Every run folder under RUNS_DIR: its experiment, arms, status (finished / interrupted /
-    diverged), final test accuracy and age."""
+    """Every run folder under RUNS_DIR: its experiment, arms, status (finished / running /
+    interrupted / failed / diverged / damaged), final test accuracy and age."""
     with reported(ctx, debug):
         from lambexp.folders.catalog import accuracy_text, age, list_runs
 
@@ -533,10 +569,13 @@ def compare(ctx: typer.Context,
     with reported(ctx, debug):
         from lambexp.folders.catalog import run_status
         from lambexp.folders.layout import find_experiments, writable_folder
+        from lambexp.folders.lock import writing_into
         from lambexp.report.compare import compare_figure
 
-        runs = [run_status(p) for p in find_experiments(run_dirs)]
-        figure = compare_figure(runs, writable_folder(out or run_dirs[0], "--out") / "compare.png")
+        target = out or run_dirs[0]
+        runs = [run_status(p) for p in find_experiments(run_dirs)]  # before the lock: not "running"
+        with writing_into(target):  # never where another lambexp works
+            figure = compare_figure(runs, writable_folder(target, "--out") / "compare.png")
         if json_out:
             _print_json({"figure": str(figure) if figure else None, "runs": [r.as_dict() for r in runs]})
             return
@@ -548,6 +587,29 @@ def compare(ctx: typer.Context,
         print_table(("run", "arm", "seed", "optimizer", "lr", "wd", "batch", "status", "final acc",
                      "best acc", "diverged", "samples/s"), rows, typer.echo)
         typer.echo(f"figure: {figure}" if figure else "figure: none (no finished arm)")
+
+
+@app.command()
+def lens(ctx: typer.Context,
+         folder: Annotated[Path, typer.Argument(help="a folder lambexp.watch wrote (its logdir)")],
+         out: Annotated[Path | None, typer.Option(
+             help="where to write the figures (default: FOLDER)")] = None,
+         debug: Debug = False):
+    """Draw a watched training (lambexp.watch, docs/watch.md): r, r1, r2 over the tensors as the
+    report's ridges, r of every tensor over time, the relative step and r per layer kind; then print,
+    per layer kind, what LAMB would do to its steps at the same learning rate."""
+    with reported(ctx, debug):
+        from lambexp.folders.layout import writable_folder
+        from lambexp.lens.draw import draw, kind_table
+        from lambexp.lens.folder import read_watched
+
+        watched = read_watched(folder)
+        paths = draw(watched, writable_folder(out or folder, "--out"))
+        for line in kind_table(watched):
+            typer.echo(line)
+        typer.echo(f"{len(watched.steps)} watched steps, {len(watched.names)} tensors; figures:")
+        for path in paths:
+            typer.echo(f"  {path}")
 
 
 @data_app.command("fetch")

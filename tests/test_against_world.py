@@ -85,8 +85,10 @@ def reference_orders(n: int, batch_size: int, seed: int, epochs: int) -> list[li
 # --- the sharing key: every setting that changes training makes a distinct training -------------
 
 # An arm whose every setting can take another valid value (the paper rule allows bias_correction:
-# false; lamb allows fused).
+# false; lamb allows fused); LARS's own settings, which a LAMB arm may not set, on a LARS arm.
 BASE = {"name": "base", "optimizer": "lamb", "rule": "paper", "epochs": 1, "batch_size": 64}
+LARS_BASE = {"name": "base", "optimizer": "lars", "epochs": 1, "batch_size": 64}
+LARS_KEYS = ("momentum", "trust_coefficient")
 CANDIDATES = ("blog", "paper", "adam", "sgd", "mlp", "cpu", "cuda", "continue", "auto", True, False,
               None, 0.5, 3, [0.8, 0.9], ["bias"], "elsewhere")
 
@@ -106,12 +108,13 @@ def write_config(path: Path, arms: list[dict], **top) -> Path:
 
 
 def changed_arm(key: str, tmp_path: Path) -> dict:
-    """BASE with ``key`` set to the first other value that a whole config accepts."""
-    base = Arm.model_validate(BASE)
+    """The base arm of ``key`` with ``key`` set to the first other value that a whole config accepts."""
+    written = LARS_BASE if key in LARS_KEYS else BASE
+    base = Arm.model_validate(written)
     for value in other_values(getattr(base, key)):
-        arm = {**BASE, "name": "changed", key: value}
+        arm = {**written, "name": "changed", key: value}
         try:
-            exp = load_experiment(write_config(tmp_path / "probe.yaml", [BASE, arm]))
+            exp = load_experiment(write_config(tmp_path / "probe.yaml", [written, arm]))
         except (ValidationError, ValueError, UserError):
             continue
         if getattr(exp.arms[1], key) != getattr(exp.arms[0], key):
@@ -122,7 +125,8 @@ def changed_arm(key: str, tmp_path: Path) -> dict:
 @pytest.mark.parametrize("key", sorted(set(Arm.model_fields) - {"name"}))
 def test_each_setting_of_an_arm_makes_it_a_training_of_its_own(key, tmp_path):
     # Every field of a resolved arm, so a new config key is covered without editing this test.
-    config = write_config(tmp_path / "one.yaml", [BASE, changed_arm(key, tmp_path)])
+    base = LARS_BASE if key in LARS_KEYS else BASE
+    config = write_config(tmp_path / "one.yaml", [base, changed_arm(key, tmp_path)])
     plan = make_plan([load_experiment(config)], 1, tmp_path / "out")
     assert len(plan.trainings) == 2, f"arms differing in {key} were planned as one training"
 

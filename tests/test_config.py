@@ -99,8 +99,8 @@ def test_arm_keys_override_shared_keys_and_defaults_fill_the_rest():
 
 def test_eps_is_resolved_at_load_time_from_optimizer_and_rule():
     exp = parse_experiment("name: e\nrule: paper\narms:\n  - {name: p}\n  - {name: t, optimizer: "
-                           "torch_adam}\n  - {name: x, eps: 0.001}\n  - {name: z, eps: 0}\n")
-    assert [arm.eps for arm in exp.arms] == [1e-6, 1e-8, 0.001, 0.0]
+                           "torch_adam}\n  - {name: x, eps: 0.001}\n  - {name: z, eps: 1.0e-12}\n")
+    assert [arm.eps for arm in exp.arms] == [1e-6, 1e-8, 0.001, 1e-12]
     assert (Arm(name="a", rule="paper").eps, Arm(name="b", optimizer="torch_adam", rule="paper").eps
             ) == (1e-6, 1e-8)
 
@@ -192,7 +192,8 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
     ("name: e\narms: [{name: lamb}, {name: LAMB}]\n",
      ["error: x.yaml: arms[1].name: arms[0] is lamb: same folder name, case ignored (got LAMB)"]),
     ("name: e\noptimizer: adamw\narms: [{name: a, model: resnet}]\n",
-     ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam (got adamw)",
+     ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam; did you mean adam?"
+      " (got adamw)",
       "error: x.yaml: arms[0].model: must be one of lenet, mlp (got resnet)"]),
     ("name: e\narms: [{name: a, rule: lars, device: tpu}]\n",
      ["error: x.yaml: arms[0].rule: must be one of blog, readme2019, paper, timm, nvlamb, optax,"
@@ -209,18 +210,18 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
      ["error: x.yaml: arms: must be a list of arms, each a mapping with a name and its settings "
       "(got {a: {lr: 1}})"]),
     ("name: e\neps: -1\nclamp: 0\neval_interval: 0\narms: [{name: a, epochs: '3x'}]\n",
-     ["error: x.yaml: eps: must be >= 0 (got -1)",
+     ["error: x.yaml: eps: must be > 0 (got -1)",
       "error: x.yaml: clamp: must be > 0 (got 0)",
       "error: x.yaml: eval_interval: must be >= 1 (got 0)",
       "error: x.yaml: arms[0].epochs: must be an integer (got 3x)"]),
     ("name: e\n1: 2\narms: [{name: a}]\n", ["error: x.yaml: 1: keys must be strings (got 1)"]),
-    ("name: e\nbias_correction: false\narms: [{name: a}, {name: b, rule: paper}]\n",
-     ["error: x.yaml: bias_correction: false needs rule: paper (arm a has rule: blog, which always "
-      "folds the bias correction into its step size); set rule: paper, or drop bias_correction: false "
-      "(got false)"]),
+    ("name: e\nbias_correction: false\narms: [{name: a, bias_correction: false}, {name: b, rule: paper}]\n",
+     ["error: x.yaml: arms[0].bias_correction: rule blog has no bias-correction switch (arm a: it always "
+      "folds the correction into its step size); drop bias_correction, or pick a rule with the switch: "
+      "paper, timm, nvlamb, torch_optimizer (got false)"]),
     ("name: e\narms: [{name: a, optimizer: torch_adam, bias_correction: false}]\n",
      ["error: x.yaml: arms[0].bias_correction: only the LAMB rules have it (arm a is optimizer "
-      "torch_adam); set bias_correction: false on the paper-rule arms alone (got false)"]),
+      "torch_adam) (got false)"]),
     ("name: e\narms: [{name: a}]\nexpect: [{claim: c, arm: a, measure: r_max, within_epochs: 1, above: 1}]\n",
      ["error: x.yaml: expect[0]: within_epochs applies to measure min_train_loss only (got {above: 1, "
       "arm: a, claim: c, measure: r_max, within_epoch...)"]),
@@ -407,20 +408,22 @@ def test_a_record_of_every_optimizer_side_by_side_loads_back(tmp_path):
     assert "trust_clip" not in lars and "momentum: 0.9" in lars
     old = ("name: e\narms: [{name: c, optimizer: lars, trust_clip: null, always_adapt: true,"
            " grad_clip_norm: null, exclude_from_decay: [], exclude_from_trust: []}]\n")
-    assert parse_experiment(old).arms[0].optimizer == "lars"  # what earlier versions recorded
+    assert parse_experiment(old, record=True).arms[0].optimizer == "lars"  # earlier versions' record
     assert errors_of("name: e\narms: [{name: c, optimizer: lars, trust_clip: 1}]\n") == [
-        "error: x.yaml: arms[0].trust_clip: only the LAMB rules have it (arm c is optimizer lars) (got 1.0)"]
+        "error: x.yaml: arms[0].trust_clip: only the LAMB rules have it (arm c is optimizer lars) (got 1)"]
 
-def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_moot():
-    """timm has no clamp: clamp 5 or null would be ignored, so they are errors; the default (10,
-    what run folders of an earlier version recorded) changes nothing and loads; the record omits it."""
+def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_a_record():
+    """timm has no clamp: any clamp written for it would be ignored, so it is an error; in a run
+    folder's record of an earlier version (which wrote the default, 10) it changed nothing and
+    loads; the record omits it."""
     with pytest.raises(ConfigError) as err:
         parse_experiment("name: e\nrule: timm\narms: [{name: a, clamp: 5}]\n")
-    assert "arms[0].clamp: rule timm has no clamp (arm a); trust_clip clips r (got 5.0)" in str(err.value)
-    with pytest.raises(ConfigError, match=r"rule timm has no clamp \(arm a\); .* \(got null\)"):
-        parse_experiment("name: e\nrule: timm\narms: [{name: a, clamp: null}]\n")
+    assert "arms[0].clamp: rule timm has no clamp (arm a); trust_clip clips r (got 5)" in str(err.value)
+    for value in ("null", "10"):
+        with pytest.raises(ConfigError, match=rf"rule timm has no clamp \(arm a\); .* \(got {value}\)"):
+            parse_experiment(f"name: e\nrule: timm\narms: [{{name: a, clamp: {value}}}]\n")
     for moot in ("10.0", "10"):
-        exp = parse_experiment(f"name: e\nrule: timm\narms: [{{name: a, clamp: {moot}}}]\n")
+        exp = parse_experiment(f"name: e\nrule: timm\narms: [{{name: a, clamp: {moot}}}]\n", record=True)
         assert exp.arms[0].rule == "timm"
     record = experiment_to_yaml(parse_experiment("name: e\nrule: timm\narms: [{name: a}]\n"))
     assert "clamp" not in record and "  trust_clip: null\n" in record
@@ -431,7 +434,7 @@ def test_a_clamp_on_a_rule_without_one_is_refused_unless_it_is_moot():
 def test_resolved_yaml_states_every_setting_of_every_arm():
     text = experiment_to_yaml(parse_experiment("name: e\nrule: paper\narms: [{name: a}]\n"))
     assert text.startswith("name: e\ndescription: ''\narms:\n- name: a\n")
-    for key in SETTINGS:
+    for key in set(SETTINGS) - {"momentum", "trust_coefficient"}:  # LARS's: a LAMB arm has none
         assert f"\n  {key}: " in text, key
     assert "  eps: 1.0e-06\n" in text and "  betas: [0.9, 0.99]\n" in text
 
@@ -553,5 +556,4 @@ def test_fused_is_true_false_or_auto_and_reaches_lamb():
     assert opt.defaults["fused"] is True
     assert errors_of("name: e\nfused: maybe\narms: [{name: a}]\n")[0].startswith("error: x.yaml: fused:")
     assert errors_of("name: e\narms: [{name: a, optimizer: lars, fused: true}]\n") == [
-        "error: x.yaml: arms[0].fused: only LAMB's step is compiled (arm a is optimizer lars); set fused"
-        " on the adam and lamb arms alone (got true)"]
+        "error: x.yaml: arms[0].fused: only the LAMB rules have it (arm a is optimizer lars) (got true)"]

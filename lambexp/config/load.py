@@ -10,12 +10,27 @@ from pydantic import ValidationError
 from lambexp.config.measures import match_arms
 from lambexp.config.overrides import apply_overrides
 from lambexp.config.problems import MISSING, in_file_order, problem, pydantic_problems
-from lambexp.config.schema import Arm, Experiment, ExperimentSpec, Header, resolve, uses_lamb_rule
+from lambexp.config.schema import (
+    LAMB_OPTIMIZERS,
+    MODEL_PARAMETERS,
+    PATTERN_KEYS,
+    SETTINGS,
+    USED_BY,
+    Arm,
+    Experiment,
+    ExperimentSpec,
+    Header,
+    resolve,
+    unused_settings,
+    uses,
+    uses_lamb_rule,
+)
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
-from lambexp.config.yaml_io import YamlSyntaxError, dump_document, parse_document
+from lambexp.config.yaml_io import Block, YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
+from lambexp.folders.layout import CONFIG_FILE, ENVIRONMENT_FILE
 from lambexp.optim.variants import COMPILED_RULES as FUSED_RULES
-from lambexp.optim.variants import VARIANTS
+from lambexp.optim.variants import SWITCHED_RULES, VARIANTS, pattern_matches
 
 MAX_CONFIG_BYTES = 10**6  # the largest shipped config is 4 kB; 50 MB of YAML took 105 s to refuse
 
@@ -34,6 +49,8 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = (),
             claims name the arms before the sweep renames them. See lambexp.config.sweep.
     Returns:
         the Experiment, every arm fully resolved (eps filled in when the file leaves it null).
+        A run folder's record (``is_run_record``) loads as a record: what ran, as lambexp of
+        that day wrote it (see ``validate_experiment``).
     Raises:
         ConfigError: with one line per problem, every problem found at once.
     """
@@ -54,22 +71,32 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = (),
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _error(source, "is not UTF-8 text") from None
-    return parse_experiment(text, source, overrides, sweeps).model_copy(update={"source": path})
+    return parse_experiment(text, source, overrides, sweeps, record=is_run_record(path)).model_copy(
+        update={"source": path})
+
+
+def is_run_record(path: Path) -> bool:
+    """Whether ``path`` is a run folder's record: its config.yaml, beside its environment.json."""
+    return path.name == CONFIG_FILE and (path.parent / ENVIRONMENT_FILE).is_file()
 
 
 def parse_experiment(text: str, source: str = "<string>", overrides: Sequence[str] = (),
-                     sweeps: Sequence[str] = ()) -> Experiment:
+                     sweeps: Sequence[str] = (), *, record: bool = False) -> Experiment:
     """Like load_experiment, for YAML ``text``; ``source`` names it in error lines."""
     try:
         raw = parse_document(text)
     except YamlSyntaxError as err:
         raise _error(source, f"{err}") from None
-    return validate_experiment(raw, source, overrides, sweeps)
+    return validate_experiment(raw, source, overrides, sweeps, record=record)
 
 
 def validate_experiment(raw: object, source: str = "<mapping>", overrides: Sequence[str] = (),
-                        sweeps: Sequence[str] = ()) -> Experiment:
-    """Like load_experiment, for a mapping already read from YAML (plain dicts, lists, scalars)."""
+                        sweeps: Sequence[str] = (), *, record: bool = False) -> Experiment:
+    """Like load_experiment, for a mapping already read from YAML (plain dicts, lists, scalars).
+
+    ``record``: the mapping is a run's record (experiment_to_yaml), perhaps of an earlier version,
+    which wrote every setting of every arm: a setting the arm does not use loads as its default
+    (as it ran), and patterns are not matched again (the run took them as they were)."""
     if raw is None:
         raise _error(source, "the file is empty; a config needs at least name and arms")
     if not isinstance(raw, dict):
@@ -81,6 +108,7 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
     if swept:  # the file's claims name its arms as they were before this sweep renames them
         raw["sweep"] = {**(raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}), **swept}
         raw.pop("expect", None)
+    sweep = dict(raw["sweep"]) if isinstance(raw.get("sweep"), dict) else {}  # expand removes it
     if "sweep" in raw:
         problems = sweep_problems(raw["sweep"])
         if problems:
@@ -98,6 +126,9 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
         raise _error(source, *in_file_order(raw, problems))
     experiment = resolve(spec)
     problems = _rule_conflicts(raw, experiment)
+    if not record:
+        problems += unused_keys(raw, experiment, sweep)
+        problems += unmatched_patterns(raw, experiment, sweep)
     if problems:
         raise _error(source, *in_file_order(raw, problems))
     return experiment
@@ -105,9 +136,7 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
 
 def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]]:
     """Settings that are valid alone but not together, which would otherwise be silently ignored:
-    bias_correction: false (the paper rule's switch) with the blog rule, which folds the correction
-    into its step size, or with an optimizer without it; fused: true with an optimizer that has no
-    compiled step."""
+    fused: true with a LAMB rule that has no compiled step, or with pieces it does not compile."""
     out: list[tuple[tuple, str]] = []
 
     def conflict(index: int, key: str, value: object, message: str) -> None:
@@ -119,30 +148,6 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
 
     for index, arm in enumerate(experiment.arms):
         lamb = uses_lamb_rule(arm.optimizer)
-        if arm.fused is True and not lamb:
-            conflict(index, "fused", True, f"only LAMB's step is compiled (arm {arm.name} is optimizer"
-                                           f" {arm.optimizer}); set fused on the adam and lamb arms alone")
-        if not arm.bias_correction and not lamb:
-            conflict(index, "bias_correction", False,
-                     f"only the LAMB rules have it (arm {arm.name} is optimizer {arm.optimizer});"
-                     " set bias_correction: false on the paper-rule arms alone")
-        elif not arm.bias_correction and arm.rule == "blog":
-            conflict(index, "bias_correction", False,
-                     f"false needs rule: paper (arm {arm.name} has rule: {arm.rule}, which always"
-                     " folds the bias correction into its step size); set rule: paper, or drop"
-                     " bias_correction: false")
-        elif not arm.bias_correction and VARIANTS[arm.rule].switch is None:
-            conflict(index, "bias_correction", False,
-                     f"rule {arm.rule} has no bias-correction switch (arm {arm.name}); drop"
-                     " bias_correction: false, or pick a rule with one (`lambexp rules`)")
-        for key, moot in LAMB_ONLY.items():
-            if not lamb and _written(raw, index, key) and getattr(arm, key) != moot:
-                conflict(index, key, getattr(arm, key), f"only the LAMB rules have it (arm {arm.name}"
-                                                        f" is optimizer {arm.optimizer})")
-        if (lamb and VARIANTS[arm.rule].clamp_on == "none" and _written(raw, index, "clamp")
-                and arm.clamp != Arm.model_fields["clamp"].default):  # the default: moot (old records)
-            conflict(index, "clamp", arm.clamp, f"rule {arm.rule} has no clamp (arm {arm.name});"
-                                               " trust_clip clips r")
         if lamb and arm.fused is True and arm.rule not in FUSED_RULES:
             conflict(index, "fused", True, f"fused compiles the {', '.join(FUSED_RULES)} rules alone"
                                            f" (arm {arm.name} has rule: {arm.rule})")
@@ -153,6 +158,82 @@ def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]
     return out
 
 
+def unused_keys(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tuple, str]]:
+    """(loc, problem) for each setting the file writes where nothing reads it, which would otherwise
+    be silently ignored (schema.USED_BY, RULE_SWITCHES): on an arm that does not use it; shared
+    (or swept) when no arm uses it. A shared setting some arms use is theirs: the others run, and
+    record, without it."""
+    out = []
+    for index, arm in enumerate(experiment.arms):
+        for key in unused_settings(arm.optimizer, arm.rule):
+            if _written_by_arm(raw, index, key, swept):
+                out.append((("arms", index, key),
+                            problem(f"arms[{index}].{key}", why_unused(arm, key), raw["arms"][index][key])))
+    for key in SETTINGS:
+        shared = key in raw or key in swept
+        if shared and not any(uses(arm.optimizer, arm.rule, key) for arm in experiment.arms):
+            loc, value = ((key,), raw[key]) if key in raw else (("sweep", key), swept[key])
+            where = key if len(loc) == 1 else f"sweep.{key}"
+            out.append((loc, problem(where, f"no arm uses it: {why_unused(experiment.arms[0], key)}",
+                                     value)))
+    return out
+
+
+_WITHOUT_SWITCH = {  # why a LAMB rule ignores each of its switches it lacks (schema.RULE_SWITCHES)
+    "clamp": lambda arm: f"rule {arm.rule} has no clamp (arm {arm.name}); trust_clip clips r",
+    "bias_correction": lambda arm: (
+        f"rule {arm.rule} has no bias-correction switch (arm {arm.name}: it"
+        f" {VARIANTS[arm.rule].what_correction()}); drop bias_correction, or pick a rule with the"
+        f" switch: {', '.join(SWITCHED_RULES)}"),
+}
+
+
+def why_unused(arm: Arm, key: str) -> str:
+    """Why ``arm`` does not read setting ``key``, in the user's words."""
+    if arm.optimizer not in USED_BY.get(key, (arm.optimizer,)):
+        return f"only {_users(key)} have it (arm {arm.name} is optimizer {arm.optimizer})"
+    return _WITHOUT_SWITCH[key](arm)
+
+
+def _users(key: str) -> str:
+    """The optimizers that read ``key``: 'the LAMB rules', 'the LAMB rules and torch_adam', 'lars
+    and sgd'."""
+    users = USED_BY[key]
+    names = [name for name in users if name not in LAMB_OPTIMIZERS]
+    if set(LAMB_OPTIMIZERS) <= set(users):
+        names.insert(0, "the LAMB rules")
+    return " and ".join(names)
+
+
+def unmatched_patterns(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tuple, str]]:
+    """(loc, problem) for each parameter-name pattern that picks no parameter of the model it is
+    for, which would otherwise train as if unset: an arm's own pattern, its model's; a shared (or
+    swept) one, any model of the arms that take it."""
+    models: dict[tuple, list[str]] = {}  # (loc, key path, pattern) → the models of the arms taking it
+    for index, arm in enumerate(experiment.arms):
+        for key in PATTERN_KEYS:
+            if not uses(arm.optimizer, arm.rule, key):
+                continue
+            for i, pattern in enumerate(getattr(arm, key)):
+                if key in swept:
+                    place = (("sweep", key), f"sweep.{key}")
+                elif _written_by_arm(raw, index, key, swept):
+                    place = (("arms", index, key, i), f"arms[{index}].{key}[{i}]")
+                else:
+                    place = ((key, i), f"{key}[{i}]")
+                models.setdefault((*place, pattern), []).append(arm.model)
+    return [(loc, problem(where, _matches_none(names[0]), pattern))
+            for (loc, where, pattern), names in models.items()
+            if not any(pattern_matches(pattern, name, ndim)
+                       for model in names for name, ndim in MODEL_PARAMETERS[model])]
+
+
+def _matches_none(model: str, shown: int = 5) -> str:
+    names = [name for name, _ in MODEL_PARAMETERS[model]]
+    listed = ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+    return f"matches no parameter of {model} (its parameters: {listed})"
+
+
 def fused_supports(arm) -> bool:
     """Whether the compiled step (lambexp.optim.fast.fused) runs this arm as the rule says: one of its
     rules, every tensor given the ratio, unclipped."""
@@ -160,10 +241,10 @@ def fused_supports(arm) -> bool:
             and not arm.exclude_from_trust)
 
 
-def _written(raw: dict, index: int, key: str) -> bool:
-    """Whether the file itself sets ``key`` for arm ``index`` (in the arm, or shared)."""
+def _written_by_arm(raw: dict, index: int, key: str, swept: dict) -> bool:
+    """Whether arm ``index`` itself sets ``key`` (a sweep sets its keys in every arm, as shared)."""
     arm = raw["arms"][index]
-    return key in raw or (isinstance(arm, dict) and key in arm)
+    return isinstance(arm, dict) and key in arm and key not in swept
 
 
 RENAMED = {"on_nonfinite": "on_divergence"}  # old key → new, so run folders of older versions load
@@ -228,29 +309,16 @@ def experiment_to_yaml(experiment: Experiment) -> str:
     """The fully resolved experiment as YAML: its header and every arm with every setting.
 
     load_experiment reads it back to an equal Experiment (apart from ``source``); each run
-    saves it beside its results so the settings used are on record.
+    saves it beside its results so the settings used are on record. A setting the arm does not
+    use (schema.unused_settings: bias_correction on a rule without the switch, momentum on LAMB,
+    eps on LARS, …) is left out: it did not take part.
     """
     data = experiment.model_dump(mode="json", include=set(Header.model_fields) - {"expect"})
-    data["arms"] = [{"name": arm.name, **arm.model_dump(mode="json", exclude={"name", *_moot(arm)})}
-                    for arm in experiment.arms]
+    data["arms"] = [Block(name=arm.name, **arm.model_dump(mode="json", exclude={
+        "name", *unused_settings(arm.optimizer, arm.rule)})) for arm in experiment.arms]
     if experiment.expect:
         data["expect"] = [e.model_dump(mode="json", exclude_none=True) for e in experiment.expect]
     return dump_document(data)
-
-
-# The LAMB rules' own pieces, and the value an arm of another optimizer resolves each to: what run
-# folders of earlier versions recorded for it, which changes nothing and so loads.
-LAMB_ONLY = {"trust_clip": None, "always_adapt": True, "grad_clip_norm": None, "exclude_from_decay": (),
-             "exclude_from_trust": ()}
-
-
-def _moot(arm: Arm) -> set[str]:
-    """The settings that mean nothing for this arm, left out of its record, which the loader would
-    read as a request it refuses: ``clamp`` on a LAMB rule without one (timm, nvlamb, optax, tfa);
-    the LAMB rules' own pieces on an arm of another optimizer (LARS, SGD)."""
-    if not uses_lamb_rule(arm.optimizer):
-        return set(LAMB_ONLY)
-    return {"clamp"} if VARIANTS[arm.rule].clamp_on == "none" else set()
 
 
 def _error(source: str, *problems: str) -> ConfigError:

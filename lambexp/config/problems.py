@@ -11,13 +11,19 @@ from collections.abc import Iterable
 from pydantic import ValidationError
 
 from lambexp.config.expect import Expectation
-from lambexp.config.schema import ARM_KEYS, NAME_RULE, TOP_KEYS
+from lambexp.config.schema import ARM_KEYS, NAME_RULE, PATTERN_KEYS, TOP_KEYS
 from lambexp.config.yaml_io import flow
 
 EXPECT_KEYS: tuple[str, ...] = tuple(Expectation.model_fields)
+# The names a key path holds: the config's keys. pydantic's loc holds more, the member of a union it
+# tried (`function-after[…]`, `literal['rule']`, `str`), which the user never wrote.
+_KEYS = frozenset({*TOP_KEYS, *ARM_KEYS, *EXPECT_KEYS})
+# Errors of a value of the right kind that breaks a bound: in a union, the member the user meant.
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+           "value_error", "string_too_long", "string_pattern_mismatch")
 
 MISSING = object()  # "got" for a key that is not there at all
-_LISTS = ("arms", "betas", "expect", "between", "also")  # the keys whose items are addressed by [index]
+_LISTS = ("arms", "betas", "expect", "between", "also", *PATTERN_KEYS)  # items addressed by [index]
 
 _MESSAGES = {  # pydantic error type → our message; {…} are filled from the error's ctx
     "missing": "required key is missing",
@@ -65,10 +71,16 @@ def problem(where: str, message: str, value: object = MISSING) -> str:
     return f"{where}: {message} (got {got})"
 
 
+def closest(word: object, allowed: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The allowed word that ``word`` most likely misspells, if any is close (difflib's ratio)."""
+    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def unknown_key_message(key: object, allowed: tuple[str, ...], what: str = "key") -> str:
     """'unknown key (did you mean lr?); allowed: a, b, c'."""
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    close = closest(key, allowed)
+    hint = f" (did you mean {close}?)" if close else ""
     return f"unknown {what}{hint}; allowed: {', '.join(allowed)}"
 
 
@@ -83,7 +95,10 @@ def _message(err: dict) -> str:
         allowed = {"arms": ARM_KEYS, "expect": EXPECT_KEYS}.get(loc[0]) if len(loc) == 3 else None
         return unknown_key_message(loc[-1], allowed or TOP_KEYS)
     if kind == "literal_error":  # ctx: "'adam', 'lamb' or 'sgd'"
-        return "must be one of " + ctx["expected"].replace("'", "").replace(" or ", ", ")
+        allowed = _literals(err)
+        # a value is a short word: only a near miss is a typo (papr, not resnet for lenet)
+        close = closest(err.get("input"), allowed, 0.8) if isinstance(err.get("input"), str) else None
+        return f"must be one of {', '.join(allowed)}" + (f"; did you mean {close}?" if close else "")
     if kind == "value_error" and "error" in ctx:  # our own validators' words
         return str(ctx["error"])
     last = next((p for p in reversed(loc) if isinstance(p, str)), None)
@@ -96,15 +111,49 @@ def _message(err: dict) -> str:
         return template
 
 
+def _literals(err: dict) -> list[str]:
+    """The values a literal_error allows, as a config writes them."""
+    return err["ctx"]["expected"].replace("'", "").replace(" or ", ", ").split(", ")
+
+
+def _user_loc(err: dict) -> tuple:
+    """The error's loc as the user's key path: the config's keys and list indexes only."""
+    loc = err["loc"]
+    own = err["type"] in ("extra_forbidden", "invalid_key")  # loc ends with the user's own key
+    return tuple(part for i, part in enumerate(loc)
+                 if not isinstance(part, str) or part in _KEYS or (own and i == len(loc) - 1))
+
+
+def _union_message(errors: list[dict]) -> str:
+    """One message for the errors of each member of a union (grad_clip_norm: a number > 0, rule or
+    null): a bound the value broke, else every kind of value it could have been."""
+    broken = [err for err in errors if err["type"] in _BOUNDS]
+    if broken:
+        return _message(broken[0])
+    kinds = []
+    for err in errors:
+        kind = ", ".join(_literals(err)) if err["type"] == "literal_error" else \
+            _message(err).removeprefix("must be ")
+        if kind not in kinds:
+            kinds.append(kind)
+    return "must be " + ", or ".join(kinds)
+
+
 def pydantic_problems(error: ValidationError) -> list[tuple[tuple, str]]:
-    """Every problem pydantic found as (loc, one-line problem)."""
-    out = []
+    """Every problem pydantic found as (loc, one-line problem): one per key the user wrote, however
+    many members of a union pydantic tried on it."""
+    by_loc: dict[tuple, list[dict]] = {}
     for err in error.errors():
-        loc, kind = err["loc"], err["type"]
+        loc = _user_loc(err)
+        by_loc.setdefault(loc, []).append({**err, "loc": loc})
+    out = []
+    for loc, errors in by_loc.items():
+        err, kind = errors[0], errors[0]["type"]
         value = MISSING if kind == "missing" else err.get("input", MISSING)
         if kind == "invalid_key":  # loc ends with the offending key itself
             value = loc[-1]
-        out.append((loc, problem(key_path(loc) or "(top level)", _message(err), value)))
+        message = _message(err) if len(errors) == 1 else _union_message(errors)
+        out.append((loc, problem(key_path(loc) or "(top level)", message, value)))
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from lambexp.config.expect import Expectation
-from lambexp.optim.variants import DEFAULT_EPS, RULES, TORCH_ADAM_EPS, VARIANTS
+from lambexp.optim.variants import DEFAULT_EPS, RANK_FORM, RULES, TORCH_ADAM_EPS, VARIANTS
 from lambexp.training.divergence import DEFINITION
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
@@ -22,6 +22,18 @@ MAX_SEED = 2**32 - 1  # torch.manual_seed's range
 MAX_BATCH = 60_000  # MNIST's training images: a larger batch is the whole set with more memory
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_RULE = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
+
+# Each model's parameters as lambexp.model builds them, (name, ndim) in its order: torch-free, so that
+# a config's patterns are checked when it loads (tests/test_hostile_config.py holds it to the models).
+MODEL_PARAMETERS: dict[str, tuple[tuple[str, int], ...]] = {
+    "lenet": (("conv1.weight", 4), ("conv1.bias", 1), ("conv2.weight", 4), ("conv2.bias", 1),
+              ("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1)),
+    "mlp": (("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1),
+            ("fc3.weight", 2), ("fc3.bias", 1)),
+}
+# A regular expression that starts like the rank form but is not it: parameter names never hold
+# <, > or =, so as a regular expression it could match nothing; it is a misspelt ndim<=1.
+_RANK_TYPO = re.compile(r"^\s*ndim\s*[<>=!]")
 
 
 def _not_bool(kind: str):
@@ -54,6 +66,9 @@ def _some_arms(arms: tuple) -> tuple:
 def _regex(value: object) -> object:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty regular expression, or ndim<=1")
+    if value != RANK_FORM and _RANK_TYPO.match(value):
+        raise ValueError(f"the one rank form is {RANK_FORM} (every bias and norm weight); as a regular"
+                         " expression this could match no parameter name")
     try:
         re.compile(value)
     except re.error as err:
@@ -81,8 +96,8 @@ class Settings(_Frozen):
         "adam: LAMB with r computed and logged but not applied (the blog's Adam); lamb; lars; "
         "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself"))
     rule: Rule = Field("blog", description=(
-        "LAMB update rule (docs/rules.md, `lambexp rules`): " + ", ".join(RULES) + "; ignored by lars,"
-        " sgd, torch_adam"))
+        "LAMB update rule (docs/rules.md, `lambexp rules`): " + ", ".join(RULES) + "; lars, sgd and"
+        " torch_adam have none"))
     lr: Float = Field(0.01, gt=0, description="learning rate (global step size)")
     weight_decay: Float = Field(0.0, ge=0, description=(
         "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
@@ -91,8 +106,8 @@ class Settings(_Frozen):
     bias_correction: bool | None = Field(None, description=(
         "the rule's switch, where it has one: paper, timm, nvlamb divide m and v by (1-β1ᵗ) and"
         " (1-β2ᵗ) (false with paper is pytorch-lamb's June 2019 rule, E6); torch_optimizer's debias"
-        " folds it into the step size. null: the rule's published default. The blog rule always"
-        " folds the correction into its step size"))
+        " folds it into the step size. null: the rule's published default. The rules without the"
+        " switch (blog, readme2019, optax, tfa) refuse it"))
     trust_clip: Annotated[Float, Field(gt=0)] | None = Field(None, description=(
         "LAMB rules: r ≤ this after the ratio (timm's trust_clip: 1 is LAMBC); null: none"))
     always_adapt: bool | None = Field(None, description=(
@@ -111,8 +126,9 @@ class Settings(_Frozen):
         "LAMB's step (adam, lamb): true: compiled with torch.compile (seconds to compile at the first"
         " step, then faster: docs/optimizer.md); auto: where that pays, on CUDA, or on the CPU from"
         " 10^11 parameters × steps (25M parameters for 4000 steps); false: the default step"))
-    eps: Annotated[Float, Field(ge=0)] | None = Field(None, description=(
-        "ε added to √v; null: the default, 1e-8 (blog, torch_adam) or 1e-6 (paper)"))
+    eps: Annotated[Float, Field(gt=0)] | None = Field(None, description=(
+        "ε added to √v, which the update divides by; null: the default, 1e-8 (blog, torch_adam) or"
+        " 1e-6 (paper)"))
     clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(
         "LAMB's c (docs/rules.md): clips r (blog) or ‖w‖ (paper); null: no clamp"))
     momentum: Float = Field(0.9, ge=0, lt=1, description="lars/sgd momentum, in [0, 1)")
@@ -138,6 +154,34 @@ class Settings(_Frozen):
 
 
 SETTINGS: tuple[str, ...] = tuple(Settings.model_fields)
+PATTERN_KEYS = ("exclude_from_decay", "exclude_from_trust")  # parameter-name patterns, per model
+
+# The settings that not every optimizer uses, and the optimizers that do: one table, read by the
+# loader (a key written for an arm that cannot use it is refused), by Arm (there it resolves to its
+# default, so it changes nothing) and by the record (which leaves it out). The LAMB rules' own
+# switches are in RULE_SWITCHES.
+LAMB_OPTIMIZERS = ("adam", "lamb")
+USED_BY: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("rule", "bias_correction", "clamp", "trust_clip", "always_adapt", *PATTERN_KEYS,
+                     "grad_clip_norm", "fused"), LAMB_OPTIMIZERS),
+    **dict.fromkeys(("eps", "betas"), (*LAMB_OPTIMIZERS, "torch_adam")),
+    **dict.fromkeys(("momentum", "trust_coefficient"), ("lars", "sgd")),
+}
+RULE_SWITCHES = {"bias_correction": lambda variant: variant.switch is not None,
+                 "clamp": lambda variant: variant.clamp_on != "none"}
+
+
+def uses(optimizer: str, rule: str, key: str) -> bool:
+    """Whether an arm of ``optimizer`` (and LAMB ``rule``) reads setting ``key`` at all."""
+    if optimizer not in USED_BY.get(key, (optimizer,)):
+        return False
+    variant = VARIANTS.get(rule) if isinstance(rule, str) else None
+    return key not in RULE_SWITCHES or variant is None or RULE_SWITCHES[key](variant)
+
+
+def unused_settings(optimizer: str, rule: str) -> tuple[str, ...]:
+    """The settings an arm of ``optimizer`` and ``rule`` does not read, in schema order."""
+    return tuple(key for key in SETTINGS if not uses(optimizer, rule, key))
 
 
 class Header(_Frozen):
@@ -180,9 +224,10 @@ def default_eps(optimizer: str, rule: str) -> float:
 
 class Arm(ArmSpec):
     """A fully resolved arm: every setting known; eps, bias_correction, always_adapt and
-    grad_clip_norm are the values used (the rule's own where the config left them to it)."""
+    grad_clip_norm are the values used (the rule's own where the config left them to it); a
+    setting the arm does not use (``unused_settings``) holds its default, whatever was given."""
 
-    eps: Annotated[Float, Field(ge=0)] = Field(description="ε added to √v, as used")
+    eps: Annotated[Float, Field(gt=0)] = Field(description="ε added to √v, as used")
     bias_correction: bool = Field(description="the rule's bias-correction switch, as used")
     always_adapt: bool = Field(description="false: the trust ratio only where weight decay is not 0")
 
@@ -192,6 +237,10 @@ class Arm(ArmSpec):
         if not isinstance(data, dict):
             return data
         optimizer = data.get("optimizer", Settings.model_fields["optimizer"].default)
+        rule = data.get("rule", Settings.model_fields["rule"].default)
+        # a value the arm cannot use changes nothing: so that it records, and compares, as unset
+        data = {**data, **{key: Settings.model_fields[key].default
+                           for key in unused_settings(optimizer, rule)}}
         rule = data.get("rule", Settings.model_fields["rule"].default)
         variant = VARIANTS.get(rule) if uses_lamb_rule(optimizer) else None
         filled = {

@@ -13,6 +13,7 @@ validation, so every later step (claims naming arms, show-config, run folders) s
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -20,21 +21,35 @@ from pydantic import ValidationError
 from lambexp.config.problems import problem, pydantic_problems, unknown_key_message
 from lambexp.config.schema import SETTINGS, Settings
 from lambexp.config.yaml_io import YamlSyntaxError, parse_value
+from lambexp.optim.variants import RANK_FORM
 
 SHORT = {"lr": "lr", "weight_decay": "wd", "batch_size": "b", "betas": "betas", "momentum": "mom",
-         "epochs": "ep", "seed": "seed", "warmup_epochs": "warm"}  # name part of each swept key
+         "epochs": "ep", "seed": "seed", "warmup_epochs": "warm", "exclude_from_decay": "nodecay",
+         "exclude_from_trust": "notrust", "trust_clip": "tclip",
+         "grad_clip_norm": "gclip"}  # name part of each swept key
 
 
 def value_text(value: object) -> str:
-    """A value as it appears in an arm's name: 0.001 → '0.001', 1e-05 → '1e-05', [0.9, 0.99] →
-    '0.9-0.99', true → 'true'."""
+    """A value as it appears in an arm's name, which is also a folder name (letters, digits, '.' and
+    '-' only): 0.001 → '0.001', 1e-05 → '1e-05', 1e+06 → '1e06', [0.9, 0.99] → '0.9-0.99', true →
+    'true', null and [] → 'none', ndim<=1 → 'ndim1', a regular expression with each run of other
+    characters as one '-' (conv\\d\\.bias → 'conv-d-.bias')."""
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float | int):
-        return f"{value:g}"
+        return f"{value:g}".replace("+", "")
     if isinstance(value, list | tuple):
-        return "-".join(value_text(v) for v in value)
-    return str(value)
+        return "-".join(value_text(v) for v in value) or "none"
+    text = "ndim1" if value == RANK_FORM else str(value)
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "none"
+
+
+def name_part(key: str, value: object) -> str:
+    """The part of an arm's name that a swept ``key`` = ``value`` adds: lr0.01, tclip-none."""
+    text = value_text(value)
+    return f"{SHORT.get(key, key)}{'-' if text[:1].isalpha() else ''}{text}"
 
 
 def sweep_tokens(tokens: Sequence[str]) -> tuple[dict, list[str]]:
@@ -80,9 +95,14 @@ def sweep_problems(sweep: object) -> list[tuple[tuple, str]]:
                 for _, line in pydantic_problems(err):
                     message = line.split(": ", 1)[1] if ": " in line else line
                     out.append((("sweep", key, i), f"{where}[{i}]: {message}"))
-        if len({value_text(v) for v in read}) != len(read) or \
-                len({value_text(v) for v in values}) != len(values):
+        parts = [name_part(key, v) for v in values]  # as expand names the arms
+        if len({repr(v) for v in read}) != len(read):
             out.append((("sweep", key), problem(where, "lists the same value twice", values)))
+        elif len(set(parts)) != len(parts):
+            twice = next(part for part in parts if parts.count(part) > 1)
+            out.append((("sweep", key), problem(where, f"two of its values would give their arms one"
+                                                       f" name ({twice}); sweep values that differ in"
+                                                       " letters or digits", values)))
     return out
 
 
@@ -98,6 +118,6 @@ def expand(raw: dict) -> dict:
             arms.append(arm)
             continue
         for combo in itertools.product(*(sweep[k] for k in keys)):
-            suffix = "_".join(f"{SHORT.get(k, k)}{value_text(v)}" for k, v in zip(keys, combo))
+            suffix = "_".join(name_part(k, v) for k, v in zip(keys, combo))
             arms.append({**arm, **dict(zip(keys, combo)), "name": f"{arm.get('name')}_{suffix}"})
     return {**{k: v for k, v in raw.items() if k != "sweep"}, "arms": arms}

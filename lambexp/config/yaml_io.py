@@ -70,10 +70,23 @@ def parse_value(text: str) -> object:
     return parse_document(text)
 
 
+class Block(dict):
+    """A mapping that dump_document writes in block style, one key a line, even when none of its
+    values is a list (an arm of LARS, which has no betas)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(Block, lambda dumper, data: dumper.represent_mapping(
+    "tag:yaml.org,2002:map", data, flow_style=False))
+
+
 def dump_document(data: object) -> str:
     """Block-style YAML with keys in the given order; leaf lists such as betas in flow style."""
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True,
-                          width=100)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None,
+                     allow_unicode=True, width=100)
 
 
 def flow(value: object, limit: int = 60) -> str:

@@ -18,6 +18,7 @@ from lambexp.folders.layout import (
     find_experiments,
     read_summary,
 )
+from lambexp.folders.lock import held_by, lock_root
 from lambexp.output import pct
 
 
@@ -28,7 +29,7 @@ class ArmStatus:
     arm: str
     seed: int
     folder: str  # the arm's folder
-    status: str  # finished | interrupted | not started
+    status: str  # finished | interrupted | running | failed | not started
     diverged: bool | None
     final_accuracy: float | None
     best_accuracy: float | None
@@ -47,7 +48,7 @@ class RunStatus:
 
     folder: str
     experiment: str
-    status: str  # finished | interrupted | diverged (k of n arms)
+    status: str  # finished | interrupted | running | failed | diverged (k of n arms)
     started_utc: str | None
     arms: list[ArmStatus]
 
@@ -55,13 +56,16 @@ class RunStatus:
         return asdict(self)
 
 
-def arm_status(arm, arm_dir: Path) -> ArmStatus:
+def arm_status(arm, arm_dir: Path, in_use: bool = False) -> ArmStatus:
     """The arm's settings beside its outcome (None where it has no summary yet). The settings are
     those its summary records it trained with (the last, when a resume changed them), else the
-    config's."""
+    config's. ``in_use``: a process holds the folder's lock, so an arm it has not finished is
+    running (or about to), not interrupted."""
     s = read_summary(arm_dir)
     outcome = ((s.status.value, s.diverged, s.final_test_accuracy, s.best_test_accuracy) if s
                else ("interrupted" if arm_dir.exists() else "not started", None, None, None))
+    if in_use and outcome[0] == "interrupted":
+        outcome = ("running", *outcome[1:])
     trained = arm.model_copy(update={k: v for k, v in s.settings.items() if k in type(arm).model_fields}) \
         if s and s.settings else arm
     return ArmStatus(arm.name, trained.seed, str(arm_dir), *outcome, trained.optimizer, trained.rule,
@@ -70,13 +74,15 @@ def arm_status(arm, arm_dir: Path) -> ArmStatus:
 
 
 def run_status(exp_dir: Path) -> RunStatus:
-    """The experiment folder's arms, every seed, with their status."""
+    """The experiment folder's arms, every seed, with their status: running while a process holds
+    the folder's lock (``lock_root``) and some arm is unfinished."""
     exp = load_experiment(exp_dir / CONFIG_FILE)
-    arms = [arm_status(arm, arm_dir) for arm, arm_dir in existing_arms(exp, exp_dir)]
+    in_use = held_by(lock_root(exp_dir)) is not None
+    arms = [arm_status(arm, arm_dir, in_use) for arm, arm_dir in existing_arms(exp, exp_dir)]
     if any(a.status == "failed" for a in arms):
         status = "failed"
     elif any(a.status != "finished" for a in arms):
-        status = "interrupted"
+        status = "running" if in_use else "interrupted"
     else:
         bad = sum(bool(a.diverged) for a in arms)
         status = f"diverged ({bad} of {len(arms)} arms)" if bad else "finished"

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
 
 from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
-from lambexp.optim.variants import TORCH_ADAM_EPS, VARIANTS
+from lambexp.optim.variants import TORCH_ADAM_EPS, VARIANTS, pattern_matches
 
 
 def excluded(name: str, param: torch.Tensor, patterns: tuple[str, ...]) -> bool:
     """Whether a tensor is kept out by ``patterns``: a regular expression found in its name (as
     TF-Addons matches), or ``ndim<=1`` for every bias and norm weight."""
-    return any(param.ndim <= 1 if p == "ndim<=1" else re.search(p, name) for p in patterns)
+    return any(pattern_matches(p, name, param.ndim) for p in patterns)
 
 
 def exclusion_groups(named_params, weight_decay: float, no_decay: tuple[str, ...],

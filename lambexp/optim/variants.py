@@ -8,6 +8,7 @@ are tested against it. Torch-free: configs and `lambexp rules` read this table t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,8 +47,14 @@ class Variant:
         return self.switch
 
 
-    def row(self) -> dict[str, str]:
-        """The variant in words, one entry per column of `lambexp rules`."""
+    def what_correction(self) -> str:
+        """What a rule without the switch does about the bias, in words (for config errors)."""
+        return {"moments": "always divides m and v by (1-βᵗ)", "none": "never corrects the bias",
+                "step": "always folds the correction into its step size"}[self.correction]
+
+    def facts(self) -> dict[str, object]:
+        """The variant as JSON values, one entry per column of `lambexp rules` (``--json``): the
+        pieces in words; eps, betas and the gradient clip as numbers (None: no clip)."""
         decay = {"gradient": "gradient (L2)", "update": "update (inside r2)"}[self.decay]
         corrections = {"moments": "on m and v", "step": "in the step size", "none": "none"}
         correction = corrections[self.correction if self.corrected_by_default else self.switch]
@@ -57,10 +64,15 @@ class Variant:
         clip = {"r": "r ≤ c (10)", "w_norm": "φ = min(‖w‖, c=10)", "none": "none"}[self.clamp_on]
         return {"rule": self.name, "decay enters": decay, "bias correction": correction,
                 "norm": "RMS" if self.norm == "rms" else "L2", "clamp": clip,
-                "grad clip": f"global {self.grad_clip_norm:g}" if self.grad_clip_norm else "none",
+                "grad clip": self.grad_clip_norm,
                 "trust ratio on": "every tensor" if self.always_adapt else "tensors with decay",
-                "eps": f"{self.eps:g}", "betas": f"{self.betas[0]:g}, {self.betas[1]:g}",
-                "source": self.source}
+                "eps": self.eps, "betas": list(self.betas), "source": self.source}
+
+    def row(self) -> dict[str, str]:
+        """The variant in words, one entry per column of the `lambexp rules` table."""
+        facts = self.facts()
+        return {**facts, "grad clip": f"global {self.grad_clip_norm:g}" if self.grad_clip_norm else "none",
+                "eps": f"{self.eps:g}", "betas": f"{self.betas[0]:g}, {self.betas[1]:g}"}
 
 
 PYTORCH_LAMB = "cybertronai/pytorch-lamb"
@@ -100,3 +112,13 @@ RULES = tuple(VARIANTS)
 DEFAULT_EPS = {name: variant.eps for name, variant in VARIANTS.items()}
 TORCH_ADAM_EPS = 1e-8  # torch.optim.Adam's own default, for the torch_adam arms
 COMPILED_RULES = ("blog", "paper", "readme2019")  # the rules lambexp.optim.fast.fused compiles
+SWITCHED_RULES = tuple(name for name, v in VARIANTS.items() if v.switch is not None)
+
+# Parameter-name patterns (exclude_from_decay, exclude_from_trust): a regular expression searched in
+# the name (as TF-Addons matches), or this one form for every tensor of rank 0 or 1 (biases, norms).
+RANK_FORM = "ndim<=1"
+
+
+def pattern_matches(pattern: str, name: str, ndim: int) -> bool:
+    """Whether ``pattern`` picks the parameter ``name`` of rank ``ndim``."""
+    return ndim <= 1 if pattern == RANK_FORM else re.search(pattern, name) is not None

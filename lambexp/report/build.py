@@ -13,7 +13,7 @@ from pathlib import Path
 from lambexp.config.expect import Expectation
 from lambexp.config.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, fmt
 from lambexp.errors import UserError
-from lambexp.folders.layout import find_experiments, writable_folder, write_text_atomically
+from lambexp.folders.layout import find_experiments, own_folder, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
 from lambexp.report import figures, variants
 from lambexp.report.claims import ClaimResult, check, decades, mean_std, measure, widest_run
@@ -121,8 +121,7 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
     if not by_arm:
         return [Para("No finished arms yet.")]
     first_seed = {name: series[0] for name, series in by_arm.items()}
-    folder = out_dir / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = own_folder(out_dir / "figures")
     title = f"{exp.name}: {exp.description}" if exp.description else exp.name
     curves_path, per_epoch = folder / f"{label}_curves.png", _samples_per_epoch(by_arm)
     if len(by_arm) <= MAX_ARMS_PER_PANEL_FIGURE:

@@ -18,6 +18,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLo
 from matplotlib.transforms import blended_transform_factory
 
 from lambexp.config.measures import DEFAULT_THRESHOLD, as_percent
+from lambexp.folders.layout import replaced_atomically
 from lambexp.report.series import ArmSeries
 from lambexp.report.variants import Grid
 from lambexp.training.divergence import first_divergence
@@ -39,6 +40,7 @@ RIDGE_GRID = 256  # points on each ridge's x grid
 RIDGE_BANDWIDTH = 1 / 60  # Gaussian kernel width as a fraction of the column's x span (log10 or linear)
 RIDGE_OVERLAP = 2.5  # the tallest ridge in a figure, in row spacings
 THRESHOLD_STYLES = ("--", ":", "-.")  # the lr figure's threshold lines, when claims set several
+SAMPLES = "training samples seen"  # the x of a lambexp run; a watched training's is optimizer steps
 
 
 def arm_colors(arms: list[tuple[str, str]]) -> dict[str, str]:
@@ -60,10 +62,15 @@ def fmt_samples(x: float, _pos=None) -> str:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure as ``path`` whole or not at all (a full disk leaves no partial PNG, and the
+    OSError names ``path``), never through a link planted there: ``replaced_atomically``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with replaced_atomically(path) as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -114,9 +121,9 @@ def _plot_seeds(ax: plt.Axes, tables: list[np.ndarray], color: str, label: str, 
         ax.plot(t[own, 0], t[own, 1] * scale, color=color, lw=0.9, alpha=0.8, marker=lone)
 
 
-def _samples_axis(ax: plt.Axes, samples_per_epoch: int | None) -> None:
+def _samples_axis(ax: plt.Axes, samples_per_epoch: int | None, x_label: str = SAMPLES) -> None:
     """x label and 60k-style ticks for training samples seen; an epoch axis on top when the epoch is known."""
-    ax.set_xlabel("training samples seen")
+    ax.set_xlabel(x_label)
     ax.xaxis.set_major_formatter(FuncFormatter(fmt_samples))
     if samples_per_epoch:
         top = ax.secondary_xaxis("top", functions=(lambda x: x / samples_per_epoch,
@@ -257,7 +264,8 @@ def _ridge_panel(ax: plt.Axes, steps: np.ndarray, dens: np.ndarray, x: np.ndarra
     ax.set_ylim(-0.5, n - 0.7 + RIDGE_OVERLAP)
 
 
-def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str], path: Path) -> Path:
+def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str], path: Path,
+                 x_label: str = SAMPLES) -> Path:
     """The post's histogram figure: per arm (rows) and per r, r1, r2 (columns) a ridge plot, one ridge per
     logged step (first at the top) showing the spread of that quantity over the layers as a Gaussian-kernel
     density (log10 x when a column spans decades). Columns share x across arms; NaN/inf are skipped.
@@ -280,7 +288,7 @@ def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str],
             ax.grid(axis="x", alpha=0.3, which="both")
             ax.set_title(TRUST_TITLES[key] if row == 0 else "", fontsize=11)
             if col == 0:
-                ax.set_ylabel(f"{arm}\ntraining samples seen ↓", fontsize=11)
+                ax.set_ylabel(f"{arm}\n{x_label} ↓", fontsize=11)
             else:
                 ax.yaxis.set_major_locator(NullLocator())
             if log:
@@ -293,7 +301,8 @@ def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str],
     return _save(fig, path)
 
 
-def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "r1") -> Path:
+def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "r1",
+                x_label: str = SAMPLES) -> Path:
     """``key`` (r1, the weight norm, by default) of every layer over training, one panel per arm, one line
     per parameter tensor (biases dashed), log y shared across panels; a dotted line where values turn NaN/inf.
     """
@@ -313,7 +322,7 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
         if len(bad):
             ax.axvline(s.trust_steps[bad[0]], color="black", ls=":", lw=1.2, label="first NaN/inf")
         ax.set(yscale="log", title=arm)
-        _samples_axis(ax, None)
+        _samples_axis(ax, None, x_label)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(f"{TRUST_TITLES.get(key, key)}, log scale")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}

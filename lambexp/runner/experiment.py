@@ -22,6 +22,7 @@ import torch
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.config.load import fused_supports
+from lambexp.config.schema import unused_settings
 from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.folders.layout import (
@@ -153,7 +154,8 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     the state is checkpointed, the summary says interrupted, and Interrupted is raised.
     A checkpoint of other settings than ``arm``'s is refused (UserError), unless ``apply_changes``
     and only CHANGEABLE settings differ: then training goes on with the new ones, and the summary
-    records the change and its step. A full disk or an allocation failure marks the arm failed in
+    records the change and its step; so is another arm's checkpoint, and one that has trained past
+    ``arm``'s epochs (``check_checkpoint``). A full disk or an allocation failure marks the arm failed in
     its summary and raises ResumableError (the last checkpoint stays whole).
     Under torchrun every rank calls this alike: rank 0 decides whether to resume and writes every
     file; every rank loads the same checkpoint (so ``arm_dir`` must be on a shared file system
@@ -176,17 +178,19 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
         opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
         checkpoint = arm_dir / CHECKPOINT_FILE
         resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
-        restored = load_checkpoint(checkpoint, model, opt) if resumed else Restored(LoopState())
+        changed: dict[str, list] = {}
+
+        def vet(recorded: Restored) -> None:
+            changed.update(check_checkpoint(arm_dir, arm, recorded, apply_changes))
+
+        restored = load_checkpoint(checkpoint, model, opt, vet) if resumed else Restored(LoopState())
         for group in opt.param_groups:  # the checkpoint's groups say how that run stepped, not this one
             if "fused" in group:
                 group["fused"] = fused
     state, changes = restored.state, restored.changes
-    if restored.settings is not None:
-        changed = setting_changes(restored.settings, arm)
-        if changed:
-            check_changes(arm_dir, changed, apply_changes)
-            apply_to_optimizer(opt, optimizer_args(arm, fused), changed)
-            changes = [*changes, {"step": state.step, "changed": changed}]
+    if changed:
+        apply_to_optimizer(opt, optimizer_args(arm, fused), changed)
+        changes = [*changes, {"step": state.step, "changed": changed}]
     if resumed:
         progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
 
@@ -198,7 +202,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
 
             def at_epoch_end(st: LoopState) -> None:
                 if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
-                    save_checkpoint(checkpoint, model, opt, st, arm_settings(arm), changes)
+                    save_checkpoint(checkpoint, model, opt, st, arm_settings(arm), changes, arm.name)
 
             try:
                 options = loop_options(arm, len(data.train_x), stop_requested, world, member)
@@ -207,7 +211,7 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                     state=state, on_epoch_end=at_epoch_end)
             except Interrupted:
                 if world.lead:
-                    save_checkpoint(checkpoint, model, opt, state, arm_settings(arm), changes)
+                    save_checkpoint(checkpoint, model, opt, state, arm_settings(arm), changes, arm.name)
                     write_summary(arm_dir, record(Status.INTERRUPTED))
                 raise
             summary = record(Status.FINISHED)
@@ -241,8 +245,9 @@ CHANGEABLE = frozenset({"lr", "weight_decay", "betas", "eps", "clamp", "momentum
 
 
 def arm_settings(arm: Arm) -> dict:
-    """What an arm trains with, as recorded in its checkpoint and summary (JSON values)."""
-    return arm.model_dump(mode="json", exclude={"name"})
+    """What an arm trains with, as recorded in its checkpoint and summary (JSON values): the
+    settings it uses, as its config.yaml (a setting it does not use took no part)."""
+    return arm.model_dump(mode="json", exclude={"name", *unused_settings(arm.optimizer, arm.rule)})
 
 
 def setting_changes(recorded: dict, arm: Arm) -> dict[str, list]:
@@ -267,6 +272,44 @@ def check_changes(arm_dir: Path, changed: dict[str, list], apply: bool) -> None:
     if fixed:
         raise UserError(f"{arm_dir}: {', '.join(fixed)} cannot change in the middle of a training"
                         f" ({describe_changes({k: changed[k] for k in fixed})}); start a new run")
+
+
+def check_checkpoint(arm_dir: Path, arm: Arm, recorded: Restored, apply: bool) -> dict[str, list]:
+    """Whether ``arm`` may continue from the checkpoint in ``arm_dir`` that says ``recorded``: a
+    UserError when it is another arm's training, when its settings changed in a way that may not
+    apply (``check_changes``), or when ``arm``'s epochs end before the weights it holds
+    (``check_epochs_left``); else the settings to apply, {setting: [recorded, now]}."""
+    changed = setting_changes(recorded.settings, arm) if recorded.settings is not None else {}
+    check_same_training(arm_dir, arm, recorded, changed)
+    if changed:
+        check_changes(arm_dir, changed, apply)
+    check_epochs_left(arm_dir, arm, recorded.state)
+    return changed
+
+
+def check_same_training(arm_dir: Path, arm: Arm, recorded: Restored, changed: dict) -> None:
+    """A checkpoint another arm wrote (copied into this folder) is refused as what it is, not as a
+    config change. Another name alone is no refusal: `reproduce` shares one training between
+    identically set arms of different names (lambexp.runner.plan)."""
+    if recorded.arm is not None and recorded.arm != arm.name and changed:
+        raise UserError(f"{CHECKPOINT_FILE} in {arm_dir} is arm {recorded.arm}'s, of another training"
+                        f" than arm {arm.name}'s; put it back in {recorded.arm}'s folder, or delete it"
+                        f" to train {arm.name} from the start")
+
+
+def check_epochs_left(arm_dir: Path, arm: Arm, state: LoopState) -> None:
+    """A UserError when ``arm.epochs`` ends before the weights the checkpoint holds: its last
+    evaluation is then of earlier weights than model.pt would get, and summary.json would report
+    an accuracy that its model does not have. Ending at exactly the epochs done is consistent."""
+    done, into = state.epoch - 1, state.batch  # epochs done, and steps into the next one
+    if arm.epochs > done or (arm.epochs == done and not into):
+        return
+    trained = f"{done} epoch{'s' * (done != 1)}"
+    if into:
+        trained += f" and {into} step{'s' * (into != 1)} of epoch {state.epoch}"
+    raise UserError(f"{arm_dir}: epochs cannot be lowered to {arm.epochs}: arm {arm.name} has trained"
+                    f" {trained} already, and its checkpoint holds those weights; set epochs to at"
+                    f" least {done + bool(into)} in config.yaml, or start a new run")
 
 
 def apply_to_optimizer(opt: torch.optim.Optimizer, args: dict, changed: dict) -> None:

@@ -11,7 +11,9 @@ submitted: a training stopped mid-way continues from its last checkpoint on the 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from lambexp.runner.plan import Training, unfinished
 from lambexp.runner.task import say_result, train_task, unit_label
 
 WAIT_SECONDS = 1.0  # how often the launcher looks at Ctrl-C while tasks run
+PROBE_SECONDS = 5.0  # how long a Ray address may take to accept a connection: Ray itself retries forever
 
 
 def need_ray():
@@ -43,17 +46,8 @@ def run_on_ray(work: list[Training], data_dir: Path | None, say: Callable[[str],
     pending = unfinished(work, say)
     if not pending:
         return
-    if not ray.is_initialized():
-        ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserError(f"--launcher ray: cannot reach or start a Ray cluster"
-                            f"{f' at {address}' if address else ''}: {err}") from None
-        finally:  # ray.init makes SIGTERM exit at once: Ctrl-C and SIGTERM stay a clean stop
-            for s, handler in ours.items():
-                signal.signal(s, handler)
+    if not ray.is_initialized():  # reproduce connects first (connect_ray), before it writes
+        connect_ray(address, cpus, gpus)
     task = ray.remote(train_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     resources = ray.cluster_resources()
     units = stack_groups(pending, stack, data_dir)
@@ -93,3 +87,66 @@ def run_on_ray(work: list[Training], data_dir: Path | None, say: Callable[[str],
     finally:
         for ref in running:  # Ctrl-C, or a failure: nothing keeps training unseen
             ray.cancel(ref, force=True)
+
+
+def connect_ray(address: str | None, cpus: int, gpus: float) -> None:
+    """Join the Ray cluster at ``address`` ($RAY_ADDRESS, a cluster started here with `ray start`;
+    else start one here), and check that a task of ``cpus`` CPUs and ``gpus`` GPUs fits on one of
+    its nodes. Otherwise a UserError, with Ray shut down again: `reproduce` calls this before it
+    writes anything, and Ray would wait forever for an address where nothing answers, and for
+    resources that no node has."""
+    ray = need_ray()
+    named = ("--ray-address", address) if address else ("$RAY_ADDRESS", os.environ.get("RAY_ADDRESS"))
+    if named[1]:
+        probe_address(*named)
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserError(f"--launcher ray: cannot reach or start a Ray cluster"
+                        f"{f' at {named[1]}' if named[1] else ''}: {err}") from None
+    finally:  # ray.init makes SIGTERM exit at once: Ctrl-C and SIGTERM stay a clean stop
+        for s, handler in ours.items():
+            signal.signal(s, handler)
+    where = named[1] or ray.get_runtime_context().gcs_address
+    problem = task_does_not_fit([n["Resources"] for n in ray.nodes() if n.get("Alive")], cpus, gpus, where)
+    if problem:
+        ray.shutdown()  # a cluster started here for this command goes with it
+        raise UserError(problem)
+
+
+def probe_address(option: str, address: str) -> None:
+    """A UserError unless something accepts a TCP connection at ``address`` (host:port, or
+    ray://host:port) within PROBE_SECONDS; ``option`` names where the address came from. Other
+    forms ("auto", "local") are Ray's to resolve."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else err.strerror or str(err)
+        raise UserError(f"{option} {address}: no Ray cluster answers there ({why}); start one with"
+                        f" `ray start --head --port {port}` on {host}, or leave {option} out to"
+                        " start one on this machine") from None
+
+
+def task_does_not_fit(nodes: list[dict], cpus: int, gpus: float, where: str) -> str | None:
+    """Why a task of ``cpus`` CPUs and ``gpus`` GPUs fits on none of ``nodes`` (each node's Ray
+    resources) of the cluster at ``where``; None when one node has both."""
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return None
+    problems = []
+    for flag, asked, name in (("--cpus-per-training", cpus, "CPU"), ("--gpus-per-training", gpus, "GPU")):
+        total, most = sum(n.get(name, 0) for n in nodes), max((n.get(name, 0) for n in nodes), default=0)
+        if total < asked:
+            problems.append(f"{flag} {asked:g}: the Ray cluster at {where} has {total:g} {name}"
+                            f"{'s' * (total != 1)}")
+        elif most < asked:
+            problems.append(f"{flag} {asked:g}: no node of the Ray cluster at {where} has {asked:g}"
+                            f" {name}{'s' * (asked != 1)} (at most {most:g} on one)")
+    if not problems:  # enough of each, never on the same node
+        problems.append(f"--cpus-per-training {cpus} --gpus-per-training {gpus:g}: no node of the Ray"
+                        f" cluster at {where} has both")
+    return "; ".join(problems)

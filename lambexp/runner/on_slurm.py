@@ -14,6 +14,7 @@ a sweep before submitting it (and how the tests run it).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,26 @@ def need_submitit():
     return submitit
 
 
+def make_executor(folder: Path, options: SlurmOptions):
+    """submitit's executor for ``options.cluster``, writing its files to ``folder`` (made only when
+    the array is submitted); a UserError where no job array can be submitted from this machine.
+    `reproduce` calls it (``check_slurm``) before it writes anything."""
+    submitit = need_submitit()
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+    except RuntimeError as err:  # no srun here
+        raise UserError(f"--launcher slurm: {err} (--slurm-cluster local runs the array here)") from None
+    if options.cluster == "slurm" and shutil.which("sbatch") is None:  # submitit looks for srun alone
+        raise UserError("--launcher slurm: no `sbatch` on PATH, so no job array can be submitted from"
+                        " this machine (--slurm-cluster local runs the array here)")
+    return executor
+
+
+def check_slurm(folder: Path, options: SlurmOptions) -> None:
+    """A UserError where the job array could not be submitted from here (``make_executor``)."""
+    make_executor(folder, options)
+
+
 def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str], None],
                  stop_requested: Callable[[], bool], folder: Path, options: SlurmOptions,
                  stack: int = 1) -> None:
@@ -81,14 +102,10 @@ def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str
     would start them all."""
     from lambexp.runner.stacked import stack_groups
 
-    submitit = need_submitit()
     pending = unfinished(work, say)
     if not pending:
         return
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
-    except RuntimeError as err:  # no srun/sbatch here
-        raise UserError(f"--launcher slurm: {err} (--slurm-cluster local runs the array here)") from None
+    executor = make_executor(folder, options)
     executor.update_parameters(name="lambexp", timeout_min=options.time_minutes,
                                cpus_per_task=options.cpus, gpus_per_node=options.gpus,
                                **({"slurm_partition": options.partition} if options.partition else {}),

@@ -46,8 +46,14 @@ class Training:
     shared_by: list[str] = field(default_factory=list)  # the other arms that read it (labels)
 
 
-# Sends trainings elsewhere (Ray, Slurm): launch(work, data_dir, say, stop_requested, stack=N)
-Launch = Callable[..., None]
+@dataclass(frozen=True)
+class Launch:
+    """Sends trainings elsewhere (Ray, Slurm): ``run(work, data_dir, say, stop_requested, stack=N)``.
+    ``check()`` raises a UserError where ``run`` could not start (no cluster there, too few of the
+    resources a training asks for); `reproduce` calls it before it writes anything."""
+
+    run: Callable[..., None]
+    check: Callable[[], None]
 
 
 @dataclass

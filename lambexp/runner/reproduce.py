@@ -27,7 +27,7 @@ from lambexp.folders.layout import (
 from lambexp.folders.lock import folder_lock, folder_locks, lock_root
 from lambexp.runner.experiment import (
     ArmInputs,
-    check_changes,
+    check_checkpoint,
     describe_changes,
     run_arm,
     setting_changes,
@@ -35,7 +35,7 @@ from lambexp.runner.experiment import (
 )
 from lambexp.runner.plan import Launch, Say, Training, link_shared, make_plan, unfinished
 from lambexp.runner.stacked import check_stack, describe_unit, run_group, stack_groups
-from lambexp.training.checkpoint import recorded_settings
+from lambexp.training.checkpoint import recorded
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
 
@@ -123,17 +123,19 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     before anything runs.
     ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs).
     ``launch``: send the trainings elsewhere instead (``on_ray.run_on_ray``, ``on_slurm.run_on_slurm``
-    with their options bound), called as ``launch(work, data_dir, say, stop_requested, stack=stack)``.
+    with their options bound), run as ``launch.run(work, data_dir, say, stop_requested, stack=stack)``;
+    where there is work for it, ``launch.check()`` comes first, before ``out`` is touched
+    (``check_launcher``).
     ``stack`` > 1: trainings that can share a stacked model train up to that many at a time as one
     (lambexp.runner.stacked): here, in each worker, or in each task ``launch`` sends."""
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1 (got {jobs})")
     check_stack(stack)
     exps = load_all(configs, seeds)
+    if launch is not None:
+        check_launcher(launch, exps, seeds, out)
     with folder_lock(out, "--out") if launched_world().lead else nullcontext(), \
             process_group() as world:
-        if launch is not None and world.active:
-            raise UserError("--launcher: under torchrun the processes are torchrun's; drop --launcher")
         # MNIST and the device are checked where the trainings run: here, or in each task elsewhere
         # (a login node or Ray head need neither a GPU nor the data)
         inputs = None if launch else world.local_first(
@@ -148,7 +150,7 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
 
         work = world.from_lead(prepare)
         if launch is not None:
-            launch(work, data_dir.resolve() if data_dir else None, say, stop_requested, stack=stack)
+            launch.run(work, data_dir.resolve() if data_dir else None, say, stop_requested, stack=stack)
         elif jobs > 1:
             if world.active:
                 raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
@@ -160,13 +162,28 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     return [out / exp.name for exp in exps]
 
 
+def check_launcher(launch: Launch, exps: list[Experiment], seeds: int, out: Path) -> None:
+    """Refuse (a UserError) a launcher that cannot run, before ``out`` is locked or written: under
+    torchrun, or where ``launch.check()`` says it cannot start. It is asked only when some training
+    is unfinished (read from ``out`` as `--plan` reads it), so a finished reproduction rebuilds its
+    report without the cluster; a folder of another config is refused first, as it would be later."""
+    if launched_world().active:
+        raise UserError("--launcher: under torchrun the processes are torchrun's; drop --launcher")
+    for exp in exps:
+        check_folder(out / exp.name, exp)
+    if any(not is_finished(t.folder) for t in make_plan(exps, seeds, out).trainings):
+        launch.check()
+
+
 def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
            progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
            stop_requested: Callable[[], bool] = lambda: False,
-           apply_changes: bool = False, stack: int = 1) -> list[Path]:
+           apply_changes: bool = False, stack: int = 1, tell: Say = print) -> list[Path]:
     """Continue every unfinished arm under ``run_dir`` (a `run` or `reproduce` folder), holding the
     lock of every folder it belongs to. An arm whose config.yaml no longer says what it trained with
-    is refused before anything trains (``check_recorded_settings``)."""
+    is refused before anything trains (``check_recorded_settings``). Once they are trained, the
+    report of each reproduce folder they belong to is rebuilt (``rebuild_reports``; ``tell`` says
+    where, even where ``say`` is quiet)."""
     folders = find_experiments([run_dir])
     lead = launched_world().lead
     with folder_locks([lock_root(f) for f in folders]) if lead else nullcontext():
@@ -187,32 +204,52 @@ def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
         with process_group() as world:
             inputs = world.local_first(lambda: ArmInputs([t.arm for t in work], data_dir, say))
             run_pending(work, inputs, say, progress_for, stop_requested, world, apply_changes, stack)
+        if lead:
+            rebuild_reports(folders, say, tell)
     return folders
+
+
+def rebuild_reports(folders: list[Path], say: Say, tell: Say) -> None:
+    """REPORT.md, report.html and figures/ of each reproduce folder (``--out``) that ``folders``
+    belong to, built again as `reproduce` builds them, once every arm there has finished, so that the
+    report holds what resume trained; ``tell`` says where. `run` folders have no report."""
+    from lambexp.report.build import build_report, load_runs, tally_line  # matplotlib: when due
+
+    for out in sorted({lock_root(f) for f in folders} - set(folders)):
+        unfinished_arms = [arm_dir for exp_dir in find_experiments([out]) for _, arm_dir in
+                           existing_arms(load_experiment(exp_dir / CONFIG_FILE), exp_dir)
+                           if not is_finished(arm_dir)]
+        if unfinished_arms:
+            say(f"{out}/REPORT.md not rebuilt: {len(unfinished_arms)} arm(s) there are not finished"
+                f" (`lambexp resume {out}` trains them)")
+            continue
+        runs = load_runs([out])
+        report = build_report([out], out, runs)
+        say(tally_line(runs))
+        tell(f"report: {report}")
 
 
 def check_recorded_settings(work: list[Training], apply: bool) -> None:
     """Every arm's config.yaml settings against what its summary (finished) or checkpoint
-    (unfinished) says it trained with: a finished arm must match; an unfinished one may differ only
-    in CHANGEABLE settings, and only with ``apply`` (experiment.check_changes)."""
+    (unfinished) says it trained with: a finished arm must match; an unfinished one must be this
+    arm's, may differ only in CHANGEABLE settings, and only with ``apply``, and may not end before
+    the epochs it has done (experiment.check_checkpoint)."""
     problems = []
     for t in work:
         label, arm, arm_dir = t.label, t.arm, t.folder
         summary = read_summary(arm_dir) if arm_dir.is_dir() else None
         if summary is not None and summary.finished:
-            recorded, finished = summary.settings, True
-        elif (arm_dir / CHECKPOINT_FILE).is_file():
-            recorded, finished = recorded_settings(arm_dir / CHECKPOINT_FILE), False
-        else:
+            changed = setting_changes(summary.settings, arm) if summary.settings is not None else {}
+            if changed:
+                problems.append(f"{label} finished with other settings than its config.yaml now says"
+                                f" ({describe_changes(changed)}); put the config back, or start a new run")
             continue
-        changed = setting_changes(recorded, arm) if recorded is not None else {}
-        if not changed:
-            continue
-        if finished:
-            problems.append(f"{label} finished with other settings than its config.yaml now says"
-                            f" ({describe_changes(changed)}); put the config back, or start a new run")
+        # an unreadable checkpoint is refused, naming why, when the arm continues from it
+        in_checkpoint = recorded(arm_dir / CHECKPOINT_FILE) if (arm_dir / CHECKPOINT_FILE).is_file() else None
+        if in_checkpoint is None:
             continue
         try:
-            check_changes(arm_dir, changed, apply)
+            check_checkpoint(arm_dir, arm, in_checkpoint, apply)
         except UserError as err:
             problems.append(str(err))
     if problems:

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lambexp.errors import UserError
+from lambexp.folders.layout import fresh_file
 from lambexp.training.loop import LoopState
 
 # 2: with the arm's settings and their changes. 1: lambexp before the format was recorded (no
@@ -32,12 +34,15 @@ class Restored:
     state: LoopState
     settings: dict | None = None  # the arm's settings it trained with (None: a format-1 file)
     changes: list[dict] = field(default_factory=list)  # settings changed on resume, with the step
+    arm: str | None = None  # the name of the arm that wrote it (None: written before names were kept)
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: LoopState,
-                    settings: dict | None = None, changes: list[dict] | None = None) -> None:
+                    settings: dict | None = None, changes: list[dict] | None = None,
+                    arm: str | None = None) -> None:
     """Write to a temporary name, then rename: a crash, or a full disk, leaves the previous
-    checkpoint whole (``save_atomically``)."""
+    checkpoint whole (``save_atomically``). ``arm``: the name of the arm it continues, so that a
+    checkpoint copied into another arm's folder is known as such."""
     payload = {
         "format": FORMAT,
         "model": own_weights(model),
@@ -47,6 +52,7 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "settings": settings,
         "changes": list(changes or []),
+        "arm": arm,  # an extra key: lambexp that does not know it reads the file as before
     }
     save_atomically(path, payload)
 
@@ -73,7 +79,7 @@ def save_atomically(path: Path, payload: object) -> None:
     torch.save(payload, buffer)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", opener=fresh_file) as f:  # never through a link planted at the name
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave it empty
@@ -85,10 +91,14 @@ def save_atomically(path: Path, payload: object) -> None:
         raise
 
 
-def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> Restored:
-    """Restore model, optimizer and RNG from ``path``; return the loop state to continue from."""
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    vet: Callable[[Restored], None] = lambda recorded: None) -> Restored:
+    """Restore model, optimizer and RNG from ``path``; return the loop state to continue from.
+    ``vet`` sees what the checkpoint records first (``recorded``), and may refuse it by raising,
+    before anything is restored."""
     payload = _read(path)
-    loop = _loop(path, payload["loop"])
+    restored = _recorded(path, payload)
+    vet(restored)
     device = next(model.parameters()).device
     try:
         model.load_state_dict(payload["model"])
@@ -101,18 +111,24 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
         raise _unusable(path, f"damaged: its random-number state is not one ({_first_line(err)})") from None
     if payload.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    if loop["first_bad"] is not None:
-        loop["first_bad"] = loop["first_bad"].to(device)
-    return Restored(LoopState(**loop), payload.get("settings"), list(payload.get("changes") or []))
+    if restored.state.first_bad is not None:
+        restored.state.first_bad = restored.state.first_bad.to(device)
+    return restored
 
 
-def recorded_settings(path: Path) -> dict | None:
-    """The settings a checkpoint says its arm trained with; None when it has none or cannot be
-    read (continuing from it says why)."""
+def recorded(path: Path) -> Restored | None:
+    """What a checkpoint says about its training (the arm, its settings, its loop position),
+    without restoring it; None when it cannot be read (continuing from it says why)."""
     try:
-        return _read(path).get("settings")
+        return _recorded(path, _read(path))
     except UserError:
         return None
+
+
+def _recorded(path: Path, payload: dict) -> Restored:
+    arm = payload.get("arm")
+    return Restored(LoopState(**_loop(path, payload["loop"])), payload.get("settings"),
+                    list(payload.get("changes") or []), arm if isinstance(arm, str) else None)
 
 
 def _read(path: Path) -> dict:
