@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install run reproduce-all test test-fast test-install bench bench-optim bench-stack profile gpu-pack tensorboard clean
+.PHONY: install run reproduce-all test test-fast test-install bench bench-optim bench-stack bench-watch profile gpu-pack tensorboard clean
 
 install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
 
@@ -21,7 +21,7 @@ reproduce-all: install  ## every experiment of configs/, $(SEEDS) seeds (default
 	$(VENV)/bin/lambexp reproduce --seeds $(SEEDS)
 
 test: install  ## lint, then the whole test suite
-	$(VENV)/bin/ruff check lambexp tests benchmarks
+	$(VENV)/bin/ruff check lambexp tests benchmarks examples
 	$(VENV)/bin/pytest -q
 
 test-install:  ## a plain `pip install .` (no test extras) in a fresh venv, used from an empty folder
@@ -46,6 +46,9 @@ bench-stack: install  ## N trainings stacked (one vmap'd model) against one afte
 
 bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py
+
+bench-watch: install  ## lambexp.watch's cost: step time and peak memory, watched against not (LeNet, a 10M transformer)
+	$(PY) benchmarks/bench_watch.py
 
 GPU_WHEELS := pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   torch-optimizer==0.3.0 pytorch-ranger==0.1.1 submitit==1.5.4
