@@ -5,22 +5,35 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install run reproduce-all test test-fast test-install bench bench-optim bench-stack bench-watch profile gpu-pack tensorboard clean
+.PHONY: install install-test run reproduce-all test test-fast test-install docs bench bench-optim bench-stack bench-watch profile gpu-pack tensorboard clean
 
-install: $(VENV)/.installed  ## create .venv and install lambexp (editable) with its test extras
+# Two stamps, one per install: running needs lambexp alone; the tests and benchmarks also need the
+# test extras (Ray, submitit, Lightning, Transformers, timm, JAX, optax...), which a first run should
+# not wait for. The test install holds the run install, so it stamps both; `make test` after `make run`
+# still installs the extras, as its own stamp is missing.
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
 
-$(VENV)/.installed: pyproject.toml
+install: $(VENV)/.installed-run  ## create .venv and install lambexp (editable): what running needs
+
+install-test: $(VENV)/.installed-test  ## create .venv and install lambexp (editable) with its test extras
+
+$(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP_INSTALL) -e .
 	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e '.[test]'
+	touch $@ $(VENV)/.installed-run
 
 run: install  ## the main job: fetch MNIST if needed, run $(CONFIG) (Adam vs LAMB)
 	$(VENV)/bin/lambexp run $(CONFIG)
 
-reproduce-all: install  ## every experiment of configs/, $(SEEDS) seeds (default 3), then runs/reproduce/REPORT.md
+reproduce-all: install  ## the post's experiments (E1-E6), $(SEEDS) seeds (default 3), then runs/reproduce/REPORT.md
 	$(VENV)/bin/lambexp reproduce --seeds $(SEEDS)
 
-test: install  ## lint, then the whole test suite
+test: install-test  ## lint, then the whole test suite
 	$(VENV)/bin/ruff check lambexp tests benchmarks examples
 	$(VENV)/bin/pytest -q
 
@@ -32,28 +45,31 @@ test-install:  ## a plain `pip install .` (no test extras) in a fresh venv, used
 	  && $$L --version && $$L --help > /dev/null && $$L configs > /dev/null \
 	  && $$L validate adam_vs_lamb && $$L run adam_vs_lamb epochs=1 --quiet
 
-test-fast: install  ## the suite without tests marked slow
+docs: install  ## write docs/config.md's key tables again from lambexp/config/schema.py (tests/test_docs.py checks them)
+	$(PY) -m lambexp.config.reference
+
+test-fast: install-test  ## the suite without tests marked slow
 	$(VENV)/bin/pytest -q -m "not slow"
 
-bench: install  ## training samples/s: the seed's pipeline vs lambexp's trainer, side by side
+bench: install-test  ## training samples/s: the seed's pipeline vs lambexp's trainer, side by side
 	$(PY) benchmarks/bench_train.py
 
-profile: install  ## where a training step's time goes (torch.profiler), by op, against the FLOPs
+profile: install-test  ## where a training step's time goes (torch.profiler), by op, against the FLOPs
 	$(PY) benchmarks/profile_train.py
 
-bench-stack: install  ## N trainings stacked (one vmap'd model) against one after another, samples/s
+bench-stack: install-test  ## N trainings stacked (one vmap'd model) against one after another, samples/s
 	$(PY) benchmarks/bench_stack.py
 
-bench-optim: install  ## ms per optimizer step, side by side, against torch's fused Adam
+bench-optim: install-test  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py
 
-bench-watch: install  ## lambexp.watch's cost: step time and peak memory, watched against not (LeNet, a 10M transformer)
+bench-watch: install-test  ## lambexp.watch's cost: step time and peak memory, watched against not (LeNet, a 10M transformer)
 	$(PY) benchmarks/bench_watch.py
 
 GPU_WHEELS := pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   torch-optimizer==0.3.0 pytorch-ranger==0.1.1 submitit==1.5.4
 
-gpu-pack: install  ## .gpu/: what benchmarks/gpu_check.sh needs on a GPU machine with no network (wheels, MNIST)
+gpu-pack: install-test  ## .gpu/: what benchmarks/gpu_check.sh needs on a GPU machine with no network (wheels, MNIST)
 	rm -rf .gpu && mkdir -p .gpu
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

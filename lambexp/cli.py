@@ -10,7 +10,6 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -231,7 +230,7 @@ def resume(ctx: typer.Context, run_dir: Annotated[Path, typer.Argument(
 
 def _stack_size(value: str) -> int:
     """--stack N|off → trainings per stack (1: off)."""
-    from lambexp.runner.stacked import check_stack
+    from lambexp.runner.plan import check_stack
 
     if value.strip().lower() == "off":
         return 1
@@ -367,8 +366,8 @@ LAUNCHERS = ("local", "ray", "slurm")
 def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ray_address: str | None,
               partition: str | None, minutes: int, cluster: str, ctx: typer.Context,
               installed: bool = True):
-    """--launcher and its options → None (this machine) or the Launch with its options bound (its
-    run, and the check that it can start: lambexp.runner.plan.Launch); an option of another launcher
+    """--launcher and its options → None (this machine: `reproduce` makes --jobs its process pool) or
+    the launcher with its options (lambexp.runner.dispatch.Launcher); an option of another launcher
     is refused by name.
     ``installed``: refuse a launcher whose extra is missing (not for --plan, which trains nothing)."""
     if kind not in LAUNCHERS:
@@ -387,17 +386,14 @@ def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ra
     if cpus < 1 or gpus < 0 or minutes < 1:
         raise UserError("--cpus-per-training and --slurm-time must be at least 1, --gpus-per-training"
                         " at least 0")
-    from lambexp.runner.plan import Launch
-
     if kind == "ray":
-        from lambexp.runner.on_ray import connect_ray, need_ray, run_on_ray
+        from lambexp.runner.on_ray import RayCluster, need_ray
 
         if installed:
             need_ray()
-        return Launch(partial(run_on_ray, address=ray_address, cpus=cpus, gpus=gpus, max_in_flight=jobs),
-                      partial(connect_ray, ray_address, cpus, gpus))
+        return RayCluster(ray_address, cpus, gpus, max_in_flight=jobs)
     if kind == "slurm":
-        from lambexp.runner.on_slurm import CLUSTERS, SlurmOptions, check_slurm, need_submitit, run_on_slurm
+        from lambexp.runner.on_slurm import CLUSTERS, SlurmArray, SlurmOptions, need_submitit
 
         if cluster not in CLUSTERS:
             raise UserError(f"--slurm-cluster: one of {', '.join(CLUSTERS)} (got {cluster!r})")
@@ -407,8 +403,7 @@ def _launcher(kind: str, out: Path, jobs: int | None, cpus: int, gpus: float, ra
             need_submitit()
         options = SlurmOptions(partition=partition, time_minutes=minutes, cpus=cpus, gpus=int(gpus),
                                parallelism=jobs, cluster=cluster)
-        return Launch(partial(run_on_slurm, folder=out / ".submitit", options=options),
-                      partial(check_slurm, out / ".submitit", options))
+        return SlurmArray(out / ".submitit", options)
     return None
 
 

@@ -21,6 +21,7 @@ from lambexp.config import (
     validate_experiment,
 )
 from lambexp.errors import ConfigError
+from lambexp.optim.variants import RULES, SWITCHED_RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -196,8 +197,7 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
       " (got adamw)",
       "error: x.yaml: arms[0].model: must be one of lenet, mlp (got resnet)"]),
     ("name: e\narms: [{name: a, rule: lars, device: tpu}]\n",
-     ["error: x.yaml: arms[0].rule: must be one of blog, readme2019, paper, timm, nvlamb, optax,"
-      " torch_optimizer, tfa (got lars)",
+     [f"error: x.yaml: arms[0].rule: must be one of {', '.join(RULES)} (got lars)",
       "error: x.yaml: arms[0].device: must be one of auto, cpu, cuda (got tpu)"]),
     ("name: my exp\narms: [{name: ../up}, lamb]\n",
      ["error: x.yaml: name: must start with a letter or digit and hold only letters, digits, "
@@ -218,7 +218,7 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
     ("name: e\nbias_correction: false\narms: [{name: a, bias_correction: false}, {name: b, rule: paper}]\n",
      ["error: x.yaml: arms[0].bias_correction: rule blog has no bias-correction switch (arm a: it always "
       "folds the correction into its step size); drop bias_correction, or pick a rule with the switch: "
-      "paper, timm, nvlamb, torch_optimizer (got false)"]),
+      f"{', '.join(SWITCHED_RULES)} (got false)"]),
     ("name: e\narms: [{name: a, optimizer: torch_adam, bias_correction: false}]\n",
      ["error: x.yaml: arms[0].bias_correction: only the LAMB rules have it (arm a is optimizer "
       "torch_adam) (got false)"]),

@@ -257,7 +257,7 @@ def test_an_allocation_failure_names_the_setting_and_marks_the_arm_failed(tiny_m
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough"
                            " memory: you tried to allocate 1228800000000 bytes.")
 
-    monkeypatch.setattr(experiment, "fit", no_memory)
+    monkeypatch.setattr(experiment.Trainer, "step", no_memory)
     result = cli("run", write(tmp_path / "t.yaml", TINY_CONFIG), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2
     (line,) = stderr_lines(result)

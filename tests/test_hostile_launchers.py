@@ -186,5 +186,5 @@ def test_a_task_larger_than_the_ray_cluster_is_refused_before_submitting(ask, ha
     assert done.returncode == 2, done.stderr
     line = one_error_line(done.stderr)
     assert line == f"error: {' '.join(ask)}: the Ray cluster at {ray_cluster_of_one_cpu} {has}", line
-    assert "trainings as Ray tasks" not in done.stdout
+    assert "as Ray tasks" not in done.stdout  # no banner: nothing was submitted
     assert not (tmp_path / "out").exists()

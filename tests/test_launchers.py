@@ -77,7 +77,7 @@ def test_ray_trains_what_jobs_1_trains_and_skips_it_on_a_rerun(tiny_mnist_env, t
     config.write_text(TOY)
     first = reproduce(config, tmp_path / "ray", "--launcher", "ray", "--stack", "2")
     assert first.returncode == 0, first.stderr
-    assert "4 trainings as 2 stacks in Ray tasks of 1 CPU each" in first.stdout
+    assert "4 trainings in 2 stacks of up to 2, as Ray tasks of 1 CPU each" in first.stdout
     assert all(f"tiny/{arm}: finished, final test accuracy" in first.stdout for arm in ARMS)
     assert "Token authentication" not in first.stderr  # Ray's own chatter stays out
     assert_same_trainings(tmp_path / "ray", straight)
@@ -93,7 +93,7 @@ def test_slurm_array_trains_what_jobs_1_trains_and_skips_it_on_a_rerun(tiny_mnis
     args = ("--launcher", "slurm", "--slurm-cluster", "local", "--cpus-per-training", "1")
     first = reproduce(config, tmp_path / "slurm", *args)
     assert first.returncode == 0, first.stderr
-    assert "4 trainings as local jobs (submitit's local executor)" in first.stdout
+    assert "4 trainings, as local jobs (submitit's local executor)" in first.stdout
     assert_same_trainings(tmp_path / "slurm", straight)
     assert list((tmp_path / "slurm" / ".submitit").glob("*_log.out"))  # submitit's logs, apart
     again = reproduce(config, tmp_path / "slurm", *args)
@@ -135,12 +135,13 @@ def test_slurm_tasks_stop_cleanly_at_the_time_limit_and_on_ctrl_c_and_continue(t
         os.kill(int(pid), signal.SIGUSR2)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr
-    assert "2 trainings reached --slurm-time (60 min) and were checkpointed: run the same" in stderr
+    assert ("2 trainings stopped before the end (at --slurm-time, 60 min: give more to finish in one go)"
+            " and were checkpointed: run the same command again to continue") in stderr
     proc = start_when_checkpointed(config, out, args)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "the job array's unfinished tasks were cancelled" in stderr
+    assert "interrupted with the unfinished trainings cancelled" in stderr
     assert tasks_running() == [], "a cancelled task still runs"
     for arm in ("adam", "lamb"):
         assert summary_json(out / "tiny" / "seed1" / arm)["status"] != "finished"
@@ -149,6 +150,22 @@ def test_slurm_tasks_stop_cleanly_at_the_time_limit_and_on_ctrl_c_and_continue(t
     assert again.returncode == 0, again.stderr
     for arm in ("adam", "lamb"):
         assert summary_json(out / "tiny" / "seed1" / arm)["status"] == "finished"
+
+
+def test_a_failing_worker_stops_every_other_worker_at_once(tiny_mnist_env, tmp_path):
+    """--jobs 2, and adam's folder holds a damaged checkpoint, so its worker fails at once: the
+    command says so (exit 2) with lamb, a long training in the other worker, stopped and
+    checkpointed then, not trained to its end first."""
+    config, out = tmp_path / "long.yaml", tmp_path / "out"
+    config.write_text(tiny_config(epochs="150"))  # 600 steps: far longer than a worker's start
+    damaged = out / "tiny" / "seed1" / "adam" / CHECKPOINT_FILE
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a checkpoint")
+    failed = invoke("reproduce", config, "--seeds", "1", "--out", out, "--jobs", "2")
+    assert failed.exit_code == 2, failed.output
+    assert f"tiny/seed1/adam: {damaged}: cannot continue from this checkpoint" in failed.output
+    lamb = summary_json(out / "tiny" / "seed1" / "lamb")
+    assert lamb["status"] == "interrupted" and lamb["epochs_done"] < 150, lamb["epochs_done"]
 
 
 @pytest.mark.parametrize("module, launcher, extra", [("ray", "ray", "lambexp[ray]"),

@@ -11,6 +11,7 @@ from torch import nn
 
 from lambexp.optim import Lamb
 from lambexp.optim.fast import fused
+from lambexp.optim.variants import VARIANTS
 
 F64 = torch.float64
 
@@ -46,6 +47,34 @@ def test_fused_equals_reference_path(case, dtype=torch.float32):
     slow = Lamb(b.parameters(), lr=0.01, foreach=False, **CASES[case])
     assert_same(a, fast, b, slow, data, 1e-12 if dtype == F64 else 1e-5)
     assert not fast._fused.failed  # compiled, not the foreach fallback compared with itself
+
+
+@pytest.mark.parametrize("rule", VARIANTS)
+def test_every_rule_compiles_from_its_variant_equal_to_the_reference(rule):
+    """The compiled step is rules.lamb_update of the rule's Variant, so a new row of variants.py
+    compiles with nothing written here: each rule's own defaults (clip, adaptation), with decay."""
+    compiled_against_reference(dict(rule=rule, weight_decay=0.01))
+
+
+@pytest.mark.parametrize("options", [
+    dict(rule="timm", weight_decay=0.01, trust_clip=0.5),  # LAMBC's clip, binding
+    dict(rule="paper", weight_decay=0.0, always_adapt=False),  # no decay: no tensor adapted
+    dict(rule="blog", weight_decay=0.01, trust_ratio=False),  # kept out: r = 1
+], ids=["trust_clip", "always_adapt-false", "trust_ratio-false"])
+def test_the_compiled_step_takes_every_option(options):
+    fast = compiled_against_reference(options)
+    r = fast.trust_stats()["r"]
+    assert (r == 0.5).any() if "trust_clip" in options else torch.equal(r, torch.ones_like(r))
+
+
+def compiled_against_reference(options: dict, dtype=torch.float32) -> Lamb:
+    data = batches(10, dtype=dtype)
+    a, b = small_net(dtype=dtype), small_net(dtype=dtype)
+    fast = Lamb(a.parameters(), lr=0.01, fused=True, **options)
+    slow = Lamb(b.parameters(), lr=0.01, foreach=False, **options)
+    assert_same(a, fast, b, slow, data, 1e-5)
+    assert not fast._fused.failed
+    return fast
 
 
 @pytest.mark.parametrize("case", ["blog", "paper"])

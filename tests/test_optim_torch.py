@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lambexp.optim import Lamb, Lars, build_optimizer
 from lambexp.optim.fast.chunks import Scratch
 from lambexp.optim.fast.foreach import cpu_adam_kernel, direction
+from lambexp.optim.lamb import hyper
 from lambexp.optim.variants import VARIANTS
 
 F64 = torch.float64
@@ -155,9 +156,8 @@ def test_the_accelerator_direction_equals_the_cpu_one(kw):
     for out in (None, [torch.empty(4, 3), torch.empty(5)]):
         group = Lamb([nn.Parameter(x.clone()) for x in w], lr=0.01, **kw).param_groups[0]
         m, v = [x.clone() for x in m0], [x.clone() for x in v0]
-        variant = VARIANTS[group["rule"]]
-        d = direction(group, w, g, m, v, [3, 3], out, variant=variant,
-                      correction=variant.correction_for(group["bias_correction"]), scratch=Scratch())
+        d = direction(w, g, m, v, [hyper(group, 3)] * 2, out, variant=VARIANTS[group["rule"]],
+                      scratch=Scratch())
         runs.append((m, v, d))
     for a, b in zip(*runs):
         assert all(torch.equal(x, y) for x, y in zip(a, b))

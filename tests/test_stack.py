@@ -99,3 +99,25 @@ def test_each_member_has_its_own_trust_ratios():
     r0, r4 = opts[0].trust_stats()["r"], opts[4].trust_stats()["r"]
     assert not torch.allclose(r0, r4)
     torch.testing.assert_close(r0, lone_opts[0].trust_stats()["r"], rtol=1e-10, atol=1e-12)
+
+
+def test_a_model_whose_layers_mix_a_batch_is_refused_for_stacking():
+    """BatchNorm normalises each sample by its batch: stacked, a member's padding would enter its
+    statistics, so the stack refuses it, naming the layer; layers that work per sample stack."""
+    from torch import nn
+
+    from lambexp.errors import UserError
+    from lambexp.training.stack import check_stackable
+
+    def net(norm):
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), norm, nn.Linear(16, 10), nn.LogSoftmax(1))
+
+    with pytest.raises(UserError) as refused:
+        Stack([net(nn.BatchNorm1d(16)), net(nn.BatchNorm1d(16))])
+    assert str(refused.value) == ("--stack: Sequential has layers that mix the samples of a batch"
+                                  " (2 (BatchNorm1d)), which stacked trainings cannot keep apart;"
+                                  " train it with --stack off")
+    for per_sample in (nn.LayerNorm(16), nn.GroupNorm(4, 16), nn.Identity()):
+        check_stackable(net(per_sample))
+    check_stackable(build_model("lenet"))
+    Stack([net(nn.LayerNorm(16)), net(nn.LayerNorm(16))])

@@ -197,35 +197,49 @@ def test_a_stack_interrupted_mid_way_checkpoints_each_member_and_resumes(world, 
         assert_same_training(folder / arm, straight / arm, tiny)
 
 
-def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp_path):
-    """StackGroup by hand: three LeNets in three threads take a step; each gets its own loss (as
-    F.nll_loss of its model alone says) and gradient; a member's file mid-group holds its weights
-    alone; one leaves, owning its memory again, and the two others step on without it."""
-    from concurrent.futures import ThreadPoolExecutor
+def tiny_data(n_train: int = 24, n_test: int = 16):
+    from lambexp.data.tensors import MnistTensors
 
+    g = torch.Generator().manual_seed(0)
+    return MnistTensors(torch.randn(n_train, 1, 28, 28, generator=g),
+                        torch.randint(0, 10, (n_train,), generator=g),
+                        torch.randn(n_test, 1, 28, 28, generator=g),
+                        torch.randint(0, 10, (n_test,), generator=g))
+
+
+def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp_path):
+    """StackGroup by hand, from one thread: three LeNet Trainers (lr 0, so the weights stay) take a
+    step; each gets its own loss (as F.nll_loss of its model alone on the batch its seed draws) and
+    gradient; a member's file mid-group holds its weights alone; one leaves, owning its memory
+    again, and the two others step on without it, to the end of their epoch."""
     import torch.nn.functional as F
 
     from lambexp.model import build_model
     from lambexp.training.checkpoint import save_weights
     from lambexp.training.group import StackGroup
+    from lambexp.training.loop import LoopOptions, Trainer
+    from lambexp.training.sinks import MemorySink
 
+    data = tiny_data()
+    x, y = data.train_x, data.train_y
     nets = []
     for seed in (1, 2, 3):
         torch.manual_seed(seed)
         nets.append(build_model("lenet"))
-    torch.manual_seed(0)
-    x, y = torch.randn(3, 8, 1, 28, 28), torch.randint(0, 10, (3, 8))
-    alone = [F.nll_loss(net(x[i]), y[i]) for i, net in enumerate(nets)]
+    orders = [torch.randperm(24, generator=torch.Generator().manual_seed(s)).split(8) for s in (1, 2, 3)]
+    alone = [F.nll_loss(net(x[orders[i][0]]), y[orders[i][0]]) for i, net in enumerate(nets)]
     grads = [torch.autograd.grad(loss, list(net.parameters())) for loss, net in zip(alone, nets)]
-    group = StackGroup(3)
-
-    def step(i):
-        return group.step(i, nets[i], x[i], y[i])
-
-    with ThreadPoolExecutor(3) as pool:
-        losses = list(pool.map(step, range(3)))
+    options = LoopOptions(batch_size=8, log_interval=1)
+    trainers = [Trainer(net, torch.optim.SGD(net.parameters(), lr=0.0), (x, y), (data.test_x, data.test_y),
+                        epochs=1, seed=s, options=options, sink=MemorySink())
+                for s, net in zip((1, 2, 3), nets)]
+    for trainer in trainers:
+        trainer.begin()
+    group = StackGroup(trainers)
+    assert group.step() == []
     for i, net in enumerate(nets):
-        assert losses[i].item() == pytest.approx(alone[i].item(), rel=1e-5)
+        assert trainers[i].state.step == 1
+        assert trainers[i].state.last_loss == pytest.approx(alone[i].item(), rel=1e-5)
         for p, g in zip(net.parameters(), grads[i]):
             assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)
     torch.manual_seed(9)
@@ -234,20 +248,157 @@ def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp
     assert (tmp_path / "member.pt").stat().st_size == (tmp_path / "lone.pt").stat().st_size
     before = [p.detach().clone() for p in nets[0].parameters()]
     group.leave(0)
+    assert group.training == [1, 2]
     for p, b in zip(nets[0].parameters(), before):
         assert p.untyped_storage().nbytes() == p.nbytes and torch.equal(p.detach(), b)
     with torch.no_grad():
         for p in nets[2].parameters():
             p.mul_(0.5)  # stepping a member's parameters moves its slice of the stack
-    alone = [F.nll_loss(nets[i](x[i]), y[i]).item() for i in (1, 2)]
-    with ThreadPoolExecutor(2) as pool:
-        losses = list(pool.map(step, (1, 2)))
-    assert [v.item() for v in losses] == pytest.approx(alone, rel=1e-5)
+    alone = [F.nll_loss(nets[i](x[orders[i][1]]), y[orders[i][1]]).item() for i in (1, 2)]
+    assert group.step() == []
+    assert [trainers[i].state.last_loss for i in (1, 2)] == pytest.approx(alone, rel=1e-5)
+    assert trainers[0].state.step == 1  # it left: no step
+    assert group.step() == [] and group.step() == [1, 2] and group.training == []
+    for i in (1, 2):  # the epoch's 3 batches, then its evaluation
+        assert trainers[i].state.step == 3 and len(trainers[i].state.history) == 1 and trainers[i].ended
+
+
+def test_a_trainer_stepped_by_hand_trains_as_fit_does():
+    """fit is a loop over Trainer.step: stepped by hand, the same steps, logs and evaluations, and
+    ``step`` says False, taking none, once every epoch is done."""
+    from lambexp.model import build_model
+    from lambexp.training.loop import LoopOptions, Trainer, fit
+    from lambexp.training.sinks import MemorySink
+
+    data = tiny_data()
+    runs = []
+    for by_hand in (False, True):
+        torch.manual_seed(1)
+        net = build_model("lenet")
+        opt, sink = torch.optim.SGD(net.parameters(), lr=0.05), MemorySink()
+        args = dict(epochs=2, seed=3, options=LoopOptions(batch_size=10, log_interval=2), sink=sink)
+        train, test = (data.train_x, data.train_y), (data.test_x, data.test_y)
+        if by_hand:
+            with Trainer(net, opt, train, test, **args) as trainer:
+                steps = 0
+                while trainer.step():
+                    steps += 1
+                assert steps == 6 and not trainer.step()  # 2 epochs of 3 batches (10, 10, 4)
+            state = trainer.state
+        else:
+            state = fit(net, opt, train, test, **args)
+        runs.append((state, sink.scalar_log, [p.detach() for p in net.parameters()]))
+    (a, log_a, w_a), (b, log_b, w_b) = runs
+    assert (a.step, a.samples, a.epoch, a.history) == (b.step, b.samples, b.epoch, b.history) == \
+        (6, 48, 3, a.history)
+    assert [(s, tag) for s, tag, _ in log_a] == [(s, tag) for s, tag, _ in log_b]
+    assert all(torch.equal(p, q) for p, q in zip(w_a, w_b))
+
+
+class Inputs:
+    """ArmInputs' part that train_together reads: every arm's data, on the CPU."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def data(self, arm):
+        return self._data, torch.device("cpu")
+
+
+def group_of(tmp_path, names, **settings):
+    from lambexp.config import Arm
+    from lambexp.runner.plan import Training
+
+    arms = [Arm(name=name, optimizer="lamb", epochs=2, batch_size=8, log_interval=1, device="cpu",
+                seed=k + 1, **settings) for k, name in enumerate(names)]
+    return [Training(f"toy/seed1/{arm.name}", arm, tmp_path / arm.name) for arm in arms]
+
+
+@pytest.mark.filterwarnings("ignore:Lamb\\(fused=True\\). torch.compile failed")
+def test_members_of_a_stack_take_the_compiled_step_where_it_is_asked_for(tmp_path, monkeypatch):
+    """One thread steps every member: `fused: true` asks for the compiled step in a stack as alone
+    (where threads once had to turn it off), and the members finish."""
+    from lambexp.optim.fast import fused
+    from lambexp.runner.stacked import train_together
+    from lambexp.training.progress import NoProgress
+
+    asked = []
+
+    def kernel(rule):  # stands in for the compiled kernel: who asked, then "fails" (foreach runs)
+        asked.append(rule)
+        raise fused.CompileFailed("not compiled in this test")
+
+    monkeypatch.setattr(fused, "kernel", kernel)
+    group = group_of(tmp_path, ["a", "b"], fused=True)
+    results = train_together(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False)
+    assert asked and [status for status, _ in results] == ["finished", "finished"]
+    assert all(summary_json(t.folder)["status"] == "finished" for t in group)
+
+
+def test_a_member_failing_before_its_first_step_stops_the_group_at_once(tmp_path):
+    """The second member's checkpoint is not one: the first, already started, is checkpointed at
+    step 0 and marked interrupted; the third is never touched; the refusal is raised."""
+    from lambexp.errors import UserError
+    from lambexp.runner.stacked import train_together
+    from lambexp.training.progress import NoProgress
+
+    group = group_of(tmp_path, ["a", "b", "c"])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    lines = []
+    with pytest.raises(UserError, match="b"):
+        train_together(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False, say=lines.append)
+    a = summary_json(tmp_path / "a")
+    assert a["status"] == "interrupted" and a["steps"] == 0
+    assert torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=False)["loop"]["step"] == 0
+    assert (tmp_path / "b" / CHECKPOINT_FILE).read_bytes() == b"not a checkpoint"
+    assert not (tmp_path / "c").exists()
+    assert lines == ["toy/seed1/a: interrupted, checkpointed"]
+
+
+def test_a_member_failing_mid_way_stops_the_group_at_once(tmp_path, monkeypatch):
+    """The second member runs out of memory in its third step: it is marked failed, with the line
+    that says to stack fewer; the others stop at once (the first has taken its third step, the
+    third has not), checkpointed and marked interrupted, instead of training on to the end."""
+    from lambexp.errors import ResumableError
+    from lambexp.runner import experiment
+    from lambexp.runner.stacked import train_together
+    from lambexp.training.progress import NoProgress
+
+    real = experiment.build_optimizer
+
+    def build_optimizer(name, params, **args):
+        opt = real(name, params, **args)
+        if experiment.torch.initial_seed() == 2:  # member b (seed 2)
+            steps, step = [0], opt.step
+
+            def failing_step():
+                steps[0] += 1
+                if steps[0] == 3:
+                    raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+                return step()
+
+            opt.step = failing_step
+        return opt
+
+    monkeypatch.setattr(experiment, "build_optimizer", build_optimizer)
+    group = group_of(tmp_path, ["a", "b", "c"])
+    lines = []
+    with pytest.raises(ResumableError, match="b: out of memory .* in a stack .* lower --stack"):
+        train_together(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False, say=lines.append)
+    b = summary_json(tmp_path / "b")
+    assert b["status"] == "failed" and "out of memory" in b["error"]
+    for name, steps in (("a", 3), ("c", 2)):  # of 6: 2 epochs of 3 batches
+        assert summary_json(tmp_path / name)["status"] == "interrupted"
+        assert torch.load(tmp_path / name / CHECKPOINT_FILE, weights_only=False)["loop"]["step"] == steps
+    assert lines == ["toy/seed1/a: interrupted, checkpointed", "toy/seed1/c: interrupted, checkpointed"]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--stack", "0"], "--stack: a number of trainings to stack (2 or more), or off (got '0')"),
-    (["--stack", "two"], "--stack: a number of trainings to stack (2 or more), or off (got 'two')"),
+    (["--stack", "0"], "--stack: a number of trainings to stack (1 or more; 1 trains each alone),"
+                          " or off (got '0')"),
+    (["--stack", "two"], "--stack: a number of trainings to stack (1 or more; 1 trains each alone),"
+                          " or off (got 'two')"),
 ])
 def test_stack_refuses_what_it_cannot_do_in_one_line(args, message, tmp_path):
     assert_reproduce_refuses(CONFIG, tmp_path, args, message)
@@ -283,56 +434,6 @@ def test_the_bars_of_a_stack_share_one_display_on_a_terminal():
     assert not bars[1].shared.bar.live.is_started
     shown = out.getvalue()
     assert "first" in shown and "second" in shown and "4/10" in shown
-
-
-@pytest.mark.filterwarnings("ignore:Lamb\\(fused=True\\). torch.compile failed")
-def test_a_member_resumed_from_a_compiled_run_steps_without_compiling(tmp_path, monkeypatch):
-    """torch.compile is not thread-safe, so members take the multi-tensor step; a checkpoint of a
-    lone `fused: true` run must not bring the compiled step back (its param groups say fused)."""
-    import threading
-
-    from lambexp.config import Arm
-    from lambexp.data.tensors import MnistTensors
-    from lambexp.optim.fast import fused
-    from lambexp.runner.experiment import run_arm
-    from lambexp.training.group import StackGroup
-    from lambexp.training.progress import NoProgress
-
-    asked = []
-
-    def kernel(rule):  # stands in for the compiled kernel: who asked, then "fails" (foreach runs)
-        asked.append(threading.current_thread().name)
-        raise fused.CompileFailed("not compiled in this test")
-
-    monkeypatch.setattr(fused, "kernel", kernel)
-    g = torch.Generator().manual_seed(0)
-    data = MnistTensors(torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g),
-                        torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
-    arms = [Arm(name=f"a{s}", optimizer="lamb", fused=True, epochs=1, batch_size=32, log_interval=4,
-                device="cpu", seed=s) for s in (1, 2)]
-    for arm in arms:  # alone, stopped after 3 steps: a checkpoint whose groups say fused
-        polls = iter(range(10))
-        with pytest.raises(Interrupted):
-            run_arm(arm, data, torch.device("cpu"), tmp_path / arm.name, NoProgress(),
-                    lambda polls=polls: next(polls) >= 3)
-    assert asked  # the lone runs asked for the compiled step
-    asked.clear()
-    group = StackGroup(2)
-
-    def member(slot):
-        try:
-            run_arm(arms[slot], data, torch.device("cpu"), tmp_path / arms[slot].name, NoProgress(),
-                    member=group.member(slot))
-        finally:
-            group.leave(slot)
-
-    threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert asked == []
-    assert all(summary_json(tmp_path / arm.name)["status"] == "finished" for arm in arms)
 
 
 def test_running_out_of_memory_in_a_stack_says_to_stack_fewer(tmp_path):

@@ -69,6 +69,24 @@ def test_timm_rule_steps_as_timm_lamb(foreach, options):
         assert torch.equal(stats["r"][2:], torch.ones(2, dtype=F64))
 
 
+# The demonstration that a rule is one row of variants.py plus this test: timm_decoupled is timm's
+# decoupled_decay, and the compiled step runs it with nothing written for it.
+@pytest.mark.parametrize("path", [*FOREACH, pytest.param({"fused": True}, id="compiled")])
+@pytest.mark.parametrize("options", [{}, {"always_adapt": True}], ids=["defaults", "always_adapt"])
+def test_timm_decoupled_rule_steps_as_timm_lamb_with_decoupled_decay(path, options):
+    timm_optim = pytest.importorskip("timm.optim")
+    theirs_net, ours_net = with_zero_bias(small_net()), with_zero_bias(small_net())
+    theirs = timm_optim.Lamb(groups(theirs_net, 0.05), lr=0.05, decoupled_decay=True, **options)
+    mode = path if isinstance(path, dict) else {"foreach": path}
+    ours = Lamb(groups(ours_net, 0.05), lr=0.05, rule="timm_decoupled", **options, **mode)
+    data = loud_batches()
+    assert_close(train(ours_net, ours, data), train(theirs_net, theirs, data))
+    # it is not timm's default rule: λ·w in the update would have stepped elsewhere
+    coupled_net = with_zero_bias(small_net())
+    train(coupled_net, Lamb(groups(coupled_net, 0.05), lr=0.05, rule="timm", **options), data)
+    assert not torch.allclose(coupled_net[0].weight, ours_net[0].weight, rtol=1e-6, atol=1e-6)
+
+
 def test_timm_clip_and_trust_clip_bind_here():
     """The cases above test what they claim: the global norm is over 1, and r over 1 without the clip."""
     net = small_net()
@@ -144,9 +162,12 @@ def test_every_rule_is_a_row_with_a_source_and_published_defaults():
                              "tfa"}
     for variant in VARIANTS.values():
         assert variant.source and variant.eps > 0 and len(variant.betas) == 2
-    # defaults as each code publishes them (docs/rules.md): clip at 1 only in timm and apex
-    assert {n for n, v in VARIANTS.items() if v.grad_clip_norm} == {"timm", "nvlamb"}
-    assert {n for n, v in VARIANTS.items() if not v.always_adapt} == {"timm"}
+    # defaults as each code publishes them (docs/rules.md): clip at 1 only in timm and apex, the
+    # ratio only on decayed tensors only in timm (apex's default is use_nvlamb=False: rule nvlamb)
+    timm = {n for n, v in VARIANTS.items() if v.source.startswith("timm ")}
+    assert timm >= {"timm", "timm_decoupled"}
+    assert {n for n, v in VARIANTS.items() if v.grad_clip_norm} == {*timm, "nvlamb"}
+    assert {n for n, v in VARIANTS.items() if not v.always_adapt} == timm
     assert VARIANTS["blog"].eps == 1e-8 and VARIANTS["timm"].eps == 1e-6
 
 
@@ -288,17 +309,17 @@ def test_tfa_keeps_out_of_the_ratio_what_its_decay_list_names_when_it_has_no_tru
     assert_close(train(net, ours, data), theirs)
 
 
-def test_the_compiled_step_refuses_what_its_kernels_do_not_do(tmp_path):
+def test_a_config_may_compile_any_rule_with_any_option(tmp_path):
+    """The compiled step is each rule's own lamb_update (tests/test_optim_fused.py): a config asking
+    for it with any rule, trust_clip, always_adapt: false or exclude_from_trust is valid."""
     from conftest import invoke, tiny_config
 
-    for options in ({"trust_clip": 0.5}, {"always_adapt": False}, {"trust_ratio": False}):
-        with pytest.raises(ValueError, match="fused=True compiles the ratio on every tensor"):
-            Lamb(small_net().parameters(), rule="paper", fused=True, **options)
-    for key, value in (("trust_clip", "0.5"), ("always_adapt", "false"), ("exclude_from_trust", "[bias]")):
+    for key, value in (("rule", "timm"), ("trust_clip", "0.5"), ("always_adapt", "false"),
+                       ("exclude_from_trust", "[bias]")):
         config = tmp_path / f"{key}.yaml"
         config.write_text(tiny_config(arms=("lamb",), fused="true", **{key: value}))
         result = invoke("validate", config)
-        assert result.exit_code == 2 and "set fused: false" in result.output, (key, result.output)
+        assert result.exit_code == 0, (key, result.output)
 
 
 def test_an_applied_change_keeps_excluded_tensors_out_of_decay():

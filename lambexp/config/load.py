@@ -23,14 +23,12 @@ from lambexp.config.schema import (
     resolve,
     unused_settings,
     uses,
-    uses_lamb_rule,
 )
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import Block, YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
 from lambexp.folders.layout import CONFIG_FILE, ENVIRONMENT_FILE
-from lambexp.optim.variants import COMPILED_RULES as FUSED_RULES
-from lambexp.optim.variants import SWITCHED_RULES, VARIANTS, pattern_matches
+from lambexp.optim.variants import VARIANTS, pattern_matches
 
 MAX_CONFIG_BYTES = 10**6  # the largest shipped config is 4 kB; 50 MB of YAML took 105 s to refuse
 
@@ -125,37 +123,13 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
     if problems or spec is None:
         raise _error(source, *in_file_order(raw, problems))
     experiment = resolve(spec)
-    problems = _rule_conflicts(raw, experiment)
+    problems = []
     if not record:
         problems += unused_keys(raw, experiment, sweep)
         problems += unmatched_patterns(raw, experiment, sweep)
     if problems:
         raise _error(source, *in_file_order(raw, problems))
     return experiment
-
-
-def _rule_conflicts(raw: dict, experiment: Experiment) -> list[tuple[tuple, str]]:
-    """Settings that are valid alone but not together, which would otherwise be silently ignored:
-    fused: true with a LAMB rule that has no compiled step, or with pieces it does not compile."""
-    out: list[tuple[tuple, str]] = []
-
-    def conflict(index: int, key: str, value: object, message: str) -> None:
-        """One line, at the arm's key when the arm wrote it, else at the shared key (once)."""
-        loc = ("arms", index, key) if key in raw["arms"][index] else (key,)
-        line = problem(f"arms[{index}].{key}" if len(loc) == 3 else key, message, value)
-        if (loc, line) not in out:
-            out.append((loc, line))
-
-    for index, arm in enumerate(experiment.arms):
-        lamb = uses_lamb_rule(arm.optimizer)
-        if lamb and arm.fused is True and arm.rule not in FUSED_RULES:
-            conflict(index, "fused", True, f"fused compiles the {', '.join(FUSED_RULES)} rules alone"
-                                           f" (arm {arm.name} has rule: {arm.rule})")
-        elif lamb and arm.fused is True and not fused_supports(arm):
-            conflict(index, "fused", True, f"the compiled step gives every tensor the ratio, unclipped"
-                                           f" (arm {arm.name} sets trust_clip, always_adapt: false or"
-                                           " exclude_from_trust); set fused: false")
-    return out
 
 
 def unused_keys(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tuple, str]]:
@@ -181,10 +155,7 @@ def unused_keys(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tu
 
 _WITHOUT_SWITCH = {  # why a LAMB rule ignores each of its switches it lacks (schema.RULE_SWITCHES)
     "clamp": lambda arm: f"rule {arm.rule} has no clamp (arm {arm.name}); trust_clip clips r",
-    "bias_correction": lambda arm: (
-        f"rule {arm.rule} has no bias-correction switch (arm {arm.name}: it"
-        f" {VARIANTS[arm.rule].what_correction()}); drop bias_correction, or pick a rule with the"
-        f" switch: {', '.join(SWITCHED_RULES)}"),
+    "bias_correction": lambda arm: VARIANTS[arm.rule].without_switch(f"arm {arm.name}"),
 }
 
 
@@ -232,13 +203,6 @@ def _matches_none(model: str, shown: int = 5) -> str:
     names = [name for name, _ in MODEL_PARAMETERS[model]]
     listed = ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
     return f"matches no parameter of {model} (its parameters: {listed})"
-
-
-def fused_supports(arm) -> bool:
-    """Whether the compiled step (lambexp.optim.fast.fused) runs this arm as the rule says: one of its
-    rules, every tensor given the ratio, unclipped."""
-    return (arm.rule in FUSED_RULES and arm.trust_clip is None and arm.always_adapt
-            and not arm.exclude_from_trust)
 
 
 def _written_by_arm(raw: dict, index: int, key: str, swept: dict) -> bool:

@@ -10,7 +10,15 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from lambexp.config.expect import Expectation
-from lambexp.optim.variants import DEFAULT_EPS, RANK_FORM, RULES, TORCH_ADAM_EPS, VARIANTS
+from lambexp.optim.variants import (
+    DEFAULT_EPS,
+    LEFT_TO_RULE,
+    RANK_FORM,
+    RULES,
+    SWITCHED_RULES,
+    TORCH_ADAM_EPS,
+    VARIANTS,
+)
 from lambexp.training.divergence import DEFINITION
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
@@ -96,8 +104,8 @@ class Settings(_Frozen):
         "adam: LAMB with r computed and logged but not applied (the blog's Adam); lamb; lars; "
         "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself"))
     rule: Rule = Field("blog", description=(
-        "LAMB update rule (docs/rules.md, `lambexp rules`): " + ", ".join(RULES) + "; lars, sgd and"
-        " torch_adam have none"))
+        "LAMB update rule: a name `lambexp rules` lists (docs/rules.md); lars, sgd and torch_adam"
+        " have none"))
     lr: Float = Field(0.01, gt=0, description="learning rate (global step size)")
     weight_decay: Float = Field(0.0, ge=0, description=(
         "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
@@ -107,7 +115,7 @@ class Settings(_Frozen):
         "the rule's switch, where it has one: paper, timm, nvlamb divide m and v by (1-β1ᵗ) and"
         " (1-β2ᵗ) (false with paper is pytorch-lamb's June 2019 rule, E6); torch_optimizer's debias"
         " folds it into the step size. null: the rule's published default. The rules without the"
-        " switch (blog, readme2019, optax, tfa) refuse it"))
+        f" switch ({', '.join(rule for rule in RULES if rule not in SWITCHED_RULES)}) refuse it"))
     trust_clip: Annotated[Float, Field(gt=0)] | None = Field(None, description=(
         "LAMB rules: r ≤ this after the ratio (timm's trust_clip: 1 is LAMBC); null: none"))
     always_adapt: bool | None = Field(None, description=(
@@ -243,15 +251,12 @@ class Arm(ArmSpec):
                            for key in unused_settings(optimizer, rule)}}
         rule = data.get("rule", Settings.model_fields["rule"].default)
         variant = VARIANTS.get(rule) if uses_lamb_rule(optimizer) else None
-        filled = {
-            "eps": default_eps(optimizer, rule),
-            "bias_correction": variant.corrected_by_default if variant else True,
-            "always_adapt": variant.always_adapt if variant else True,
-        }
+        if variant is not None:  # what the arm leaves to its rule, filled as Lamb fills it
+            return {**data, **variant.resolve({key: data.get(key, unset)
+                                               for key, unset in LEFT_TO_RULE.items()})}
+        filled = {"eps": default_eps(optimizer, rule), "bias_correction": True, "always_adapt": True}
         data = {**data, **{k: v for k, v in filled.items() if data.get(k) is None}}
-        if data.get("grad_clip_norm", "rule") == "rule":
-            data = {**data, "grad_clip_norm": variant.grad_clip_norm if variant else None}
-        return data
+        return {**data, "grad_clip_norm": None} if data.get("grad_clip_norm", "rule") == "rule" else data
 
 
 class Experiment(Header):

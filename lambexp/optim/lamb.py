@@ -1,9 +1,10 @@
 """``Lamb``: every published LAMB (``variants.VARIANTS``) as a torch optimizer.
 
 This file turns a param group into the rule's pieces (the variant, its bias correction, whether the
-tensors are adapted) and hands them to a step: the reference of ``rules.py`` (``foreach=False``),
-or, for speed, the multi-tensor step or the compiled one of ``optim/fast/``, both tested against
-it. The equations are in ``rules.lamb``; which pieces each variant takes, in ``variants.py``."""
+tensors are adapted, all in ``hyper``) and hands them to a step: the reference of ``rules.py``
+(``foreach=False``), or, for speed, the multi-tensor step or the compiled one of ``optim/fast/``,
+both tested against it. The equations are in ``rules.py``; which pieces each variant takes, in
+``variants.py``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lambexp.optim import rules
-from lambexp.optim.fast import foreach, fused
+from lambexp.optim.fast import foreach
 from lambexp.optim.fast.chunks import Scratch, in_cache_chunks
 from lambexp.optim.fast.fused import FusedStep
 from lambexp.optim.trust import TrustRatioOptimizer, check_range
@@ -31,12 +32,11 @@ class Lamb(TrustRatioOptimizer):
         betas: (β1, β2), the moment decay rates (default (0.9, 0.999); the blog ran (0.9, 0.99)).
         eps: ε added to √v; default ``None`` picks the rule's own (1e-8 for blog, 1e-6 for the
             others: ``variants.VARIANTS``).
-        weight_decay: λ (default 0). The blog rule adds λ·w to the gradient (L2); the others add
-            it to the update.
-        rule: a name of ``variants.VARIANTS`` (docs/rules.md): ``"blog"`` (default), ``"paper"``,
-            ``"readme2019"``, ``"timm"``, ``"nvlamb"``, ``"optax"``, ``"torch_optimizer"``,
-            ``"tfa"``. The blog rule is the default because lambexp exists to reproduce the blog's
-            experiments, which ran it.
+        weight_decay: λ (default 0), where the rule puts it: the blog rule adds λ·w to the
+            gradient (L2), the paper's and most others to the update, a "decoupled" one shrinks w.
+        rule: a name of ``variants.VARIANTS`` (docs/rules.md, ``lambexp rules``): ``"blog"``
+            (default), ``"paper"``, or a published code's own. The blog rule is the default
+            because lambexp exists to reproduce the blog's experiments, which ran it.
         clamp: c (default 10), for the rules that have one: blog clips r at c; paper, readme2019
             and torch_optimizer clamp ‖w‖ at c (the paper's φ). ``None``: no clip or clamp.
         adam: compute and record r, r1, r2 but update with r = 1 (the blog's Adam baseline).
@@ -55,7 +55,8 @@ class Lamb(TrustRatioOptimizer):
         foreach: ``True`` or ``None`` (default): the multi-tensor ``torch._foreach_*`` step;
             ``False``: one tensor at a time through the reference functions of ``rules.py``.
         fused: ``True``: the step as kernels that ``torch.compile`` (inductor) generates from
-            ``optim/fast/fused.py``: one call per tensor over ``fused.PACK_NUMEL`` elements, one for all
+            the rule's own ``rules.lamb_update``, any rule and option (``optim/fast/fused.py``):
+            one call per tensor over ``fused.PACK_NUMEL`` elements, one for all
             smaller tensors laid end to end; each does the whole update in two passes over
             memory (moments, r1, r2 in the first; w in the second). The first step compiles,
             which needs a C++ compiler and takes seconds; worth it for runs of more than a few
@@ -73,8 +74,8 @@ class Lamb(TrustRatioOptimizer):
                  trust_clip: float | None = None, always_adapt: bool | None = None,
                  grad_clip_norm: float | str | None = "rule", trust_ratio: bool = True,
                  foreach: bool | None = None, fused: bool = False):
-        if grad_clip_norm == "rule":
-            grad_clip_norm = VARIANTS[rule].grad_clip_norm if rule in VARIANTS else None
+        if rule in VARIANTS:  # an unknown rule is refused by add_param_group
+            grad_clip_norm = VARIANTS[rule].resolve({"grad_clip_norm": grad_clip_norm})["grad_clip_norm"]
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rule=rule,
                         clamp=clamp, adam=adam, bias_correction=bias_correction, trust_clip=trust_clip,
                         always_adapt=always_adapt, grad_clip_norm=grad_clip_norm,
@@ -88,11 +89,8 @@ class Lamb(TrustRatioOptimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_range("rule", group["rule"], group["rule"] in RULES, f"one of {', '.join(RULES)}")
-        variant = VARIANTS[group["rule"]]
-        for key, value in (("eps", variant.eps), ("bias_correction", variant.corrected_by_default),
-                           ("always_adapt", variant.always_adapt)):
-            if group[key] is None:
-                group[key] = value
+        options = {key: group[key] for key in ("eps", "bias_correction", "always_adapt")}
+        group.update(VARIANTS[group["rule"]].resolve(options))
         validate_group(group)
 
     def __setstate__(self, state: dict) -> None:
@@ -124,8 +122,8 @@ class Lamb(TrustRatioOptimizer):
         if group["foreach"] is False:
             return self._reference_step(group, w)
         if group.get("fused") and not self._fused.failed:
-            return self._fused(group, w, self.state, reference=self._reference_step,
-                               foreach=partial(self._foreach_step, group))
+            return self._fused(group, w, self.state, hyper=partial(hyper, group),
+                               reference=self._reference_step, foreach=partial(self._foreach_step, group))
         return self._foreach_step(group, w)
 
     def _advance(self, p: Tensor) -> None:
@@ -137,15 +135,11 @@ class Lamb(TrustRatioOptimizer):
         state["step"] += 1
 
     def _reference_step(self, group: dict, w: list[Tensor]):
-        beta1, beta2 = group["betas"]
-        out = []
+        variant, out = VARIANTS[group["rule"]], []
         for p in w:
             state = self.state[p]
-            new = rules.lamb(VARIANTS[group["rule"]], p, p.grad, state["m"], state["v"], state["step"],
-                             lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                             weight_decay=group["weight_decay"], clamp=group["clamp"],
-                             bias_correction=group["bias_correction"], trust_clip=group["trust_clip"],
-                             adapt=adapts(group), adam=group["adam"])
+            new = rules.lamb_update(variant, p, p.grad, state["m"], state["v"],
+                                    hyper(group, state["step"]))
             p.copy_(new.w)
             state["m"], state["v"] = new.m, new.v
             out.append((new.r, new.r1, new.r2))
@@ -153,20 +147,23 @@ class Lamb(TrustRatioOptimizer):
 
     def _foreach_step(self, group: dict, w: list[Tensor]):
         """``fast.foreach.lamb_step`` over the cache-sized runs of ``w``."""
-        pieces = dict(variant=VARIANTS[group["rule"]], correction=_corrected(group),
-                      adapt=adapts(group), scratch=self._scratch)
+        pieces = dict(variant=VARIANTS[group["rule"]], hyper=partial(hyper, group), scratch=self._scratch)
 
         def run(ws: list[Tensor]):
             state = [self.state[p] for p in ws]
-            return foreach.lamb_step(group, ws, [p.grad for p in ws], [s["m"] for s in state],
+            return foreach.lamb_step(ws, [p.grad for p in ws], [s["m"] for s in state],
                                      [s["v"] for s in state], [s["step"] for s in state], **pieces)
 
         return in_cache_chunks(run, w)
 
 
-def _corrected(group: dict) -> str:
-    """The group's bias correction: "moments", "step" or "none" (``Variant.correction_for``)."""
-    return VARIANTS[group["rule"]].correction_for(group["bias_correction"])
+def hyper(group: dict, t: int) -> rules.Hyper:
+    """The numbers of step ``t`` of a param group (``rules.hyper``), for every path of the step."""
+    beta1, beta2 = group["betas"]
+    return rules.hyper(VARIANTS[group["rule"]], t, lr=group["lr"], beta1=beta1, beta2=beta2,
+                       eps=group["eps"], weight_decay=group["weight_decay"], clamp=group["clamp"],
+                       bias_correction=group["bias_correction"], trust_clip=group["trust_clip"],
+                       adapt=adapts(group), adam=group["adam"])
 
 
 def adapts(group: dict) -> bool:
@@ -179,7 +176,7 @@ def validate_group(group: dict) -> None:
     """Refuse impossible hyper-parameters with a ValueError naming the argument and value."""
     variant = VARIANTS[group["rule"]]
     if not group["bias_correction"] and variant.switch is None:
-        raise ValueError(f"rule {group['rule']!r} has no bias-correction switch (bias_correction=False)")
+        raise ValueError(variant.without_switch("bias_correction=False"))
     beta1, beta2 = group["betas"]
     check_range("lr", group["lr"], group["lr"] >= 0, ">= 0")
     check_range("betas[0]", beta1, 0 <= beta1 < 1, "in [0, 1)")
@@ -190,13 +187,6 @@ def validate_group(group: dict) -> None:
     check_range("clamp", clamp, clamp is None or clamp > 0, "> 0 or None")
     trust_clip = group.get("trust_clip")
     check_range("trust_clip", trust_clip, trust_clip is None or trust_clip > 0, "> 0 or None")
-    if group.get("fused") and group["rule"] not in fused.RULES:
-        raise ValueError(f"fused=True compiles the {' and '.join(fused.RULES)} rules; rule"
-                         f" {group['rule']!r} takes the default step (fused=False)")
-    if group.get("fused") and not (group["trust_clip"] is None and group["always_adapt"]
-                                   and group["trust_ratio"]):
-        raise ValueError("fused=True compiles the ratio on every tensor, unclipped: it cannot take"
-                         " trust_clip, always_adapt=False or trust_ratio=False (use fused=False)")
     if group.get("fused") and group["foreach"] is False:
         raise ValueError("fused=True and foreach=False cannot be combined: fused=True replaces "
                          "the foreach step; foreach=False asks for the reference step")

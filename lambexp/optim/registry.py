@@ -66,11 +66,14 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
 
 
 def build_optimizer(name: str, params, **hyper) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` over ``params``.
+    """Build optimizer ``name`` (a key of ``OPTIMIZERS``) over ``params``: parameters, or named
+    parameters (needed where exclude_from_decay or exclude_from_trust names tensors).
 
-    ``hyper`` holds lr, betas, eps (None: the rule's default), weight_decay, rule,
-    bias_correction (the paper rule's switch; default True), clamp,
-    momentum and trust_coefficient; each optimizer takes the ones it uses.
+    ``hyper`` holds lr, betas, eps (None: the rule's own) and weight_decay; for lamb and adam also
+    rule, clamp, bias_correction, trust_clip and always_adapt (None: the rule's published default),
+    grad_clip_norm ("rule", the default: the rule's own), exclude_from_decay, exclude_from_trust,
+    fused and foreach; for lars and sgd momentum and trust_coefficient. Each optimizer takes the
+    ones it uses.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (one of: {', '.join(OPTIMIZERS)})")

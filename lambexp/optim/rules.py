@@ -1,9 +1,11 @@
 """The update rules of docs/rules.md as pure functions: tensors and hyper-parameters in, new tensors out.
 
-These are the reference. Each line is one equation of docs/rules.md; the fast steps of ``optim/fast/``
-(the multi-tensor steps of ``foreach.py``, the compiled kernels of ``fused.py``) are tested against them,
-never the other way round, and share their small pieces from here: ``rms``/``rms_each``,
-``clamped`` (the paper's φ) and ``ratio``.
+These are the reference. A LAMB step is a chain of small per-tensor pieces (``decoupled``,
+``moments``, ``direction``, ``trust``), each run where the Variant says, and ``lamb_update`` chains
+them: the reference runs it on one tensor, and the compiled step of ``fast/fused.py`` compiles this
+same function for each variant, on tensors laid end to end. The multi-tensor step of
+``fast/foreach.py`` runs the elementwise pieces with ``torch._foreach_*`` ops and takes ``trust``,
+``hyper``, ``rms_each`` from here; every fast path is tested against this file, never the other way round.
 """
 
 from __future__ import annotations
@@ -58,6 +60,108 @@ def ratio(r1: Tensor, r2: Tensor, clamp: float | Tensor | None = None) -> Tensor
     return torch.where((r1 > 0) & (r2 > 0), clamped(r1 / r2, clamp), 1.0)
 
 
+class Hyper(NamedTuple):
+    """One step's numbers, resolved once from a param group and the step count t (``hyper``).
+
+    Python floats and bools in the reference; in the compiled step (``fast/fused.py``) 0-dim tensors
+    of one vector, so that a new lr never recompiles: there ∞ stands for no clamp and 1.0/0.0 for
+    the flags. Either way the pieces below read them alike."""
+
+    lr: float  # the group's lr (decoupled decay shrinks w by lr·λ)
+    s: float  # the step size: lr, or lr·√(1−β2ᵗ)/(1−β1ᵗ) where the correction goes there ("step")
+    one_minus_beta1: float  # 1−β1 and 1−β2 in float64 first: in float32, 1 − 0.999 is off by 5e-5
+    beta2: float
+    one_minus_beta2: float
+    eps: float
+    weight_decay: float
+    clamp: float | None  # c (None: none)
+    trust_clip: float | None  # r ≤ this (None: none)
+    bc1: float  # 1−β1ᵗ where the correction divides the moments ("moments"), else 1
+    sqrt_bc2: float  # √(1−β2ᵗ) likewise, else 1
+    kept_out: bool  # r = 1: the tensor is kept out of the ratio
+    adam: bool  # r computed, 1 applied
+
+
+def hyper(variant: Variant, t: int, *, lr: float, beta1: float, beta2: float, eps: float,
+          weight_decay: float, clamp: float | None, bias_correction: bool = True,
+          trust_clip: float | None = None, adapt: bool = True, adam: bool = False) -> Hyper:
+    """The numbers of step ``t`` of ``variant``: where its bias correction goes decides s, bc1
+    and √bc2 (``Variant.correction_for``), so that the pieces never branch on it."""
+    correction = variant.correction_for(bias_correction)
+    s, bc1, sqrt_bc2 = lr, 1.0, 1.0
+    if correction == "step":
+        s = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    elif correction == "moments":
+        bc1, sqrt_bc2 = 1 - beta1**t, math.sqrt(1 - beta2**t)
+    return Hyper(lr, s, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, clamp, trust_clip, bc1,
+                 sqrt_bc2, not adapt, adam)
+
+
+class Whole:
+    """Norms over one whole tensor, as the reference takes them; the compiled step's packed
+    tensors bring their own (``fast/fused.py``), per tensor laid end to end."""
+
+    @staticmethod
+    def norm(x: Tensor, kind: str) -> Tensor:
+        return rms(x) if kind == "rms" else torch.linalg.vector_norm(x)
+
+    @staticmethod
+    def each(r: Tensor) -> Tensor:
+        """r spread over the elements of its tensor: a 0-dim r broadcasts as it is."""
+        return r
+
+
+def one_where(flag: bool | Tensor, r: Tensor) -> Tensor:
+    """1 where ``flag`` (a bool, or 1.0/0.0 in a tensor), else r."""
+    if isinstance(flag, Tensor):
+        return torch.where(flag > 0, 1.0, r)
+    return torch.ones_like(r) if flag else r
+
+
+def decoupled(variant: Variant, w: Tensor, h: Hyper) -> Tensor:
+    """w ← w − lr·λ·w before the ratio sees w (decay "decoupled", AdamW's); else w."""
+    return w - h.lr * h.weight_decay * w if variant.decay == "decoupled" else w
+
+
+def moments(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor,
+            h: Hyper) -> tuple[Tensor, Tensor]:
+    """g ← g + λ·w (decay "gradient": L2); m ← β1·m + (1−β1)·g ; v ← β2·v + (1−β2)·g²."""
+    if variant.decay == "gradient":
+        g = g + h.weight_decay * w
+    return torch.lerp(m, g, h.one_minus_beta1), h.beta2 * v + h.one_minus_beta2 * g * g
+
+
+def direction(variant: Variant, w: Tensor, m: Tensor, v: Tensor, h: Hyper) -> Tensor:
+    """u = m̂/(√v̂ + ε), m̂ = m/bc1 and √v̂ = √v/√bc2 (1 unless the correction is "moments");
+    u ← u + λ·w (decay "update")."""
+    u = (m / h.bc1) / (torch.sqrt(v) / h.sqrt_bc2 + h.eps)
+    return u + h.weight_decay * w if variant.decay == "update" else u
+
+
+def trust(variant: Variant, r1: Tensor, r2: Tensor, h: Hyper) -> tuple[Tensor, Tensor]:
+    """The ratio from the norms r1 = ‖w‖, r2 = ‖u‖ (0-dim, or one per tensor): φ on r1 (clamp_on
+    "w_norm"), r = r1/r2 (1 if either is 0), c on r (clamp_on "r"), trust_clip, and r = 1 on a
+    tensor kept out. Returns r and r1 as logged (r1 after φ). The multi-tensor step calls it too."""
+    if variant.clamp_on == "w_norm":
+        r1 = clamped(r1, h.clamp)
+    r = ratio(r1, r2, h.clamp if variant.clamp_on == "r" else None)
+    return one_where(h.kept_out, clamped(r, h.trust_clip)), r1
+
+
+def lamb_update(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, h: Hyper,
+                tensors=Whole) -> LambStep:
+    """One step of ``variant`` as its chain of pieces, each run only where the variant says:
+    ``decoupled``, ``moments``, ``direction``, the norms (``variant.norm``), ``trust``, and
+    w ← w − s·r·u. The reference (``lamb``) and the compiled step (``fast/fused.py``, with packed
+    ``tensors``) both run this function; ``tensors`` takes the norms and spreads r back."""
+    w = decoupled(variant, w, h)
+    m, v = moments(variant, w, g, m, v, h)
+    u = direction(variant, w, m, v, h)
+    r2 = tensors.norm(u, variant.norm)
+    r, r1 = trust(variant, tensors.norm(w, variant.norm), r2, h)
+    return LambStep(w - h.s * tensors.each(one_where(h.adam, r)) * u, m, v, r, r1, r2)
+
+
 def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
          beta1: float, beta2: float, eps: float, weight_decay: float, clamp: float | None,
          bias_correction: bool = True, trust_clip: float | None = None, adapt: bool = True,
@@ -65,6 +169,7 @@ def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *
     """One LAMB step of ``variant`` (lambexp.optim.variants) on one tensor; each line an equation,
     run only where the variant's piece says so (docs/rules.md gives each variant's):
 
+        w  ← w − lr·λ·w                                (decay "decoupled": AdamW's, before r)
         g  ← g + λ·w                                   (decay "gradient": L2)
         m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
         m̂ = m/(1−β1ᵗ) ;  v̂ = v/(1−β2ᵗ)                 (correction "moments"; else m, v)
@@ -80,27 +185,10 @@ def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *
 
     The global gradient clip (``grad_clip_norm``) scales g before this, over every tensor at once.
     """
-    correction = variant.correction_for(bias_correction)
-    if variant.decay == "gradient":
-        g = g + weight_decay * w
-    m = torch.lerp(m, g, 1 - beta1)
-    v = beta2 * v + (1 - beta2) * g * g
-    bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if correction == "moments" else (1.0, 1.0)
-    u = (m / bc1) / (torch.sqrt(v) / math.sqrt(bc2) + eps)
-    if variant.decay == "update":
-        u = u + weight_decay * w
-    norm = rms if variant.norm == "rms" else torch.linalg.vector_norm
-    r1, r2 = norm(w), norm(u)
-    if variant.clamp_on == "w_norm":
-        r1 = clamped(r1, clamp)
-    r = ratio(r1, r2, clamp if variant.clamp_on == "r" else None)
-    if trust_clip is not None:
-        r = clamped(r, trust_clip)
-    if not adapt:
-        r = torch.ones_like(r)
-    s = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) if correction == "step" else lr
-    applied = torch.ones_like(r) if adam else r
-    return LambStep(w - s * applied * u, m, v, r, r1, r2)
+    h = hyper(variant, t, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+              clamp=clamp, bias_correction=bias_correction, trust_clip=trust_clip, adapt=adapt,
+              adam=adam)
+    return lamb_update(variant, w, g, m, v, h)
 
 
 def lamb_blog(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, **hp) -> LambStep:

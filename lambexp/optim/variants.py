@@ -2,8 +2,10 @@
 where the bias correction goes, the norm, what the clamp c clips, the trust ratio's own clip,
 global gradient clipping, which tensors get the ratio, and the published ε, betas and source.
 
-``rules.lamb`` executes a Variant equation by equation; the fast steps read the same pieces, and
-are tested against it. Torch-free: configs and `lambexp rules` read this table too.
+``rules.lamb`` executes a Variant piece by piece, and the compiled step compiles that same code; the
+multi-tensor step reads the same pieces. All are tested against the reference, so a rule made of
+these pieces is one row here plus its parity test. Torch-free: configs and `lambexp rules` read this
+table too, and ``Variant.resolve`` is where both Lamb and a config fill in what is left to the rule.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Decay = Literal["gradient", "update"]  # λ·w added to g before the moments (L2), or to the update u
+# λ·w added to g before the moments (L2), or to the update u; or w shrunk by lr·λ before r (AdamW's)
+Decay = Literal["gradient", "update", "decoupled"]
 Correction = Literal["moments", "step", "none"]  # m̂, v̂ before the ratio; folded into the step size
 Norm = Literal["l2", "rms"]  # ‖x‖, or ‖x‖/√n (the ratio is the same; the logged r1, r2 are not)
 ClampOn = Literal["r", "w_norm", "none"]  # what c clips: r itself (blog), or ‖w‖ (the paper's φ)
@@ -43,9 +46,22 @@ class Variant:
         if bias_correction:
             return self.correction
         if self.switch is None:
-            raise ValueError(f"rule {self.name!r} has no bias-correction switch")
+            raise ValueError(self.without_switch("bias_correction=False"))
         return self.switch
 
+    def without_switch(self, where: str) -> str:
+        """Why ``bias_correction`` is refused on a rule without the switch; ``where`` names what
+        set it (an arm, an argument). One sentence, for Lamb and the config alike."""
+        return (f"rule {self.name} has no bias-correction switch ({where}: it {self.what_correction()});"
+                f" drop bias_correction, or pick a rule with the switch: {', '.join(SWITCHED_RULES)}")
+
+    def resolve(self, options: dict) -> dict:
+        """``options`` (Lamb's, or a config arm's) with each one left to the rule (``LEFT_TO_RULE``)
+        replaced by the rule's own: ε, bias correction, always_adapt, the global gradient clip."""
+        own = {"eps": self.eps, "bias_correction": self.corrected_by_default,
+               "always_adapt": self.always_adapt, "grad_clip_norm": self.grad_clip_norm}
+        return {**options, **{key: own[key] for key, unset in LEFT_TO_RULE.items()
+                              if key in options and options[key] == unset}}
 
     def what_correction(self) -> str:
         """What a rule without the switch does about the bias, in words (for config errors)."""
@@ -55,7 +71,8 @@ class Variant:
     def facts(self) -> dict[str, object]:
         """The variant as JSON values, one entry per column of `lambexp rules` (``--json``): the
         pieces in words; eps, betas and the gradient clip as numbers (None: no clip)."""
-        decay = {"gradient": "gradient (L2)", "update": "update (inside r2)"}[self.decay]
+        decay = {"gradient": "gradient (L2)", "update": "update (inside r2)",
+                 "decoupled": "weights (w·(1−lr·λ), before r1)"}[self.decay]
         corrections = {"moments": "on m and v", "step": "in the step size", "none": "none"}
         correction = corrections[self.correction if self.corrected_by_default else self.switch]
         if self.switch is not None:
@@ -107,12 +124,17 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             betas=(0.9, 0.999), trust_list_follows_decay=True,
             source="tensorflow/addons d208d75, tensorflow_addons/optimizers/lamb.py 107-112, 144-254",
             note="exclude_from_decay / exclude_from_trust are its two lists"),
+    Variant("timm_decoupled", decay="decoupled", correction="moments", switch="none", norm="l2",
+            clamp_on="none", eps=1e-6, betas=(0.9, 0.999), grad_clip_norm=1.0, always_adapt=False,
+            source="timm 1.0.31, timm/optim/lamb.py 316-368 (decoupled_decay=True)",
+            note="AdamW's decay: w ← w·(1−lr·λ) before the ratio, u without λ·w"),
 )}
 RULES = tuple(VARIANTS)
 DEFAULT_EPS = {name: variant.eps for name, variant in VARIANTS.items()}
 TORCH_ADAM_EPS = 1e-8  # torch.optim.Adam's own default, for the torch_adam arms
-COMPILED_RULES = ("blog", "paper", "readme2019")  # the rules lambexp.optim.fast.fused compiles
 SWITCHED_RULES = tuple(name for name, v in VARIANTS.items() if v.switch is not None)
+# The options a LAMB step leaves to its rule, and the value that leaves them (``Variant.resolve``).
+LEFT_TO_RULE = {"eps": None, "bias_correction": None, "always_adapt": None, "grad_clip_norm": "rule"}
 
 # Parameter-name patterns (exclude_from_decay, exclude_from_trust): a regular expression searched in
 # the name (as TF-Addons matches), or this one form for every tensor of rank 0 or 1 (biases, norms).

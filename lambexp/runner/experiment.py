@@ -14,14 +14,14 @@ import platform
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lambexp.config import Arm, Experiment, experiment_to_yaml
-from lambexp.config.load import fused_supports
 from lambexp.config.schema import unused_settings
 from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
@@ -45,8 +45,7 @@ from lambexp.model import build_model
 from lambexp.optim import build_optimizer
 from lambexp.training.checkpoint import Restored, load_checkpoint, save_checkpoint, save_weights
 from lambexp.training.distributed import SINGLE, World, process_group
-from lambexp.training.group import Member
-from lambexp.training.loop import LoopOptions, LoopState, fit
+from lambexp.training.loop import LoopOptions, LoopState, Trainer
 from lambexp.training.progress import NoProgress, Progress
 from lambexp.training.sinks import JsonlSink, Sink, Tee, TensorBoardSink
 
@@ -111,15 +110,13 @@ def use_fused(setting: bool | str, device: torch.device, parameters: int, steps:
 
 
 def loop_options(arm: Arm, n_train: int, stop_requested: Callable[[], bool],
-                 world: World = SINGLE, member: Member | None = None) -> LoopOptions:
-    """The arm's loop settings as plain values; warm-up epochs become steps of this data set.
-    ``member``: the arm's place in a stacked group, which then runs its loss steps."""
+                 world: World = SINGLE) -> LoopOptions:
+    """The arm's loop settings as plain values; warm-up epochs become steps of this data set."""
     steps_per_epoch = batches_per_epoch(n_train, arm.batch_size)
-    stacked = {} if member is None else {"loss_step": member, "loop_done": member.close}
     return LoopOptions(batch_size=arm.batch_size, log_interval=arm.log_interval,
                        eval_interval=arm.eval_interval, on_divergence=arm.on_divergence,
                        stop_requested=stop_requested, world=world,
-                       warmup_steps=round(arm.warmup_epochs * steps_per_epoch), **stacked)
+                       warmup_steps=round(arm.warmup_epochs * steps_per_epoch))
 
 
 @contextmanager
@@ -145,13 +142,135 @@ def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Ite
         yield sink
 
 
+class ArmRun:
+    """One arm trained into its folder, in four parts: ``build`` (model and optimizer from its seed),
+    ``restore`` (its checkpoint, vetted), ``start`` (a ``Trainer`` logging into its sink, for the
+    caller to step) and one ending: ``finish`` (weights and summary), ``interrupt`` (a checkpoint)
+    or ``fail``. ``run_arm`` runs them for an arm alone; lambexp.runner.stacked steps the Trainers
+    of a group together (``stacked``), and every file is what the arm writes alone."""
+
+    def __init__(self, arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
+                 progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
+                 world: World = SINGLE, apply_changes: bool = False, stacked: bool = False):
+        self.arm, self.data, self.device, self.arm_dir = arm, data, device, arm_dir
+        self.progress, self.stop_requested, self.world = progress, stop_requested, world
+        self.apply_changes, self.stacked = apply_changes, stacked
+        self.checkpoint = arm_dir / CHECKPOINT_FILE
+        self.state, self.changes, self.resumed = LoopState(), [], False
+        self.trainer: Trainer | None = None
+        self._held = ExitStack()  # the sink, open from ``start`` to the ending
+
+    def build(self) -> nn.Module:
+        """The model from the arm's seed, and its optimizer (the compiled step where ``fused``
+        resolves to it: it runs every rule and option)."""
+        arm = self.arm
+        torch.manual_seed(arm.seed)
+        self.model = build_model(arm.model, self.device)
+        steps = arm.epochs * batches_per_epoch(len(self.data.train_x), arm.batch_size)
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.fused = use_fused(arm.fused, self.device, parameters, steps)
+        self.opt = build_optimizer(arm.optimizer, self.model.named_parameters(),
+                                   **optimizer_args(arm, self.fused))
+        return self.model
+
+    def restore(self) -> None:
+        """Continue from the folder's checkpoint when there is one (``check_checkpoint``: refused,
+        or the changed settings applied), else start afresh, clearing what an unfinished attempt
+        without a checkpoint left. Under torchrun rank 0 decides and every rank loads the file."""
+        arm, changed = self.arm, {}
+
+        def vet(recorded: Restored) -> None:
+            changed.update(check_checkpoint(self.arm_dir, arm, recorded, self.apply_changes))
+
+        self.resumed = self.world.from_lead(lambda: prepare_arm_dir(self.arm_dir))
+        restored = load_checkpoint(self.checkpoint, self.model, self.opt, vet) if self.resumed \
+            else Restored(LoopState())
+        for group in self.opt.param_groups:  # the checkpoint's groups say how that run stepped, not this one
+            if "fused" in group:
+                group["fused"] = self.fused
+        self.state, self.changes = restored.state, restored.changes
+        if changed:
+            apply_to_optimizer(self.opt, optimizer_args(arm, self.fused), changed)
+            self.changes = [*self.changes, {"step": self.state.step, "changed": changed}]
+        if self.resumed:
+            self.progress.note(f"resuming from step {self.state.step} (epoch {self.state.epoch})")
+
+    def start(self) -> Trainer:
+        """The arm's Trainer, begun, logging into the arm's sink (open until the ending)."""
+        sink = self._held.enter_context(arm_sink(self.arm_dir, self.state, self.resumed,
+                                                 write=self.world.lead))
+        data, arm = self.data, self.arm
+        self.trainer = Trainer(self.model, self.opt, (data.train_x, data.train_y),
+                               (data.test_x, data.test_y), epochs=arm.epochs, seed=arm.seed,
+                               options=loop_options(arm, len(data.train_x), self.stop_requested, self.world),
+                               sink=sink, progress=self.progress, state=self.state,
+                               on_epoch_end=self._at_epoch_end)
+        self._held.enter_context(self.trainer)
+        return self.trainer
+
+    def finish(self) -> Summary:
+        """The trained arm: its throughput and hparams logged, then model.pt and summary.json; the
+        checkpoint goes (nothing left to resume)."""
+        self.trainer.end()
+        summary = self._record(Status.FINISHED)
+        final = self.state.history[-1] if self.state.history else {}
+        self.trainer.sink.scalars(self.state.samples,
+                                  {"throughput/samples_per_s": summary.samples_per_second})
+        self.trainer.sink.hparams(arm_hparams(self.arm, self.device),
+                                  {"test/accuracy": final.get("test/accuracy", float("nan")),
+                                   "test/loss": final.get("test/loss", float("nan")),
+                                   "train/loss": self.state.last_loss})
+        self._held.close()
+        if self.world.lead:
+            save_weights(self.arm_dir / MODEL_FILE, self.model)
+            write_summary(self.arm_dir, summary)
+            self.checkpoint.unlink(missing_ok=True)
+        return summary
+
+    def interrupt(self) -> None:
+        """Stopped before its end: a checkpoint to continue from, and a summary that says so."""
+        if self.trainer is not None:
+            self.trainer.end()
+        if self.world.lead:
+            save_checkpoint(self.checkpoint, self.model, self.opt, self.state, arm_settings(self.arm),
+                            self.changes, self.arm.name)
+            write_summary(self.arm_dir, self._record(Status.INTERRUPTED))
+        self._held.close()
+
+    def fail(self, err: Exception) -> Exception:
+        """What to raise for ``err``: a full disk, an unwritable file or an allocation failure
+        marks the arm failed in its summary and becomes a ResumableError (the last checkpoint
+        stays whole); anything else is raised as it is."""
+        with suppress(Exception):  # the sink's own close may fail alike: ``err`` says what happened
+            self._held.close()
+        problem = resource_problem(err, self.arm, self.device, self.arm_dir, stacked=self.stacked)
+        if problem is None:
+            return err
+        if self.world.lead:
+            with suppress(OSError):  # the disk may still be full: the error line says it all
+                write_summary(self.arm_dir, self._record(Status.FAILED, problem))
+        return ResumableError(problem)
+
+    def _at_epoch_end(self, state: LoopState) -> None:
+        if self.world.lead and (state.epoch - 1) % self.arm.checkpoint_every == 0:
+            save_checkpoint(self.checkpoint, self.model, self.opt, state, arm_settings(self.arm),
+                            self.changes, self.arm.name)
+
+    def _record(self, status: Status, error: str | None = None) -> Summary:
+        return summarize(self.arm, self.state, self.device, status, len(self.data.train_x),
+                         self.changes, error)
+
+
+RESOURCE_ERRORS = (OSError, RuntimeError, MemoryError)  # what ``ArmRun.fail`` may translate
+
+
 def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
             progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
-            world: World = SINGLE, apply_changes: bool = False, member: Member | None = None) -> Summary:
+            world: World = SINGLE, apply_changes: bool = False) -> Summary:
     """Train one arm into ``arm_dir`` (TensorBoard events, metrics.jsonl, summary.json, model.pt)
-    and return its summary. Continues from ``arm_dir``'s checkpoint when there is one; otherwise
-    starts afresh (clearing what an unfinished attempt without a checkpoint left). On a stop request
-    the state is checkpointed, the summary says interrupted, and Interrupted is raised.
+    and return its summary (``ArmRun``'s parts, its Trainer stepped to the end). Continues from
+    ``arm_dir``'s checkpoint when there is one; otherwise starts afresh. On a stop request the
+    state is checkpointed, the summary says interrupted, and Interrupted is raised.
     A checkpoint of other settings than ``arm``'s is refused (UserError), unless ``apply_changes``
     and only CHANGEABLE settings differ: then training goes on with the new ones, and the summary
     records the change and its step; so is another arm's checkpoint, and one that has trained past
@@ -159,81 +278,24 @@ def run_arm(arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
     its summary and raises ResumableError (the last checkpoint stays whole).
     Under torchrun every rank calls this alike: rank 0 decides whether to resume and writes every
     file; every rank loads the same checkpoint (so ``arm_dir`` must be on a shared file system
-    to resume on several machines).
-    ``member``: the arm trains in a stacked group (lambexp.training.group), in a thread of its own;
-    everything it writes is what it writes alone."""
-    # torch's RNG is global: seeding, building from it and restoring it from a checkpoint are one
-    # step, one member of a stacked group at a time
-    with member.group.building() if member else nullcontext():
-        torch.manual_seed(arm.seed)
-        model = build_model(arm.model, device)
-        steps = arm.epochs * batches_per_epoch(len(data.train_x), arm.batch_size)
-        fused = use_fused(arm.fused, device, sum(p.numel() for p in model.parameters()), steps) \
-            and fused_supports(arm)  # auto: only where the compiled step runs this arm (config checks true)
-        if fused and member is not None:  # torch.compile is not thread-safe: members compile at once
-            fused = False
-            if arm.fused is True:
-                progress.note("fused: true does not apply in a stack (torch.compile is not thread-safe);"
-                              " the multi-tensor step runs instead, equal to rounding")
-        opt = build_optimizer(arm.optimizer, model.named_parameters(), **optimizer_args(arm, fused))
-        checkpoint = arm_dir / CHECKPOINT_FILE
-        resumed = world.from_lead(lambda: prepare_arm_dir(arm_dir))
-        changed: dict[str, list] = {}
-
-        def vet(recorded: Restored) -> None:
-            changed.update(check_checkpoint(arm_dir, arm, recorded, apply_changes))
-
-        restored = load_checkpoint(checkpoint, model, opt, vet) if resumed else Restored(LoopState())
-        for group in opt.param_groups:  # the checkpoint's groups say how that run stepped, not this one
-            if "fused" in group:
-                group["fused"] = fused
-    state, changes = restored.state, restored.changes
-    if changed:
-        apply_to_optimizer(opt, optimizer_args(arm, fused), changed)
-        changes = [*changes, {"step": state.step, "changed": changed}]
-    if resumed:
-        progress.note(f"resuming from step {state.step} (epoch {state.epoch})")
-
-    def record(status: Status, error: str | None = None) -> Summary:
-        return summarize(arm, state, device, status, len(data.train_x), changes, error)
-
+    to resume on several machines)."""
+    run = ArmRun(arm, data, device, arm_dir, progress, stop_requested, world, apply_changes)
+    run.build()
+    run.restore()
     try:
-        with arm_sink(arm_dir, state, resumed, write=world.lead) as sink:
-
-            def at_epoch_end(st: LoopState) -> None:
-                if world.lead and (st.epoch - 1) % arm.checkpoint_every == 0:
-                    save_checkpoint(checkpoint, model, opt, st, arm_settings(arm), changes, arm.name)
-
-            try:
-                options = loop_options(arm, len(data.train_x), stop_requested, world, member)
-                fit(model, opt, (data.train_x, data.train_y), (data.test_x, data.test_y),
-                    epochs=arm.epochs, seed=arm.seed, options=options, sink=sink, progress=progress,
-                    state=state, on_epoch_end=at_epoch_end)
-            except Interrupted:
-                if world.lead:
-                    save_checkpoint(checkpoint, model, opt, state, arm_settings(arm), changes, arm.name)
-                    write_summary(arm_dir, record(Status.INTERRUPTED))
-                raise
-            summary = record(Status.FINISHED)
-            sink.scalars(state.samples, {"throughput/samples_per_s": summary.samples_per_second})
-            final = state.history[-1] if state.history else {}
-            sink.hparams(arm_hparams(arm, device),
-                         {"test/accuracy": final.get("test/accuracy", float("nan")),
-                          "test/loss": final.get("test/loss", float("nan")),
-                          "train/loss": state.last_loss})
-        if world.lead:
-            save_weights(arm_dir / MODEL_FILE, model)
-            write_summary(arm_dir, summary)
-            checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
-    except (OSError, RuntimeError, MemoryError) as err:
-        problem = resource_problem(err, arm, device, arm_dir, stacked=member is not None)
-        if problem is None:
+        try:
+            trainer = run.start()
+            while trainer.step():
+                pass
+        except Interrupted:
+            run.interrupt()
             raise
-        if world.lead:
-            with suppress(OSError):  # the disk may still be full: the error line says it all
-                write_summary(arm_dir, record(Status.FAILED, problem))
-        raise ResumableError(problem) from None
-    return summary
+        return run.finish()
+    except RESOURCE_ERRORS as err:
+        failure = run.fail(err)
+        if failure is err:
+            raise
+        raise failure from None
 
 
 # Settings that may change while an arm trains (`lambexp resume --apply-config-changes`): the

@@ -1,4 +1,5 @@
-"""`lambexp reproduce --launcher ray`: each training a Ray task, on a Ray cluster or a local one.
+"""`lambexp reproduce --launcher ray`: each training a Ray task, on a Ray cluster or a local one (a
+``dispatch.Launcher``: the dispatcher queues, says and stops).
 
 ``ray.init(address)`` joins the cluster at ``address`` (or $RAY_ADDRESS, or a cluster started on this
 machine with `ray start --head`), else starts one here. Each unfinished training (or stacked group,
@@ -14,14 +15,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Sequence
 
-from lambexp.errors import Interrupted, UserError
-from lambexp.runner.plan import Training, unfinished
-from lambexp.runner.task import say_result, train_task, unit_label
+from lambexp.errors import UserError
+from lambexp.runner.dispatch import Results, Unit
+from lambexp.runner.task import train_task
 
-WAIT_SECONDS = 1.0  # how often the launcher looks at Ctrl-C while tasks run
+WAIT_SECONDS = 1.0  # how long a poll waits for a task to end (the dispatcher looks at Ctrl-C between)
 PROBE_SECONDS = 5.0  # how long a Ray address may take to accept a connection: Ray itself retries forever
 
 
@@ -34,59 +34,60 @@ def need_ray():
     return ray
 
 
-def run_on_ray(work: list[Training], data_dir: Path | None, say: Callable[[str], None],
-               stop_requested: Callable[[], bool], *, address: str | None = None, cpus: int = 1,
-               gpus: float = 0, max_in_flight: int | None = None, stack: int = 1) -> None:
-    """Train the unfinished trainings of ``work`` as Ray tasks of ``cpus`` CPUs and ``gpus`` GPUs
-    each, at most ``max_in_flight`` submitted at once (None: all); ``stack`` > 1: each task trains up
-    to that many as one stacked model (lambexp.runner.stacked)."""
-    from lambexp.runner.stacked import stack_groups
+class RayCluster:
+    """Units as Ray tasks of ``cpus`` CPUs and ``gpus`` GPUs each, at most ``max_in_flight``
+    submitted at once (None: all): a ``dispatch.Launcher``. ``check`` joins the cluster
+    (``connect_ray``); the first submit does, where ``check`` was not asked."""
 
-    ray = need_ray()
-    pending = unfinished(work, say)
-    if not pending:
-        return
-    if not ray.is_initialized():  # reproduce connects first (connect_ray), before it writes
-        connect_ray(address, cpus, gpus)
-    task = ray.remote(train_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    resources = ray.cluster_resources()
-    units = stack_groups(pending, stack, data_dir)
-    say(f"{len(pending)} trainings as {f'{len(units)} stacks in ' if stack > 1 else ''}Ray tasks of"
-        f" {cpus:g} CPU{'s' * (cpus != 1)}"
-        + (f" and {gpus:g} GPU{'s' * (gpus != 1)}" if gpus else "")
-        + f" each, on a cluster of {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs")
-    queue, running = list(units), {}
-    data = str(data_dir) if data_dir else None
+    early = "its Ray worker was told to stop"
+
+    def __init__(self, address: str | None = None, cpus: int = 1, gpus: float = 0,
+                 max_in_flight: int | None = None):
+        self.address, self.cpus, self.gpus, self.capacity = address, cpus, gpus, max_in_flight
+        self._task = None
+
+    def check(self) -> None:
+        connect_ray(self.address, self.cpus, self.gpus)
+
+    def describe(self) -> str:
+        has = need_ray().cluster_resources()
+        return (f"as Ray tasks of {self.cpus:g} CPU{'s' * (self.cpus != 1)}"
+                + (f" and {self.gpus:g} GPU{'s' * (self.gpus != 1)}" if self.gpus else "")
+                + f" each, on a cluster of {has.get('CPU', 0):g} CPUs and {has.get('GPU', 0):g} GPUs")
+
+    def submit(self, units: Sequence[Unit], data_dir: str | None) -> list:
+        ray = need_ray()
+        if self._task is None:
+            if not ray.is_initialized():
+                connect_ray(self.address, self.cpus, self.gpus)
+            self._task = ray.remote(train_task).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                        max_retries=0)
+        return [self._task.remote([t.arm.model_dump_json() for t in unit], [str(t.folder) for t in unit],
+                                  data_dir, self.cpus) for unit in units]
+
+    def poll(self, handles: list) -> list[tuple[object, Results | UserError]]:
+        ray = need_ray()
+        done, _ = ray.wait(handles, num_returns=1, timeout=WAIT_SECONDS)
+        return [(ref, _outcome(ray, ref)) for ref in done]
+
+    def cancel(self, handles: list) -> None:
+        """Ray kills the tasks (``force``): each continues from its last checkpoint next time."""
+        for ref in handles:
+            need_ray().cancel(ref, force=True)
+
+
+def _outcome(ray, ref) -> Results | UserError:
+    """A task's results, or why it failed: the training's own UserError, or Ray's account."""
     try:
-        while queue or running:
-            if stop_requested():
-                raise Interrupted("the Ray tasks were cancelled; the finished trainings are kept,"
-                                  " the others continue from their last checkpoint")
-            while queue and (max_in_flight is None or len(running) < max_in_flight):
-                unit = queue.pop(0)
-                for t in unit:
-                    say(f"{t.label}: {'continuing' if t.folder.exists() else 'submitted'}")
-                running[task.remote([t.arm.model_dump_json() for t in unit], [str(t.folder) for t in unit],
-                                    data, cpus)] = unit
-            done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
-            for ref in done:
-                unit = running.pop(ref)
-                label = unit_label(unit)
-                try:
-                    results = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    cause = err.cause if err.cause is not None else err
-                    if isinstance(cause, UserError):
-                        raise type(cause)(f"{label}: {cause}") from None
-                    raise UserError(f"{label}: its training failed in a Ray task ({cause!r})") from None
-                except ray.exceptions.RayError as err:  # a worker or node died
-                    raise UserError(f"{label}: its Ray task was lost ({type(err).__name__}: "
-                                    f"{str(err).strip().splitlines()[0]})") from None
-                for t, (status, summary) in zip(unit, results):
-                    say_result(t.label, status, summary, say)
-    finally:
-        for ref in running:  # Ctrl-C, or a failure: nothing keeps training unseen
-            ray.cancel(ref, force=True)
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause if err.cause is not None else err
+        if isinstance(cause, UserError):
+            return cause
+        return UserError(f"its training failed in a Ray task ({cause!r})")
+    except ray.exceptions.RayError as err:  # a worker or node died
+        return UserError(f"its Ray task was lost ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0]})")
 
 
 def connect_ray(address: str | None, cpus: int, gpus: float) -> None:

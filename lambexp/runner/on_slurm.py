@@ -1,4 +1,5 @@
-"""`lambexp reproduce --launcher slurm`: the unfinished trainings as one Slurm job array (submitit).
+"""`lambexp reproduce --launcher slurm`: the unfinished trainings as one Slurm job array (submitit), a
+``dispatch.Launcher``: the dispatcher queues, says and stops.
 
 Each array task trains one arm (or one stacked group, ``--stack``) into its folder
 (``task.train_task``), so ``--out`` must be on a file system the compute nodes share, with lambexp
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambexp.errors import Interrupted, UserError
-from lambexp.runner.plan import Training, unfinished
-from lambexp.runner.task import INTERRUPTED, say_result, train_task, unit_label
+from lambexp.errors import UserError
+from lambexp.runner.dispatch import Results, Unit
+from lambexp.runner.task import train_task
+from lambexp.training.signals import StopFlag, catch
 
 POLL_SECONDS = 2.0  # how often the array's state is read (submitit caches sacct for a while anyway)
 CLUSTERS = ("slurm", "local")
@@ -41,7 +44,7 @@ class SlurmOptions:
     cluster: str = "slurm"  # "local": submitit's local executor
 
 
-CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C: how long to wait for cancelled tasks to checkpoint
+CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C or a failure: how long cancelled tasks may take to checkpoint
 FAILED = "failed"  # a task's UserError, returned as such: submitit would wrap it in its traceback
 
 
@@ -51,10 +54,6 @@ def train_job(arms_json: list[str], arm_dirs: list[str], data_dir: str | None,
     arm checkpointed after its step) on SIGTERM or SIGINT (scancel) and on SIGUSR2, which submitit
     has Slurm send 90 s before the task's time limit (``--slurm-time``). A UserError comes back as
     [(FAILED, {"error": line})]."""
-    import signal
-
-    from lambexp.training.signals import StopFlag, catch
-
     stop = StopFlag()
     catch(stop, announce=False)
     signal.signal(signal.SIGUSR2, lambda signum, frame: setattr(stop, "signum", signum))
@@ -93,82 +92,77 @@ def check_slurm(folder: Path, options: SlurmOptions) -> None:
     make_executor(folder, options)
 
 
-def run_on_slurm(work: list[Training], data_dir: Path | None, say: Callable[[str], None],
-                 stop_requested: Callable[[], bool], folder: Path, options: SlurmOptions,
-                 stack: int = 1) -> None:
-    """Submit the unfinished trainings of ``work`` as one job array and wait for it; ``stack`` > 1:
-    each array task trains up to that many as one stacked model. With ``cluster="local"``, at most
-    ``parallelism`` run at once (default: one per ``cpus`` cores), since submitit's local executor
-    would start them all."""
-    from lambexp.runner.stacked import stack_groups
+class SlurmArray:
+    """Units as tasks of Slurm job arrays (a ``dispatch.Launcher``): every unit in one array, or with
+    ``cluster="local"`` at most ``parallelism`` at a time (default: one per ``cpus`` cores), since
+    submitit's local executor would start them all at once. submitit's files go to ``folder``."""
 
-    pending = unfinished(work, say)
-    if not pending:
-        return
+    def __init__(self, folder: Path, options: SlurmOptions):
+        self.folder, self.options = folder, options
+        self.early = f"at --slurm-time, {options.time_minutes} min: give more to finish in one go"
+        cores = os.cpu_count() or 1
+        self.capacity = (options.parallelism or max(1, cores // options.cpus)) if options.cluster == "local" \
+            else None  # a real cluster queues the whole array (%N: parallelism)
+        self._executor = None
+        self._array = ""  # the first array's job id
+
+    def check(self) -> None:
+        check_slurm(self.folder, self.options)
+
+    def describe(self) -> str:
+        o = self.options
+        what = (f"as local jobs (submitit's local executor), {self.capacity} at once"
+                if o.cluster == "local" else f"as Slurm job array {self._array}")
+        return (f"{what} ({o.cpus} CPU{'s' * (o.cpus != 1)}, {o.gpus} GPUs, {o.time_minutes} min each"
+                f"{f', partition {o.partition}' if o.partition else ''}); logs: {self.folder}")
+
+    def submit(self, units: Sequence[Unit], data_dir: str | None) -> list:
+        if self._executor is None:
+            self._executor = _configured(self.folder, self.options)
+        n = len(units)
+        try:
+            jobs = self._executor.map_array(
+                train_job, [[t.arm.model_dump_json() for t in u] for u in units],
+                [[str(t.folder) for t in u] for u in units], [data_dir] * n, [self.options.cpus] * n)
+        except Exception as err:  # sbatch refused: a bad partition, a time over the limit, ...
+            raise UserError(f"--launcher slurm: the job array was not accepted: "
+                            f"{str(err).strip().splitlines()[-1]}") from None
+        self._array = self._array or jobs[0].job_id.split("_")[0]
+        return jobs
+
+    def poll(self, handles: list) -> list[tuple[object, Results | UserError]]:
+        done = [job for job in handles if job.done()]
+        if not done:
+            time.sleep(POLL_SECONDS)
+        return [(job, _outcome(job)) for job in done]
+
+    def cancel(self, handles: list) -> None:
+        """scancel each (SIGTERM: it checkpoints), and wait for them before `--out` unlocks."""
+        for job in handles:
+            job.cancel(check=False)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while handles and time.monotonic() < deadline:
+            handles = [job for job in handles if not job.done()]
+            time.sleep(0.2)
+
+
+def _configured(folder: Path, options: SlurmOptions):
+    """``make_executor`` with what each array task asks of Slurm."""
     executor = make_executor(folder, options)
     executor.update_parameters(name="lambexp", timeout_min=options.time_minutes,
                                cpus_per_task=options.cpus, gpus_per_node=options.gpus,
                                **({"slurm_partition": options.partition} if options.partition else {}),
                                **({"slurm_array_parallelism": options.parallelism}
                                   if options.parallelism else {}))
-    data = str(data_dir) if data_dir else None
-    local = options.cluster == "local"
-    at_once = (options.parallelism or max(1, (os.cpu_count() or 1) // options.cpus)) if local else None
-    queue = stack_groups(pending, stack, data_dir)
-    waiting: dict = {}  # job -> its unit (a training, or a stacked group)
+    return executor
 
-    def submit(units: list[list[Training]]) -> None:
-        try:
-            jobs = executor.map_array(train_job, [[t.arm.model_dump_json() for t in u] for u in units],
-                                      [[str(t.folder) for t in u] for u in units], [data] * len(units),
-                                      [options.cpus] * len(units))
-        except Exception as err:  # sbatch refused: a bad partition, a time over the limit, ...
-            raise UserError(f"--launcher slurm: the job array was not accepted: "
-                            f"{str(err).strip().splitlines()[-1]}") from None
-        waiting.update(zip(jobs, units))
 
-    stopped = []  # trainings that ran out of --slurm-time, checkpointed
+def _outcome(job) -> Results | UserError:
+    """A task's results, or why it failed: its own UserError (returned as FAILED), or Slurm's end."""
     try:
-        if local:
-            submit([queue.pop(0) for _ in range(min(at_once, len(queue)))])
-            what = f"local jobs (submitit's local executor), {at_once} at once"
-        else:
-            submit(queue)
-            queue = []
-            what = f"Slurm job array {next(iter(waiting)).job_id.split('_')[0]}"
-        say(f"{len(pending)} trainings as {f'{len(queue) + len(waiting)} stacks in ' if stack > 1 else ''}"
-            f"{what} ({options.cpus} CPU{'s' * (options.cpus != 1)},"
-            f" {options.gpus} GPUs, {options.time_minutes} min each"
-            f"{f', partition {options.partition}' if options.partition else ''}); logs: {folder}")
-        while waiting:
-            if stop_requested():
-                raise Interrupted("the job array's unfinished tasks were cancelled; the finished"
-                                  " trainings are kept, the others continue from their last checkpoint")
-            for job in [j for j in waiting if j.done()]:
-                unit = waiting.pop(job)
-                try:
-                    results = job.result()
-                except Exception:  # the task raised, or Slurm killed it (memory, node failure)
-                    raise UserError(f"{unit_label(unit)}: its Slurm task {job.job_id} failed; the error"
-                                    f" is at the end of {job.paths.stderr}") from None
-                if results[0][0] == FAILED:
-                    raise UserError(f"{unit_label(unit)}: {results[0][1]['error']}")
-                for t, (status, summary) in zip(unit, results):
-                    if status == INTERRUPTED and not stop_requested():
-                        stopped.append(t.label)
-                    say_result(t.label, status, summary, say)
-                if queue:
-                    submit([queue.pop(0)])
-            if waiting:
-                time.sleep(POLL_SECONDS)
-    finally:
-        for job in waiting:
-            job.cancel(check=False)
-        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-        while waiting and time.monotonic() < deadline:  # let them checkpoint before --out unlocks
-            waiting = {job: unit for job, unit in waiting.items() if not job.done()}
-            time.sleep(0.2)
-    if stopped:
-        raise UserError(f"{len(stopped)} training{'s' * (len(stopped) > 1)} reached --slurm-time"
-                        f" ({options.time_minutes} min) and {'were' if len(stopped) > 1 else 'was'}"
-                        " checkpointed: run the same command again to continue, or give more --slurm-time")
+        results = job.result()
+    except Exception:  # the task raised, or Slurm killed it (memory, node failure)
+        return UserError(f"its Slurm task {job.job_id} failed; the error is at the end of {job.paths.stderr}")
+    if results[0][0] == FAILED:
+        return UserError(results[0][1]["error"])
+    return results

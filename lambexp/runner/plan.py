@@ -1,5 +1,7 @@
 """The plan of a reproduction: the distinct trainings that some configs over some seeds need, the
-links by which experiments share identical ones, and which are not finished yet.
+links by which experiments share identical ones, which are not finished yet, and the units they
+train in (one training, or a stacked group: ``stack_groups``) with the lines that name a unit and
+its outcome. Nothing here trains.
 
 Arms that are the same training once resolved (every setting and the seed equal, only the name
 differs: E1's LAMB is E3's lr 0.01) are trained once per seed, in the folder of the first
@@ -18,7 +20,7 @@ from pathlib import Path
 from lambexp.config import Arm, Experiment, load_experiment
 from lambexp.errors import Interrupted, UserError
 from lambexp.folders.layout import CONFIG_FILE, existing_arms, is_finished, seed_dir
-from lambexp.output import optimizer_text
+from lambexp.output import optimizer_text, pct
 from lambexp.training.distributed import SINGLE, World
 
 Say = Callable[[str], None]
@@ -44,16 +46,6 @@ class Training:
     arm: Arm
     folder: Path
     shared_by: list[str] = field(default_factory=list)  # the other arms that read it (labels)
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Sends trainings elsewhere (Ray, Slurm): ``run(work, data_dir, say, stop_requested, stack=N)``.
-    ``check()`` raises a UserError where ``run`` could not start (no cluster there, too few of the
-    resources a training asks for); `reproduce` calls it before it writes anything."""
-
-    run: Callable[..., None]
-    check: Callable[[], None]
 
 
 @dataclass
@@ -166,3 +158,59 @@ def unfinished(work: Sequence[Training], say: Say, world: World = SINGLE) -> lis
         if finished:
             say(f"{t.label}: finished before, skipped")
     return [t for t, finished in zip(work, done) if not finished]
+
+
+FINISHED, INTERRUPTED = "finished", "interrupted"  # a training's outcome, as a unit of work returns it
+
+
+def check_stack(stack: int, given: str | None = None) -> None:
+    """A UserError for a --stack that is not a number of trainings (``given``: as it was typed)."""
+    if stack < 1:
+        raise UserError(f"--stack: a number of trainings to stack (1 or more; 1 trains each alone), or off"
+                        f" (got {given if given is not None else stack})")
+
+
+def stack_key(arm: Arm, data_dir: Path | None) -> tuple:
+    """Trainings with equal keys can share a stack: same model and batch shape, the same number of
+    steps, one device and one data set (``data_dir``: --data-dir, which overrides the arm's)."""
+    return arm.model, arm.batch_size, arm.epochs, arm.device, str(data_dir or arm.data_dir)
+
+
+def stack_groups(work: Sequence[Training], size: int, data_dir: Path | None) -> list[list[Training]]:
+    """``work`` in groups of at most ``size`` that share a ``stack_key``, in the order of each
+    group's first training (the plan's order: seed by seed). ``size`` 1: each training alone."""
+    open_groups: dict[tuple, list[Training]] = {}
+    groups: list[list[Training]] = []
+    for t in work:
+        key = stack_key(t.arm, data_dir)
+        group = open_groups.get(key)
+        if group is None or len(group) == size:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(t)
+    return groups
+
+
+def describe_unit(unit: Sequence[Training]) -> str:
+    """The line that says what a unit trains: one training, or a stacked group."""
+    def state(t: Training) -> str:
+        return "continuing" if t.folder.exists() else "training"
+
+    if len(unit) == 1:
+        return f"{unit[0].label}: {state(unit[0])}"
+    members = ", ".join(f"{t.label} ({state(t)})" for t in unit)
+    return f"{len(unit)} trainings as one stacked model: {members}"
+
+
+def unit_label(unit: Sequence[Training]) -> str:
+    """How a unit of work (a training, or a stacked group) is named at the start of a line."""
+    return " + ".join(t.label for t in unit)
+
+
+def say_result(label: str, status: str, summary: dict | None, say: Say) -> None:
+    """The line for a training that came back: FINISHED with its summary, or INTERRUPTED."""
+    if status == INTERRUPTED:
+        say(f"{label}: interrupted, checkpointed")
+        return
+    accuracy = (summary or {}).get("final_test_accuracy")
+    say(f"{label}: finished" + (f", final test accuracy {pct(accuracy)}" if accuracy is not None else ""))

@@ -25,6 +25,7 @@ from lambexp.folders.layout import (
     write_text_atomically,
 )
 from lambexp.folders.lock import folder_lock, folder_locks, lock_root
+from lambexp.runner.dispatch import Launcher, dispatch
 from lambexp.runner.experiment import (
     ArmInputs,
     check_checkpoint,
@@ -33,8 +34,18 @@ from lambexp.runner.experiment import (
     setting_changes,
     write_run_header,
 )
-from lambexp.runner.plan import Launch, Say, Training, link_shared, make_plan, unfinished
-from lambexp.runner.stacked import check_stack, describe_unit, run_group, stack_groups
+from lambexp.runner.jobs import ProcessPool
+from lambexp.runner.plan import (
+    Say,
+    Training,
+    check_stack,
+    describe_unit,
+    link_shared,
+    make_plan,
+    stack_groups,
+    unfinished,
+)
+from lambexp.runner.stacked import run_group
 from lambexp.training.checkpoint import recorded
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -117,15 +128,14 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
               argv: Sequence[str] = (), say: Say = print, jobs: int = 1,
               progress_for: Callable[[Arm], Progress] = lambda arm: NoProgress(),
               stop_requested: Callable[[], bool] = lambda: False,
-              launch: Launch | None = None, stack: int = 1) -> list[Path]:
+              launch: Launcher | None = None, stack: int = 1) -> list[Path]:
     """Run what is not yet finished, each distinct training once (see ``make_plan``); return the
     experiment folders. Every config is validated, and MNIST checked (by each task, with ``launch``),
     before anything runs.
-    ``jobs`` > 1: that many trainings at once, in worker processes (lambexp.runner.jobs).
-    ``launch``: send the trainings elsewhere instead (``on_ray.run_on_ray``, ``on_slurm.run_on_slurm``
-    with their options bound), run as ``launch.run(work, data_dir, say, stop_requested, stack=stack)``;
+    ``jobs`` > 1: that many trainings at once, in worker processes (``jobs.ProcessPool``).
+    ``launch``: send the trainings elsewhere instead (``on_ray.RayCluster``, ``on_slurm.SlurmArray``);
     where there is work for it, ``launch.check()`` comes first, before ``out`` is touched
-    (``check_launcher``).
+    (``check_launcher``). Either way ``dispatch.dispatch`` sends them and says how each ended.
     ``stack`` > 1: trainings that can share a stacked model train up to that many at a time as one
     (lambexp.runner.stacked): here, in each worker, or in each task ``launch`` sends."""
     if jobs < 1:
@@ -149,20 +159,17 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
             return plan.trainings
 
         work = world.from_lead(prepare)
-        if launch is not None:
-            launch.run(work, data_dir.resolve() if data_dir else None, say, stop_requested, stack=stack)
-        elif jobs > 1:
-            if world.active:
-                raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
-            from lambexp.runner.jobs import run_in_parallel
-
-            run_in_parallel(work, jobs, data_dir, say, stop_requested, stack)
+        if jobs > 1 and launch is None and world.active:
+            raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
+        launcher = launch or (ProcessPool(jobs) if jobs > 1 else None)
+        if launcher is not None:
+            dispatch(work, launcher, data_dir.resolve() if data_dir else None, say, stop_requested, stack)
         else:
             run_pending(work, inputs, say, progress_for, stop_requested, world, stack=stack)
     return [out / exp.name for exp in exps]
 
 
-def check_launcher(launch: Launch, exps: list[Experiment], seeds: int, out: Path) -> None:
+def check_launcher(launch: Launcher, exps: list[Experiment], seeds: int, out: Path) -> None:
     """Refuse (a UserError) a launcher that cannot run, before ``out`` is locked or written: under
     torchrun, or where ``launch.check()`` says it cannot start. It is asked only when some training
     is unfinished (read from ``out`` as `--plan` reads it), so a finished reproduction rebuilds its

@@ -2,106 +2,80 @@
 epochs, a device and a data folder train N at a time as one stacked model (lambexp.training.group),
 in this process, in each `--jobs` worker, or in each Ray task or Slurm array task. Each writes its
 folder exactly as it would alone.
+
+One thread steps the members in turn: each is an ``ArmRun`` (lambexp.runner.experiment), built and
+restored one after another, whose Trainer the group steps. The first failure of any member, before
+its first step or mid-way, stops the group at once: the other members still training are
+checkpointed and marked interrupted (``lambexp resume`` continues them), and the failure is raised.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from pathlib import Path
-
-import torch
 
 from lambexp.config import Arm
-from lambexp.errors import Interrupted, UserError
-from lambexp.runner.experiment import ArmInputs, run_arm
-from lambexp.runner.plan import Say, Training
-from lambexp.runner.task import FINISHED, INTERRUPTED, say_result
-from lambexp.training.group import StackGroup
+from lambexp.errors import Interrupted
+from lambexp.runner.experiment import ArmInputs, ArmRun
+from lambexp.runner.plan import FINISHED, INTERRUPTED, Say, Training, describe_unit, say_result
+from lambexp.training.group import MemberError, StackGroup, as_member
 from lambexp.training.progress import Progress
+from lambexp.training.stack import check_stackable
 
-
-def check_stack(stack: int, given: str | None = None) -> None:
-    """A UserError for a --stack that is not a number of trainings (``given``: as it was typed)."""
-    if stack < 1:
-        raise UserError(f"--stack: a number of trainings to stack (2 or more), or off"
-                        f" (got {given if given is not None else stack})")
-
-
-def stack_key(arm: Arm, data_dir: Path | None) -> tuple:
-    """Trainings with equal keys can share a stack: same model and batch shape, the same number of
-    steps, one device and one data set (``data_dir``: --data-dir, which overrides the arm's)."""
-    return arm.model, arm.batch_size, arm.epochs, arm.device, str(data_dir or arm.data_dir)
-
-
-def stack_groups(work: list[Training], size: int, data_dir: Path | None) -> list[list[Training]]:
-    """``work`` in groups of at most ``size`` that share a ``stack_key``, in the order of each
-    group's first training (the plan's order: seed by seed). ``size`` 1: each training alone."""
-    open_groups: dict[tuple, list[Training]] = {}
-    groups: list[list[Training]] = []
-    for t in work:
-        key = stack_key(t.arm, data_dir)
-        group = open_groups.get(key)
-        if group is None or len(group) == size:
-            group = open_groups[key] = []
-            groups.append(group)
-        group.append(t)
-    return groups
+Result = tuple[str, dict | None]  # (FINISHED, its summary) or (INTERRUPTED, None)
 
 
 def train_together(group: list[Training], inputs: ArmInputs, progress_for: Callable[[Arm], Progress],
                    stop_requested: Callable[[], bool], apply_changes: bool = False,
-                   say: Say | None = None) -> list[tuple[str, dict | None]]:
-    """Train ``group`` as one stacked model, each member in a thread of its own with its progress
-    (bars share one display: lambexp.training.progress.SharedBar); each member's (FINISHED, its
-    summary) or (INTERRUPTED, None), in order, each also said as it ends when ``say`` is given.
-    When every member has ended, raises the first error a member raised other than Interrupted."""
-    together = StackGroup(len(group))
-    threads = torch.get_num_threads()
-    lock = threading.Lock()
+                   say: Say | None = None) -> list[Result]:
+    """Train ``group`` as one stacked model, from this thread, each member with its progress (bars
+    share one display: lambexp.training.progress.SharedBar); each member's result, in order, each
+    also said as it ends when ``say`` is given. A stop request interrupts every member still
+    training; any other error of a member stops the group at once (``stop_group``) and is raised."""
+    say = say or (lambda line: None)
+    runs = [ArmRun(t.arm, *inputs.data(t.arm), t.folder, progress_for(t.arm), stop_requested,
+                   apply_changes=apply_changes, stacked=True) for t in group]
+    results: dict[int, Result] = {}
+    try:
+        for slot, run in enumerate(runs):  # every model first: one that cannot stack touches nothing
+            as_member(slot, lambda run=run: check_stackable(run.build()))
+        for slot, run in enumerate(runs):
+            as_member(slot, run.restore)
+            as_member(slot, run.start)
+        together = StackGroup([run.trainer for run in runs])
+        while together.training:
+            for slot in together.step():
+                results[slot] = FINISHED, as_member(slot, runs[slot].finish).to_json()
+                say_result(group[slot].label, *results[slot], say)
+    except MemberError as failure:
+        stop_group(group, runs, results, failure.slot, failure.error, say)
+    return [results[s] for s in range(len(group))]
 
-    def said(line: str) -> None:  # whole lines: members finish at the same moment
-        if say is not None:
-            with lock:
-                say(line)
 
-    loaded = [inputs.data(t.arm) for t in group]  # here, once, not in the threads at once
-
-    def train(slot: int, t: Training) -> tuple[str, dict | None]:
-        # a new thread's OpenMP team size is the machine's, not this process's setting: the same
-        # for every member, so the stacked step (run by whichever arrives last) sums alike
-        torch.set_num_threads(threads)
+def stop_group(group: list[Training], runs: list[ArmRun], results: dict[int, Result],
+               slot: int | None, err: Exception, say: Say) -> None:
+    """The group stops at ``err``, raised by member ``slot`` (None: the shared step, so by every
+    member). An Interrupted interrupts every member that started and has not finished. Another error
+    fails the member that raised it (``ArmRun.fail``) and interrupts the others at once; then it is
+    raised (as ``fail`` translates it)."""
+    stopping = isinstance(err, Interrupted)
+    failures: list[tuple[int, Exception]] = []  # (member, what to raise)
+    for s, run in enumerate(runs):
+        if s in results:
+            continue
+        if not stopping and (slot is None or s == slot):  # as alone: only a started arm is marked
+            failures.append((s, run.fail(err) if run.trainer is not None else err))
+            continue
+        results[s] = INTERRUPTED, None
+        if run.trainer is None:  # never started: nothing to checkpoint
+            continue
         try:
-            data, device = loaded[slot]
-            summary = run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested,
-                              apply_changes=apply_changes, member=together.member(slot)).to_json()
-        except Interrupted:
-            say_result(t.label, INTERRUPTED, None, said)
-            return INTERRUPTED, None
-        finally:
-            together.leave(slot)  # also when it failed before its first step
-        say_result(t.label, FINISHED, summary, said)
-        return FINISHED, summary
-
-    with ThreadPoolExecutor(len(group), thread_name_prefix="lambexp-member") as pool:
-        futures = [pool.submit(train, slot, t) for slot, t in enumerate(group)]
-        wait(futures)
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
-    return [f.result() for f in futures]
-
-
-def describe_unit(unit: list[Training]) -> str:
-    """The line that says what a unit trains: one training, or a stacked group."""
-    def state(t: Training) -> str:
-        return "continuing" if t.folder.exists() else "training"
-
-    if len(unit) == 1:
-        return f"{unit[0].label}: {state(unit[0])}"
-    members = ", ".join(f"{t.label} ({state(t)})" for t in unit)
-    return f"{len(unit)} trainings as one stacked model: {members}"
+            run.interrupt()
+        except Exception as late:  # a full disk fails the others' checkpoints alike
+            failures.append((s, run.fail(late)))
+            continue
+        say_result(group[s].label, INTERRUPTED, None, say)
+    if failures:
+        raise min(failures, key=lambda f: f[0] != slot)[1]  # the raiser's own, else the first
 
 
 def run_group(group: list[Training], inputs: ArmInputs, say: Say,

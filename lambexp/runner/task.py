@@ -4,8 +4,8 @@ elsewhere: a worker process (``--jobs``), a Ray task (``--launcher ray``) or a S
 
 ``train_task`` runs in the worker, wherever that is: it trains its arms into their folders exactly as
 ``reproduce`` does in one process (run_arm: checkpoints, summary, TensorBoard), so a launcher adds
-nothing to what a training writes. ``say_result`` is the launching side's line for its outcome.
-Everything crosses as plain strings and dicts, which every launcher can ship.
+nothing to what a training writes. Everything crosses as plain strings and dicts, which every
+launcher can ship; the launching side's lines are ``lambexp.runner.dispatch``'s.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from lambexp.config import Arm
 from lambexp.errors import Interrupted
-from lambexp.output import pct
+from lambexp.runner.experiment import ArmInputs, run_arm
+from lambexp.runner.plan import FINISHED, INTERRUPTED, Training
+from lambexp.runner.stacked import train_together
+from lambexp.training.progress import NoProgress
 
 _INPUTS: dict = {}  # in a worker: MNIST loaded once per data folder, reused by its trainings
-
-FINISHED, INTERRUPTED = "finished", "interrupted"
 
 
 def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, threads: int | None = None,
@@ -27,13 +30,6 @@ def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, 
     """Train one arm (``Arm`` as JSON) into its folder, or several as one stacked model
     (``--stack``: lambexp.runner.stacked); for each, in order, (FINISHED, its summary) or
     (INTERRUPTED, None). ``threads``: the CPU threads torch may use here (None: torch's choice)."""
-    import torch
-
-    from lambexp.runner.experiment import ArmInputs, run_arm
-    from lambexp.runner.plan import Training
-    from lambexp.runner.stacked import train_together
-    from lambexp.training.progress import NoProgress
-
     if threads:
         torch.set_num_threads(threads)
     arms = [Arm.model_validate_json(a) for a in arms_json]
@@ -49,17 +45,3 @@ def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, 
     except Interrupted:
         return [(INTERRUPTED, None)]
     return [(FINISHED, summary.to_json())]
-
-
-def unit_label(unit) -> str:
-    """How the launching side names a unit of work (a training, or a stacked group) in a line."""
-    return " + ".join(t.label for t in unit)
-
-
-def say_result(label: str, status: str, summary: dict | None, say: Callable[[str], None]) -> None:
-    """The launching side's line for a training that came back."""
-    if status == INTERRUPTED:
-        say(f"{label}: interrupted, checkpointed")
-        return
-    accuracy = (summary or {}).get("final_test_accuracy")
-    say(f"{label}: finished" + (f", final test accuracy {pct(accuracy)}" if accuracy is not None else ""))

@@ -1,121 +1,116 @@
-"""Several trainings of one model, each in a thread of its own, whose forward and backward run as one
-stacked model (``lambexp.training.stack.Stack``).
+"""Several trainings of one model stepped together from one thread, their forwards and backwards run as
+one stacked model (``lambexp.training.stack.Stack``).
 
-Each member is a whole training as ``run_arm`` runs it alone: its own seed, data order, optimizer,
-divergence checks, evaluations, TensorBoard events, metrics, checkpoints and summary. Only its loss
-step is shared. At each step a member hands its batch to the group and waits; the last to arrive
-runs the stacked forward and backward for everyone, and each member's parameters get their own
-gradient. Then every member steps its own optimizer on its own parameters, which are views of its
-slices of the stack (``Stack.bind``): a norm never mixes two members' tensors.
+Each member is a whole training (``lambexp.training.loop.Trainer``), as ``run_arm`` runs it alone: its
+own seed, data order, optimizer, divergence checks, evaluations, TensorBoard events, metrics,
+checkpoints and summary. Only the forward and backward of its batch are shared. A step of the group is
+each member's ``next_batch`` in turn, one stacked forward and backward of those batches, and each
+member's ``take_step`` in turn: every member steps its own optimizer on its own parameters, which are
+views of its slices of the stack (``Stack.bind``), so a norm never mixes two members' tensors.
 
-A member joins at its first step, with whatever it restored from a checkpoint, and leaves when its
-training ends (finished, diverged with ``on_divergence: stop``, interrupted or failed): its
+A member leaves when its training ends (finished, or diverged with ``on_divergence: stop``): its
 parameters get their own memory back, and the others are stacked anew without it. Members resumed at
 different steps step together all the same; a shorter batch is padded and the padding left out of
-its loss.
+its loss. What a member raises stops the group's step at once, as ``MemberError``: the caller decides
+what it means for the others (lambexp.runner.stacked stops them all).
 """
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lambexp.training.distributed import World
+from lambexp.training.loop import Trainer
 from lambexp.training.stack import Stack
+
+T = TypeVar("T")
+
+
+class MemberError(Exception):
+    """A member's part of a step raised ``error``; ``slot`` None: the shared forward and backward,
+    so every member's."""
+
+    def __init__(self, slot: int | None, error: Exception):
+        super().__init__(slot, error)
+        self.slot, self.error = slot, error
 
 
 class StackGroup:
-    """The meeting point of ``size`` members (slots 0…size−1) that train together."""
+    """The members (slots 0…N−1, ``Trainer``s begun) that train together, and their stack."""
 
-    def __init__(self, size: int):
-        self._cond = threading.Condition()
-        self._unseen = set(range(size))  # members that have neither stepped nor left yet
-        self._models: dict[int, nn.Module] = {}  # the members in the group, by slot
-        self._batches: dict[int, tuple[Tensor, Tensor]] = {}  # this round's, by slot
-        self._results: dict[int, Tensor | BaseException] = {}  # each member's loss, or what failed
+    def __init__(self, trainers: Sequence[Trainer]):
+        self.trainers = list(trainers)
+        self.training = list(range(len(self.trainers)))  # the slots still training, in order
         self._stack: Stack | None = None
         self._stacked: list[int] = []  # the slots in the stack, in its order
-        self._build = threading.Lock()
 
-    @contextmanager
-    def building(self):
-        """Hold while seeding torch's global RNG and building a member's model from it."""
-        with self._build:
-            yield
-
-    def member(self, slot: int) -> Member:
-        return Member(self, slot)
-
-    def step(self, slot: int, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Member ``slot``'s loss on its batch (x, y), its parameters' ``.grad`` set, after the
-        group's stacked forward and backward; raises what failed there."""
-        with self._cond:
-            if slot not in self._models:  # joins at its first step
-                self._unseen.discard(slot)
-                self._models[slot] = model
-            self._batches[slot] = (x, y)
-            self._run_when_ready()
-            while slot not in self._results:
-                self._cond.wait()
-            result = self._results.pop(slot)
-        if isinstance(result, BaseException):
-            raise result
-        return result
+    def step(self) -> list[int]:
+        """One step of every member still training; returns the slots whose training had ended
+        (they take no step and leave the group). Raises MemberError, the members' states as
+        consistent as at a stop request."""
+        batches: dict[int, Tensor] = {}
+        ended = []
+        for slot in self.training:
+            idx = as_member(slot, self.trainers[slot].next_batch)
+            if idx is None:
+                ended.append(slot)
+            else:
+                batches[slot] = idx
+        for slot in ended:
+            self.leave(slot)
+        if batches:
+            losses = as_member(None, lambda: self._losses(batches))
+            for slot, loss in zip(batches, losses):
+                as_member(slot, partial(self.trainers[slot].take_step, loss))
+        return ended
 
     def leave(self, slot: int) -> None:
-        """Member ``slot`` trains no more: its parameters own their memory again; the others go on
-        without it. Idempotent."""
-        with self._cond:
-            self._unseen.discard(slot)
-            model = self._models.pop(slot, None)
-            if model is not None:
-                for p in model.parameters():
-                    p.data = p.data.clone()
-                    p.grad = None
-            if not self._models:  # the last one: nothing holds the stack any more
-                self._stack, self._stacked = None, []
-            self._run_when_ready()
-
-    def _run_when_ready(self) -> None:
-        """Once every member in the group has handed in its batch (and none is still to join): one
-        stacked forward and backward; each member's loss goes to ``_results``. Holds ``_cond``."""
-        if self._unseen or not self._models or len(self._batches) < len(self._models):
+        """Member ``slot`` trains no more: its parameters own their memory again, and the others
+        go on without it. Idempotent."""
+        if slot not in self.training:
             return
-        slots = sorted(self._models)
-        try:
-            if slots != self._stacked:  # the first step, or a member has left: stack anew
-                self._stack = Stack([self._models[s] for s in slots])
-                self._stack.bind([self._models[s] for s in slots])
-                self._stacked = slots
-            xs, ys = zip(*(self._batches[s] for s in slots))
-            counts = [len(y) for y in ys]
-            padded = len(set(counts)) > 1  # members at different points of their epochs
-            if padded:
-                longest = max(counts)
-                xs = [torch.cat([x, x[:1].expand(longest - len(x), *x.shape[1:])]) for x in xs]
-                ys = [torch.cat([y, y[:1].expand(longest - len(y))]) for y in ys]
-            losses = self._stack.losses(torch.stack(xs), torch.stack(ys), counts if padded else None)
-            self._stack.backward(losses)
-            for k, s in enumerate(slots):
-                self._results[s] = losses[k].detach()
-        except BaseException as err:  # every waiting member raises it (run_arm says what it was)
-            for s in slots:
-                self._results[s] = err
-        self._batches.clear()
-        self._cond.notify_all()
-
-
-class Member:
-    """One member's side of a StackGroup: the loop's loss step (``LoopOptions.loss_step``)."""
-
-    def __init__(self, group: StackGroup, slot: int):
-        self.group, self.slot = group, slot
-
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
-        return self.group.step(self.slot, model, x[idx], y[idx])
+        self.training.remove(slot)
+        if slot in self._stacked:
+            for p in self.trainers[slot].model.parameters():
+                p.data = p.data.clone()
+                p.grad = None
+        if not self.training:  # the last one: nothing holds the stack any more
+            self._stack, self._stacked = None, []
 
     def close(self) -> None:
-        self.group.leave(self.slot)
+        """Every member leaves (the group stops)."""
+        for slot in list(self.training):
+            self.leave(slot)
+
+    def _losses(self, batches: dict[int, Tensor]) -> list[Tensor]:
+        """Each stepping member's loss on its batch, its parameters' ``.grad`` set, after one
+        stacked forward and backward; restacked when the members stepping changed."""
+        slots = list(batches)
+        models = [self.trainers[s].model for s in slots]
+        if slots != self._stacked:  # the first step, or a member has left: stack anew
+            self._stack = Stack(models)
+            self._stack.bind(models)
+            self._stacked = slots
+        xs = [self.trainers[s].train[0][batches[s]] for s in slots]
+        ys = [self.trainers[s].train[1][batches[s]] for s in slots]
+        counts = [len(y) for y in ys]
+        padded = len(set(counts)) > 1  # members at different points of their epochs
+        if padded:
+            longest = max(counts)
+            xs = [torch.cat([x, x[:1].expand(longest - len(x), *x.shape[1:])]) for x in xs]
+            ys = [torch.cat([y, y[:1].expand(longest - len(y))]) for y in ys]
+        losses = self._stack.losses(torch.stack(xs), torch.stack(ys), counts if padded else None)
+        self._stack.backward(losses)
+        return list(losses.detach())
+
+
+def as_member(slot: int | None, part: Callable[[], T]) -> T:
+    """``part()``, what it raises (an Exception) re-raised as member ``slot``'s."""
+    try:
+        return part()
+    except Exception as err:
+        raise MemberError(slot, err) from err

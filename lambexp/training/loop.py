@@ -1,4 +1,5 @@
-"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, over tensors already on the device.
+"""The training loop: one training as an object that takes one step at a time (``Trainer``), ``fit``
+a loop over its steps, and ``evaluate``, over tensors already on the device.
 
 The loop reads values back to the host only at a log step (every ``log_interval`` batches) and at
 an evaluation; the step of the first non-finite loss is tracked on the device, and what a check reads
@@ -15,7 +16,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import NamedTuple
 
 import torch
@@ -30,14 +30,6 @@ from lambexp.training.progress import NoProgress, Progress
 from lambexp.training.sinks import Sink
 
 EVAL_BATCH = 2000  # test-set batch: large, since evaluation needs no gradients
-
-
-class Outcome(Enum):
-    """How a pass over (the rest of) an epoch ended."""
-
-    DONE = "done"
-    DIVERGED = "diverged"  # and on_divergence is stop
-    INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -67,11 +59,6 @@ class LoopOptions:
     stop_requested: Callable[[], bool] = lambda: False  # polled before each step; under DDP at log steps
     world: World = SINGLE  # the training processes: batch_size is split over world.size ranks
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps, then constant
-    # forward and backward of a batch, returning its loss: a training alone (``separate_step``), or a
-    # member of a stacked group (lambexp.training.group.Member), which leaves it at ``loop_done``
-    loss_step: Callable[[nn.Module, Tensor, Tensor, Tensor, World], Tensor] = field(
-        default_factory=lambda: separate_step)
-    loop_done: Callable[[], None] = lambda: None
 
 
 def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, world: World) -> Tensor:
@@ -124,53 +111,6 @@ def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink:
     return Checked(diverged, stop)
 
 
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
-                    generator: torch.Generator, options: LoopOptions, sink: Sink,
-                    state: LoopState, progress: Progress,
-                    test: tuple[Tensor, Tensor] | None = None) -> Outcome:
-    """Continue epoch ``state.epoch`` from batch ``state.batch`` in the order of a seeded
-    permutation; return how it ended (``Outcome``).
-    Logs the loss and r, r1, r2 after the batches whose index in the epoch is a multiple of
-    ``log_interval`` (the post's ``batch_idx % log_interval == 0``), at x = the samples seen before
-    that batch, as its script did.
-    ``model`` may be DDP-wrapped (see ``fit``); evaluations use the model inside."""
-    model.train()
-    t0 = time.perf_counter()
-    batches = list(epoch_batches(len(x), options.batch_size, generator, x.device))
-    outcome = Outcome.DONE
-    for idx in batches[state.batch:]:
-        if not options.world.active and options.stop_requested():  # DDP: at log steps, below
-            outcome = Outcome.INTERRUPTED
-            break
-        if options.warmup_steps:
-            warm_up(opt, state.step + 1, options.warmup_steps)
-        batch_index, seen_before = state.batch, state.samples
-        opt.zero_grad(set_to_none=True)
-        loss = options.loss_step(model, x, y, idx, options.world)
-        opt.step()
-        state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
-        state.first_bad = track_first_bad(state.first_bad, loss, state.step)
-        logs = batch_index % options.log_interval == 0  # the post's `batch_idx % log_interval`
-        evaluates = bool(options.eval_interval and test is not None
-                         and state.step % options.eval_interval == 0)
-        if logs or evaluates or state.batch == len(batches):  # no evaluation of a diverged model
-            checked = _check_log_step(model, opt, state, loss, sink, progress, options,
-                                      at=seen_before if logs else None)
-            if checked.diverged and options.on_divergence == "stop":
-                outcome = Outcome.DIVERGED
-                break
-            if checked.stop:
-                outcome = Outcome.INTERRUPTED
-                break
-        if evaluates:
-            state.train_seconds += time.perf_counter() - t0
-            log_eval(sink, state, *evaluate(unwrap(model), *test, options.world))
-            model.train()
-            t0 = time.perf_counter()
-    state.train_seconds += time.perf_counter() - t0
-    return outcome
-
-
 def warm_up(opt: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
     """lr of step ``step`` (1-based) = the group's initial lr × min(1, step / warmup_steps).
     Stateless: a resumed run gets the same rates from the step count alone."""
@@ -217,11 +157,172 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, world: World = SINGLE) -> t
     return loss / n, right / n
 
 
+class Trainer:
+    """One training that takes one step at a time; ``fit`` is a loop over it.
+
+    A step has three parts, so that a stacked group (lambexp.training.group) can run the middle one
+    for all its members at once: ``next_batch`` (a stop request polled, the lr warmed up, the
+    gradients zeroed), the forward and backward of that batch, and ``take_step`` (the optimizer's
+    step, the checks of lambexp.training.divergence, logging, evaluations and the epoch's end).
+    ``step`` is the three for a training alone. ``begin`` before the first step and ``end`` after
+    the last (also after a failure): ``with Trainer(...) as trainer``.
+    ``state`` continues an earlier run exactly where it stopped (see ``LoopState``);
+    ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint).
+    """
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tensor],
+                 test: tuple[Tensor, Tensor], *, epochs: int, seed: int, options: LoopOptions,
+                 sink: Sink, progress: Progress | None = None, state: LoopState | None = None,
+                 on_epoch_end: Callable[[LoopState], None] = lambda state: None):
+        self.model, self.opt, self.train, self.test = model, opt, train, test
+        self.epochs, self.options, self.sink = epochs, options, sink
+        self.progress = progress or NoProgress()
+        self.state = state or LoopState()
+        self.on_epoch_end = on_epoch_end
+        self.net = model  # the model that trains: wrapped in DDP by ``begin`` under torchrun
+        self.generator = torch.Generator()
+        if self.state.epoch_rng is None:
+            self.generator.manual_seed(seed)
+            self.state.epoch_rng = self.generator.get_state()
+        self.ended = False  # every epoch done, or diverged with on_divergence stop
+        self._batches: list[Tensor] | None = None  # the epoch in progress's batches, drawn at its start
+        self._train_mark = 0.0  # perf_counter when training time last began counting
+        self._wall_mark: float | None = None  # when the wall clock last read; None before ``begin``
+
+    def __enter__(self) -> Trainer:
+        self.begin()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+    def begin(self) -> None:
+        """Show where the training stands and start its wall clock. Under DDP the model is wrapped
+        for the training steps: rank 0's parameters broadcast, gradients averaged."""
+        self.net = self.options.world.wrap(self.model)
+        state = self.state
+        self.progress.begin(self.epochs * batches_per_epoch(len(self.train[0]), self.options.batch_size),
+                            done=state.step)
+        if state.step:  # resumed: show where it stands before the next log step
+            self.progress.advance(state.step, state.last_loss)
+        self._wall_mark = time.perf_counter()
+
+    def end(self) -> None:
+        """Stop the clocks and flush what was logged; the progress display ends. Once: a later call
+        (an ending after a failure) does nothing."""
+        if self._wall_mark is None:  # never begun, or ended
+            return
+        self._clock()
+        self._wall_mark = None
+        self.sink.flush()
+        self.progress.end()
+
+    def step(self) -> bool:
+        """One step of a training alone; False when it has ended (then no step was taken)."""
+        idx = self.next_batch()
+        if idx is None:
+            return False
+        self.take_step(separate_step(self.net, *self.train, idx, self.options.world))
+        return True
+
+    def next_batch(self) -> Tensor | None:
+        """The global batch (indices into the training set) of the next step, its gradients zeroed
+        and its lr warmed up; None once the training has ended. Raises Interrupted, the state
+        consistent, when a stop is requested (one process: polled before each step; under DDP
+        ``take_step`` reads it at a check, agreed by every rank)."""
+        state, options = self.state, self.options
+        if self.ended or state.epoch > self.epochs:
+            self.ended = True
+            return None
+        if self._batches is None:
+            self._begin_epoch()
+        if not options.world.active and options.stop_requested():
+            self._interrupt()
+        if options.warmup_steps:
+            warm_up(self.opt, state.step + 1, options.warmup_steps)
+        self.opt.zero_grad(set_to_none=True)
+        return self._batches[state.batch]
+
+    def take_step(self, loss: Tensor) -> None:
+        """After ``loss``'s backward: the optimizer's step, and at a log step, an evaluation or the
+        epoch's last batch, a check (no evaluation of a diverged model). Logs the loss and r, r1, r2
+        after the batches whose index in the epoch is a multiple of ``log_interval`` (the post's
+        ``batch_idx % log_interval == 0``), at x = the samples seen before that batch, as its
+        script did."""
+        state, options = self.state, self.options
+        idx = self._batches[state.batch]
+        self.opt.step()
+        batch_index, seen_before = state.batch, state.samples
+        state.step, state.batch, state.samples = state.step + 1, state.batch + 1, state.samples + len(idx)
+        state.first_bad = track_first_bad(state.first_bad, loss, state.step)
+        logs = batch_index % options.log_interval == 0  # the post's `batch_idx % log_interval`
+        evaluates = bool(options.eval_interval and state.step % options.eval_interval == 0)
+        last = state.batch == len(self._batches)
+        if logs or evaluates or last:
+            checked = _check_log_step(self.net, self.opt, state, loss, self.sink, self.progress,
+                                      options, at=seen_before if logs else None)
+            if checked.diverged and options.on_divergence == "stop":
+                self._diverge()
+                return
+            if checked.stop:
+                self._interrupt()
+        if evaluates:
+            self._evaluate()
+            self.net.train()
+        if last:
+            self._end_epoch()
+
+    def _begin_epoch(self) -> None:
+        """Draw epoch ``state.epoch``'s permutation (from the generator's state before it, so a run
+        resumed mid-epoch draws the same) and start its training clock."""
+        self.generator.set_state(self.state.epoch_rng)
+        self._batches = list(epoch_batches(len(self.train[0]), self.options.batch_size, self.generator,
+                                           self.train[0].device))
+        self.net.train()
+        self._train_mark = time.perf_counter()
+
+    def _evaluate(self) -> None:
+        """An evaluation on the test set, logged; its time is not training time."""
+        self._stop_train_clock()
+        log_eval(self.sink, self.state, *evaluate(unwrap(self.net), *self.test, self.options.world))
+        self._train_mark = time.perf_counter()
+
+    def _end_epoch(self) -> None:
+        """The epoch's evaluation, its line, and the next epoch's place (then ``on_epoch_end``)."""
+        state = self.state
+        self._evaluate()
+        self.sink.flush()
+        self.progress.epoch_end(state.epoch, state.history[-1])
+        state.epoch, state.batch, state.epoch_rng = state.epoch + 1, 0, self.generator.get_state()
+        self._batches = None
+        self._clock()
+        self.on_epoch_end(state)
+
+    def _diverge(self) -> None:
+        self._stop_train_clock()
+        self.ended = True
+        self.progress.note(f"diverged at step {self.state.diverged_step} ({self.state.diverged_reason});"
+                           " this arm stops here")
+
+    def _interrupt(self) -> None:
+        self._stop_train_clock()
+        raise Interrupted(f"at step {self.state.step}; the arm in progress was checkpointed")
+
+    def _stop_train_clock(self) -> None:
+        self.state.train_seconds += time.perf_counter() - self._train_mark
+
+    def _clock(self) -> None:
+        now = time.perf_counter()
+        self.state.wall_seconds += now - self._wall_mark
+        self._wall_mark = now
+
+
 def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tensor],
         test: tuple[Tensor, Tensor], *, epochs: int, seed: int, options: LoopOptions, sink: Sink,
         progress: Progress | None = None, state: LoopState | None = None,
         on_epoch_end: Callable[[LoopState], None] = lambda state: None) -> LoopState:
-    """Train until ``epochs`` epochs are done (or the run diverges), evaluating after each epoch.
+    """Train until ``epochs`` epochs are done (or the run diverges), evaluating after each epoch:
+    a ``Trainer``'s steps, one after another.
 
     ``state`` continues an earlier run exactly where it stopped (see ``LoopState``).
     ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint).
@@ -230,44 +331,8 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tenso
     wrapped in DDP for the training steps, and the permutation, from the same seeded generator,
     is the same on every rank.
     """
-    progress = progress or NoProgress()
-    state = state or LoopState()
-    generator = torch.Generator()
-    if state.epoch_rng is None:
-        generator.manual_seed(seed)
-        state.epoch_rng = generator.get_state()
-    generator.set_state(state.epoch_rng)
-    net = options.world.wrap(model)  # DDP: broadcasts rank 0's parameters, averages gradients
-    steps_per_epoch = batches_per_epoch(len(train[0]), options.batch_size)
-    progress.begin(epochs * steps_per_epoch, done=state.step)
-    if state.step:  # resumed: show where it stands before the next log step
-        progress.advance(state.step, state.last_loss)
-    mark = [time.perf_counter()]
-
-    def clock() -> None:
-        now = time.perf_counter()
-        state.wall_seconds += now - mark[0]
-        mark[0] = now
-
-    try:
-        while state.epoch <= epochs:
-            outcome = train_one_epoch(net, opt, *train, generator=generator, options=options,
-                                      sink=sink, state=state, progress=progress, test=test)
-            if outcome is Outcome.INTERRUPTED:
-                raise Interrupted(f"at step {state.step}; the arm in progress was checkpointed")
-            if outcome is Outcome.DIVERGED:
-                progress.note(f"diverged at step {state.diverged_step} ({state.diverged_reason});"
-                              " this arm stops here")
-                break
-            log_eval(sink, state, *evaluate(model, *test, options.world))
-            sink.flush()
-            progress.epoch_end(state.epoch, state.history[-1])
-            state.epoch, state.batch, state.epoch_rng = state.epoch + 1, 0, generator.get_state()
-            clock()
-            on_epoch_end(state)
-    finally:
-        options.loop_done()
-        clock()
-        sink.flush()
-        progress.end()
-    return state
+    with Trainer(model, opt, train, test, epochs=epochs, seed=seed, options=options, sink=sink,
+                  progress=progress, state=state, on_epoch_end=on_epoch_end) as trainer:
+        while trainer.step():
+            pass
+    return trainer.state

@@ -53,12 +53,10 @@ class LineProgress(NoProgress):
 
 
 class SharedBar:
-    """One rich live display for the bars of every arm that trains at once (a stacked group trains
-    several in threads; rich allows one live display at a time): shown while any bar is."""
+    """One rich live display for the bars of every arm that trains at once (the members of a stacked
+    group; rich allows one live display at a time): shown while any bar is."""
 
     def __init__(self, console):
-        import threading
-
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -73,21 +71,18 @@ class SharedBar:
                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                 console=console, transient=True)
         self._users = 0
-        self._lock = threading.Lock()
 
     def add(self, name: str, total: int, done: int):
-        with self._lock:
-            if self._users == 0:
-                self.bar.start()
-            self._users += 1
-            return self.bar.add_task(name, total=total, completed=done, status="")
+        if self._users == 0:
+            self.bar.start()
+        self._users += 1
+        return self.bar.add_task(name, total=total, completed=done, status="")
 
     def remove(self, task) -> None:
-        with self._lock:
-            self.bar.remove_task(task)
-            self._users -= 1
-            if self._users == 0:
-                self.bar.stop()
+        self.bar.remove_task(task)
+        self._users -= 1
+        if self._users == 0:
+            self.bar.stop()
 
 
 class BarProgress(LineProgress):

@@ -6,11 +6,12 @@ What stays each member's own: its initial weights (built from its seed), its bat
 order), its hyper-parameters and optimizer (LAMB of any rule, Adam mode, LARS, each with its own
 state), and so its trust ratios: a member's optimizer sees only views of its own slices, so no norm
 ever mixes two members' tensors. The summed loss's gradient with respect to member i's slice is
-member i's own gradient, since no member's loss reads another's parameters.
+member i's own gradient, since no member's loss reads another's parameters, nor, since a model with
+layers that mix a batch's samples (BatchNorm) is refused, another sample's padding.
 
 This is the computing core: it equals the same members trained one by one to float rounding
-(tests/test_stack.py). ``lambexp.training.group`` builds the stacked loop on it: each member a
-training of its own, which logs, evaluates and checkpoints as a lone one does.
+(tests/test_stack.py). ``lambexp.training.group`` steps the members' trainings on it, each of which
+logs, evaluates and checkpoints as a lone one does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from lambexp.errors import UserError
+
+# Layers whose output for one sample depends on the other samples of its batch: stacked, a member's
+# padded rows (lambexp.training.group) would enter its statistics, so such a model is refused.
+CROSS_SAMPLE = (nn.modules.batchnorm._BatchNorm,)
+
+
+def check_stackable(model: nn.Module) -> None:
+    """A UserError when ``model`` has layers that mix the samples of a batch (BatchNorm)."""
+    mixing = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+              if isinstance(m, CROSS_SAMPLE)]
+    if mixing:
+        raise UserError(f"--stack: {type(model).__name__} has layers that mix the samples of a batch"
+                        f" ({', '.join(mixing)}), which stacked trainings cannot keep apart; train it"
+                        " with --stack off")
 
 
 class Stack:
@@ -34,6 +51,7 @@ class Stack:
     def __init__(self, models: list[nn.Module]):
         if not models:
             raise ValueError("a stack needs at least one model")
+        check_stackable(models[0])
         self.size = len(models)
         params, buffers = stack_module_state(models)
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}  # leaves of our own

@@ -2,14 +2,16 @@
 
 Each function here runs the equations of ``rules.py`` in the same order with ``torch._foreach_*`` ops
 (one kernel for many tensors on an accelerator) and, on the CPU, with its temporaries in reused
-scratch buffers. It decides nothing: which variant, which bias correction and whether the tensors
-are adapted arrive as arguments, resolved once by ``Lamb``. tests/test_optim_torch.py and
-tests/test_variants.py hold every path equal to the reference to float rounding.
+scratch buffers. It decides nothing: the variant and the step's numbers (``rules.hyper``: the bias
+correction, whether the tensors are adapted) arrive as arguments, and the ratio is ``rules.trust``.
+tests/test_optim_torch.py and tests/test_variants.py hold every path equal to the reference to
+float rounding.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache, partial
 
 import torch
@@ -18,51 +20,47 @@ from torch import Tensor
 from lambexp.optim import rules
 from lambexp.optim.fast import chunks
 from lambexp.optim.fast.chunks import Scratch
+from lambexp.optim.rules import Hyper
 from lambexp.optim.variants import Variant
 
 
-def lamb_step(group: dict, w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor],
-              steps: list[int], *, variant: Variant, correction: str, adapt: bool,
-              scratch: Scratch) -> tuple[Tensor, Tensor, Tensor]:
-    """``rules.lamb`` on the tensors ``w`` in place (m, v too); returns their r, r1, r2.
+def lamb_step(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], steps: list[int],
+              *, variant: Variant, hyper: Callable[[int], Hyper], scratch: Scratch
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """``rules.lamb_update`` on the tensors ``w`` in place (m, v too); returns their r, r1, r2.
+    ``hyper`` gives step t's numbers (``rules.hyper`` of the group).
 
     The elementwise part (the moments and the direction u the rule scales by r) is ``direction``;
     a CPU tensor too large to share a cache chunk takes ``adam_kernel_direction`` instead. Then
-    the norms over whole tensors, the ratio, and w ← w − coef·r·d."""
+    the norms over whole tensors, ``rules.trust``, and w ← w − s·r·u."""
+    hs = [hyper(t) for t in steps] if len(set(steps)) > 1 else [hyper(steps[0])] * len(steps)
+    h = hs[0]  # what does not depend on t: λ, c, the flags
+    if variant.decay == "decoupled" and h.weight_decay:
+        torch._foreach_mul_(w, 1 - h.lr * h.weight_decay)  # rules.decoupled, before r1 reads w
     cpu = w[0].device.type == "cpu"
     if cpu and adam_kernel_fits(w, g, m, v):
-        d, r1, r2, coef = adam_kernel_direction(group, w[0], g[0], m[0], v[0], steps[0],
-                                                variant=variant, correction=correction,
-                                                scratch=scratch)
+        d, r1, r2, coef = adam_kernel_direction(w[0], g[0], m[0], v[0], steps[0], hs[0],
+                                                variant=variant, scratch=scratch)
     else:
-        d = direction(group, w, g, m, v, steps, scratch.like(2, w) if cpu else None,
-                      variant=variant, correction=correction, scratch=scratch)
+        d = direction(w, g, m, v, hs, scratch.like(2, w) if cpu else None, variant=variant,
+                      scratch=scratch)
         norms = rules.rms_each if variant.norm == "rms" else norm_each
         r1, r2 = norms(w), norms(d)
-        beta1, beta2 = group["betas"]
-        coef = [group["lr"] * (math.sqrt(1 - beta2**t) / (1 - beta1**t) if correction == "step" else 1.0)
-                for t in steps]
-    if variant.clamp_on == "w_norm":
-        r1 = rules.clamped(r1, group["clamp"])
-    r = rules.ratio(r1, r2, group["clamp"] if variant.clamp_on == "r" else None)
-    if group["trust_clip"] is not None:
-        r = rules.clamped(r, group["trust_clip"])
-    if not adapt:
-        r = torch.ones_like(r)
-    descend(w, d, coef, None if group["adam"] else r)
+        coef = [x.s for x in hs]
+    r, r1 = rules.trust(variant, r1, r2, h)
+    descend(w, d, coef, None if h.adam else r)
     return r, r1, r2
 
 
-def direction(group: dict, w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor],
-              steps: list[int], out: list[Tensor] | None, *, variant: Variant, correction: str,
-              scratch: Scratch) -> list[Tensor]:
-    """m ← β1·m + (1−β1)·g and v ← β2·v + (1−β2)·g² in place, and the direction u the rule
-    scales by r, piece by piece as ``rules.lamb``: λ·w added to g first (decay "gradient") or
-    to u (decay "update"); u = m̂/(√v̂ + ε) with the correction "moments", else m/(√v + ε).
+def direction(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], hs: list[Hyper],
+              out: list[Tensor] | None, *, variant: Variant, scratch: Scratch) -> list[Tensor]:
+    """``rules.moments`` in place on m, v and ``rules.direction`` (the u the rule scales by r),
+    piece by piece: λ·w added to g first (decay "gradient") or to u (decay "update");
+    u = m̂/(√v̂ + ε), the division by bc1 and √bc2 skipped where they are 1.
     On the CPU (``out`` given) it is written into ``out`` and the temporaries into ``scratch``;
     elsewhere (``out`` None) the foreach ops make new tensors."""
-    beta1, beta2 = group["betas"]
-    lam, eps = group["weight_decay"], group["eps"]
+    h = hs[0]
+    lam, eps = h.weight_decay, h.eps
 
     def into(dest, foreach_op, op, *args: list) -> list[Tensor]:
         """``foreach_op(*args)``, or on the CPU the same ``op`` tensor by tensor written into
@@ -76,40 +74,40 @@ def direction(group: dict, w: list[Tensor], g: list[Tensor], m: list[Tensor], v:
 
     if variant.decay == "gradient" and lam:
         g = into(0, partial(torch._foreach_add, alpha=lam), partial(torch.add, alpha=lam), g, w)
-    torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β1·m + (1−β1)·g
-    torch._foreach_mul_(v, beta2)
-    torch._foreach_addcmul_(v, g, g, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
-    if correction != "moments" and not (variant.decay == "update" and lam):
+    torch._foreach_lerp_(m, g, h.one_minus_beta1)  # m ← β1·m + (1−β1)·g
+    torch._foreach_mul_(v, h.beta2)
+    torch._foreach_addcmul_(v, g, g, value=h.one_minus_beta2)  # v ← β2·v + (1−β2)·g²
+    uncorrected = all(x.bc1 == 1 and x.sqrt_bc2 == 1 for x in hs)  # dividing by 1 changes nothing
+    if uncorrected and not (variant.decay == "update" and lam):
         denom = into(out, torch._foreach_sqrt, torch.sqrt, v)
         torch._foreach_add_(denom, eps)
         return into(out, torch._foreach_div, torch.div, m, denom)  # u = m / (√v + ε)
-    bc1, bc2 = bias_corrections(steps, beta1, beta2, correction == "moments")
     denom = into(1, torch._foreach_sqrt, torch.sqrt, v)
-    torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
+    torch._foreach_div_(denom, [x.sqrt_bc2 for x in hs])
     torch._foreach_add_(denom, eps)  # √v̂ + ε
-    u = into(out, torch._foreach_div, torch.div, m, bc1)  # m̂
+    u = into(out, torch._foreach_div, torch.div, m, [x.bc1 for x in hs])  # m̂
     torch._foreach_div_(u, denom)
-    if lam:
+    if variant.decay == "update" and lam:
         torch._foreach_add_(u, w, alpha=lam)  # u = m̂/(√v̂ + ε) + λ·w
     return u
 
 
-def adam_kernel_direction(group: dict, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *,
-                          variant: Variant, correction: str, scratch: Scratch):
+def adam_kernel_direction(w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, h: Hyper, *,
+                          variant: Variant, scratch: Scratch):
     """``direction`` and the norms for one large CPU tensor, in fewer passes over memory:
     LAMB's direction is Adam's, so torch's fused Adam kernel makes it, with the moments, in
     one pass; the norms are dot products, which use every thread (``_foreach_norm`` one).
     Equal to the rule to float rounding (tested); LeNet's fc1.weight (400,000) is one.
 
-    The kernel, run with lr 1 on a scratch tensor d as its parameter, writes
-    d ← d − c·m̂/(√v̂ + ε'). With c = 1 and ε' = ε where the rule divides m and v by their
-    bias corrections (paper), else c = √(1−β2ᵗ)/(1−β1ᵗ) and ε' = ε/√(1−β2ᵗ), that is
-    d − c·m/(√v + ε). Starting from d = −c·λ·w (decay "update"; decay "gradient" puts λ·w
-    into g), d = −c·u. Returns [d], r1, r2 and the coefficient of d in w ← w − coef·r·d."""
-    beta1, beta2 = group["betas"]
-    lam, eps = group["weight_decay"], group["eps"]
-    corrected = correction == "moments"
-    c = 1.0 if corrected else math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    The kernel, run with lr 1 on a scratch tensor d as its parameter, always divides m and v by
+    (1−β1ᵗ) and (1−β2ᵗ): d ← d − m̂/(√v̂ + ε'). Where the rule divides by bc1 and √bc2 of its
+    own (``rules.hyper``: those, or 1), c = √(1−β2ᵗ)/(1−β1ᵗ)·bc1/√bc2 and ε' = ε·√bc2/√(1−β2ᵗ)
+    make that d − c·m̃/(√ṽ + ε) with m̃ = m/bc1, √ṽ = √v/√bc2: the rule's u, scaled by c.
+    Starting from d = −c·λ·w (decay "update"; decay "gradient" puts λ·w into g), d = −c·u.
+    Returns [d], r1, r2 and the coefficient of d in w ← w − s·r·u = w + (s/c)·r·d."""
+    beta1, beta2 = 1 - h.one_minus_beta1, h.beta2
+    lam, sqrt_bc2 = h.weight_decay, math.sqrt(1 - beta2**t)
+    c = sqrt_bc2 / (1 - beta1**t) * h.bc1 / h.sqrt_bc2
     d = scratch.like(2, [w])[0]
     if variant.decay == "gradient" and lam:
         g = torch.add(g, w, alpha=lam, out=scratch.like(0, [g])[0])  # g + λ·w
@@ -119,16 +117,13 @@ def adam_kernel_direction(group: dict, w: Tensor, g: Tensor, m: Tensor, v: Tenso
         d.zero_()
     torch._fused_adam_([d], [g], [m], [v], [], [torch.tensor(float(t))], lr=1.0,
                        beta1=beta1, beta2=beta2, weight_decay=0.0,
-                       eps=eps if corrected else eps / math.sqrt(1 - beta2**t),
-                       amsgrad=False, maximize=False)
+                       eps=h.eps * h.sqrt_bc2 / sqrt_bc2, amsgrad=False, maximize=False)
     flat_w, flat_d = w.view(-1), d.view(-1)
     norm_w, norm_dir = torch.dot(flat_w, flat_w).sqrt(), torch.dot(flat_d, flat_d).sqrt() / c
     if variant.norm == "rms":
         root_n = math.sqrt(w.numel())
         norm_w, norm_dir = norm_w / root_n, norm_dir / root_n
-    # w ← w − s·r·u with d = −c·u: coef·d, coef = −s/c; s = lr·c when the step carries it
-    coef = -group["lr"] if correction == "step" else -group["lr"] / c
-    return [d], norm_w[None], norm_dir[None], [coef]
+    return [d], norm_w[None], norm_dir[None], [-h.s / c]
 
 
 def adam_kernel_fits(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]) -> bool:
@@ -150,12 +145,6 @@ def cpu_adam_kernel() -> bool:
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return True
-
-
-def bias_corrections(steps: list[int], beta1: float, beta2: float, on: bool):
-    if not on:
-        return [1.0] * len(steps), [1.0] * len(steps)
-    return [1 - beta1**t for t in steps], [1 - beta2**t for t in steps]
 
 
 def descend(w: list[Tensor], d: list[Tensor], coef: list[float], r: Tensor | None) -> None:

@@ -1,29 +1,24 @@
-"""``Lamb(fused=True)``'s step, speed only: the rules of ``rules.py`` as torch.compile'd (inductor)
-kernels, a tensor's whole update in one call, and ``FusedStep``, which runs them over a param group.
-Hyper-parameters travel as a tensor, so a new step size never recompiles; nothing is compiled
-before the first fused step. tests/test_optim_fused.py holds them equal to the reference."""
+"""``Lamb(fused=True)``'s step, speed only: ``rules.lamb_update`` compiled by torch.compile
+(inductor) for each variant, a tensor's whole update in one call, and ``FusedStep``, which runs it
+over a param group. The compiled function is the reference's own chain of pieces, read from the
+Variant, so every rule compiles and none is written here. Hyper-parameters travel as a tensor, so a
+new step size never recompiles; nothing is compiled before the first fused step.
+tests/test_optim_fused.py holds it equal to the reference."""
 
 from __future__ import annotations
 
 import functools
 import math
+import types
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from lambexp.optim import rules
-from lambexp.optim.variants import COMPILED_RULES, VARIANTS
-
-RULES = COMPILED_RULES  # the rules compiled here (readme2019 runs paper's kernel)
-
-# The hyper-parameter tensor ``hp``, in this order, built by ``hyper_parameters``:
-# lr (blog: the step size s), 1−β1, β2, 1−β2 (both 1−β in float64 first: in float32, 1 − 0.999
-# is off by 5e-5), ε, λ, c (∞ for no clamp), adam (1.0 or 0.0),
-# 1−β1ᵗ and √(1−β2ᵗ) (paper only; 1.0 when bias correction is off).
-HP_FIELDS = ("lr", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "weight_decay", "clamp",
-             "adam", "bc1", "sqrt_bc2")
+from lambexp.optim.variants import VARIANTS, Variant
 
 # Inductor, left to itself, recomputes a = m/(√v+ε) in the second pass and so keeps the new
 # m, v in scratch buffers until that pass: two more full-size streams (slower: docs/optimizer.md).
@@ -36,89 +31,49 @@ COMPILE_OPTIONS = {"realize_opcount_threshold": 0}
 PACK_NUMEL = 4096
 
 
-def hyper_parameters(group: dict, step: int, like: Tensor) -> Tensor:
-    """The ``hp`` tensor of ``group`` at step ``step`` on ``like``'s device, in float32 or float64.
+def hyper_parameters(h: rules.Hyper, like: Tensor) -> Tensor:
+    """A step's numbers (``rules.hyper``) as one vector on ``like``'s device, in float32 or float64,
+    in the order of ``rules.Hyper``: ∞ for no clamp, 1.0/0.0 for the flags.
 
     (Never float16: ε = 1e-8 would round to 0; a 0-dim float32 tensor does not promote the result.)
     """
-    beta1, beta2 = group["betas"]
-    lr, bc1, bc2 = group["lr"], 1 - beta1**step, 1 - beta2**step
-    correction = VARIANTS[group["rule"]].correction_for(group["bias_correction"])
-    if correction == "step":  # blog: s = lr·√(1−β2ᵗ)/(1−β1ᵗ) carries the correction
-        lr, bc1, bc2 = lr * math.sqrt(bc2) / bc1, 1.0, 1.0
-    elif correction == "none":
-        bc1, bc2 = 1.0, 1.0
-    clamp = math.inf if group["clamp"] is None else group["clamp"]
-    values = [lr, 1 - beta1, beta2, 1 - beta2, group["eps"], group["weight_decay"], clamp,
-              float(group["adam"]), bc1, math.sqrt(bc2)]
+    values = [math.inf if x is None else float(x) for x in h]
     dtype = torch.promote_types(like.dtype, torch.float32)
     return torch.tensor(values, dtype=dtype, device=like.device)
 
 
-def blog_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tensor | None = None,
-              sizes: Tensor | None = None) -> Tensor:
-    """``rules.lamb_blog`` in place on w, m, v; returns [r, r1, r2], or (3, T) when packed.
-
-        g  ← g + λ·w
-        m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
-        a  = m / (√v + ε)
-        r1 = RMS(w) ;  r2 = RMS(a) ;  r = 1 if r1 = 0 or r2 = 0, else min(r1/r2, c)
-        w  ← w − s·r·a            (r replaced by 1 when adam)
-
-    Packed: w, g, m, v hold T tensors end to end, ``seg`` (N,) gives each element's tensor and
-    ``sizes`` (T,) each tensor's length; every norm and ratio is then per tensor.
-    """
-    s, one_minus_beta1, beta2, one_minus_beta2, eps, lam, c, adam, _, _ = hp.unbind()
-    g = g + lam * w
-    m.lerp_(g, one_minus_beta1)
-    v.mul_(beta2).add_(one_minus_beta2 * g * g)
-    a = m / (torch.sqrt(v) + eps)
-    r1, r2 = _rms(w, seg, sizes), _rms(a, seg, sizes)
-    r = rules.ratio(r1, r2, c)
-    w.sub_(s * _each(torch.where(adam > 0, 1.0, r), seg) * a)
-    return torch.stack([r, r1, r2])
+def compiled_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tensor | None = None,
+                  sizes: Tensor | None = None, variant: Variant = VARIANTS["blog"]) -> Tensor:
+    """``rules.lamb_update`` of ``variant`` in place on w, m, v; returns [r, r1, r2], or (3, T)
+    when packed: w, g, m, v then hold T tensors end to end, ``seg`` (N,) gives each element's
+    tensor and ``sizes`` (T,) each tensor's length, and every norm and ratio is per tensor.
+    ``kernel`` sets ``variant`` for each rule."""
+    new = rules.lamb_update(variant, w, g, m, v, rules.Hyper(*hp.unbind()), Segments(seg, sizes))
+    w.copy_(new.w)
+    m.copy_(new.m)
+    v.copy_(new.v)
+    return torch.stack([new.r, new.r1, new.r2])
 
 
-def paper_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tensor | None = None,
-               sizes: Tensor | None = None) -> Tensor:
-    """``rules.lamb_paper`` in place on w, m, v; returns [r, r1, r2], or (3, T) when packed.
+class Segments(NamedTuple):
+    """The norms of ``rules.lamb_update`` over one tensor (``seg`` None) or per tensor of several
+    laid end to end, summed in float64 (``sizes``' dtype) so that long runs keep their digits."""
 
-        m  ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
-        u  = (m/(1−β1ᵗ)) / (√v/√(1−β2ᵗ) + ε) + λ·w
-        r1 = min(‖w‖₂, c) ;  r2 = ‖u‖₂ ;  r = 1 if r1 = 0 or r2 = 0, else r1/r2
-        w  ← w − lr·r·u           (r replaced by 1 when adam)
+    seg: Tensor | None
+    sizes: Tensor | None
 
-    ``seg``, ``sizes``: as in ``blog_step``.
-    """
-    lr, one_minus_beta1, beta2, one_minus_beta2, eps, lam, c, adam, bc1, sqrt_bc2 = hp.unbind()
-    m.lerp_(g, one_minus_beta1)
-    v.mul_(beta2).add_(one_minus_beta2 * g * g)
-    u = (m / bc1) / (torch.sqrt(v) / sqrt_bc2 + eps) + lam * w
-    r1 = rules.clamped(_norm(w, seg, sizes), c)
-    r2 = _norm(u, seg, sizes)
-    r = rules.ratio(r1, r2)
-    w.sub_(lr * _each(torch.where(adam > 0, 1.0, r), seg) * u)
-    return torch.stack([r, r1, r2])
+    def norm(self, x: Tensor, kind: str) -> Tensor:
+        if self.seg is None:
+            squares = (x * x).sum()
+        else:
+            squares = torch.zeros_like(self.sizes).index_add_(0, self.seg, (x * x).to(self.sizes.dtype))
+        if kind == "rms":
+            squares = squares / (x.numel() if self.sizes is None else self.sizes)
+        return torch.sqrt(squares).to(x.dtype)
 
-
-def _sum_of_squares(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
-    if seg is None:
-        return (x * x).sum()
-    return torch.zeros_like(sizes).index_add_(0, seg, (x * x).to(sizes.dtype))  # (T,), float64
-
-
-def _rms(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
-    n = x.numel() if sizes is None else sizes
-    return torch.sqrt(_sum_of_squares(x, seg, sizes) / n).to(x.dtype)
-
-
-def _norm(x: Tensor, seg: Tensor | None, sizes: Tensor | None) -> Tensor:
-    return torch.sqrt(_sum_of_squares(x, seg, sizes)).to(x.dtype)
-
-
-def _each(r: Tensor, seg: Tensor | None) -> Tensor:
-    """Each tensor's r, spread over its elements when packed."""
-    return r if seg is None else r[seg]
+    def each(self, r: Tensor) -> Tensor:
+        """Each tensor's r, spread over its elements when packed."""
+        return r if self.seg is None else r[self.seg]
 
 
 def packable(p: Tensor, state: dict) -> bool:
@@ -141,7 +96,8 @@ class CompileFailed(RuntimeError):
 
 @functools.cache
 def kernel(rule: str):
-    """The compiled step of ``rule`` (one of RULES), called as ``blog_step`` is.
+    """The compiled step of ``rule`` (a name of ``variants.VARIANTS``), called as
+    ``compiled_step`` is, less the variant.
 
     Compiles on its first call for each dtype and device: one graph for packed tensors and one
     for single tensors (over ``PACK_NUMEL`` elements; a non-contiguous tensor adds one per
@@ -154,7 +110,7 @@ def kernel(rule: str):
     if not torch._dynamo.is_dynamo_supported():
         raise CompileFailed("torch.compile does not support this Python")
     options = {k: v for k, v in COMPILE_OPTIONS.items() if hasattr(torch._inductor.config, k)}
-    compiled = torch.compile(blog_step if rule == "blog" else paper_step, fullgraph=True,
+    compiled = torch.compile(own_copy(compiled_step, rule, variant=VARIANTS[rule]), fullgraph=True,
                              dynamic=True, options=options)
 
     def step(*args: Tensor | None) -> Tensor:
@@ -164,6 +120,16 @@ def kernel(rule: str):
             raise CompileFailed(str(err)) from err
 
     return step
+
+
+def own_copy(fn: Callable, rule: str, variant: Variant) -> Callable:
+    """``fn`` with ``variant`` as its default, under a code object of its own. torch.compile keeps
+    one cache per code object, of at most 8 graphs (``recompile_limit``), and each rule brings up
+    to 4 (packed or not, float32 or float64): a shared code object (or a ``partial``) would stop
+    compiling at the third rule."""
+    name = f"{fn.__name__}_{rule}"
+    defaults = (*fn.__defaults__[:-1], variant)
+    return types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, defaults)
 
 
 class FusedStep:
@@ -176,16 +142,17 @@ class FusedStep:
         self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # (device, sizes) -> seg, sizes
 
     def __call__(self, group: dict, w: list[Tensor], state: dict, *,
+                 hyper: Callable[[int], rules.Hyper],
                  reference: Callable[[dict, list[Tensor]], list[Tensor]],
                  foreach: Callable[[list[Tensor]], list[Tensor]]) -> list[Tensor]:
         """Step ``w`` (their moments in ``state``); returns r, r1, r2 as vectors in the order of
-        ``w``. ``reference`` steps an empty tensor (whose RMS would divide 0 by 0); ``foreach``
-        is the fallback."""
+        ``w``. ``hyper`` gives step t's numbers; ``reference`` steps an empty tensor (whose RMS
+        would divide 0 by 0); ``foreach`` is the fallback."""
         done, stats = [], []  # indices into w stepped so far, and their (3, k) columns r, r1, r2
         try:
             step = kernel(group["rule"])
             for t, index in _by_step(state, w).items():
-                hp = hyper_parameters(group, t, w[index[0]])
+                hp = hyper_parameters(hyper(t), w[index[0]])
                 small = [j for j in index if packable(w[j], state[w[j]])]
                 if small:  # even one: its own graph would bring one more compile
                     stats.append(self._packed(step, [w[j] for j in small], state, hp))
