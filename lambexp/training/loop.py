@@ -214,6 +214,9 @@ class Trainer:
             return
         self._clock()
         self._wall_mark = None
+        # DDP's reducer must go before the process group does: a wrapper left on a Trainer that
+        # outlives the group is torn down at exit, and aborts the process (seen on rank 1)
+        self.net = self.model
         self.sink.flush()
         self.progress.end()
 
