@@ -21,8 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import events, summary_json, tiny_digits, write_idx_by_hand
+from helpers import events, summary_json, tiny_digits, write_idx_by_hand
 from pydantic import ValidationError
+from reference_lenet import initial_lenet, lenet, normalised, scores
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler
 
@@ -35,45 +36,13 @@ from lambexp.runner.reproduce import reproduce as run_reproduce
 from lambexp.training.checkpoint import load_checkpoint, save_checkpoint
 from lambexp.training.loop import LoopOptions, LoopState, fit
 
-MEAN, STD = 0.1307, 0.3081  # MNIST's normalisation in pytorch/examples' mnist/main.py
-
-
-# --- independent pieces ----------------------------------------------------------------------
-
-def normalised(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, 28, 28) as written → (N, 1, 28, 28) float32, as torchvision's ToTensor + Normalize."""
-    return ((torch.from_numpy(images.astype(np.float32)) / 255 - MEAN) / STD).unsqueeze(1)
-
-
-def lenet(weights: dict, x: torch.Tensor) -> torch.Tensor:
-    """PyTorch's 2019 MNIST-example Net, written with functional ops from a state_dict: log-probs."""
-    x = F.max_pool2d(F.relu(F.conv2d(x, weights["conv1.weight"], weights["conv1.bias"])), 2)
-    x = F.max_pool2d(F.relu(F.conv2d(x, weights["conv2.weight"], weights["conv2.bias"])), 2)
-    x = F.relu(F.linear(x.flatten(1), weights["fc1.weight"], weights["fc1.bias"]))  # (B, 500)
-    return F.log_softmax(F.linear(x, weights["fc2.weight"], weights["fc2.bias"]), dim=1)
-
-
-def initial_lenet(seed: int) -> dict:
-    """The example Net's layers, created in its order right after ``torch.manual_seed(seed)``."""
-    torch.manual_seed(seed)
-    layers = {"conv1": nn.Conv2d(1, 20, 5, 1), "conv2": nn.Conv2d(20, 50, 5, 1),
-              "fc1": nn.Linear(800, 500), "fc2": nn.Linear(500, 10)}
-    return {f"{name}.{key}": value.detach() for name, layer in layers.items()
-            for key, value in layer.state_dict().items()}
-
-
-def scores(weights: dict, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(mean NLL loss, accuracy) of the functional LeNet on the images as written."""
-    with torch.no_grad():
-        out = lenet({k: v.float().contiguous() for k, v in weights.items()}, normalised(images))
-    y = torch.from_numpy(labels.astype(np.int64))
-    return F.nll_loss(out, y).item(), (out.argmax(1) == y).double().mean().item()
-
+# --- independent pieces: the LeNet of reference_lenet.py, and the data order ------------------
 
 def reference_orders(n: int, batch_size: int, seed: int, epochs: int) -> list[list[list[int]]]:
-    """What lambexp promises (README): epoch e's order is the e-th ``torch.randperm(n)`` of a CPU
-    generator seeded with the arm's seed, cut into batches, the last one partial. The first epoch is
-    exactly what torch's ``RandomSampler(generator=...)`` draws (checked here too)."""
+    """What lambexp promises (docs/cli.md, the data order): epoch e's order is the e-th
+    ``torch.randperm(n)`` of a CPU generator seeded with the arm's seed, cut into batches, the last one
+    partial. The first epoch is exactly what torch's ``RandomSampler(generator=...)`` draws (checked
+    here too)."""
     g = torch.Generator().manual_seed(seed)
     orders = [[b.tolist() for b in torch.randperm(n, generator=g).split(batch_size)] for _ in range(epochs)]
     sampler = BatchSampler(RandomSampler(range(n), generator=torch.Generator().manual_seed(seed)),
@@ -476,7 +445,7 @@ def real_mnist() -> Path | None:
 @pytest.mark.slow
 @pytest.mark.skipif(real_mnist() is None, reason="real MNIST is not on this machine (lambexp data fetch)")
 def test_on_real_mnist_the_reported_accuracy_is_the_models_on_the_10000_test_images(tmp_path, monkeypatch):
-    from conftest import invoke
+    from helpers import invoke
 
     raw = real_mnist()
     monkeypatch.delenv("LAMBEXP_MNIST_MD5SUMS", raising=False)  # the built-in, real checksums

@@ -8,7 +8,7 @@ import shutil
 import statistics
 
 import pytest
-from conftest import events, invoke, summary_json, write_tiny_mnist
+from helpers import events, invoke, summary_json, write_tiny_mnist
 
 from lambexp.report.build import load_runs
 from lambexp.report.claims import check

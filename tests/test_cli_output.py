@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_CONFIG, lambexp_argv, run_dirs, summary_json
+from helpers import TINY_CONFIG, lambexp_argv, run_dirs, summary_json
 
 EPOCH_LINE = re.compile(r"^\[(\w+)\] epoch (\d+)/(\d+)  train loss (\d+\.\d{4})  "
                         r"test loss (\d+\.\d{4})  test accuracy (\d+\.\d{2})%$")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import events, run_dirs, tiny_config
-from conftest import invoke as shared_invoke
+from helpers import events, run_dirs, tiny_config
+from helpers import invoke as shared_invoke
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
 

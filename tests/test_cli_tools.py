@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CONFIG, invoke
+from helpers import TINY_CONFIG, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_config
+from helpers import tiny_config
 from typer.testing import CliRunner
 
 from lambexp.cli import app

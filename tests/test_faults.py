@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import lambexp_argv, run_dirs, summary_json, tiny_config
+from helpers import lambexp_argv, run_dirs, summary_json, tiny_config
 from typer.testing import CliRunner
 
 from lambexp.cli import app

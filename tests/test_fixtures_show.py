@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRAIN, events, invoke, run_dirs, summary_json, tiny_config
-from test_against_world import initial_lenet, lenet, normalised, scores
+from helpers import TINY_TRAIN, events, invoke, run_dirs, summary_json, tiny_config
+from reference_lenet import initial_lenet, lenet, normalised, scores
 
 
 def logged(arm_dir: Path, tag: str) -> dict[int, float]:
@@ -70,7 +70,7 @@ def test_the_logged_lr_climbs_through_warm_up_then_holds(tiny_mnist_env, tmp_pat
 
 def first_batch_loss(tiny, seed: int, batch_size: int) -> float:
     """Seed ``seed``'s initial LeNet on seed ``seed``'s first batch (the first ``batch_size`` of
-    ``torch.randperm`` of a CPU generator seeded with it: README's data order), by hand."""
+    ``torch.randperm`` of a CPU generator seeded with it: the data order of docs/cli.md), by hand."""
     order = torch.randperm(len(tiny.train_labels), generator=torch.Generator().manual_seed(seed))
     batch = order[:batch_size].numpy()
     with torch.no_grad():

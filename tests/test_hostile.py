@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, events, invoke, lambexp_argv, run_dirs, summary_json
+from helpers import TINY_CONFIG, events, invoke, lambexp_argv, run_dirs, summary_json
 from typer.testing import CliRunner
 
 from lambexp.cli import app

@@ -11,7 +11,7 @@ import typing
 import annotated_types
 import pytest
 import yaml
-from conftest import invoke, run_dirs, summary_json, tiny_config
+from helpers import invoke, run_dirs, summary_json, tiny_config
 
 from lambexp.config import Arm, Settings, experiment_to_yaml, load_experiment, parse_experiment
 from lambexp.config.schema import NAME_PATTERN

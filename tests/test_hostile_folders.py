@@ -16,7 +16,7 @@ from pathlib import Path
 
 import matplotlib.figure
 import pytest
-from conftest import TINY_CONFIG, lambexp_argv, run_dirs
+from helpers import TINY_CONFIG, lambexp_argv, run_dirs
 from typer.testing import CliRunner
 
 from lambexp.cli import app

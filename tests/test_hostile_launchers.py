@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import invoke, lambexp_argv, summary_json, tiny_config
+from helpers import invoke, lambexp_argv, summary_json, tiny_config
 
 REFUSE_WITHIN = 30  # seconds: a launcher that cannot start says so at once, it does not wait
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, invoke, run_dirs, summary_json, tiny_config
+from helpers import TINY_CONFIG, invoke, run_dirs, summary_json, tiny_config
 
 from lambexp.config import load_experiment
 from lambexp.errors import Interrupted

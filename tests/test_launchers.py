@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import assert_reproduce_refuses, invoke, lambexp_argv, summary_json, tiny_config
+from helpers import assert_reproduce_refuses, invoke, lambexp_argv, summary_json, tiny_config
 
 from lambexp.folders.layout import CHECKPOINT_FILE
 
@@ -37,7 +37,7 @@ def verdicts(report: str) -> list[str]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The reference: `--jobs 1` in one process, on its own tiny set (module-scoped)."""
-    from conftest import write_tiny_mnist
+    from helpers import write_tiny_mnist
 
     root = tmp_path_factory.mktemp("straight")
     tiny = write_tiny_mnist(root)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import events
+from helpers import events
 from lens_helpers import tiny_net
 from torch import nn
 

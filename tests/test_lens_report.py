@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke
+from helpers import invoke
 from torch import nn
 
 from lambexp.lens.kinds import named_kinds

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, tiny_config
+from helpers import TINY_CONFIG, tiny_config
 from typer.testing import CliRunner
 
 from lambexp.cli import app

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 import torch
-from conftest import assert_reproduce_refuses, events, invoke, summary_json
-from test_against_world import scores
+from helpers import assert_reproduce_refuses, events, invoke, summary_json
+from reference_lenet import scores
 
 from lambexp.errors import Interrupted
 from lambexp.folders.layout import CHECKPOINT_FILE, read_jsonl
@@ -115,7 +115,7 @@ def assert_same_training(ours, theirs, tiny) -> None:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The arms one after another (--stack off), on the module's own tiny set."""
-    from conftest import write_tiny_mnist
+    from helpers import write_tiny_mnist
 
     root = tmp_path_factory.mktemp("straight")
     tiny = write_tiny_mnist(root)

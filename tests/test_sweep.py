@@ -2,7 +2,7 @@
 arms are plain arms everywhere after (show-config, claims, run folders)."""
 
 import pytest
-from conftest import TINY_CONFIG, invoke, run_dirs
+from helpers import TINY_CONFIG, invoke, run_dirs
 
 from lambexp.config import parse_experiment
 from lambexp.errors import ConfigError

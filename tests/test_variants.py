@@ -193,7 +193,7 @@ def test_lambexp_rules_lists_every_rule_with_its_source_without_torch():
 
 
 def test_a_timm_config_trains_and_logs_r_1_where_timm_does_not_adapt(tiny_mnist_env, tmp_path):
-    from conftest import events, invoke, run_dirs, tiny_config
+    from helpers import events, invoke, run_dirs, tiny_config
 
     config = tmp_path / "timm.yaml"
     config.write_text(tiny_config(arms=("lamb",), rule="timm", expect=""))  # weight decay 0
@@ -276,7 +276,7 @@ def test_exclusion_lists_step_as_tfa_with_its_lists_and_log_r_1(foreach):
 
 
 def test_exclude_from_trust_bias_gives_r_1_on_the_biases_in_the_logged_events(tiny_mnist_env, tmp_path):
-    from conftest import events, invoke, run_dirs, tiny_config
+    from helpers import events, invoke, run_dirs, tiny_config
 
     config = tmp_path / "ex.yaml"
     config.write_text(tiny_config(arms=("lamb",), rule="paper", weight_decay=0.01,
@@ -312,7 +312,7 @@ def test_tfa_keeps_out_of_the_ratio_what_its_decay_list_names_when_it_has_no_tru
 def test_a_config_may_compile_any_rule_with_any_option(tmp_path):
     """The compiled step is each rule's own lamb_update (tests/test_optim_fused.py): a config asking
     for it with any rule, trust_clip, always_adapt: false or exclude_from_trust is valid."""
-    from conftest import invoke, tiny_config
+    from helpers import invoke, tiny_config
 
     for key, value in (("rule", "timm"), ("trust_clip", "0.5"), ("always_adapt", "false"),
                        ("exclude_from_trust", "[bias]")):
@@ -337,7 +337,7 @@ def test_an_applied_change_keeps_excluded_tensors_out_of_decay():
 def test_kept_out_tensors_are_recorded_and_marked_in_the_per_layer_figure(tiny_mnist_env, tmp_path):
     import json
 
-    from conftest import invoke, run_dirs, tiny_config
+    from helpers import invoke, run_dirs, tiny_config
 
     from lambexp.report import figures
     from lambexp.report.series import load_arm
