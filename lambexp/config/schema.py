@@ -221,7 +221,7 @@ ARM_KEYS: tuple[str, ...] = ("name", *SETTINGS)
 def uses_lamb_rule(optimizer: str) -> bool:
     """adam and lamb step by a LAMB rule (``rule``, ``bias_correction``, ``eps``, ``clamp`` apply);
     lars, sgd and torch_adam do not."""
-    return optimizer in ("adam", "lamb")
+    return optimizer in LAMB_OPTIMIZERS
 
 
 def default_eps(optimizer: str, rule: str) -> float:

@@ -13,9 +13,9 @@ import numpy as np
 from lambexp.errors import UserError
 from lambexp.folders.layout import METRICS_FILE, read_jsonl
 from lambexp.lens.kinds import kind_of
+from lambexp.lens.measure import KEYS
 
 LENS_FILE = "lens.json"
-KEYS = ("r", "r1", "r2", "relative_step")
 
 
 @dataclass

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-KEYS = ("r", "r1", "r2", "relative_step")  # the rows of ``step_stats``'s table, in order
+from lambexp.training.sinks import LENS_KEYS, TRUST_KEYS
+
+KEYS = TRUST_KEYS + LENS_KEYS  # the rows of ``step_stats``'s table, in order: r, r1, r2, relative_step
 
 
 @torch.no_grad()

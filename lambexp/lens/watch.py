@@ -22,6 +22,7 @@ from lambexp.folders.layout import METRICS_FILE, make_run_dir, writable_folder, 
 from lambexp.lens.folder import LENS_FILE
 from lambexp.lens.kinds import kind_of, named_kinds
 from lambexp.lens.measure import KEYS, step_stats, take_norms
+from lambexp.training.sinks import TRUST_KEYS, JsonlSink, TensorBoardSink
 
 DEFAULT_ROOT = Path("runs/watch")
 
@@ -97,7 +98,8 @@ class Watch:
             return
         kept = [i for i, (p, b) in enumerate(zip(pending.params, pending.before))
                 if b is not None and p.grad is not None]
-        skipped = [pending.names[i] for i in range(len(pending.params)) if i not in set(kept)]
+        measured = set(kept)
+        skipped = [name for i, name in enumerate(pending.names) if i not in measured]
         self.skipped += len(skipped)
         if kept:
             r1, step = take_norms([pending.before[i] for i in kept], [pending.params[i] for i in kept])
@@ -122,11 +124,11 @@ class Watch:
 
     def _write_applied(self, x: int, stats: dict) -> None:
         """The optimizer's own r, r1, r2 (its ``trust_stats``, in group order) as ``applied/*``."""
-        table = torch.stack([stats[k] for k in ("r", "r1", "r2")]).float().cpu()
+        table = torch.stack([stats[k] for k in TRUST_KEYS]).float().cpu()
         stepped = torch.isfinite(table[0])  # NaN: not stepped (yet, or at this step)
         names = [n for n, s in zip(self._tensor_names(), stepped) if s]
         if names:
-            on_host = {"name": names, **dict(zip(("r", "r1", "r2"), table[:, stepped]))}
+            on_host = {"name": names, **dict(zip(TRUST_KEYS, table[:, stepped]))}
             for sink in self._sinks:
                 sink.trust(x, on_host, prefix="applied")
             self._sinks[1].flush()
@@ -217,7 +219,5 @@ def _refuse_sharded(params: list[Tensor]) -> None:
                              " shard's norm is not its layer's; watch an unsharded (e.g. DDP) training")
 
 
-def _open_sinks(logdir: Path):
-    from lambexp.training.sinks import JsonlSink, TensorBoardSink
-
+def _open_sinks(logdir: Path) -> tuple[TensorBoardSink, JsonlSink]:
     return TensorBoardSink(logdir), JsonlSink(logdir / METRICS_FILE)

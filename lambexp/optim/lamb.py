@@ -174,9 +174,7 @@ def adapts(group: dict) -> bool:
 
 def validate_group(group: dict) -> None:
     """Refuse impossible hyper-parameters with a ValueError naming the argument and value."""
-    variant = VARIANTS[group["rule"]]
-    if not group["bias_correction"] and variant.switch is None:
-        raise ValueError(variant.without_switch("bias_correction=False"))
+    VARIANTS[group["rule"]].correction_for(group["bias_correction"])  # a switch the rule lacks: refused
     beta1, beta2 = group["betas"]
     check_range("lr", group["lr"], group["lr"] >= 0, ">= 0")
     check_range("betas[0]", beta1, 0 <= beta1 < 1, "in [0, 1)")

@@ -301,8 +301,7 @@ def trust_ridges(title: str, runs: dict[str, ArmSeries], colors: dict[str, str],
     return _save(fig, path)
 
 
-def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "r1",
-                x_label: str = SAMPLES) -> Path:
+def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "r1") -> Path:
     """``key`` (r1, the weight norm, by default) of every layer over training, one panel per arm, one line
     per parameter tensor (biases dashed), log y shared across panels; a dotted line where values turn NaN/inf.
     """
@@ -322,7 +321,7 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
         if len(bad):
             ax.axvline(s.trust_steps[bad[0]], color="black", ls=":", lw=1.2, label="first NaN/inf")
         ax.set(yscale="log", title=arm)
-        _samples_axis(ax, None, x_label)
+        _samples_axis(ax, None)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(f"{TRUST_TITLES.get(key, key)}, log scale")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}

@@ -81,11 +81,6 @@ class StackGroup:
         if not self.training:  # the last one: nothing holds the stack any more
             self._stack, self._stacked = None, []
 
-    def close(self) -> None:
-        """Every member leaves (the group stops)."""
-        for slot in list(self.training):
-            self.leave(slot)
-
     def _losses(self, batches: dict[int, Tensor]) -> list[Tensor]:
         """Each stepping member's loss on its batch, its parameters' ``.grad`` set, after one
         stacked forward and backward; restacked when the members stepping changed."""

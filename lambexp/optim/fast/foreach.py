@@ -33,7 +33,8 @@ def lamb_step(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor]
     The elementwise part (the moments and the direction u the rule scales by r) is ``direction``;
     a CPU tensor too large to share a cache chunk takes ``adam_kernel_direction`` instead. Then
     the norms over whole tensors, ``rules.trust``, and w ← w − s·r·u."""
-    hs = [hyper(t) for t in steps] if len(set(steps)) > 1 else [hyper(steps[0])] * len(steps)
+    by_step = {t: hyper(t) for t in set(steps)}  # one Hyper per distinct step count
+    hs = [by_step[t] for t in steps]
     h = hs[0]  # what does not depend on t: λ, c, the flags
     if variant.decay == "decoupled" and h.weight_decay:
         torch._foreach_mul_(w, 1 - h.lr * h.weight_decay)  # rules.decoupled, before r1 reads w
