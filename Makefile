@@ -33,8 +33,9 @@ run: install  ## the main job: fetch MNIST if needed, run $(CONFIG) (Adam vs LAM
 reproduce-all: install  ## the post's experiments (E1-E6), $(SEEDS) seeds (default 3), then runs/reproduce/REPORT.md
 	$(VENV)/bin/lambexp reproduce --seeds $(SEEDS)
 
-test: install-test  ## lint, then the whole test suite
+test: install-test  ## lint, the layers' import contract (pyproject.toml), then the whole test suite
 	$(VENV)/bin/ruff check lambexp tests benchmarks examples
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 test-install:  ## a plain `pip install .` (no test extras) in a fresh venv, used from an empty folder

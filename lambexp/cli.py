@@ -15,8 +15,9 @@ from typing import Annotated
 
 import typer
 
+from lambexp.base.files import SUMMARY_FILE
+from lambexp.base.statuses import NOT_STARTED, REPRODUCED, Status
 from lambexp.errors import ConfigError, Interrupted, NoRunFolders, ResumableError, UserError
-from lambexp.folders.layout import SUMMARY_FILE
 from lambexp.output import json_text, optimizer_text, pct, print_table, yes_no
 from lambexp.training.signals import graceful_stop
 
@@ -266,7 +267,7 @@ def _summary(arm_dir: Path) -> dict:
     from lambexp.folders.layout import read_summary
 
     summary = read_summary(arm_dir)
-    return summary.to_json() if summary else {"arm": arm_dir.name, "status": "not started"}
+    return summary.to_json() if summary else {"arm": arm_dir.name, "status": NOT_STARTED}
 
 
 def print_summaries(arm_dirs: list[Path]) -> None:
@@ -274,7 +275,7 @@ def print_summaries(arm_dirs: list[Path]) -> None:
           f" {'wall s':>7s}")
     for arm_dir in arm_dirs:
         s = _summary(arm_dir)
-        if s.get("status") not in ("finished", "interrupted"):
+        if s.get("status") not in (Status.FINISHED, Status.INTERRUPTED):
             continue
         bad = f"step {s['diverged_step']}" if s["diverged"] else "no"
         print(f"{s['arm']:24s} {pct(s['final_test_accuracy']):>9s} {pct(s['best_test_accuracy']):>9s} "
@@ -353,7 +354,7 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
             if not quiet:  # --quiet: the report's path alone
                 typer.echo(tally_line(runs))
             typer.echo(f"report: {report_path}")
-            failed = [(c, v) for c, v in claim_verdicts(runs) if v != "REPRODUCED"] if strict else []
+            failed = [(c, v) for c, v in claim_verdicts(runs) if v != REPRODUCED] if strict else []
             if failed:
                 for claim, verdict in failed:
                     typer.echo(f"strict: {verdict}: {claim}", err=True)
@@ -509,7 +510,7 @@ def rules_verb(ctx: typer.Context, json_out: Json = False, debug: Debug = False)
     code publishes it: where weight decay enters, the bias correction, the norm, the clamp, the
     global gradient clip, which tensors get the trust ratio, eps, betas, and the source."""
     with reported(ctx, debug):
-        from lambexp.optim.variants import VARIANTS
+        from lambexp.base.variants import VARIANTS
 
         if json_out:  # numbers as numbers; the table below keeps them as text
             _print_json([variant.facts() for variant in VARIANTS.values()])

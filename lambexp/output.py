@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
+from lambexp.base.variants import uses_lamb_rule
+
 
 def pct(x: float | None) -> str:
     """0.9866 → '98.66%'; None → 'n/a'."""
@@ -19,8 +21,6 @@ def yes_no(x: bool | None) -> str:
 
 def optimizer_text(optimizer: str, rule: str, bias_correction: bool = True) -> str:
     """'lamb (blog)', 'adam (paper, no bias correction)', 'lars': the rule only where it applies."""
-    from lambexp.config.schema import uses_lamb_rule  # here: --help must not wait for pydantic
-
     if not uses_lamb_rule(optimizer):
         return optimizer
     return f"{optimizer} ({rule}{'' if bias_correction else ', no bias correction'})"

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lambexp.base.variants import RULES, SWITCHED_RULES
 from lambexp.config import (
     SETTINGS,
     Arm,
@@ -21,7 +22,6 @@ from lambexp.config import (
     validate_experiment,
 )
 from lambexp.errors import ConfigError
-from lambexp.optim.variants import RULES, SWITCHED_RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

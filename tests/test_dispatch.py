@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from lambexp.base.statuses import Status
 from lambexp.config import parse_experiment
 from lambexp.errors import DataError, Interrupted, UserError
 from lambexp.runner.dispatch import dispatch
-from lambexp.runner.plan import FINISHED, INTERRUPTED, Training
+from lambexp.runner.plan import Training
 
 TOY = """name: toy
 epochs: 1
@@ -31,7 +32,7 @@ def trainings(tmp_path) -> list[Training]:
 
 class Scripted:
     """A launcher whose units end one per poll, oldest first, as ``ends`` says for the unit's first
-    training (by arm name; default: finished with accuracy 0.5): INTERRUPTED, or a UserError. It
+    training (by arm name; default: finished with accuracy 0.5): Status.INTERRUPTED, or a UserError. It
     records what was submitted, the most units in flight, and what was cancelled."""
 
     early = "a scripted reason"
@@ -57,10 +58,11 @@ class Scripted:
         self.most_in_flight = max(self.most_in_flight, len(handles))
         oldest = min(handles)
         labels = self.submitted[oldest]
-        end = self.ends.get(labels[0].rsplit("/", 1)[-1], FINISHED)
+        end = self.ends.get(labels[0].rsplit("/", 1)[-1], Status.FINISHED)
         if isinstance(end, UserError):
             return [(oldest, end)]
-        return [(oldest, [(end, {"final_test_accuracy": 0.5} if end == FINISHED else None)] * len(labels))]
+        summary = {"final_test_accuracy": 0.5} if end == Status.FINISHED else None
+        return [(oldest, [(end, summary)] * len(labels))]
 
     def cancel(self, handles):
         self.cancelled = sorted(handles)
@@ -123,7 +125,7 @@ def test_a_stop_before_anything_is_sent_sends_nothing(tmp_path):
 
 
 def test_trainings_back_interrupted_unasked_are_counted_after_the_others_finish(tmp_path):
-    said, launcher = [], Scripted({"a": INTERRUPTED, "c": INTERRUPTED}, capacity=1)
+    said, launcher = [], Scripted({"a": Status.INTERRUPTED, "c": Status.INTERRUPTED}, capacity=1)
     with pytest.raises(UserError) as err:
         dispatch(trainings(tmp_path), launcher, None, said.append, lambda: False)
     assert str(err.value) == ("2 trainings stopped before the end (a scripted reason) and were checkpointed:"

@@ -1,4 +1,4 @@
-"""One definition of "diverged" (lambexp.training.divergence), applied by the trainer at the step a
+"""One definition of "diverged" (lambexp.base.divergence), applied by the trainer at the step a
 hand-worked loss sequence says, and the post's logging schedule: after batches whose index in the epoch is a
 multiple of log_interval, at x = the samples seen before that batch."""
 
@@ -10,16 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lambexp.training.divergence import (
-    NONFINITE_LOSS,
-    NONFINITE_PARAMETER,
-    Check,
-    LossWatch,
-    decide,
-    first_divergence,
-    track_first_bad,
-    verdict,
-)
+from lambexp.base.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch, first_divergence
+from lambexp.training.divergence import Check, decide, track_first_bad, verdict
 from lambexp.training.loop import LoopOptions, fit
 from lambexp.training.sinks import MemorySink
 
@@ -168,5 +160,5 @@ def test_the_first_non_finite_step_is_kept_on_the_device():
 
 
 def test_the_rule_imports_no_torch():  # the report reads it
-    code = "import sys, lambexp.training.divergence; assert 'torch' not in sys.modules"
+    code = "import sys, lambexp.base.divergence; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from helpers import invoke, run_dirs, summary_json, tiny_config
 
+from lambexp.base.variants import VARIANTS
 from lambexp.config import Arm, Settings, experiment_to_yaml, load_experiment, parse_experiment
 from lambexp.config.schema import NAME_PATTERN
 from lambexp.errors import ConfigError
-from lambexp.optim.variants import VARIANTS
 
 SWITCHLESS = sorted(name for name, v in VARIANTS.items() if v.switch is None)
 SWITCHED = sorted(name for name, v in VARIANTS.items() if v.switch is not None)

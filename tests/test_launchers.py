@@ -16,7 +16,7 @@ import time
 import pytest
 from helpers import assert_reproduce_refuses, invoke, lambexp_argv, summary_json, tiny_config
 
-from lambexp.folders.layout import CHECKPOINT_FILE
+from lambexp.base.files import CHECKPOINT_FILE
 
 TOY = tiny_config()
 ARMS = [f"seed{s}/{a}" for s in (1, 2) for a in ("adam", "lamb")]

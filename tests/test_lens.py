@@ -19,10 +19,10 @@ from lens_helpers import Recorder, tiny_net
 from torch import nn
 
 import lambexp
+from lambexp.base.variants import VARIANTS
 from lambexp.optim import rules
 from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
-from lambexp.optim.variants import VARIANTS
 
 
 def records(logdir: Path, kind: str = "trust") -> list[dict]:

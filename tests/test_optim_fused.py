@@ -9,9 +9,9 @@ import torch
 from optim_helpers import train
 from torch import nn
 
+from lambexp.base.variants import VARIANTS
 from lambexp.optim import Lamb
 from lambexp.optim.fast import fused
-from lambexp.optim.variants import VARIANTS
 
 F64 = torch.float64
 

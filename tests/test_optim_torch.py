@@ -10,11 +10,11 @@ import torch_optimizer
 from optim_helpers import batches, small_net, train
 from torch import Tensor, nn
 
+from lambexp.base.variants import VARIANTS
 from lambexp.optim import Lamb, Lars, build_optimizer
 from lambexp.optim.fast.chunks import Scratch
 from lambexp.optim.fast.foreach import cpu_adam_kernel, direction
 from lambexp.optim.lamb import hyper
-from lambexp.optim.variants import VARIANTS
 
 F64 = torch.float64
 

@@ -9,8 +9,9 @@ import pytest
 from helpers import TINY_CONFIG, tiny_config
 from typer.testing import CliRunner
 
+from lambexp.base.statuses import Status
 from lambexp.cli import app
-from lambexp.folders.layout import Status, Summary
+from lambexp.folders.layout import Summary
 from lambexp.report import build
 from lambexp.report.build import build_report
 from lambexp.report.claims import lr_range, measure
@@ -138,7 +139,7 @@ def test_the_report_opens_with_the_tally_of_verdicts(two_seed_folder, tmp_path):
 
 
 def test_every_measure_is_computed_and_formatted_by_its_entry():
-    from lambexp.config.measures import MEASURES, UNITS, fmt, match_arms
+    from lambexp.base.measures import MEASURES, UNITS, fmt, match_arms
     from lambexp.report.claims import ON_ARM, ON_GROUP
 
     assert set(ON_ARM) | set(ON_GROUP) == set(MEASURES) and not set(ON_ARM) & set(ON_GROUP)
@@ -443,8 +444,9 @@ def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_
 
 
 def test_summary_round_trip_and_damaged_ones(tmp_path):
+    from lambexp.base.statuses import Status
     from lambexp.errors import UserError
-    from lambexp.folders.layout import Status, Summary, read_summary, write_summary
+    from lambexp.folders.layout import Summary, read_summary, write_summary
 
     summary = Summary(Status.INTERRUPTED, arm="lamb", final_test_accuracy=0.5, diverged=True,
                       diverged_step=7, history=[{"step": 4, "samples": 256, "test/accuracy": 0.5}])

@@ -6,7 +6,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from lambexp.folders.layout import Status, Summary
+from lambexp.base.statuses import Status
+from lambexp.folders.layout import Summary
 from lambexp.report import figures
 from lambexp.report.series import ArmSeries
 

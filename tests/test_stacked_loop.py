@@ -15,8 +15,9 @@ import torch
 from helpers import assert_reproduce_refuses, events, invoke, summary_json
 from reference_lenet import scores
 
+from lambexp.base.files import CHECKPOINT_FILE
 from lambexp.errors import Interrupted
-from lambexp.folders.layout import CHECKPOINT_FILE, read_jsonl
+from lambexp.folders.layout import read_jsonl
 from lambexp.runner.reproduce import reproduce
 
 ARMS = ["lamb", "adam", "paper", "lars", "boom", "boom_on"]

@@ -9,8 +9,8 @@ import torch
 from optim_helpers import F64, batches, small_net, train
 from torch import nn
 
+from lambexp.base.variants import VARIANTS
 from lambexp.optim import Lamb
-from lambexp.optim.variants import VARIANTS
 
 STEPS = 30
 TOL = 1e-10

@@ -29,7 +29,7 @@ a boolean, or the same quantity of another arm:
         below: 1.0
 
 What each measure is, its unit and what it takes (layer, within_epochs, a pattern of arms) are
-lambexp.config.measures'; this module checks that a claim gives its measure what it takes.
+lambexp.base.measures'; this module checks that a claim gives its measure what it takes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from lambexp.config.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, is_pattern, names_where
+from lambexp.base.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, is_pattern, names_where
 
 MeasureName = Literal[tuple(MEASURES)]  # type: ignore[valid-type]
 Number = Annotated[float, Field(allow_inf_nan=False)]
@@ -91,7 +91,7 @@ class Expectation(BaseModel):
         return self
 
     def _misfit(self) -> str | None:
-        """What the claim gives that its measure does not take (lambexp.config.measures), or None."""
+        """What the claim gives that its measure does not take (lambexp.base.measures), or None."""
         m = MEASURES[self.measure]
         if m.is_boolean != (self.equals is not None):
             return (f"measure {names_where(lambda x: x.is_boolean)} takes `equals: true|false`; other"

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lambexp.config.measures import match_arms
+from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE
+from lambexp.base.measures import match_arms
+from lambexp.base.variants import LAMB_OPTIMIZERS, VARIANTS, pattern_matches
 from lambexp.config.overrides import apply_overrides
 from lambexp.config.problems import MISSING, in_file_order, problem, pydantic_problems
 from lambexp.config.schema import (
-    LAMB_OPTIMIZERS,
     MODEL_PARAMETERS,
     PATTERN_KEYS,
     SETTINGS,
@@ -27,8 +28,6 @@ from lambexp.config.schema import (
 from lambexp.config.sweep import expand, sweep_problems, sweep_tokens
 from lambexp.config.yaml_io import Block, YamlSyntaxError, dump_document, parse_document
 from lambexp.errors import ConfigError
-from lambexp.folders.layout import CONFIG_FILE, ENVIRONMENT_FILE
-from lambexp.optim.variants import VARIANTS, pattern_matches
 
 MAX_CONFIG_BYTES = 10**6  # the largest shipped config is 4 kB; 50 MB of YAML took 105 s to refuse
 

@@ -9,20 +9,22 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from lambexp.config.expect import Expectation
-from lambexp.optim.variants import (
+from lambexp.base.divergence import DEFINITION
+from lambexp.base.variants import (
     DEFAULT_EPS,
+    LAMB_OPTIMIZERS,
     LEFT_TO_RULE,
     RANK_FORM,
     RULES,
     SWITCHED_RULES,
     TORCH_ADAM_EPS,
     VARIANTS,
+    uses_lamb_rule,
 )
-from lambexp.training.divergence import DEFINITION
+from lambexp.config.expect import Expectation
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
-Rule = Literal[RULES]  # type: ignore[valid-type]  # the rows of lambexp.optim.variants
+Rule = Literal[RULES]  # type: ignore[valid-type]  # the rows of lambexp.base.variants
 ModelName = Literal["lenet", "mlp"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -168,7 +170,6 @@ PATTERN_KEYS = ("exclude_from_decay", "exclude_from_trust")  # parameter-name pa
 # loader (a key written for an arm that cannot use it is refused), by Arm (there it resolves to its
 # default, so it changes nothing) and by the record (which leaves it out). The LAMB rules' own
 # switches are in RULE_SWITCHES.
-LAMB_OPTIMIZERS = ("adam", "lamb")
 USED_BY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("rule", "bias_correction", "clamp", "trust_clip", "always_adapt", *PATTERN_KEYS,
                      "grad_clip_norm", "fused"), LAMB_OPTIMIZERS),
@@ -216,12 +217,6 @@ class ExperimentSpec(Header, Settings):
 
 TOP_KEYS: tuple[str, ...] = (*Header.model_fields, "arms", "sweep", *SETTINGS)  # sweep: config/sweep.py
 ARM_KEYS: tuple[str, ...] = ("name", *SETTINGS)
-
-
-def uses_lamb_rule(optimizer: str) -> bool:
-    """adam and lamb step by a LAMB rule (``rule``, ``bias_correction``, ``eps``, ``clamp`` apply);
-    lars, sgd and torch_adam do not."""
-    return optimizer in LAMB_OPTIMIZERS
 
 
 def default_eps(optimizer: str, rule: str) -> float:

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from lambexp.base.variants import RANK_FORM
 from lambexp.config.problems import problem, pydantic_problems, unknown_key_message
 from lambexp.config.schema import SETTINGS, Settings
 from lambexp.config.yaml_io import YamlSyntaxError, parse_value
-from lambexp.optim.variants import RANK_FORM
 
 SHORT = {"lr": "lr", "weight_decay": "wd", "batch_size": "b", "betas": "betas", "momentum": "mom",
          "epochs": "ep", "seed": "seed", "warmup_epochs": "warm", "exclude_from_decay": "nodecay",

@@ -9,15 +9,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE
+from lambexp.base.statuses import NOT_STARTED, RUNNING, Status
 from lambexp.config import load_experiment
 from lambexp.errors import UserError
-from lambexp.folders.layout import (
-    CONFIG_FILE,
-    ENVIRONMENT_FILE,
-    existing_arms,
-    find_experiments,
-    read_summary,
-)
+from lambexp.folders.layout import existing_arms, find_experiments, read_summary
 from lambexp.folders.lock import held_by, lock_root
 from lambexp.output import pct
 
@@ -63,9 +59,9 @@ def arm_status(arm, arm_dir: Path, in_use: bool = False) -> ArmStatus:
     running (or about to), not interrupted."""
     s = read_summary(arm_dir)
     outcome = ((s.status.value, s.diverged, s.final_test_accuracy, s.best_test_accuracy) if s
-               else ("interrupted" if arm_dir.exists() else "not started", None, None, None))
-    if in_use and outcome[0] == "interrupted":
-        outcome = ("running", *outcome[1:])
+               else (Status.INTERRUPTED.value if arm_dir.exists() else NOT_STARTED, None, None, None))
+    if in_use and outcome[0] == Status.INTERRUPTED:
+        outcome = (RUNNING, *outcome[1:])
     trained = arm.model_copy(update={k: v for k, v in s.settings.items() if k in type(arm).model_fields}) \
         if s and s.settings else arm
     return ArmStatus(arm.name, trained.seed, str(arm_dir), *outcome, trained.optimizer, trained.rule,
@@ -79,13 +75,13 @@ def run_status(exp_dir: Path) -> RunStatus:
     exp = load_experiment(exp_dir / CONFIG_FILE)
     in_use = held_by(lock_root(exp_dir)) is not None
     arms = [arm_status(arm, arm_dir, in_use) for arm, arm_dir in existing_arms(exp, exp_dir)]
-    if any(a.status == "failed" for a in arms):
-        status = "failed"
-    elif any(a.status != "finished" for a in arms):
-        status = "running" if in_use else "interrupted"
+    if any(a.status == Status.FAILED for a in arms):
+        status = Status.FAILED.value
+    elif any(a.status != Status.FINISHED for a in arms):
+        status = RUNNING if in_use else Status.INTERRUPTED.value
     else:
         bad = sum(bool(a.diverged) for a in arms)
-        status = f"diverged ({bad} of {len(arms)} arms)" if bad else "finished"
+        status = f"diverged ({bad} of {len(arms)} arms)" if bad else Status.FINISHED.value
     try:
         started = json.loads((exp_dir / ENVIRONMENT_FILE).read_text()).get("started_utc")
     except (OSError, ValueError):

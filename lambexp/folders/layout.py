@@ -27,21 +27,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lambexp.base.files import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+)
+from lambexp.base.statuses import Status
 from lambexp.errors import NoRunFolders, UserError
 
 if TYPE_CHECKING:
     from lambexp.config import Arm, Experiment
 
-CONFIG_FILE = "config.yaml"
-ENVIRONMENT_FILE = "environment.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_FILE = "model.pt"
 SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
@@ -176,16 +175,10 @@ def prepare_arm_dir(arm_dir: Path) -> bool:
 
 # --- the arm's outcome --------------------------------------------------------------------------
 
-class Status(str, Enum):
-    FINISHED = "finished"
-    INTERRUPTED = "interrupted"
-    FAILED = "failed"  # stopped by a full disk or an allocation failure: see ``error``
-
-
 @dataclass(frozen=True)
 class Summary:
     """summary.json: how an arm ended. ``diverged`` is the trainer's decision by the one rule of
-    lambexp.training.divergence; the accuracies are of the last evaluation (before the divergence, when the
+    lambexp.base.divergence; the accuracies are of the last evaluation (before the divergence, when the
     arm stopped there)."""
 
     status: Status

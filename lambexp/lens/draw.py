@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lambexp.folders.layout import Status, Summary
+from lambexp.base.statuses import Status
+from lambexp.folders.layout import Summary
 from lambexp.lens.folder import Watched
 from lambexp.lens.kinds import KINDS
 from lambexp.output import table_lines

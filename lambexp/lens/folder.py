@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lambexp.base.files import METRICS_FILE
 from lambexp.errors import UserError
-from lambexp.folders.layout import METRICS_FILE, read_jsonl
+from lambexp.folders.layout import read_jsonl
 from lambexp.lens.kinds import kind_of
 from lambexp.lens.measure import KEYS
 

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lambexp.base.files import METRICS_FILE
 from lambexp.errors import UserError
-from lambexp.folders.layout import METRICS_FILE, make_run_dir, writable_folder, write_json
+from lambexp.folders.layout import make_run_dir, writable_folder, write_json
 from lambexp.lens.folder import LENS_FILE
 from lambexp.lens.kinds import kind_of, named_kinds
 from lambexp.lens.measure import KEYS, step_stats, take_norms

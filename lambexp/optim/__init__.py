@@ -1,16 +1,9 @@
-"""lambexp's optimizers: LAMB (both published rules, Adam mode), LARS, and their trust statistics.
+"""lambexp's optimizers: LAMB (every published rule, Adam mode), LARS, and their trust statistics.
+The table of LAMB rules they step by is ``lambexp.base.variants`` (torch-free)."""
 
-The names below load on first use, so that ``lambexp.optim.variants`` (torch-free) can be read by
-the config layer without importing torch."""
+from lambexp.optim.lamb import Lamb
+from lambexp.optim.lars import Lars
+from lambexp.optim.registry import OPTIMIZERS, build_optimizer
+from lambexp.optim.trust import TrustRatioOptimizer
 
-from importlib import import_module
-
-_HOMES = {"Lamb": "lamb", "Lars": "lars", "OPTIMIZERS": "registry", "build_optimizer": "registry",
-          "TrustRatioOptimizer": "trust"}
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(import_module(f"lambexp.optim.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'lambexp.optim' has no attribute {name!r}")
+__all__ = ["OPTIMIZERS", "Lamb", "Lars", "TrustRatioOptimizer", "build_optimizer"]

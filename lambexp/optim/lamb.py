@@ -13,12 +13,12 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from lambexp.base.variants import RULES, VARIANTS
 from lambexp.optim import rules
 from lambexp.optim.fast import foreach
 from lambexp.optim.fast.chunks import Scratch, in_cache_chunks
 from lambexp.optim.fast.fused import FusedStep
 from lambexp.optim.trust import TrustRatioOptimizer, check_range
-from lambexp.optim.variants import RULES, VARIANTS
 
 
 class Lamb(TrustRatioOptimizer):

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import torch
 
+from lambexp.base.variants import TORCH_ADAM_EPS, VARIANTS, pattern_matches
 from lambexp.optim.lamb import Lamb
 from lambexp.optim.lars import Lars
-from lambexp.optim.variants import TORCH_ADAM_EPS, VARIANTS, pattern_matches
 
 
 def excluded(name: str, param: torch.Tensor, patterns: tuple[str, ...]) -> bool:

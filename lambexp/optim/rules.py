@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lambexp.optim.variants import VARIANTS, Variant
+from lambexp.base.variants import VARIANTS, Variant
 
 
 class LambStep(NamedTuple):
@@ -166,7 +166,7 @@ def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *
          beta1: float, beta2: float, eps: float, weight_decay: float, clamp: float | None,
          bias_correction: bool = True, trust_clip: float | None = None, adapt: bool = True,
          adam: bool = False) -> LambStep:
-    """One LAMB step of ``variant`` (lambexp.optim.variants) on one tensor; each line an equation,
+    """One LAMB step of ``variant`` (lambexp.base.variants) on one tensor; each line an equation,
     run only where the variant's piece says so (docs/rules.md gives each variant's):
 
         w  ← w − lr·λ·w                                (decay "decoupled": AdamW's, before r)

@@ -10,8 +10,10 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lambexp.base.divergence import DEFINITION
+from lambexp.base.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, fmt
+from lambexp.base.statuses import MIXED, NO_DATA, NOT_REPRODUCED, REPRODUCED, VERDICTS
 from lambexp.config.expect import Expectation
-from lambexp.config.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, fmt
 from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, own_folder, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
@@ -20,7 +22,6 @@ from lambexp.report.claims import ClaimResult, check, decades, mean_std, measure
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from lambexp.report.variants import variant_grid
-from lambexp.training.divergence import DEFINITION
 
 MAX_ARMS_PER_PANEL_FIGURE = 12  # figures with a panel per arm: large_batch's 12 fit, a 42-arm sweep does not
 
@@ -45,7 +46,7 @@ def _name(ref) -> str:
 def _verdict(result: ClaimResult) -> str:
     """The verdict with k of n seeds, so every row says how many seeds it stands on."""
     k, n = sum(result.holds), len(result.holds)
-    if n == 0 or result.verdict.startswith("MIXED"):
+    if n == 0 or result.verdict.startswith(MIXED):
         return result.verdict
     if result.expectation.judge == "mean":
         return f"{result.verdict} (on the mean of {n} seed{'s' * (n > 1)})"
@@ -255,9 +256,6 @@ def claim_verdicts(all_runs: list[ExperimentRuns]) -> list[tuple[str, str]]:
     return [(e.claim, check(e, r.seeds).verdict) for r in all_runs for e in r.experiment.expect]
 
 
-VERDICTS = ("REPRODUCED", "MIXED", "NOT REPRODUCED", "NO DATA")  # the words a verdict starts with
-
-
 def tally_line(all_runs: list[ExperimentRuns]) -> str:
     """The report's answer in one line: how many claims got each verdict, and over how many seeds,
     e.g. "18 of 20 claims REPRODUCED, 2 MIXED, 0 NOT REPRODUCED over 3 seeds" (NO DATA only when
@@ -267,9 +265,9 @@ def tally_line(all_runs: list[ExperimentRuns]) -> str:
     if not words:
         return "No claims to judge: these experiments state none (`expect:` in their configs)."
     n = {word: words.count(word) for word in VERDICTS}
-    line = (f"{n['REPRODUCED']} of {len(words)} claim{'s' * (len(words) != 1)} REPRODUCED,"
-            f" {n['MIXED']} MIXED, {n['NOT REPRODUCED']} NOT REPRODUCED")
-    line += f", {n['NO DATA']} NO DATA" if n["NO DATA"] else ""
+    line = (f"{n[REPRODUCED]} of {len(words)} claim{'s' * (len(words) != 1)} {REPRODUCED},"
+            f" {n[MIXED]} {MIXED}, {n[NOT_REPRODUCED]} {NOT_REPRODUCED}")
+    line += f", {n[NO_DATA]} {NO_DATA}" if n[NO_DATA] else ""
     seeds = sorted({len(r.seeds) for r in all_runs if r.experiment.expect and r.seeds})
     if not seeds:
         return f"{line}, no seed finished"

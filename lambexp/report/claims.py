@@ -1,4 +1,4 @@
-"""How each measure of lambexp.config.measures is computed from an arm's run files (a table keyed by
+"""How each measure of lambexp.base.measures is computed from an arm's run files (a table keyed by
 its name), and each claim's verdict over seeds: REPRODUCED, NOT REPRODUCED, or MIXED (k of n)."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lambexp.base.measures import MEASURES, match_arms
+from lambexp.base.statuses import NO_DATA, NOT_REPRODUCED, REPRODUCED, mixed
 from lambexp.config.expect import Expectation
-from lambexp.config.measures import MEASURES, match_arms
 from lambexp.report.series import ArmSeries
 
 
@@ -62,7 +63,7 @@ def _last(values: np.ndarray) -> float:
     return float(values[-1]) if len(values) else math.nan
 
 
-# How each measure of lambexp.config.measures is computed: of one arm (with the claim's `layer` and
+# How each measure of lambexp.base.measures is computed: of one arm (with the claim's `layer` and
 # `within_epochs` where the measure takes them), or of a group of arms and a threshold (lr_range).
 ON_ARM: dict[str, Callable[..., float]] = {
     "final_accuracy": lambda s: _last(_accuracy(s)),
@@ -80,7 +81,7 @@ ON_ARM: dict[str, Callable[..., float]] = {
 
 def measure(s: ArmSeries, name: str, layer: str | None = None,
             within_epochs: float | None = None) -> float:
-    """The value of measure ``name`` (see lambexp.config.measures) on one arm; diverged is 1.0 or
+    """The value of measure ``name`` (see lambexp.base.measures) on one arm; diverged is 1.0 or
     0.0. NaN when the run logged nothing to compute it from."""
     if name not in ON_ARM:
         raise ValueError(f"unknown measure {name!r}, or not one of a single arm")
@@ -111,12 +112,12 @@ class ClaimResult:
     def verdict(self) -> str:
         k, n = sum(self.holds), len(self.holds)
         if n == 0:
-            return "NO DATA"
+            return NO_DATA
         if self.expectation.judge == "mean":
-            return "REPRODUCED" if self.holds_on_mean else "NOT REPRODUCED"
+            return REPRODUCED if self.holds_on_mean else NOT_REPRODUCED
         if k == n:
-            return "REPRODUCED"
-        return "NOT REPRODUCED" if k == 0 else f"MIXED ({k} of {n} seeds)"
+            return REPRODUCED
+        return NOT_REPRODUCED if k == 0 else mixed(k, n)
 
 
 def _holds(e: Expectation, value: float, reference: float | None) -> bool:

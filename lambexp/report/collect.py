@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE
 from lambexp.config import Experiment, load_experiment
 from lambexp.errors import UserError
-from lambexp.folders.layout import CONFIG_FILE, ENVIRONMENT_FILE, existing_arms, is_finished
+from lambexp.folders.layout import existing_arms, is_finished
 from lambexp.report.series import ArmSeries, load_arm
 
 

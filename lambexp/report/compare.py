@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lambexp.base.statuses import Status
 from lambexp.folders.catalog import RunStatus
 from lambexp.report import figures
 from lambexp.report.collect import folder_labels
@@ -16,7 +17,7 @@ def compare_figure(runs: list[RunStatus], path: Path) -> Path | None:
     lines: dict[str, list[ArmSeries]] = {}
     for run, label in zip(runs, folder_labels([(r.experiment, Path(r.folder)) for r in runs])):
         for arm in run.arms:
-            if arm.status == "finished":
+            if arm.status == Status.FINISHED:
                 lines.setdefault(f"{label}: {arm.arm}", []).append(load_arm(Path(arm.folder), arm.seed))
     if not lines:
         return None

@@ -8,6 +8,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambexp.base.statuses import MIXED, NOT_REPRODUCED, REPRODUCED
+
 
 @dataclass
 class Heading:
@@ -65,7 +67,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0
 
 def _verdict_class(text: str) -> str:
     """A verdict cell gets its colour: REPRODUCED green, NOT REPRODUCED red, MIXED orange."""
-    for prefix, name in (("NOT REPRODUCED", "no"), ("REPRODUCED", "yes"), ("MIXED", "mixed")):
+    for prefix, name in ((NOT_REPRODUCED, "no"), (REPRODUCED, "yes"), (MIXED, "mixed")):
         if text.startswith(prefix):
             return f" class='{name}'"
     return ""

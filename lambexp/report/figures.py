@@ -17,11 +17,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-from lambexp.config.measures import DEFAULT_THRESHOLD, as_percent
+from lambexp.base.divergence import first_divergence
+from lambexp.base.measures import DEFAULT_THRESHOLD, as_percent
 from lambexp.folders.layout import replaced_atomically
 from lambexp.report.series import ArmSeries
 from lambexp.report.variants import Grid
-from lambexp.training.divergence import first_divergence
 
 matplotlib.use("Agg")  # files only, never a window: the report runs headless
 # A folder or arm name in a script DejaVu Sans lacks (CJK, say) draws as boxes; matplotlib's
@@ -91,7 +91,7 @@ def _stack(tables: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _divergence_mark(s: ArmSeries) -> tuple[float, float] | None:
     """(x, loss) where a diverged run diverged: the logged loss at which the rule of
-    lambexp.training.divergence fired, or the last finite loss before it when that loss is NaN/inf (or the
+    lambexp.base.divergence fired, or the last finite loss before it when that loss is NaN/inf (or the
     last one logged, when a parameter went bad). None when the run did not diverge."""
     if not s.diverged or not len(s.train_loss):
         return None

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lambexp.base.files import METRICS_FILE
 from lambexp.errors import UserError
-from lambexp.folders.layout import METRICS_FILE, Summary, read_jsonl, read_summary
+from lambexp.folders.layout import Summary, read_jsonl, read_summary
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ArmSeries:
 
     @property
     def diverged(self) -> bool:
-        """As the trainer decided it, by the one rule of lambexp.training.divergence (summary.json)."""
+        """As the trainer decided it, by the one rule of lambexp.base.divergence (summary.json)."""
         return self.summary.diverged
 
     @property

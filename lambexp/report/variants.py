@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lambexp.config.schema import uses_lamb_rule
+from lambexp.base.variants import uses_lamb_rule
 from lambexp.config.sweep import value_text
 from lambexp.report.claims import mean_std, measure
 from lambexp.report.collect import ExperimentRuns

@@ -15,9 +15,10 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from lambexp.base.statuses import Status
 from lambexp.errors import Interrupted, UserError
 from lambexp.runner.plan import (
-    INTERRUPTED,
+    Result,
     Say,
     Training,
     describe_unit,
@@ -28,7 +29,7 @@ from lambexp.runner.plan import (
 )
 
 Unit = list[Training]  # what one submission trains: one training, or a stacked group (--stack)
-Results = list[tuple[str, dict | None]]  # task.train_task's: (FINISHED, summary) or (INTERRUPTED, None)
+Results = list[Result]  # task.train_task's: one per training of the unit, in order
 
 STOPPED = "with the unfinished trainings cancelled; the finished ones are kept, the others continue" \
           " from their last checkpoint"
@@ -102,7 +103,7 @@ def _came_back(unit: Unit, outcome: Results | UserError, say: Say,
         raise type(outcome)(f"{unit_label(unit)}: {outcome}") from None
     early = []
     for t, (status, summary) in zip(unit, outcome):
-        if status == INTERRUPTED and not stop_requested():
+        if status == Status.INTERRUPTED and not stop_requested():
             early.append(t.label)
         say_result(t.label, status, summary, say)
     return early

@@ -21,17 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lambexp.base.files import CHECKPOINT_FILE, CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, MODEL_FILE
+from lambexp.base.statuses import Status
 from lambexp.config import Arm, Experiment, experiment_to_yaml
 from lambexp.config.schema import unused_settings
 from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.folders.layout import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    ENVIRONMENT_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    Status,
     Summary,
     make_run_dir,
     prepare_arm_dir,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lambexp.base.statuses import Status
 from lambexp.errors import UserError
 from lambexp.runner.dispatch import Results, Unit
 from lambexp.runner.task import train_task
@@ -45,22 +46,21 @@ class SlurmOptions:
 
 
 CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C or a failure: how long cancelled tasks may take to checkpoint
-FAILED = "failed"  # a task's UserError, returned as such: submitit would wrap it in its traceback
 
 
 def train_job(arms_json: list[str], arm_dirs: list[str], data_dir: str | None,
-              threads: int) -> list[tuple[str, dict | None]]:
+              threads: int) -> Results:
     """An array task: ``task.train_task`` (one training, or a stacked group), stopping cleanly (each
     arm checkpointed after its step) on SIGTERM or SIGINT (scancel) and on SIGUSR2, which submitit
     has Slurm send 90 s before the task's time limit (``--slurm-time``). A UserError comes back as
-    [(FAILED, {"error": line})]."""
+    [(Status.FAILED, {"error": line})]: submitit would wrap the error in its traceback."""
     stop = StopFlag()
     catch(stop, announce=False)
     signal.signal(signal.SIGUSR2, lambda signum, frame: setattr(stop, "signum", signum))
     try:
         return train_task(arms_json, arm_dirs, data_dir, threads, stop_requested=stop)
     except UserError as err:
-        return [(FAILED, {"error": str(err)})]
+        return [(Status.FAILED, {"error": str(err)})]
 
 
 def need_submitit():
@@ -158,11 +158,11 @@ def _configured(folder: Path, options: SlurmOptions):
 
 
 def _outcome(job) -> Results | UserError:
-    """A task's results, or why it failed: its own UserError (returned as FAILED), or Slurm's end."""
+    """A task's results, or why it failed: its own UserError (returned as Status.FAILED), or Slurm's end."""
     try:
         results = job.result()
     except Exception:  # the task raised, or Slurm killed it (memory, node failure)
         return UserError(f"its Slurm task {job.job_id} failed; the error is at the end of {job.paths.stderr}")
-    if results[0][0] == FAILED:
+    if results[0][0] == Status.FAILED:
         return UserError(results[0][1]["error"])
     return results

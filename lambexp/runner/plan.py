@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambexp.base.files import CONFIG_FILE
+from lambexp.base.statuses import Status
 from lambexp.config import Arm, Experiment, load_experiment
 from lambexp.errors import Interrupted, UserError
-from lambexp.folders.layout import CONFIG_FILE, existing_arms, is_finished, seed_dir
+from lambexp.folders.layout import existing_arms, is_finished, seed_dir
 from lambexp.output import optimizer_text, pct
 from lambexp.training.distributed import SINGLE, World
 
@@ -160,7 +162,10 @@ def unfinished(work: Sequence[Training], say: Say, world: World = SINGLE) -> lis
     return [t for t, finished in zip(work, done) if not finished]
 
 
-FINISHED, INTERRUPTED = "finished", "interrupted"  # a training's outcome, as a unit of work returns it
+
+
+# One training's outcome, as a unit of work returns it: (FINISHED, its summary) or (INTERRUPTED, None).
+Result = tuple[Status, dict | None]
 
 
 def check_stack(stack: int, given: str | None = None) -> None:
@@ -207,9 +212,9 @@ def unit_label(unit: Sequence[Training]) -> str:
     return " + ".join(t.label for t in unit)
 
 
-def say_result(label: str, status: str, summary: dict | None, say: Say) -> None:
-    """The line for a training that came back: FINISHED with its summary, or INTERRUPTED."""
-    if status == INTERRUPTED:
+def say_result(label: str, status: Status, summary: dict | None, say: Say) -> None:
+    """The line for a training that came back: Status.FINISHED with its summary, or Status.INTERRUPTED."""
+    if status == Status.INTERRUPTED:
         say(f"{label}: interrupted, checkpointed")
         return
     accuracy = (summary or {}).get("final_test_accuracy")

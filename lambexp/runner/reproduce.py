@@ -13,11 +13,10 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from lambexp.base.files import CHECKPOINT_FILE, CONFIG_FILE
 from lambexp.config import MAX_SEED, Arm, Experiment, experiment_to_yaml, load_experiment
 from lambexp.errors import Interrupted, UserError
 from lambexp.folders.layout import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
     existing_arms,
     find_experiments,
     is_finished,

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lambexp.base.statuses import Status
 from lambexp.config import Arm
 from lambexp.errors import Interrupted
 from lambexp.runner.experiment import ArmInputs, ArmRun
-from lambexp.runner.plan import FINISHED, INTERRUPTED, Say, Training, describe_unit, say_result
+from lambexp.runner.plan import Result, Say, Training, describe_unit, say_result
 from lambexp.training.group import MemberError, StackGroup, as_member
 from lambexp.training.progress import Progress
 from lambexp.training.stack import check_stackable
-
-Result = tuple[str, dict | None]  # (FINISHED, its summary) or (INTERRUPTED, None)
 
 
 def train_together(group: list[Training], inputs: ArmInputs, progress_for: Callable[[Arm], Progress],
@@ -44,7 +43,7 @@ def train_together(group: list[Training], inputs: ArmInputs, progress_for: Calla
         together = StackGroup([run.trainer for run in runs])
         while together.training:
             for slot in together.step():
-                results[slot] = FINISHED, as_member(slot, runs[slot].finish).to_json()
+                results[slot] = Status.FINISHED, as_member(slot, runs[slot].finish).to_json()
                 say_result(group[slot].label, *results[slot], say)
     except MemberError as failure:
         stop_group(group, runs, results, failure.slot, failure.error, say)
@@ -65,7 +64,7 @@ def stop_group(group: list[Training], runs: list[ArmRun], results: dict[int, Res
         if not stopping and (slot is None or s == slot):  # as alone: only a started arm is marked
             failures.append((s, run.fail(err) if run.trainer is not None else err))
             continue
-        results[s] = INTERRUPTED, None
+        results[s] = Status.INTERRUPTED, None
         if run.trainer is None:  # never started: nothing to checkpoint
             continue
         try:
@@ -73,7 +72,7 @@ def stop_group(group: list[Training], runs: list[ArmRun], results: dict[int, Res
         except Exception as late:  # a full disk fails the others' checkpoints alike
             failures.append((s, run.fail(late)))
             continue
-        say_result(group[s].label, INTERRUPTED, None, say)
+        say_result(group[s].label, Status.INTERRUPTED, None, say)
     if failures:
         raise min(failures, key=lambda f: f[0] != slot)[1]  # the raiser's own, else the first
 
@@ -85,5 +84,5 @@ def run_group(group: list[Training], inputs: ArmInputs, say: Say,
     when a member was interrupted."""
     say(describe_unit(group))
     results = train_together(group, inputs, progress_for, stop_requested, apply_changes, say)
-    if any(status == INTERRUPTED for status, _ in results):
+    if any(status == Status.INTERRUPTED for status, _ in results):
         raise Interrupted("with every training of the stack checkpointed; the finished ones are kept")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from lambexp.base.statuses import Status
 from lambexp.config import Arm
 from lambexp.errors import Interrupted
 from lambexp.runner.experiment import ArmInputs, run_arm
-from lambexp.runner.plan import FINISHED, INTERRUPTED, Training
+from lambexp.runner.plan import Result, Training
 from lambexp.runner.stacked import train_together
 from lambexp.training.progress import NoProgress
 
@@ -26,10 +27,10 @@ _INPUTS: dict = {}  # in a worker: MNIST loaded once per data folder, reused by 
 
 
 def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, threads: int | None = None,
-               stop_requested: Callable[[], bool] | None = None) -> list[tuple[str, dict | None]]:
+               stop_requested: Callable[[], bool] | None = None) -> list[Result]:
     """Train one arm (``Arm`` as JSON) into its folder, or several as one stacked model
-    (``--stack``: lambexp.runner.stacked); for each, in order, (FINISHED, its summary) or
-    (INTERRUPTED, None). ``threads``: the CPU threads torch may use here (None: torch's choice)."""
+    (``--stack``: lambexp.runner.stacked); for each, in order, (Status.FINISHED, its summary) or
+    (Status.INTERRUPTED, None). ``threads``: the CPU threads torch may use here (None: torch's choice)."""
     if threads:
         torch.set_num_threads(threads)
     arms = [Arm.model_validate_json(a) for a in arms_json]
@@ -43,5 +44,5 @@ def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, 
     try:
         summary = run_arm(arms[0], data, device, Path(arm_dirs[0]), NoProgress(), stop_requested=stop)
     except Interrupted:
-        return [(INTERRUPTED, None)]
-    return [(FINISHED, summary.to_json())]
+        return [(Status.INTERRUPTED, None)]
+    return [(Status.FINISHED, summary.to_json())]

@@ -17,11 +17,11 @@ from functools import cache, partial
 import torch
 from torch import Tensor
 
+from lambexp.base.variants import Variant
 from lambexp.optim import rules
 from lambexp.optim.fast import chunks
 from lambexp.optim.fast.chunks import Scratch
 from lambexp.optim.rules import Hyper
-from lambexp.optim.variants import Variant
 
 
 def lamb_step(w: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], steps: list[int],

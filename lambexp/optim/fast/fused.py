@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lambexp.base.variants import VARIANTS, Variant
 from lambexp.optim import rules
-from lambexp.optim.variants import VARIANTS, Variant
 
 # Inductor, left to itself, recomputes a = m/(√v+ε) in the second pass and so keeps the new
 # m, v in scratch buffers until that pass: two more full-size streams (slower: docs/optimizer.md).

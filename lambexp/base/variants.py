@@ -132,6 +132,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 RULES = tuple(VARIANTS)
 DEFAULT_EPS = {name: variant.eps for name, variant in VARIANTS.items()}
 TORCH_ADAM_EPS = 1e-8  # torch.optim.Adam's own default, for the torch_adam arms
+LAMB_OPTIMIZERS = ("adam", "lamb")  # the optimizers that step by a row of this table
+
+
+def uses_lamb_rule(optimizer: str) -> bool:
+    """adam and lamb step by a LAMB rule (``rule``, ``bias_correction``, ``eps``, ``clamp`` apply);
+    lars, sgd and torch_adam do not."""
+    return optimizer in LAMB_OPTIMIZERS
+
 SWITCHED_RULES = tuple(name for name, v in VARIANTS.items() if v.switch is not None)
 # The options a LAMB step leaves to its rule, and the value that leaves them (``Variant.resolve``).
 LEFT_TO_RULE = {"eps": None, "bias_correction": None, "always_adapt": None, "grad_clip_norm": "rule"}

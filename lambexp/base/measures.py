@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lambexp.training.divergence import DEFINITION
+from lambexp.base.divergence import DEFINITION
 
 DEFAULT_THRESHOLD = 0.97  # final test accuracy at which an lr "trains", fixed before any run (docs/claims.md)
 
@@ -66,7 +66,7 @@ MEASURES: dict[str, Measure] = {  # in the order error messages list them
         " consecutive lrs whose arms matching `arm` (a pattern with *, e.g. lamb_lr*_wd0) all reach"
         f" `threshold` (default {as_percent(DEFAULT_THRESHOLD)}) final test accuracy (an lr in between"
         " that fails ends a run); 0 for a single lr, NaN for none", "decades", over_pattern=True),
-    "diverged": Measure(f"as the trainer decided (lambexp.training.divergence): {DEFINITION}", "yes/no"),
+    "diverged": Measure(f"as the trainer decided (lambexp.base.divergence): {DEFINITION}", "yes/no"),
     "r_max": Measure(f"largest trust ratio r over training {_OF_ONE_LAYER}", takes_layer=True),
     "r_median": Measure(f"median of r over training {_OF_ONE_LAYER}", takes_layer=True),
     "r_start_median": Measure(f"median of r across layers at the first log {_OF_ONE_LAYER}",
