@@ -540,7 +540,7 @@ def test_fused_is_true_false_or_auto_and_reaches_lamb():
     import torch
 
     from lambexp.optim import build_optimizer
-    from lambexp.runner.experiment import optimizer_args, use_fused
+    from lambexp.runner.arm import optimizer_args, use_fused
 
     arms = parse_experiment("name: e\narms: [{name: a}, {name: b, fused: true},"
                             " {name: c, fused: auto}]\n").arms

@@ -16,7 +16,8 @@ from lambexp.cli import app
 from lambexp.config import parse_experiment
 from lambexp.data import load_mnist
 from lambexp.errors import Interrupted
-from lambexp.runner.experiment import make_run_dir, run_arm
+from lambexp.folders.layout import make_run_dir
+from lambexp.runner.arm import run_arm
 from lambexp.training.loop import warm_up
 from lambexp.training.progress import NoProgress
 
@@ -92,7 +93,7 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import lambexp.runner.experiment as experiment
+    import lambexp.runner.arm as arm_module
 
     arm, data = _arm_and_data(tiny_mnist_env, long_config(3))
     kept = []
@@ -102,14 +103,14 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_nothing_twice(tiny_mnist_
         if not kept:
             kept.append(shutil.copy(path, tmp_path / "epoch1.pt"))
 
-    save = experiment.save_checkpoint
-    monkeypatch.setattr(experiment, "save_checkpoint", save_and_keep_the_first)
+    save = arm_module.save_checkpoint
+    monkeypatch.setattr(arm_module, "save_checkpoint", save_and_keep_the_first)
     run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", NoProgress())
     whole = _records(tmp_path / "arm")
     # the crash: the first checkpoint is the last one on disk, no summary, every later record there
     shutil.copy(kept[0], tmp_path / "arm" / "checkpoint.pt")
     (tmp_path / "arm" / "summary.json").unlink()
-    monkeypatch.setattr(experiment, "save_checkpoint", save)
+    monkeypatch.setattr(arm_module, "save_checkpoint", save)
     resumed = run_arm(arm, data, torch.device("cpu"), tmp_path / "arm", NoProgress())
     assert resumed.finished and resumed.steps == 12
     assert _records(tmp_path / "arm") == whole
@@ -218,8 +219,8 @@ def test_unwritable_runs_dir_exit_2_nothing_written(tiny_mnist_env, tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
-def test_corrupt_data_is_never_trained_on(tiny_mnist_env, tmp_path):
-    raw = Path(tiny_mnist_env.data_dir) / "MNIST" / "raw" / "train-images-idx3-ubyte"
+def test_corrupt_data_is_never_trained_on(fresh_tiny_mnist_env, tmp_path):
+    raw = Path(fresh_tiny_mnist_env.data_dir) / "MNIST" / "raw" / "train-images-idx3-ubyte"
     raw.write_bytes(raw.read_bytes()[:-100])  # truncated
     config = tmp_path / "boom.yaml"
     config.write_text(BOOM)

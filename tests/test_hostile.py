@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_CONFIG, events, invoke, lambexp_argv, run_dirs, summary_json
+from helpers import TINY_CONFIG, events, invoke, lambexp_argv, run_dirs, summary_json, write
 from typer.testing import CliRunner
 
 from lambexp.cli import app
@@ -25,11 +25,6 @@ from lambexp.runner.experiment import run_experiment
 from lambexp.runner.plan import make_plan
 
 MID = TINY_CONFIG.replace("epochs: 1", "epochs: 3")  # 12 steps an arm, a checkpoint each epoch
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def stderr_lines(result) -> list[str]:
@@ -251,13 +246,13 @@ def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
 
 def test_an_allocation_failure_names_the_setting_and_marks_the_arm_failed(tiny_mnist_env, tmp_path,
                                                                          monkeypatch):
-    from lambexp.runner import experiment
+    from lambexp.runner import arm
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough"
                            " memory: you tried to allocate 1228800000000 bytes.")
 
-    monkeypatch.setattr(experiment.Trainer, "step", no_memory)
+    monkeypatch.setattr(arm.Trainer, "step", no_memory)
     result = cli("run", write(tmp_path / "t.yaml", TINY_CONFIG), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2
     (line,) = stderr_lines(result)

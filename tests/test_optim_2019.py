@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lambexp.config import load_experiment
 from lambexp.model import build_model
 from lambexp.optim import build_optimizer
-from lambexp.runner.experiment import optimizer_args
+from lambexp.runner.arm import optimizer_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from seed_lamb import SeedLamb, SeedLambJune2019  # noqa: E402

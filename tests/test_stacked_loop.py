@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from helpers import assert_reproduce_refuses, events, invoke, summary_json
+from helpers import assert_reproduce_refuses, events, invoke, point_env_at, summary_json
 from reference_lenet import scores
 
 from lambexp.base.files import CHECKPOINT_FILE
@@ -114,27 +114,18 @@ def assert_same_training(ours, theirs, tiny) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The arms one after another (--stack off), on the module's own tiny set."""
-    from helpers import write_tiny_mnist
-
+def straight(tmp_path_factory, tiny_mnist):
+    """The arms one after another (--stack off), on the module's tiny set."""
     root = tmp_path_factory.mktemp("straight")
-    tiny = write_tiny_mnist(root)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny.manifest))
-    mp.setenv("LAMBEXP_DATA", str(tiny.data_dir))
-    try:
-        yield run(root, "straight", stack=1), tiny, mp
-    finally:
-        mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        point_env_at(mp, tiny_mnist)
+        return run(root, "straight", stack=1)
 
 
 @pytest.fixture
-def world(straight, monkeypatch):
-    folder, tiny, _ = straight
-    monkeypatch.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny.manifest))
-    monkeypatch.setenv("LAMBEXP_DATA", str(tiny.data_dir))
-    return folder, tiny
+def world(straight, tiny_mnist_env):
+    """The straight run's arms folder and the tiny set, which the environment points at."""
+    return straight, tiny_mnist_env
 
 
 def test_the_arms_it_compares_differ(world):
@@ -362,15 +353,15 @@ def test_a_member_failing_mid_way_stops_the_group_at_once(tmp_path, monkeypatch)
     that says to stack fewer; the others stop at once (the first has taken its third step, the
     third has not), checkpointed and marked interrupted, instead of training on to the end."""
     from lambexp.errors import ResumableError
-    from lambexp.runner import experiment
+    from lambexp.runner import arm as arm_module
     from lambexp.runner.stacked import train_together
     from lambexp.training.progress import NoProgress
 
-    real = experiment.build_optimizer
+    real = arm_module.build_optimizer
 
     def build_optimizer(name, params, **args):
         opt = real(name, params, **args)
-        if experiment.torch.initial_seed() == 2:  # member b (seed 2)
+        if arm_module.torch.initial_seed() == 2:  # member b (seed 2)
             steps, step = [0], opt.step
 
             def failing_step():
@@ -382,7 +373,7 @@ def test_a_member_failing_mid_way_stops_the_group_at_once(tmp_path, monkeypatch)
             opt.step = failing_step
         return opt
 
-    monkeypatch.setattr(experiment, "build_optimizer", build_optimizer)
+    monkeypatch.setattr(arm_module, "build_optimizer", build_optimizer)
     group = group_of(tmp_path, ["a", "b", "c"])
     lines = []
     with pytest.raises(ResumableError, match="b: out of memory .* in a stack .* lower --stack"):
@@ -440,7 +431,7 @@ def test_the_bars_of_a_stack_share_one_display_on_a_terminal():
 def test_running_out_of_memory_in_a_stack_says_to_stack_fewer(tmp_path):
     """A stack's members share the memory of one forward: the line says --stack, not only batch_size."""
     from lambexp.config import Arm
-    from lambexp.runner.experiment import resource_problem
+    from lambexp.runner.arm import resource_problem
 
     arm = Arm(name="lamb", optimizer="lamb", batch_size=512)
     err = RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")

@@ -324,7 +324,7 @@ def test_a_config_may_compile_any_rule_with_any_option(tmp_path):
 
 def test_an_applied_change_keeps_excluded_tensors_out_of_decay():
     from lambexp.optim import build_optimizer
-    from lambexp.runner.experiment import apply_to_optimizer
+    from lambexp.runner.changes import apply_to_optimizer
 
     net = small_net()
     opt = build_optimizer("lamb", net.named_parameters(), lr=0.01, betas=(0.9, 0.99), eps=None,

@@ -24,15 +24,10 @@ from lambexp.folders.layout import (
     write_text_atomically,
 )
 from lambexp.folders.lock import folder_lock, folder_locks, lock_root
+from lambexp.runner.arm import ArmInputs, run_arm
+from lambexp.runner.changes import check_checkpoint, describe_changes, setting_changes
 from lambexp.runner.dispatch import Launcher, dispatch
-from lambexp.runner.experiment import (
-    ArmInputs,
-    check_checkpoint,
-    describe_changes,
-    run_arm,
-    setting_changes,
-    write_run_header,
-)
+from lambexp.runner.experiment import write_run_header
 from lambexp.runner.jobs import ProcessPool
 from lambexp.runner.plan import (
     Say,

@@ -3,7 +3,7 @@ epochs, a device and a data folder train N at a time as one stacked model (lambe
 in this process, in each `--jobs` worker, or in each Ray task or Slurm array task. Each writes its
 folder exactly as it would alone.
 
-One thread steps the members in turn: each is an ``ArmRun`` (lambexp.runner.experiment), built and
+One thread steps the members in turn: each is an ``ArmRun`` (lambexp.runner.arm), built and
 restored one after another, whose Trainer the group steps. The first failure of any member, before
 its first step or mid-way, stops the group at once: the other members still training are
 checkpointed and marked interrupted (``lambexp resume`` continues them), and the failure is raised.
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from lambexp.base.statuses import Status
 from lambexp.config import Arm
 from lambexp.errors import Interrupted
-from lambexp.runner.experiment import ArmInputs, ArmRun
+from lambexp.runner.arm import ArmInputs, ArmRun
 from lambexp.runner.plan import Result, Say, Training, describe_unit, say_result
 from lambexp.training.group import MemberError, StackGroup, as_member
 from lambexp.training.progress import Progress

@@ -18,7 +18,7 @@ import torch
 from lambexp.base.statuses import Status
 from lambexp.config import Arm
 from lambexp.errors import Interrupted
-from lambexp.runner.experiment import ArmInputs, run_arm
+from lambexp.runner.arm import ArmInputs, run_arm
 from lambexp.runner.plan import Result, Training
 from lambexp.runner.stacked import train_together
 from lambexp.training.progress import NoProgress
