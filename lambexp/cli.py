@@ -271,15 +271,16 @@ def _summary(arm_dir: Path) -> dict:
 
 
 def print_summaries(arm_dirs: list[Path]) -> None:
-    print(f"{'arm':24s} {'final acc':>9s} {'best acc':>9s} {'diverged':>10s} {'samples/s':>9s}"
-          f" {'wall s':>7s}")
+    rows = []
     for arm_dir in arm_dirs:
         s = _summary(arm_dir)
         if s.get("status") not in (Status.FINISHED, Status.INTERRUPTED):
             continue
-        bad = f"step {s['diverged_step']}" if s["diverged"] else "no"
-        print(f"{s['arm']:24s} {pct(s['final_test_accuracy']):>9s} {pct(s['best_test_accuracy']):>9s} "
-              f"{bad:>10s} {s['samples_per_second']:9.0f} {s['wall_seconds']:7.1f}")
+        rows.append((s["arm"], pct(s["final_test_accuracy"]), pct(s["best_test_accuracy"]),
+                     f"step {s['diverged_step']}" if s["diverged"] else "no",
+                     f"{s['samples_per_second']:.0f}", f"{s['wall_seconds']:.1f}"))
+    print_table(("arm", "final acc", "best acc", "diverged", "samples/s", "wall s"), rows,
+                right=range(1, 6))
 
 
 @app.command()

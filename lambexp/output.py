@@ -5,7 +5,7 @@ runner, the catalog and the progress lines format through it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from lambexp.base.variants import uses_lamb_rule
 
@@ -26,15 +26,18 @@ def optimizer_text(optimizer: str, rule: str, bias_correction: bool = True) -> s
     return f"{optimizer} ({rule}{'' if bias_correction else ', no bias correction'})"
 
 
-def table_lines(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+def table_lines(header: Sequence[str], rows: Sequence[Sequence[object]],
+                right: Collection[int] = ()) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; the columns numbered
+    in ``right`` (numbers) flush right, the others left."""
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    return ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    return ["  ".join(str(x).rjust(w) if i in right else str(x).ljust(w)
+                      for i, (x, w) in enumerate(zip(row, widths))).rstrip() for row in (header, *rows)]
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]],
-                echo: Callable[[str], None] = print) -> None:
-    for line in table_lines(header, rows):
+                echo: Callable[[str], None] = print, right: Collection[int] = ()) -> None:
+    for line in table_lines(header, rows, right):
         echo(line)
 
 

@@ -148,10 +148,10 @@ def test_validate_show_config_and_shipped_configs(tmp_path):
     assert result.exit_code == 2 and f"error: {bad}: arms" in result.output
 
 
-def test_data_verify_good_and_corrupt(tiny_mnist_env):
+def test_data_verify_good_and_corrupt(fresh_tiny_mnist_env):
     result = invoke("data", "verify")
     assert result.exit_code == 0 and result.output.count("ok ") == 4
-    path = tiny_mnist_env.data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    path = fresh_tiny_mnist_env.data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -164,3 +164,23 @@ def test_python_dash_m_and_help():
     out = subprocess.run([sys.executable, "-m", "lambexp", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "Exit codes" in out.stdout and "run" in out.stdout
+
+
+def test_the_summary_table_holds_each_arms_numbers_in_aligned_columns(two_arm_run, capsys):
+    """The table `lambexp run` ends with (made by lambexp.output): a header, then per arm its final
+    and best accuracy, whether it diverged, samples/s and wall seconds as its summary.json has them,
+    the numbers flush right under the right edge of their heading."""
+    from lambexp.cli import print_summaries
+
+    run_dir, _ = two_arm_run
+    print_summaries([run_dir / "adam", run_dir / "lamb"])
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["arm", "final", "acc", "best", "acc", "diverged", "samples/s", "wall", "s"]
+    ends = [header.index(h) + len(h) for h in ("final acc", "best acc", "diverged", "samples/s", "wall s")]
+    for row, arm in zip(rows, ("adam", "lamb"), strict=True):
+        s = json.loads((run_dir / arm / "summary.json").read_text())
+        cells = row.split()
+        assert cells == [arm, f"{100 * s['final_test_accuracy']:.2f}%",
+                         f"{100 * s['best_test_accuracy']:.2f}%", "no", str(round(s["samples_per_second"])),
+                         f"{s['wall_seconds']:.1f}"]
+        assert [row.index(c, end - len(c)) + len(c) for c, end in zip(cells[1:], ends)] == ends
