@@ -55,6 +55,16 @@ class Variant:
         return (f"rule {self.name} has no bias-correction switch ({where}: it {self.what_correction()});"
                 f" drop bias_correction, or pick a rule with the switch: {', '.join(SWITCHED_RULES)}")
 
+    def has_switch(self, key: str) -> bool:
+        """Whether this rule reads its own switch ``key`` (one of RULE_SWITCHES)."""
+        return {"bias_correction": self.switch is not None, "clamp": self.clamp_on != "none"}[key]
+
+    def without(self, key: str, where: str) -> str:
+        """Why this rule ignores switch ``key`` (``has_switch`` false), naming ``where`` it was set."""
+        if key == "bias_correction":
+            return self.without_switch(where)
+        return f"rule {self.name} has no clamp ({where}); trust_clip clips r"
+
     def resolve(self, options: dict) -> dict:
         """``options`` (Lamb's, or a config arm's) with each one left to the rule (``LEFT_TO_RULE``)
         replaced by the rule's own: ε, bias correction, always_adapt, the global gradient clip."""
@@ -133,6 +143,7 @@ RULES = tuple(VARIANTS)
 DEFAULT_EPS = {name: variant.eps for name, variant in VARIANTS.items()}
 TORCH_ADAM_EPS = 1e-8  # torch.optim.Adam's own default, for the torch_adam arms
 LAMB_OPTIMIZERS = ("adam", "lamb")  # the optimizers that step by a row of this table
+RULE_SWITCHES = ("bias_correction", "clamp")  # settings only some rules read (Variant.has_switch)
 
 
 def uses_lamb_rule(optimizer: str) -> bool:

@@ -10,7 +10,7 @@ from lambexp.config.load import (
     parse_experiment,
     validate_experiment,
 )
-from lambexp.config.schema import MAX_SEED, SETTINGS, Arm, Experiment, Settings, default_eps
+from lambexp.config.schema import MAX_SEED, SETTINGS, Arm, Experiment, Settings
 
 __all__ = [
     "MAX_SEED",
@@ -18,7 +18,6 @@ __all__ = [
     "Arm",
     "Experiment",
     "Settings",
-    "default_eps",
     "experiment_to_yaml",
     "load_experiment",
     "parse_experiment",

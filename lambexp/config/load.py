@@ -133,7 +133,7 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
 
 def unused_keys(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tuple, str]]:
     """(loc, problem) for each setting the file writes where nothing reads it, which would otherwise
-    be silently ignored (schema.USED_BY, RULE_SWITCHES): on an arm that does not use it; shared
+    be silently ignored (schema.USED_BY, variants.RULE_SWITCHES): on an arm that does not use it; shared
     (or swept) when no arm uses it. A shared setting some arms use is theirs: the others run, and
     record, without it."""
     out = []
@@ -152,17 +152,11 @@ def unused_keys(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tu
     return out
 
 
-_WITHOUT_SWITCH = {  # why a LAMB rule ignores each of its switches it lacks (schema.RULE_SWITCHES)
-    "clamp": lambda arm: f"rule {arm.rule} has no clamp (arm {arm.name}); trust_clip clips r",
-    "bias_correction": lambda arm: VARIANTS[arm.rule].without_switch(f"arm {arm.name}"),
-}
-
-
 def why_unused(arm: Arm, key: str) -> str:
     """Why ``arm`` does not read setting ``key``, in the user's words."""
     if arm.optimizer not in USED_BY.get(key, (arm.optimizer,)):
         return f"only {_users(key)} have it (arm {arm.name} is optimizer {arm.optimizer})"
-    return _WITHOUT_SWITCH[key](arm)
+    return VARIANTS[arm.rule].without(key, f"arm {arm.name}")
 
 
 def _users(key: str) -> str:

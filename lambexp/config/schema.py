@@ -11,10 +11,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from lambexp.base.divergence import DEFINITION
 from lambexp.base.variants import (
-    DEFAULT_EPS,
     LAMB_OPTIMIZERS,
     LEFT_TO_RULE,
     RANK_FORM,
+    RULE_SWITCHES,
     RULES,
     SWITCHED_RULES,
     TORCH_ADAM_EPS,
@@ -176,8 +176,6 @@ USED_BY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("eps", "betas"), (*LAMB_OPTIMIZERS, "torch_adam")),
     **dict.fromkeys(("momentum", "trust_coefficient"), ("lars", "sgd")),
 }
-RULE_SWITCHES = {"bias_correction": lambda variant: variant.switch is not None,
-                 "clamp": lambda variant: variant.clamp_on != "none"}
 
 
 def uses(optimizer: str, rule: str, key: str) -> bool:
@@ -185,7 +183,7 @@ def uses(optimizer: str, rule: str, key: str) -> bool:
     if optimizer not in USED_BY.get(key, (optimizer,)):
         return False
     variant = VARIANTS.get(rule) if isinstance(rule, str) else None
-    return key not in RULE_SWITCHES or variant is None or RULE_SWITCHES[key](variant)
+    return key not in RULE_SWITCHES or variant is None or variant.has_switch(key)
 
 
 def unused_settings(optimizer: str, rule: str) -> tuple[str, ...]:
@@ -219,12 +217,6 @@ TOP_KEYS: tuple[str, ...] = (*Header.model_fields, "arms", "sweep", *SETTINGS)  
 ARM_KEYS: tuple[str, ...] = ("name", *SETTINGS)
 
 
-def default_eps(optimizer: str, rule: str) -> float:
-    """ε when a config leaves it null: the LAMB rule's own (docs/rules.md: blog 1e-8, paper 1e-6);
-    torch.optim.Adam's 1e-8 for torch_adam whatever the rule; lars and sgd do not use it."""
-    return TORCH_ADAM_EPS if optimizer == "torch_adam" else DEFAULT_EPS.get(rule, DEFAULT_EPS["blog"])
-
-
 class Arm(ArmSpec):
     """A fully resolved arm: every setting known; eps, bias_correction, always_adapt and
     grad_clip_norm are the values used (the rule's own where the config left them to it); a
@@ -249,9 +241,11 @@ class Arm(ArmSpec):
         if variant is not None:  # what the arm leaves to its rule, filled as Lamb fills it
             return {**data, **variant.resolve({key: data.get(key, unset)
                                                for key, unset in LEFT_TO_RULE.items()})}
-        filled = {"eps": default_eps(optimizer, rule), "bias_correction": True, "always_adapt": True}
-        data = {**data, **{k: v for k, v in filled.items() if data.get(k) is None}}
-        return {**data, "grad_clip_norm": None} if data.get("grad_clip_norm", "rule") == "rule" else data
+        # lars, sgd, torch_adam: no rule; its switches are unused (the record leaves them out), and
+        # ε, unless set, is torch.optim.Adam's (torch_adam's; lars and sgd do not read it)
+        filled = {"eps": TORCH_ADAM_EPS, "bias_correction": True, "always_adapt": True,
+                  "grad_clip_norm": None}
+        return {**data, **{k: v for k, v in filled.items() if data.get(k) in (None, "rule")}}
 
 
 class Experiment(Header):

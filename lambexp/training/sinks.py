@@ -63,17 +63,24 @@ def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
         _quiet_writer_thread.previous(args)
 
 
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """A buffered write's OSError, or one TensorBoard's writer thread raised (a full disk), names no
+    file: name ``path``."""
+    try:
+        yield
+    except OSError as err:
+        err.filename = err.filename or str(path)
+        raise
+
+
 def _names_event_file(method):
-    """A failed write of TensorBoard's (raised from its writer thread, a full disk) names no file:
-    name the sink's event file."""
+    """``naming`` the sink's event file, around each of TensorBoardSink's writes."""
 
     @functools.wraps(method)
     def named(self, *args, **kwargs):
-        try:
+        with naming(self.event_file):
             return method(self, *args, **kwargs)
-        except OSError as err:
-            err.filename = err.filename or self.event_file
-            raise
 
     return named
 
@@ -148,17 +155,8 @@ class JsonlSink:
         # closed in __exit__; never appended through a link planted at the name, nor into a FIFO
         self.file = open(path, "a", encoding="utf-8", opener=own_file)
 
-    @contextmanager
-    def _named(self) -> Iterator[None]:
-        """A buffered write's OSError (a full disk) names no file: name this one."""
-        try:
-            yield
-        except OSError as err:
-            err.filename = err.filename or str(self.path)
-            raise
-
     def _write(self, record: dict) -> None:
-        with self._named():
+        with naming(self.path):
             self.file.write(json.dumps(record) + "\n")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -176,14 +174,14 @@ class JsonlSink:
                      "metrics": metrics})
 
     def flush(self) -> None:
-        with self._named():
+        with naming(self.path):
             self.file.flush()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        with self._named():
+        with naming(self.path):
             self.file.close()
 
 

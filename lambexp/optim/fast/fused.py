@@ -43,7 +43,7 @@ def hyper_parameters(h: rules.Hyper, like: Tensor) -> Tensor:
 
 
 def compiled_step(w: Tensor, g: Tensor, m: Tensor, v: Tensor, hp: Tensor, seg: Tensor | None = None,
-                  sizes: Tensor | None = None, variant: Variant = VARIANTS["blog"]) -> Tensor:
+                  sizes: Tensor | None = None, *, variant: Variant = VARIANTS["blog"]) -> Tensor:
     """``rules.lamb_update`` of ``variant`` in place on w, m, v; returns [r, r1, r2], or (3, T)
     when packed: w, g, m, v then hold T tensors end to end, ``seg`` (N,) gives each element's
     tensor and ``sizes`` (T,) each tensor's length, and every norm and ratio is per tensor.
@@ -128,8 +128,9 @@ def own_copy(fn: Callable, rule: str, variant: Variant) -> Callable:
     to 4 (packed or not, float32 or float64): a shared code object (or a ``partial``) would stop
     compiling at the third rule."""
     name = f"{fn.__name__}_{rule}"
-    defaults = (*fn.__defaults__[:-1], variant)
-    return types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, defaults)
+    copy = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__)
+    copy.__kwdefaults__ = {**(fn.__kwdefaults__ or {}), "variant": variant}
+    return copy
 
 
 class FusedStep:
