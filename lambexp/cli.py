@@ -330,9 +330,9 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
     link to it."""
     with graceful_stop() as stop, reported(ctx, debug, stop, [out]):
         from lambexp.config.bundled import find_config, the_posts_configs
-        from lambexp.report.build import build_report, claim_verdicts, load_runs, tally_line
-        from lambexp.runner.plan import make_plan, plan_lines
-        from lambexp.runner.reproduce import check_folder, load_all
+        from lambexp.report.build import claim_verdicts, write_report
+        from lambexp.runner.plan import plan_lines
+        from lambexp.runner.reproduce import load_all, read_plan
         from lambexp.runner.reproduce import reproduce as run_all
 
         stacked = _stack_size(stack)
@@ -340,21 +340,15 @@ def reproduce(ctx: typer.Context, configs: Annotated[list[str] | None, typer.Arg
         launch = _launcher(launcher, out, jobs, cpus_per_training, gpus_per_training, ray_address,
                            slurm_partition, slurm_time, slurm_cluster, ctx, installed=not plan)
         if plan:
-            exps = load_all(paths, seeds)
-            for exp in exps:
-                check_folder(out / exp.name, exp)  # the same refusal reproduce would give
-            typer.echo("\n".join(plan_lines(make_plan(exps, seeds, out, stop))))
+            typer.echo("\n".join(plan_lines(read_plan(load_all(paths, seeds), seeds, out, stop))))
             return
         lead, quiet = _begin_training(quiet)
         run_all(paths, seeds=seeds, out=out, data_dir=data_dir, argv=sys.argv, say=_say(quiet),
                 progress_for=_progress(quiet), stop_requested=stop,
                 jobs=1 if launch or jobs is None else jobs, launch=launch, stack=stacked)
         if lead:
-            runs = load_runs([out])  # every experiment finished in OUT
-            report_path = build_report([out], out, runs)
-            if not quiet:  # --quiet: the report's path alone
-                typer.echo(tally_line(runs))
-            typer.echo(f"report: {report_path}")
+            # every experiment finished in OUT; --quiet: the report's path alone
+            runs = write_report([out], out, _say(quiet), typer.echo)
             failed = [(c, v) for c, v in claim_verdicts(runs) if v != REPRODUCED] if strict else []
             if failed:
                 for claim, verdict in failed:
@@ -418,14 +412,11 @@ def report(ctx: typer.Context, run_dirs: Annotated[list[Path], typer.Argument(
     """Build REPORT.md, report.html and figures from finished runs alone (no training)."""
     with reported(ctx, debug):
         from lambexp.folders.lock import writing_into
-        from lambexp.report.build import build_report, load_runs, tally_line
+        from lambexp.report.build import write_report
 
         target = out or run_dirs[0]
         with writing_into(target):  # never where another lambexp works
-            runs = load_runs(run_dirs)
-            report_path = build_report(run_dirs, target, runs)
-        typer.echo(tally_line(runs))
-        typer.echo(f"report: {report_path}")
+            write_report(run_dirs, target, typer.echo, typer.echo)
 
 
 def _progress(quiet: bool):

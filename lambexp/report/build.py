@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -318,3 +319,14 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
     write_text_atomically(out_dir / "REPORT.md", to_markdown(blocks))
     write_text_atomically(out_dir / "report.html", to_html(blocks, out_dir, title))
     return out_dir / "REPORT.md"
+
+
+def write_report(paths: list[Path], out_dir: Path, say: Callable[[str], None],
+                 tell: Callable[[str], None]) -> list[ExperimentRuns]:
+    """``build_report`` of the finished runs under ``paths`` into ``out_dir``; ``say`` gets the tally
+    line, ``tell`` where the report is. Returns the runs it read."""
+    runs = load_runs(paths)
+    report = build_report(paths, out_dir, runs)
+    say(tally_line(runs))
+    tell(f"report: {report}")
+    return runs

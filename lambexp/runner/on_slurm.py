@@ -73,9 +73,9 @@ def need_submitit():
 
 
 def make_executor(folder: Path, options: SlurmOptions):
-    """submitit's executor for ``options.cluster``, writing its files to ``folder`` (made only when
-    the array is submitted); a UserError where no job array can be submitted from this machine.
-    `reproduce` calls it (``check_slurm``) before it writes anything."""
+    """submitit's executor for ``options.cluster``, set to what each array task asks of Slurm, writing
+    its files to ``folder`` (made only when the array is submitted); a UserError where no job array
+    can be submitted from this machine."""
     submitit = need_submitit()
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
@@ -84,12 +84,12 @@ def make_executor(folder: Path, options: SlurmOptions):
     if options.cluster == "slurm" and shutil.which("sbatch") is None:  # submitit looks for srun alone
         raise UserError("--launcher slurm: no `sbatch` on PATH, so no job array can be submitted from"
                         " this machine (--slurm-cluster local runs the array here)")
+    executor.update_parameters(name="lambexp", timeout_min=options.time_minutes,
+                               cpus_per_task=options.cpus, gpus_per_node=options.gpus,
+                               **({"slurm_partition": options.partition} if options.partition else {}),
+                               **({"slurm_array_parallelism": options.parallelism}
+                                  if options.parallelism else {}))
     return executor
-
-
-def check_slurm(folder: Path, options: SlurmOptions) -> None:
-    """A UserError where the job array could not be submitted from here (``make_executor``)."""
-    make_executor(folder, options)
 
 
 class SlurmArray:
@@ -107,7 +107,13 @@ class SlurmArray:
         self._array = ""  # the first array's job id
 
     def check(self) -> None:
-        check_slurm(self.folder, self.options)
+        self._executor_made()
+
+    def _executor_made(self):
+        """The executor (``make_executor``), made once: by ``check``, else by the first submit."""
+        if self._executor is None:
+            self._executor = make_executor(self.folder, self.options)
+        return self._executor
 
     def describe(self) -> str:
         o = self.options
@@ -117,11 +123,10 @@ class SlurmArray:
                 f"{f', partition {o.partition}' if o.partition else ''}); logs: {self.folder}")
 
     def submit(self, units: Sequence[Unit], data_dir: str | None) -> list:
-        if self._executor is None:
-            self._executor = _configured(self.folder, self.options)
+        executor = self._executor_made()
         n = len(units)
         try:
-            jobs = self._executor.map_array(
+            jobs = executor.map_array(
                 train_job, [[t.arm.model_dump_json() for t in u] for u in units],
                 [[str(t.folder) for t in u] for u in units], [data_dir] * n, [self.options.cpus] * n)
         except Exception as err:  # sbatch refused: a bad partition, a time over the limit, ...
@@ -144,17 +149,6 @@ class SlurmArray:
         while handles and time.monotonic() < deadline:
             handles = [job for job in handles if not job.done()]
             time.sleep(0.2)
-
-
-def _configured(folder: Path, options: SlurmOptions):
-    """``make_executor`` with what each array task asks of Slurm."""
-    executor = make_executor(folder, options)
-    executor.update_parameters(name="lambexp", timeout_min=options.time_minutes,
-                               cpus_per_task=options.cpus, gpus_per_node=options.gpus,
-                               **({"slurm_partition": options.partition} if options.partition else {}),
-                               **({"slurm_array_parallelism": options.parallelism}
-                                  if options.parallelism else {}))
-    return executor
 
 
 def _outcome(job) -> Results | UserError:

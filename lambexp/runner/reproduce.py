@@ -30,6 +30,7 @@ from lambexp.runner.dispatch import Launcher, dispatch
 from lambexp.runner.experiment import write_run_header
 from lambexp.runner.jobs import ProcessPool
 from lambexp.runner.plan import (
+    Plan,
     Say,
     Training,
     check_stack,
@@ -163,16 +164,23 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
     return [out / exp.name for exp in exps]
 
 
+def read_plan(exps: list[Experiment], seeds: int, out: Path,
+              stop_requested: Callable[[], bool] = lambda: False) -> Plan:
+    """The trainings ``seeds`` seeds of ``exps`` need (``make_plan``), read from ``out`` without
+    writing to it; a folder of another config is refused first, as `reproduce` would refuse it."""
+    for exp in exps:
+        check_folder(out / exp.name, exp)
+    return make_plan(exps, seeds, out, stop_requested)
+
+
 def check_launcher(launch: Launcher, exps: list[Experiment], seeds: int, out: Path) -> None:
     """Refuse (a UserError) a launcher that cannot run, before ``out`` is locked or written: under
     torchrun, or where ``launch.check()`` says it cannot start. It is asked only when some training
-    is unfinished (read from ``out`` as `--plan` reads it), so a finished reproduction rebuilds its
-    report without the cluster; a folder of another config is refused first, as it would be later."""
+    is unfinished (``read_plan``, as `--plan` reads it), so a finished reproduction rebuilds its
+    report without the cluster."""
     if launched_world().active:
         raise UserError("--launcher: under torchrun the processes are torchrun's; drop --launcher")
-    for exp in exps:
-        check_folder(out / exp.name, exp)
-    if any(not is_finished(t.folder) for t in make_plan(exps, seeds, out).trainings):
+    if any(not is_finished(t.folder) for t in read_plan(exps, seeds, out).trainings):
         launch.check()
 
 
@@ -214,7 +222,7 @@ def rebuild_reports(folders: list[Path], say: Say, tell: Say) -> None:
     """REPORT.md, report.html and figures/ of each reproduce folder (``--out``) that ``folders``
     belong to, built again as `reproduce` builds them, once every arm there has finished, so that the
     report holds what resume trained; ``tell`` says where. `run` folders have no report."""
-    from lambexp.report.build import build_report, load_runs, tally_line  # matplotlib: when due
+    from lambexp.report.build import write_report  # matplotlib: when due
 
     for out in sorted({lock_root(f) for f in folders} - set(folders)):
         unfinished_arms = [arm_dir for exp_dir in find_experiments([out]) for _, arm_dir in
@@ -224,10 +232,7 @@ def rebuild_reports(folders: list[Path], say: Say, tell: Say) -> None:
             say(f"{out}/REPORT.md not rebuilt: {len(unfinished_arms)} arm(s) there are not finished"
                 f" (`lambexp resume {out}` trains them)")
             continue
-        runs = load_runs([out])
-        report = build_report([out], out, runs)
-        say(tally_line(runs))
-        tell(f"report: {report}")
+        write_report([out], out, say, tell)
 
 
 def check_recorded_settings(work: list[Training], apply: bool) -> None:
