@@ -1,6 +1,12 @@
-"""The fixtures the tests share: ``tiny_mnist`` writes a tiny MNIST-format data set (tests/helpers.py);
-``tiny_mnist_env`` also points ``LAMBEXP_MNIST_MD5SUMS`` and ``LAMBEXP_DATA`` at it, so ``lambexp``
-commands run without flags use the tiny set end to end.
+"""The fixtures the tests share, all on the tiny MNIST-format data set of tests/helpers.py:
+
+- ``tiny_mnist``: the set, written once per test module and shared by its tests: read it, never
+  change it (its files, its folder, its manifest);
+- ``tiny_mnist_env``: ``tiny_mnist`` with ``LAMBEXP_MNIST_MD5SUMS`` and ``LAMBEXP_DATA`` pointed at
+  it for one test, so ``lambexp`` commands run without flags use the tiny set end to end (a
+  module-scoped fixture takes ``tiny_mnist`` and ``point_env_at`` instead);
+- ``fresh_tiny_mnist`` and ``fresh_tiny_mnist_env``: the same, but a copy of the test's own in
+  ``tmp_path``, for a test that corrupts, deletes or adds files in it.
 """
 
 from __future__ import annotations
@@ -8,22 +14,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TinyMnist, write_tiny_mnist
+from helpers import TinyMnist, point_env_at, write_tiny_mnist
 
 
-@pytest.fixture
-def tiny_mnist(tmp_path: Path) -> TinyMnist:
-    """A tiny MNIST (256 train / 128 test, seeded) in ``tmp_path/data/MNIST/raw`` plus its md5 manifest.
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> TinyMnist:
+    """A tiny MNIST (256 train / 128 test, seeded) in ``<a module temp dir>/data/MNIST/raw`` plus its
+    md5 manifest, written once per test module: the tests of the module share it, so none may change
+    it (take ``fresh_tiny_mnist`` for that).
 
     The files fail the built-in (real MNIST) checksums: set ``LAMBEXP_MNIST_MD5SUMS`` to
     ``.manifest`` to use them, or take ``tiny_mnist_env``, which does so.
     """
-    return write_tiny_mnist(tmp_path)
+    return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
 
 
 @pytest.fixture
 def tiny_mnist_env(tiny_mnist: TinyMnist, monkeypatch: pytest.MonkeyPatch) -> TinyMnist:
-    """``tiny_mnist`` with ``LAMBEXP_MNIST_MD5SUMS`` = its manifest and ``LAMBEXP_DATA`` = its data dir."""
-    monkeypatch.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny_mnist.manifest))
-    monkeypatch.setenv("LAMBEXP_DATA", str(tiny_mnist.data_dir))
-    return tiny_mnist
+    """``tiny_mnist`` (the module's shared copy) with ``LAMBEXP_MNIST_MD5SUMS`` = its manifest and
+    ``LAMBEXP_DATA`` = its data dir, for this test."""
+    return point_env_at(monkeypatch, tiny_mnist)
+
+
+@pytest.fixture
+def fresh_tiny_mnist(tmp_path: Path) -> TinyMnist:
+    """A copy of the tiny MNIST of this test's own, in ``tmp_path/data/MNIST/raw`` (manifest:
+    ``tmp_path/tiny-mnist.md5``), for a test that changes the data set."""
+    return write_tiny_mnist(tmp_path)
+
+
+@pytest.fixture
+def fresh_tiny_mnist_env(fresh_tiny_mnist: TinyMnist, monkeypatch: pytest.MonkeyPatch) -> TinyMnist:
+    """``fresh_tiny_mnist`` with ``LAMBEXP_MNIST_MD5SUMS`` and ``LAMBEXP_DATA`` pointed at it."""
+    return point_env_at(monkeypatch, fresh_tiny_mnist)

@@ -1,6 +1,7 @@
 """What the tests share, imported as ``from helpers import …``: a tiny MNIST-format data set on disk
-(torchvision's folder layout) with its md5 manifest, a tiny two-arm config, and the CLI and
-run-folder helpers. The fixtures that use them are in conftest.py.
+(torchvision's folder layout) with its md5 manifest and the environment that points lambexp at it,
+a tiny two-arm config, and the CLI, run-folder and report helpers. The fixtures that use them are
+in conftest.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
@@ -28,6 +30,11 @@ class TinyMnist(NamedTuple):
     train_labels: np.ndarray  # (256,) uint8, digits 0-9
     test_images: np.ndarray  # (128, 28, 28) uint8
     test_labels: np.ndarray  # (128,) uint8
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points lambexp at this set: its manifest and its data dir."""
+        return {"LAMBEXP_MNIST_MD5SUMS": str(self.manifest), "LAMBEXP_DATA": str(self.data_dir)}
 
 
 def tiny_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +77,14 @@ def write_tiny_mnist(root: Path) -> TinyMnist:
     return TinyMnist(root / "data", manifest, train_images, train_labels, test_images, test_labels)
 
 
+def point_env_at(mp: pytest.MonkeyPatch, tiny: TinyMnist) -> TinyMnist:
+    """Set ``tiny.env`` through ``mp`` (a test's ``monkeypatch``, or ``pytest.MonkeyPatch.context()``
+    in a module-scoped fixture), so that it is undone with ``mp``; returns ``tiny``."""
+    for name, value in tiny.env.items():
+        mp.setenv(name, value)
+    return tiny
+
+
 TINY_CLAIM = """\
 expect:
   - {claim: LAMB trains, arm: lamb, measure: final_accuracy, above: 0.0}
@@ -105,6 +120,18 @@ def assert_reproduce_refuses(config_text: str, tmp_path: Path, args: list, messa
         assert result.exit_code == 2 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
         assert not (tmp_path / "out").exists()
+
+
+def write(path: Path, text: str) -> Path:
+    """``text`` written to ``path``; ``path``."""
+    path.write_text(text)
+    return path
+
+
+def claim_row(report: str, claim: str) -> str:
+    """The one row of REPORT.md's claims table for ``claim``."""
+    [row] = [line for line in report.splitlines() if f"| {claim} |" in line]
+    return row
 
 
 def lambexp_argv(*args) -> list[str]:

@@ -8,7 +8,7 @@ import shutil
 import statistics
 
 import pytest
-from helpers import events, invoke, summary_json, write_tiny_mnist
+from helpers import events, invoke, point_env_at, summary_json
 
 from lambexp.report.build import load_runs
 from lambexp.report.claims import check
@@ -63,14 +63,12 @@ def from_events(arm_dir, layers: list[str]) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
+def reproduced(tmp_path_factory, tiny_mnist):
     """One 2-seed reproduce of CONFIG on the tiny MNIST, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("claims")
-    tiny = write_tiny_mnist(root)
     (root / "e2e.yaml").write_text(CONFIG)
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("LAMBEXP_MNIST_MD5SUMS", str(tiny.manifest))
-        env.setenv("LAMBEXP_DATA", str(tiny.data_dir))
+        point_env_at(env, tiny_mnist)
         result = invoke("reproduce", root / "e2e.yaml", "--out", root / "out", "--seeds", "2", "--quiet")
     assert result.exit_code == 0, result.output
     return root / "out"

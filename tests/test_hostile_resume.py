@@ -1,10 +1,10 @@
 """Resuming records what happened: epochs lowered below what an arm has done, a checkpoint of another
-arm, the report of a reproduce folder, and a full disk under TensorBoard's writer thread."""
+arm, no report for a run folder, and a full disk under TensorBoard's writer thread. (The report that
+resuming a reproduce folder rebuilds is in test_reproduce.py.)"""
 
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_CONFIG, invoke, run_dirs, summary_json, tiny_config
+from helpers import TINY_CONFIG, invoke, run_dirs, summary_json, tiny_config, write
 
 from lambexp.config import load_experiment
 from lambexp.errors import Interrupted
 from lambexp.folders.lock import LOCK_FILE
 from lambexp.model import LeNet
 from lambexp.runner.experiment import run_experiment
-from lambexp.runner.reproduce import reproduce
 
 STEPS_PER_EPOCH = 4  # the tiny set: 256 images in batches of 64
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -133,27 +127,7 @@ def test_a_checkpoint_swapped_in_from_another_arm_is_named_as_such(tiny_mnist_en
         assert tree(run_dir) == before
 
 
-# --- the report of a reproduce folder ------------------------------------------------------------------
-
-@pytest.mark.parametrize("target", [".", "tiny"])  # the reproduce folder, or an experiment in it
-def test_resume_of_a_reproduce_folder_rebuilds_its_report(tiny_mnist_env, tmp_path, target):
-    config = write(tmp_path / "tiny.yaml", MID)
-    out = tmp_path / "out"
-    with pytest.raises(Interrupted):  # stopped after adam's first checkpoint: no report written
-        reproduce([config], seeds=1, out=out, say=lambda s: None,
-                  stop_requested=lambda: any(out.glob("tiny/seed1/*/checkpoint.pt")))
-    write(out / "REPORT.md", "a stale report\n")
-    result = invoke("resume", out / target, "-q")
-    assert result.exit_code == 0, result.output
-    assert f"report: {out / 'REPORT.md'}" in result.stdout
-    report = (out / "REPORT.md").read_text()
-    assert "a stale report" not in report and (out / "report.html").is_file()
-    for arm in ("adam", "lamb"):
-        summary = json.loads((out / "tiny" / "seed1" / arm / "summary.json").read_text())
-        assert summary["status"] == "finished"
-        [row] = [line for line in report.splitlines() if line.startswith(f"| {arm} |")]
-        assert f"{summary['final_test_accuracy']:.2%}" in row, row
-
+# --- no report for a run folder ------------------------------------------------------------------------
 
 def test_resume_of_a_run_folder_writes_no_report(tiny_mnist_env, tmp_path):
     run_dir = stopped_after(tmp_path, 5, MID)

@@ -35,13 +35,10 @@ def verdicts(report: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The reference: `--jobs 1` in one process, on its own tiny set (module-scoped)."""
-    from helpers import write_tiny_mnist
-
+def straight(tmp_path_factory, tiny_mnist):
+    """The reference: `--jobs 1` in one process, on the module's tiny set (module-scoped)."""
     root = tmp_path_factory.mktemp("straight")
-    tiny = write_tiny_mnist(root)
-    env = {**os.environ, "LAMBEXP_MNIST_MD5SUMS": str(tiny.manifest), "LAMBEXP_DATA": str(tiny.data_dir)}
+    env = {**os.environ, **tiny_mnist.env}
     (root / "toy.yaml").write_text(TOY)
     done = subprocess.run(lambexp_argv("reproduce", root / "toy.yaml", "--seeds", "2", "--out", root / "out",
                                        "-q"), capture_output=True, text=True, env=env, timeout=600)

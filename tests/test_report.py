@@ -1,4 +1,5 @@
-"""The report on hand-written run folders (known values → known verdicts), and `reproduce` resuming."""
+"""The report on hand-written run folders (known values → known verdicts); `reproduce` rerun into
+its --out is in test_reproduce.py."""
 
 import json
 import math
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_CONFIG, tiny_config
+from helpers import claim_row, tiny_config
 from typer.testing import CliRunner
 
 from lambexp.base.statuses import Status
@@ -80,11 +81,6 @@ def two_seed_folder(tmp_path):
               r=[[0.2, 0.3], [7.0, 1.0], [float("nan"), 1.0]], r1=[[1.0, 9.0], [1.5, 9.0], [1.5, 9.0]],
               diverged=True)
     return tmp_path / "repro"
-
-
-def claim_row(report: str, claim: str) -> str:
-    [row] = [line for line in report.splitlines() if f"| {claim} |" in line]
-    return row
 
 
 def test_measures_on_hand_written_values(two_seed_folder):
@@ -198,28 +194,6 @@ def test_expectation_schema_errors_exit_2(tmp_path, expect, message):
     assert result.exit_code == 2 and f"error: {config}: {message}" in result.output
 
 
-def test_reproduce_runs_only_unfinished_arms(tiny_mnist_env, tmp_path):
-    config = tmp_path / "toy.yaml"
-    config.write_text(CONFIG.split("expect:")[0])
-    out = tmp_path / "repro"
-    first = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "1", "--quiet"])
-    assert first.exit_code == 0, first.output
-    adam = out / "toy" / "seed1" / "adam" / "summary.json"
-    stamp = adam.stat().st_mtime_ns
-    (out / "toy" / "seed1" / "lamb" / "summary.json").unlink()  # as if stopped during lamb
-    second = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "1"])
-    assert second.exit_code == 0, second.output
-    assert "toy/seed1/adam: finished before, skipped" in second.output
-    assert "toy/seed1/lamb: continuing" in second.output
-    assert adam.stat().st_mtime_ns == stamp  # not run again
-    assert json.loads((out / "toy" / "seed1" / "lamb" / "summary.json").read_text())["status"] == "finished"
-    assert (out / "REPORT.md").is_file()
-    # two seeds: seed 2 is new, seed 1 is all skipped
-    third = CliRunner().invoke(app, ["reproduce", str(config), "--out", str(out), "--seeds", "2"])
-    assert third.exit_code == 0 and third.output.count("finished before, skipped") == 2
-    assert (out / "toy" / "seed2" / "lamb" / "summary.json").is_file()
-
-
 BATCHES = """\
 name: batches
 device: cpu
@@ -316,54 +290,6 @@ def test_a_claim_whose_measure_fails_is_not_reproduced(tmp_path):
     assert "s1: n/a" in row and row.endswith("| NOT REPRODUCED (0 of 1) |")
 
 
-SHARED_A = TINY_CONFIG.replace("name: tiny", "name: exp_a")
-SHARED_B = """\
-name: exp_b
-epochs: 1
-batch_size: 64
-log_interval: 2
-device: cpu
-arms:
-  - {name: lamb_lr0.01, optimizer: lamb, lr: 0.01}
-  - {name: lamb_lr0.1, optimizer: lamb, lr: 0.1}
-expect:
-  - {claim: B's LAMB at 0.01 trains, arm: lamb_lr0.01, measure: final_accuracy, above: 0.0}
-"""
-
-
-def test_identical_arms_are_trained_once_and_shared(tiny_mnist_env, tmp_path):
-    (tmp_path / "a.yaml").write_text(SHARED_A)
-    (tmp_path / "b.yaml").write_text(SHARED_B)
-    out = tmp_path / "repro"
-    args = ["reproduce", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--out", str(out),
-            "--seeds", "2"]
-    plan = CliRunner().invoke(app, [*args, "--plan"])
-    assert plan.exit_code == 0, plan.output
-    lines = plan.output.splitlines()
-    # 4 arms × 2 seeds = 8 arms; B's lamb_lr0.01 is A's lamb (lr 0.01 is the default): 6 trainings
-    assert lines[-1] == "6 trainings (6 not finished) for 8 arms (experiment arms × seeds)"
-    assert len(lines) == 7 and lines[0].startswith("exp_a/seed1/adam: adam (blog) lr 0.01")
-    assert "also exp_b/seed1/lamb_lr0.01" in lines[1] and "also exp_b/seed2/lamb_lr0.01" in lines[4]
-    assert not out.exists()  # --plan trains and writes nothing
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert result.output.count(": training") == 6
-    link = out / "exp_b" / "seed1" / "lamb_lr0.01"
-    assert link.is_symlink() and link.resolve() == (out / "exp_a" / "seed1" / "lamb").resolve()
-    report = (out / "REPORT.md").read_text()
-    assert claim_row(report, "B's LAMB at 0.01 trains").endswith("| REPRODUCED (2 of 2) |")
-    again = CliRunner().invoke(app, [*args, "--plan"])
-    assert again.output.splitlines()[-1].startswith("6 trainings (0 not finished) for 8 arms")
-    # a later invocation of B alone shares what A trained, and resume runs each training once
-    (out / "exp_a" / "seed1" / "lamb" / "summary.json").unlink()
-    alone = CliRunner().invoke(app, ["reproduce", str(tmp_path / "b.yaml"), "--out", str(out),
-                                     "--seeds", "1"])
-    assert alone.exit_code == 0 and "exp_a/seed1/lamb: continuing" in alone.output
-    assert alone.output.count(": training") == 0
-    resumed = CliRunner().invoke(app, ["resume", str(out)])
-    assert resumed.exit_code == 0 and "is finished; nothing to resume" in resumed.output
-
-
 def test_a_claim_judged_on_the_mean_over_seeds(two_seed_folder, tmp_path):
     config = two_seed_folder / "toy" / "config.yaml"
     config.write_text(config.read_text().replace(
@@ -375,72 +301,6 @@ def test_a_claim_judged_on_the_mean_over_seeds(two_seed_folder, tmp_path):
     config.write_text(config.read_text().replace("above: adam\n    judge", "below: 0.975\n    judge"))
     row = claim_row(build_report([two_seed_folder], tmp_path / "out").read_text(), "LAMB beats Adam")
     assert row.endswith("| REPRODUCED (on the mean of 2 seeds) |")  # 0.97 < 0.975
-
-
-def test_new_claims_on_unchanged_arms_reuse_the_runs(tiny_mnist_env, tmp_path):
-    config = tmp_path / "toy.yaml"
-    config.write_text(SHARED_A)
-    out = tmp_path / "repro"
-    args = ["reproduce", str(config), "--out", str(out), "--seeds", "1"]
-    assert CliRunner().invoke(app, args).exit_code == 0
-    config.write_text(SHARED_A + "  - {claim: Adam trains too, arm: adam, measure: final_accuracy,"
-                                 " above: 0.0}\n")
-    again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and again.output.count("finished before, skipped") == 2
-    assert "Adam trains too" in (out / "exp_a" / "config.yaml").read_text()
-    assert "Adam trains too" in (out / "REPORT.md").read_text()
-    config.write_text(SHARED_A.replace("epochs: 1", "epochs: 2"))
-    changed = CliRunner().invoke(app, args)
-    assert changed.exit_code == 2 and "its arms differ: adam (changed), lamb (changed)" in changed.output
-    assert "Adam trains too" in (out / "exp_a" / "config.yaml").read_text()  # the old one kept
-
-
-def test_an_added_arm_trains_and_the_others_are_kept(tiny_mnist_env, tmp_path):
-    """Adding an arm to a config keeps the finished runs and trains the new one alone; removing an
-    arm (its runs would vanish from the report) is refused, naming it, and changes nothing."""
-    config = tmp_path / "toy.yaml"
-    config.write_text(SHARED_A)
-    out = tmp_path / "repro"
-    args = ["reproduce", str(config), "--out", str(out), "--seeds", "1"]
-    assert CliRunner().invoke(app, args).exit_code == 0
-    before = (out / "exp_a" / "seed1" / "lamb" / "summary.json").read_bytes()
-    arms = SHARED_A.index("arms:\n") + len("arms:\n")
-    grown = SHARED_A[:arms] + "  - {name: lamb_lr0.02, optimizer: lamb, lr: 0.02}\n" + SHARED_A[arms:]
-    config.write_text(grown)
-    again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0, again.output
-    assert again.output.count("finished before, skipped") == 2
-    assert (out / "exp_a" / "seed1" / "lamb" / "summary.json").read_bytes() == before
-    added = json.loads((out / "exp_a" / "seed1" / "lamb_lr0.02" / "summary.json").read_text())
-    assert added["settings"]["lr"] == 0.02
-    assert "lamb_lr0.02" in (out / "exp_a" / "config.yaml").read_text()
-    config.write_text(SHARED_A)  # lamb_lr0.02 removed
-    removed = CliRunner().invoke(app, args)
-    assert removed.exit_code == 2 and "its arms differ: lamb_lr0.02 (removed)" in removed.output
-    assert "lamb_lr0.02" in (out / "exp_a" / "config.yaml").read_text()
-
-
-def test_a_link_to_a_training_of_other_settings_is_replaced(tiny_mnist_env, tmp_path):
-    """B's lr-0.01 arm links to A's LAMB; A is moved away and rerun with LAMB at lr 0.02: the link
-    must not serve B (claims would be judged on the wrong run); B trains its own arm."""
-    (tmp_path / "a.yaml").write_text(SHARED_A)
-    (tmp_path / "b.yaml").write_text(SHARED_B)
-    out = tmp_path / "repro"
-    both = ["reproduce", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--out", str(out),
-            "--seeds", "1", "--quiet"]
-    assert CliRunner().invoke(app, both).exit_code == 0
-    link = out / "exp_b" / "seed1" / "lamb_lr0.01"
-    assert link.is_symlink()
-    (out / "exp_a").rename(tmp_path / "moved_away")  # the link now dangles
-    lamb_at_002 = SHARED_A.replace("    optimizer: lamb\n", "    optimizer: lamb\n    lr: 0.02\n")
-    assert lamb_at_002 != SHARED_A
-    (tmp_path / "a.yaml").write_text(lamb_at_002)
-    plan = CliRunner().invoke(app, [*both[:-1], "--plan"]).output.splitlines()
-    assert [line for line in plan if line.startswith("exp_a/seed1/lamb:")][0].endswith("[to train]")
-    assert any(line.startswith("exp_b/seed1/lamb_lr0.01: lamb (blog) lr 0.01") for line in plan)
-    assert CliRunner().invoke(app, both).exit_code == 0
-    assert not link.is_symlink() and json.loads((link / "summary.json").read_text())["status"] == "finished"
-    assert link.resolve() != (out / "exp_a" / "seed1" / "lamb").resolve()
 
 
 def test_summary_round_trip_and_damaged_ones(tmp_path):

@@ -71,28 +71,3 @@ def test_run_with_sweep_end_to_end(tiny_mnist_env, tmp_path):
         "adam_lr0.01", "adam_lr0.02", "lamb_lr0.01", "lamb_lr0.02"]
     assert "lr: 0.02" in (run_dir / "config.yaml").read_text()  # the expanded arms, on record
 
-
-def test_reproduce_with_two_jobs_equals_one_job(tiny_mnist_env, tmp_path):
-    """Four trainings two at a time in worker processes: the same folders, summaries and claims as
-    one at a time, to float rounding (each worker has half the threads)."""
-    import json
-
-    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("expect:", "sweep: {lr: [0.01, 0.02]}\nexpect:")
-                                        .replace("arm: lamb,", "arm: lamb_lr0.01,"))
-    summaries = {}
-    for jobs in (1, 2):
-        out = tmp_path / f"jobs{jobs}"
-        result = invoke("reproduce", tmp_path / "tiny.yaml", "--out", out, "--seeds", "1", "--jobs", jobs)
-        assert result.exit_code == 0, result.output
-        folders = sorted((out / "tiny" / "seed1").iterdir())
-        assert [f.name for f in folders] == ["adam_lr0.01", "adam_lr0.02", "lamb_lr0.01", "lamb_lr0.02"]
-        summaries[jobs] = [json.loads((f / "summary.json").read_text()) for f in folders]
-        assert "REPRODUCED (1 of 1)" in (out / "REPORT.md").read_text()
-    assert "4 trainings, 2 at once" in result.output
-    for one, two in zip(summaries[1], summaries[2]):
-        assert one["steps"] == two["steps"] and one["status"] == two["status"] == "finished"
-        assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-4)
-        assert two["final_test_accuracy"] == pytest.approx(one["final_test_accuracy"], abs=0.01)
-    again = invoke("reproduce", tmp_path / "tiny.yaml", "--out", tmp_path / "jobs2", "--seeds", "1",
-                   "--jobs", "2")
-    assert again.exit_code == 0 and again.output.count("finished before, skipped") == 4
