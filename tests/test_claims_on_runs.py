@@ -11,7 +11,7 @@ import pytest
 from helpers import events, invoke, point_env_at, summary_json
 
 from lambexp.report.build import load_runs
-from lambexp.report.claims import check
+from lambexp.report.claims import judge
 
 CONFIG = """\
 name: e2e
@@ -86,7 +86,7 @@ def test_every_measure_equals_the_one_computed_from_the_event_files(reproduced):
         expected["pair"] = expected["final"] - adam_final
         expected["calm"] = float(summary_json(folder / "lamb")["diverged"])
         for e in runs.experiment.expect:
-            value = check(e, {seed: arms}).values[0]
+            value = judge(e, {seed: arms}).values[0]
             assert math.isfinite(value), e.claim
             assert value == pytest.approx(expected[e.claim], rel=1e-6, abs=1e-7), e.claim
 

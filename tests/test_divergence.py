@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lambexp.base.divergence import NONFINITE_LOSS, NONFINITE_PARAMETER, LossWatch, first_divergence
-from lambexp.training.divergence import Check, decide, track_first_bad, verdict
+from lambexp.training.divergence import Reading, decide, reason_at, track_first_bad
 from lambexp.training.loop import LoopOptions, fit
 from lambexp.training.sinks import MemorySink
 
@@ -117,16 +117,16 @@ def rising() -> LossWatch:
 
 
 @pytest.mark.parametrize("check, watch, expected", [
-    (Check(3.0, 4, False), rising(), (NONFINITE_LOSS, 4)),  # a non-finite loss wins, at its own step
-    (Check(3.0, -1, False), rising(), (NONFINITE_PARAMETER, 7)),  # then a non-finite parameter, now
-    (Check(3.0, -1, True), None, (None, 7)),  # the loss rule only at a log step
+    (Reading(3.0, 4, False), rising(), (NONFINITE_LOSS, 4)),  # a non-finite loss wins, at its own step
+    (Reading(3.0, -1, False), rising(), (NONFINITE_PARAMETER, 7)),  # then a non-finite parameter, now
+    (Reading(3.0, -1, True), None, (None, 7)),  # the loss rule only at a log step
 ])
 def test_which_reason_wins(check, watch, expected):
-    assert verdict(check, 7, watch) == expected
+    assert reason_at(check, 7, watch) == expected
 
 
 def test_the_loss_rule_speaks_when_all_is_finite():
-    reason, step = verdict(Check(3.0, -1, True), 7, rising())
+    reason, step = reason_at(Reading(3.0, -1, True), 7, rising())
     assert step == 7 and "rose to 3" in reason
 
 
@@ -139,17 +139,17 @@ class Record:
 
 def test_decide_keeps_the_first_divergence_and_feeds_the_rule_only_at_log_steps():
     record = Record(first_loss=None, loss_fell=False)
-    assert decide(record, Check(2.0, -1, True), logged=False) is None and record.first_loss is None
-    assert decide(record, Check(2.0, -1, True), logged=True) is None and record.first_loss == 2.0
-    assert decide(record, Check(2.0, 5, True), logged=True) == NONFINITE_LOSS
-    assert decide(record, Check(2.0, -1, False), logged=True) == NONFINITE_PARAMETER
+    assert decide(record, Reading(2.0, -1, True), logged=False) is None and record.first_loss is None
+    assert decide(record, Reading(2.0, -1, True), logged=True) is None and record.first_loss == 2.0
+    assert decide(record, Reading(2.0, 5, True), logged=True) == NONFINITE_LOSS
+    assert decide(record, Reading(2.0, -1, False), logged=True) == NONFINITE_PARAMETER
     assert (record.diverged_step, record.diverged_reason) == (5, NONFINITE_LOSS)
 
 
 def test_a_check_row_reads_back_as_the_same_check():
-    check = Check(torch.tensor(0.5), torch.tensor(-1), torch.tensor(True))
-    assert Check.from_row(check.row().tolist()) == Check(0.5, -1, True)
-    assert Check.from_row(check.row().tolist()).finite
+    check = Reading(torch.tensor(0.5), torch.tensor(-1), torch.tensor(True))
+    assert Reading.from_row(check.row().tolist()) == Reading(0.5, -1, True)
+    assert Reading.from_row(check.row().tolist()).finite
 
 
 def test_the_first_non_finite_step_is_kept_on_the_device():

@@ -1,4 +1,4 @@
-"""`reproduce --stack N` (lambexp/runner/stacked.py, lambexp/training/group.py): arms trained as one
+"""`reproduce --stack N` (lambexp/runner/stacked.py, lambexp/training/members.py): arms trained as one
 stacked model write what each writes trained alone, one after another: the same summary, metrics,
 TensorBoard events and weights, to float rounding, for LAMB of two rules, Adam mode, LARS, a member
 that diverges and stops and one that diverges and goes on; members resumed at different steps, and a
@@ -200,7 +200,7 @@ def tiny_data(n_train: int = 24, n_test: int = 16):
 
 
 def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp_path):
-    """StackGroup by hand, from one thread: three LeNet Trainers (lr 0, so the weights stay) take a
+    """Members by hand, from one thread: three LeNet Trainers (lr 0, so the weights stay) take a
     step; each gets its own loss (as F.nll_loss of its model alone on the batch its seed draws) and
     gradient; a member's file mid-group holds its weights alone; one leaves, owning its memory
     again, and the two others step on without it, to the end of their epoch."""
@@ -208,8 +208,8 @@ def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp
 
     from lambexp.model import build_model
     from lambexp.training.checkpoint import save_weights
-    from lambexp.training.group import StackGroup
     from lambexp.training.loop import LoopOptions, Trainer
+    from lambexp.training.members import Members
     from lambexp.training.sinks import MemorySink
 
     data = tiny_data()
@@ -227,7 +227,7 @@ def test_a_group_steps_members_together_and_one_that_leaves_owns_its_weights(tmp
                 for s, net in zip((1, 2, 3), nets)]
     for trainer in trainers:
         trainer.begin()
-    group = StackGroup(trainers)
+    group = Members(trainers)
     assert group.step() == []
     for i, net in enumerate(nets):
         assert trainers[i].state.step == 1
@@ -288,7 +288,7 @@ def test_a_trainer_stepped_by_hand_trains_as_fit_does():
 
 
 class Inputs:
-    """ArmInputs' part that train_together reads: every arm's data, on the CPU."""
+    """ArmInputs' part that train_stack reads: every arm's data, on the CPU."""
 
     def __init__(self, data):
         self._data = data
@@ -311,7 +311,7 @@ def test_members_of_a_stack_take_the_compiled_step_where_it_is_asked_for(tmp_pat
     """One thread steps every member: `fused: true` asks for the compiled step in a stack as alone
     (where threads once had to turn it off), and the members finish."""
     from lambexp.optim.fast import fused
-    from lambexp.runner.stacked import train_together
+    from lambexp.runner.stacked import train_stack
     from lambexp.training.progress import NoProgress
 
     asked = []
@@ -322,7 +322,7 @@ def test_members_of_a_stack_take_the_compiled_step_where_it_is_asked_for(tmp_pat
 
     monkeypatch.setattr(fused, "kernel", kernel)
     group = group_of(tmp_path, ["a", "b"], fused=True)
-    results = train_together(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False)
+    results = train_stack(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False)
     assert asked and [status for status, _ in results] == ["finished", "finished"]
     assert all(summary_json(t.folder)["status"] == "finished" for t in group)
 
@@ -331,7 +331,7 @@ def test_a_member_failing_before_its_first_step_stops_the_group_at_once(tmp_path
     """The second member's checkpoint is not one: the first, already started, is checkpointed at
     step 0 and marked interrupted; the third is never touched; the refusal is raised."""
     from lambexp.errors import UserError
-    from lambexp.runner.stacked import train_together
+    from lambexp.runner.stacked import train_stack
     from lambexp.training.progress import NoProgress
 
     group = group_of(tmp_path, ["a", "b", "c"])
@@ -339,7 +339,7 @@ def test_a_member_failing_before_its_first_step_stops_the_group_at_once(tmp_path
     (tmp_path / "b" / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     lines = []
     with pytest.raises(UserError, match="b"):
-        train_together(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False, say=lines.append)
+        train_stack(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False, say=lines.append)
     a = summary_json(tmp_path / "a")
     assert a["status"] == "interrupted" and a["steps"] == 0
     assert torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=False)["loop"]["step"] == 0
@@ -354,7 +354,7 @@ def test_a_member_failing_mid_way_stops_the_group_at_once(tmp_path, monkeypatch)
     third has not), checkpointed and marked interrupted, instead of training on to the end."""
     from lambexp.errors import ResumableError
     from lambexp.runner import arm as arm_module
-    from lambexp.runner.stacked import train_together
+    from lambexp.runner.stacked import train_stack
     from lambexp.training.progress import NoProgress
 
     real = arm_module.build_optimizer
@@ -377,7 +377,7 @@ def test_a_member_failing_mid_way_stops_the_group_at_once(tmp_path, monkeypatch)
     group = group_of(tmp_path, ["a", "b", "c"])
     lines = []
     with pytest.raises(ResumableError, match="b: out of memory .* in a stack .* lower --stack"):
-        train_together(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False, say=lines.append)
+        train_stack(group, Inputs(tiny_data()), lambda arm: NoProgress(), lambda: False, say=lines.append)
     b = summary_json(tmp_path / "b")
     assert b["status"] == "failed" and "out of memory" in b["error"]
     for name, steps in (("a", 3), ("c", 2)):  # of 6: 2 epochs of 3 batches

@@ -197,7 +197,7 @@ class Header(_Frozen):
     name: Name = Field(description="identifier-like name of the experiment; its folder name")
     description: str = Field("", description="what it reproduces, in words")
     expect: tuple[Expectation, ...] = Field((), description=(
-        "the post's claims as checks on measured numbers (see lambexp/config/expect.py)"))
+        "the post's claims, each judged on measured numbers (see lambexp/config/expect.py)"))
 
 
 class ArmSpec(Settings):

@@ -19,7 +19,7 @@ from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, own_folder, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
 from lambexp.report import figures, variants
-from lambexp.report.claims import ClaimResult, check, decades, mean_std, measure, widest_run
+from lambexp.report.claims import ClaimResult, decades, judge, mean_std, measure, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from lambexp.report.variants import variant_grid
@@ -69,7 +69,7 @@ def _summary(measure: str, values: list[float]) -> str:
 def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:
     rows = []
     for e in runs.experiment.expect:
-        result = check(e, runs.seeds)
+        result = judge(e, runs.seeds)
         per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
         summary = _summary(e.measure, result.values)
         missing = sum(not math.isfinite(v) for v in result.values)
@@ -254,7 +254,7 @@ def load_runs(paths: list[Path]) -> list[ExperimentRuns]:
 
 def claim_verdicts(all_runs: list[ExperimentRuns]) -> list[tuple[str, str]]:
     """(claim, verdict) for every claim of ``all_runs`` (for --strict)."""
-    return [(e.claim, check(e, r.seeds).verdict) for r in all_runs for e in r.experiment.expect]
+    return [(e.claim, judge(e, r.seeds).verdict) for r in all_runs for e in r.experiment.expect]
 
 
 def tally_line(all_runs: list[ExperimentRuns]) -> str:

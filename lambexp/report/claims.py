@@ -182,7 +182,7 @@ def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> flo
     return _value_of(a, arms, e, name) - _value_of(b, arms, e, name)
 
 
-def check(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
+def judge(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:
     """Check ``e`` on each seed that has every arm it needs. ``runs``: seed → arm name → series."""
     refs = _arms_named(e.arm) + (_arms_named(e.reference) if e.comparator != "between" else [])
     every = sorted({name for arms in runs.values() for name in arms})

@@ -104,7 +104,7 @@ class ArmRun:
     ``restore`` (its checkpoint, vetted), ``start`` (a ``Trainer`` logging into its sink, for the
     caller to step) and one ending: ``finish`` (weights and summary), ``interrupt`` (a checkpoint)
     or ``fail``. ``run_arm`` runs them for an arm alone; lambexp.runner.stacked steps the Trainers
-    of a group together (``stacked``), and every file is what the arm writes alone."""
+    of a stack's members in turn (``stacked``), and every file is what the arm writes alone."""
 
     def __init__(self, arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                  progress: Progress, stop_requested: Callable[[], bool] = lambda: False,

@@ -1,6 +1,6 @@
 """One dispatcher for every launcher: `reproduce --jobs N` (worker processes here), `--launcher
 ray` and `--launcher slurm` are each a ``Launcher`` (submit, poll, cancel); ``dispatch`` owns the
-rest, alike for all: the queue of units (a training, or a stacked group), the banner, a line per
+rest, alike for all: the queue of units (a training, or a stack), the banner, a line per
 unit sent and per training that comes back, a failure named by its training, and the end of every
 other unit in flight at the first failure or Ctrl-C (each checkpoints where it can: a training
 stopped mid-way continues from its last checkpoint on the next run).
@@ -23,12 +23,12 @@ from lambexp.runner.plan import (
     Training,
     describe_unit,
     say_result,
-    stack_groups,
+    stack_units,
     unfinished,
     unit_label,
 )
 
-Unit = list[Training]  # what one submission trains: one training, or a stacked group (--stack)
+Unit = list[Training]  # what one submission trains: one training, or a stack (--stack)
 Results = list[Result]  # task.train_task's: one per training of the unit, in order
 
 STOPPED = "with the unfinished trainings cancelled; the finished ones are kept, the others continue" \
@@ -64,13 +64,13 @@ class Launcher(Protocol):
 def dispatch(work: Sequence[Training], launcher: Launcher, data_dir: Path | None, say: Say,
              stop_requested: Callable[[], bool], stack: int = 1) -> None:
     """Train the unfinished trainings of ``work`` through ``launcher``, in units of up to ``stack``
-    (``plan.stack_groups``). Raises the first failure, as ``<unit>: <why>``, once every other unit
+    (``plan.stack_units``). Raises the first failure, as ``<unit>: <why>``, once every other unit
     is stopped; Interrupted after a stop request; a UserError when trainings came back interrupted
     without one (``launcher.early``)."""
     pending = unfinished(work, say)
     if not pending:
         return
-    queue = stack_groups(pending, stack, data_dir)
+    queue = stack_units(pending, stack, data_dir)
     units, data = len(queue), str(data_dir) if data_dir else None
     in_flight: dict[Hashable, Unit] = {}
     early: list[str] = []  # trainings that came back interrupted, not asked to

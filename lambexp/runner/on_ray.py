@@ -2,7 +2,7 @@
 ``dispatch.Launcher``: the dispatcher queues, says and stops).
 
 ``ray.init(address)`` joins the cluster at ``address`` (or $RAY_ADDRESS, or a cluster started on this
-machine with `ray start --head`), else starts one here. Each unfinished training (or stacked group,
+machine with `ray start --head`), else starts one here. Each unfinished training (or stack,
 ``--stack``) becomes one task asking for its CPUs (and GPUs); the task trains its arms into their
 folders (``task.train_task``), so ``--out`` must be a folder every node sees (a shared file system),
 and lambexp and MNIST must be installed there (docs/distributed.md). Ctrl-C cancels every task

@@ -1,7 +1,7 @@
 """`lambexp reproduce --launcher slurm`: the unfinished trainings as one Slurm job array (submitit), a
 ``dispatch.Launcher``: the dispatcher queues, says and stops.
 
-Each array task trains one arm (or one stacked group, ``--stack``) into its folder
+Each array task trains one arm (or one stack, ``--stack``) into its folder
 (``task.train_task``), so ``--out`` must be on a file system the compute nodes share, with lambexp
 and MNIST installed where they run (docs/distributed.md). submitit's own files (the job scripts,
 each task's stdout and stderr) go to ``<out>/.submitit``. This process waits for the array and says
@@ -50,7 +50,7 @@ CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C or a failure: how long cancelled task
 
 def train_job(arms_json: list[str], arm_dirs: list[str], data_dir: str | None,
               threads: int) -> Results:
-    """An array task: ``task.train_task`` (one training, or a stacked group), stopping cleanly (each
+    """An array task: ``task.train_task`` (one training, or a stack), stopping cleanly (each
     arm checkpointed after its step) on SIGTERM or SIGINT (scancel) and on SIGUSR2, which submitit
     has Slurm send 90 s before the task's time limit (``--slurm-time``). A UserError comes back as
     [(Status.FAILED, {"error": line})]: submitit would wrap the error in its traceback."""

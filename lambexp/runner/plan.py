@@ -1,6 +1,6 @@
 """The plan of a reproduction: the distinct trainings that some configs over some seeds need, the
 links by which experiments share identical ones, which are not finished yet, and the units they
-train in (one training, or a stacked group: ``stack_groups``) with the lines that name a unit and
+train in (one training, or a stack: ``stack_units``) with the lines that name a unit and
 its outcome. Nothing here trains.
 
 Arms that are the same training once resolved (every setting and the seed equal, only the name
@@ -181,23 +181,24 @@ def stack_key(arm: Arm, data_dir: Path | None) -> tuple:
     return arm.model, arm.batch_size, arm.epochs, arm.device, str(data_dir or arm.data_dir)
 
 
-def stack_groups(work: Sequence[Training], size: int, data_dir: Path | None) -> list[list[Training]]:
-    """``work`` in groups of at most ``size`` that share a ``stack_key``, in the order of each
-    group's first training (the plan's order: seed by seed). ``size`` 1: each training alone."""
-    open_groups: dict[tuple, list[Training]] = {}
-    groups: list[list[Training]] = []
+def stack_units(work: Sequence[Training], size: int, data_dir: Path | None) -> list[list[Training]]:
+    """``work`` as units: stacks of at most ``size`` trainings that share a ``stack_key``, in the
+    order of each unit's first training (the plan's order: seed by seed). ``size`` 1: each training
+    alone."""
+    filling: dict[tuple, list[Training]] = {}  # by stack_key: the unit still taking trainings
+    units: list[list[Training]] = []
     for t in work:
         key = stack_key(t.arm, data_dir)
-        group = open_groups.get(key)
-        if group is None or len(group) == size:
-            group = open_groups[key] = []
-            groups.append(group)
-        group.append(t)
-    return groups
+        unit = filling.get(key)
+        if unit is None or len(unit) == size:
+            unit = filling[key] = []
+            units.append(unit)
+        unit.append(t)
+    return units
 
 
 def describe_unit(unit: Sequence[Training]) -> str:
-    """The line that says what a unit trains: one training, or a stacked group."""
+    """The line that says what a unit trains: one training, or a stack."""
     def state(t: Training) -> str:
         return "continuing" if t.folder.exists() else "training"
 
@@ -208,7 +209,7 @@ def describe_unit(unit: Sequence[Training]) -> str:
 
 
 def unit_label(unit: Sequence[Training]) -> str:
-    """How a unit of work (a training, or a stacked group) is named at the start of a line."""
+    """How a unit of work (a training, or a stack) is named at the start of a line."""
     return " + ".join(t.label for t in unit)
 
 

@@ -37,10 +37,10 @@ from lambexp.runner.plan import (
     describe_unit,
     link_shared,
     make_plan,
-    stack_groups,
+    stack_units,
     unfinished,
 )
-from lambexp.runner.stacked import run_group
+from lambexp.runner.stacked import run_stack
 from lambexp.training.checkpoint import recorded
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -85,15 +85,14 @@ def run_pending(work: list[Training], inputs: ArmInputs, say: Say,
     if stack > 1 and world.active:
         raise UserError("--stack: under torchrun each training is spread over the processes;"
                         " leave --stack off")
-    groups = stack_groups(pending, stack, inputs.data_dir)
-    for group in groups:
+    for unit in stack_units(pending, stack, inputs.data_dir):
         if not world.active and stop_requested():  # under DDP the ranks agree at log steps
             raise Interrupted("between arms; the finished arms are kept")
-        if len(group) > 1:
-            run_group(group, inputs, say, progress_for, stop_requested, apply_changes)
+        if len(unit) > 1:
+            run_stack(unit, inputs, say, progress_for, stop_requested, apply_changes)
             continue
-        t = group[0]
-        say(describe_unit(group))
+        t = unit[0]
+        say(describe_unit(unit))
         data, device = inputs.data(t.arm)
         run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested, world, apply_changes)
 

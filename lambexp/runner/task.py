@@ -1,4 +1,4 @@
-"""One training, or one stacked group of them (``--stack``), as a unit of work that a launcher sends
+"""One training, or one stack of them (``--stack``), as a unit of work that a launcher sends
 elsewhere: a worker process (``--jobs``), a Ray task (``--launcher ray``) or a Slurm job
 (``--launcher slurm``).
 
@@ -20,7 +20,7 @@ from lambexp.config import Arm
 from lambexp.errors import Interrupted
 from lambexp.runner.arm import ArmInputs, run_arm
 from lambexp.runner.plan import Result, Training
-from lambexp.runner.stacked import train_together
+from lambexp.runner.stacked import train_stack
 from lambexp.training.progress import NoProgress
 
 _INPUTS: dict = {}  # in a worker: MNIST loaded once per data folder, reused by its trainings
@@ -38,8 +38,8 @@ def train_task(arms_json: list[str], arm_dirs: list[str], data_dir: str | None, 
         _INPUTS[data_dir] = ArmInputs(arms, Path(data_dir) if data_dir else None, say=lambda s: None)
     inputs, stop = _INPUTS[data_dir], stop_requested or (lambda: False)
     if len(arms) > 1:
-        group = [Training(folder, arm, Path(folder)) for arm, folder in zip(arms, arm_dirs)]
-        return train_together(group, inputs, lambda arm: NoProgress(), stop)
+        unit = [Training(folder, arm, Path(folder)) for arm, folder in zip(arms, arm_dirs)]
+        return train_stack(unit, inputs, lambda arm: NoProgress(), stop)
     data, device = inputs.data(arms[0])
     try:
         summary = run_arm(arms[0], data, device, Path(arm_dirs[0]), NoProgress(), stop_requested=stop)

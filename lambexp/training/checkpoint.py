@@ -65,7 +65,7 @@ def save_weights(path: Path, model: nn.Module) -> None:
 
 def own_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict, each tensor that is a view into a larger storage (a member of a
-    stacked group: lambexp.training.group) copied out: torch.save writes a view's whole storage,
+    stack: lambexp.training.members) copied out: torch.save writes a view's whole storage,
     which would put every member's weights in each member's file."""
     return {name: t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
             for name, t in model.state_dict().items()}

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lambexp.errors import UserError
-from lambexp.training.divergence import Check
+from lambexp.training.divergence import Reading
 
 T = TypeVar("T")
 
@@ -69,20 +69,20 @@ class World:
             return idx, None
         return idx.tensor_split(self.size)[self.rank], self.size / len(idx)  # (B/W rounded,)
 
-    def agree(self, check: Check, stop: bool) -> tuple[Check, bool]:
-        """Every rank's ``check`` (on the device; its loss is the rank's sum × W/B) and stop request,
+    def agree(self, reading: Reading, stop: bool) -> tuple[Reading, bool]:
+        """Every rank's ``reading`` (on the device; its loss is the rank's sum × W/B) and stop request,
         in one all_gather and one host sync, reduced alike on every rank: the global batch's mean loss,
         the earliest bad step of any rank, all parameters finite, any stop. So all ranks take the same
         decision at the same step, and none waits in a collective for one that has left."""
-        row = check.row()
+        row = reading.row()
         flag = torch.tensor([float(stop)], dtype=row.dtype, device=row.device)
-        rows = self.gather(torch.cat([row, flag]))  # (W, 4): the Check's fields, then the stop flag
-        each = Check(*rows[:, :-1].unbind(1))  # each field over the ranks, (W,)
+        rows = self.gather(torch.cat([row, flag]))  # (W, 4): the Reading's fields, then the stop flag
+        each = Reading(*rows[:, :-1].unbind(1))  # each field over the ranks, (W,)
         first = torch.where(each.first_bad >= 0, each.first_bad, math.inf).min()
-        agreed = Check(each.loss.sum() / self.size,  # Σ_r (S_r · W/B) / W = the global batch's mean loss
+        agreed = Reading(each.loss.sum() / self.size,  # Σ_r (S_r · W/B) / W = the global batch's mean loss
                        torch.where(first.isinf(), -1.0, first), each.params_finite.min())
         *values, stop_any = torch.stack([*agreed, rows[:, -1].max()]).tolist()
-        return Check.from_row(values), stop_any > 0
+        return Reading.from_row(values), stop_any > 0
 
     def barrier(self) -> None:
         if self.active:

@@ -1,4 +1,4 @@
-"""The trainer's decisions on divergence: a check's readings (``Check``), which reason wins, and the
+"""The trainer's decisions on divergence: what one check reads (``Reading``), which reason wins, and the
 on-device first non-finite step. What "diverged" means, and the loss rule, are
 ``lambexp.base.divergence``'s."""
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
-class Check(NamedTuple):
+class Reading(NamedTuple):
     """What one check reads: on the device (0-d tensors) until ``row`` and ``from_row`` bring it to
     the host in one sync. The row is these fields in this order; ``World.agree`` reduces it over ranks."""
 
@@ -33,8 +33,8 @@ class Check(NamedTuple):
         return torch.stack([value.double() for value in self])
 
     @classmethod
-    def from_row(cls, values: Sequence[float]) -> Check:
-        """The host ``Check`` of a row read back (``row(...).tolist()``)."""
+    def from_row(cls, values: Sequence[float]) -> Reading:
+        """The host ``Reading`` of a row read back (``row(...).tolist()``)."""
         loss, first_bad, params_finite = values
         return cls(loss, int(first_bad), params_finite == 1)
 
@@ -48,15 +48,15 @@ def track_first_bad(first_bad: Tensor | None, loss: Tensor, step: int) -> Tensor
     return bad if first_bad is None else torch.where(first_bad >= 0, first_bad, bad)
 
 
-def verdict(check: Check, step: int, watch: LossWatch | None) -> tuple[str | None, int]:
+def reason_at(reading: Reading, step: int, watch: LossWatch | None) -> tuple[str | None, int]:
     """Why the run diverged at this check of step ``step``, and the step that names; (None, step) if it
     did not. A non-finite loss wins, at its own step; then a non-finite parameter, now; then, at a log
     step (``watch`` given, and fed the loss), the loss rule."""
-    if check.first_bad >= 0:
-        return NONFINITE_LOSS, check.first_bad
-    if not check.params_finite:
+    if reading.first_bad >= 0:
+        return NONFINITE_LOSS, reading.first_bad
+    if not reading.params_finite:
         return NONFINITE_PARAMETER, step
-    return (None if watch is None else watch.update(check.loss)), step
+    return (None if watch is None else watch.update(reading.loss)), step
 
 
 class Record(Protocol):
@@ -69,11 +69,11 @@ class Record(Protocol):
     diverged_reason: str | None  # … and its reason
 
 
-def decide(record: Record, check: Check, logged: bool) -> str | None:
-    """Why the run diverged at this check (``verdict``), or None; the first divergence is kept in
+def decide(record: Record, reading: Reading, logged: bool) -> str | None:
+    """Why the run diverged at this check (``reason_at``), or None; the first divergence is kept in
     ``record``, and at a log step (``logged``) the loss rule's state too."""
     watch = LossWatch(record.first_loss, record.loss_fell) if logged else None
-    reason, step = verdict(check, record.step, watch)
+    reason, step = reason_at(reading, record.step, watch)
     if watch is not None:
         record.first_loss, record.loss_fell = watch.first, watch.fell
     if reason is not None and record.diverged_step is None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lambexp.data import batches_per_epoch, epoch_batches
 from lambexp.errors import Interrupted
 from lambexp.training.distributed import SINGLE, World, unwrap
-from lambexp.training.divergence import Check, decide, track_first_bad
+from lambexp.training.divergence import Reading, decide, track_first_bad
 from lambexp.training.progress import NoProgress, Progress
 from lambexp.training.sinks import Sink
 
@@ -85,29 +85,29 @@ class Checked(NamedTuple):
     stop: bool  # a stop was requested (under DDP: on any rank)
 
 
-def _read(model: nn.Module, state: LoopState, loss: Tensor, options: LoopOptions) -> tuple[Check, bool]:
+def _read(model: nn.Module, state: LoopState, loss: Tensor, options: LoopOptions) -> tuple[Reading, bool]:
     """This check's readings and whether a stop was requested, in one host sync; under DDP agreed by
     every rank (``World.agree``). One process polls for a stop before each step instead."""
     params_finite = torch.stack(torch._foreach_norm(list(model.parameters()))).isfinite().all()
-    check = Check(loss.detach(), state.first_bad, params_finite)
+    reading = Reading(loss.detach(), state.first_bad, params_finite)
     if not options.world.active:
-        return Check.from_row(check.row().tolist()), False
-    return options.world.agree(check, options.stop_requested())
+        return Reading.from_row(reading.row().tolist()), False
+    return options.world.agree(reading, options.stop_requested())
 
 
 def _check_log_step(model: nn.Module, opt, state: LoopState, loss: Tensor, sink: Sink,
                     progress: Progress, options: LoopOptions, at: int | None) -> Checked:
-    """Read the values (``_read``), take lambexp.training.divergence's verdict and, at a log step,
+    """Read the values (``_read``), take lambexp.training.divergence's decision and, at a log step,
     log the loss at ``at`` (samples seen before its batch; None: not a log step, so the loss rule
     is not fed). A non-finite value is logged only when continuing."""
-    check, stop = _read(model, state, loss, options)
-    diverged = decide(state, check, logged=at is not None) is not None
+    reading, stop = _read(model, state, loss, options)
+    diverged = decide(state, reading, logged=at is not None) is not None
     if at is not None:
-        if math.isfinite(check.loss):
-            state.last_loss = check.loss
-        if check.finite or options.on_divergence == "continue":
-            log_train(sink, opt, at, state.step, loss=check.loss)
-            progress.advance(state.step, check.loss)
+        if math.isfinite(reading.loss):
+            state.last_loss = reading.loss
+        if reading.finite or options.on_divergence == "continue":
+            log_train(sink, opt, at, state.step, loss=reading.loss)
+            progress.advance(state.step, reading.loss)
     return Checked(diverged, stop)
 
 
@@ -160,7 +160,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, world: World = SINGLE) -> t
 class Trainer:
     """One training that takes one step at a time; ``fit`` is a loop over it.
 
-    A step has three parts, so that a stacked group (lambexp.training.group) can run the middle one
+    A step has three parts, so that a stack (lambexp.training.members) can run the middle one
     for all its members at once: ``next_batch`` (a stop request polled, the lr warmed up, the
     gradients zeroed), the forward and backward of that batch, and ``take_step`` (the optimizer's
     step, the checks of lambexp.training.divergence, logging, evaluations and the epoch's end).

@@ -53,8 +53,8 @@ class LineProgress(NoProgress):
 
 
 class SharedBar:
-    """One rich live display for the bars of every arm that trains at once (the members of a stacked
-    group; rich allows one live display at a time): shown while any bar is."""
+    """One rich live display for the bars of every arm that trains at once (the members of a
+    stack; rich allows one live display at a time): shown while any bar is."""
 
     def __init__(self, console):
         from rich.progress import (

@@ -10,7 +10,7 @@ member i's own gradient, since no member's loss reads another's parameters, nor,
 layers that mix a batch's samples (BatchNorm) is refused, another sample's padding.
 
 This is the computing core: it equals the same members trained one by one to float rounding
-(tests/test_stack.py). ``lambexp.training.group`` steps the members' trainings on it, each of which
+(tests/test_stack.py). ``lambexp.training.members`` steps the members' trainings on it, each of which
 logs, evaluates and checkpoints as a lone one does.
 """
 
@@ -26,7 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from lambexp.errors import UserError
 
 # Layers whose output for one sample depends on the other samples of its batch: stacked, a member's
-# padded rows (lambexp.training.group) would enter its statistics, so such a model is refused.
+# padded rows (lambexp.training.members) would enter its statistics, so such a model is refused.
 CROSS_SAMPLE = (nn.modules.batchnorm._BatchNorm,)
 
 

@@ -1,17 +1,17 @@
-"""Several trainings of one model stepped together from one thread, their forwards and backwards run as
+"""Several trainings of one model stepped in turn from one thread, their forwards and backwards run as
 one stacked model (``lambexp.training.stack.Stack``).
 
 Each member is a whole training (``lambexp.training.loop.Trainer``), as ``run_arm`` runs it alone: its
 own seed, data order, optimizer, divergence checks, evaluations, TensorBoard events, metrics,
-checkpoints and summary. Only the forward and backward of its batch are shared. A step of the group is
+checkpoints and summary. Only the forward and backward of its batch are shared. A step of the stack is
 each member's ``next_batch`` in turn, one stacked forward and backward of those batches, and each
 member's ``take_step`` in turn: every member steps its own optimizer on its own parameters, which are
 views of its slices of the stack (``Stack.bind``), so a norm never mixes two members' tensors.
 
 A member leaves when its training ends (finished, or diverged with ``on_divergence: stop``): its
 parameters get their own memory back, and the others are stacked anew without it. Members resumed at
-different steps step together all the same; a shorter batch is padded and the padding left out of
-its loss. What a member raises stops the group's step at once, as ``MemberError``: the caller decides
+different steps share the stack all the same; a shorter batch is padded and the padding left out of
+its loss. What a member raises stops the stack's step at once, as ``MemberError``: the caller decides
 what it means for the others (lambexp.runner.stacked stops them all).
 """
 
@@ -39,8 +39,8 @@ class MemberError(Exception):
         self.slot, self.error = slot, error
 
 
-class StackGroup:
-    """The members (slots 0…N−1, ``Trainer``s begun) that train together, and their stack."""
+class Members:
+    """The members of a stack (slots 0…N−1, ``Trainer``s begun), stepped in turn, and their ``Stack``."""
 
     def __init__(self, trainers: Sequence[Trainer]):
         self.trainers = list(trainers)
@@ -50,7 +50,7 @@ class StackGroup:
 
     def step(self) -> list[int]:
         """One step of every member still training; returns the slots whose training had ended
-        (they take no step and leave the group). Raises MemberError, the members' states as
+        (they take no step and leave the stack). Raises MemberError, the members' states as
         consistent as at a stop request."""
         batches: dict[int, Tensor] = {}
         ended = []
