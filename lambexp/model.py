@@ -1,4 +1,5 @@
-"""The blog's LeNet (PyTorch's MNIST example of 2019) and a small MLP, by name."""
+"""The blog's LeNet (PyTorch's MNIST example of 2019), a small MLP and a small vision transformer, by
+name."""
 
 from __future__ import annotations
 
@@ -43,11 +44,63 @@ class MLP(nn.Module):
         return F.log_softmax(self.fc3(x), dim=1)  # (B, 10)
 
 
-MODELS = {"lenet": LeNet, "mlp": MLP}
+class Block(nn.Module):
+    """A pre-norm transformer block: t + attention(LayerNorm(t)), then t + MLP(LayerNorm(t)), the MLP
+    dim → hidden → GELU → dim. Attention is written out with one qkv projection, so that it stacks
+    (torch.func.vmap) like every other layer."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, t: Tensor) -> Tensor:  # t: (B, N, D)
+        b, n, d = t.shape
+        qkv = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, N, D/H)
+        weights = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)  # (B, H, N, N)
+        t = t + self.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+        return t + self.fc2(F.gelu(self.fc1(self.norm2(t))))
+
+
+class ViT(nn.Module):
+    """A small vision transformer: the 28×28 image as 16 patches of 7×7, each embedded to 64
+    dimensions; a class token and learned positions; 4 blocks (``Block``, 4 heads, MLP 128); a final
+    LayerNorm and a linear head on the class token → log-softmax. 0.14M parameters, with the layer
+    kinds (embeddings, LayerNorm, attention) where weight decay and trust exclusions matter."""
+
+    PATCH, DIM, DEPTH, HEADS, HIDDEN = 7, 64, 4, 4, 128
+
+    def __init__(self):
+        super().__init__()
+        tokens = (28 // self.PATCH) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, self.DIM))  # (1, D): the class token
+        self.pos = nn.Parameter(torch.randn(tokens + 1, self.DIM) * 0.02)  # (N+1, D): positions
+        self.patch = nn.Linear(self.PATCH * self.PATCH, self.DIM)
+        self.blocks = nn.ModuleList(Block(self.DIM, self.HEADS, self.HIDDEN) for _ in range(self.DEPTH))
+        self.norm = nn.LayerNorm(self.DIM)
+        self.head = nn.Linear(self.DIM, 10)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, 1, 28, 28)
+        b, p = x.shape[0], self.PATCH
+        side = 28 // p
+        patches = x.reshape(b, side, p, side, p).transpose(2, 3).reshape(b, side * side, p * p)  # (B, 16, 49)
+        t = torch.cat([self.cls.expand(b, 1, self.DIM), self.patch(patches)], dim=1) + self.pos  # (B, 17, D)
+        for block in self.blocks:
+            t = block(t)
+        return F.log_softmax(self.head(self.norm(t[:, 0])), dim=1)  # (B, 10)
+
+
+MODELS = {"lenet": LeNet, "mlp": MLP, "vit": ViT}
 
 
 def build_model(name: str, device: torch.device | str = "cpu") -> nn.Module:
-    """A fresh model by name (``lenet`` or ``mlp``), initialised from torch's current RNG, on
+    """A fresh model by name (``lenet``, ``mlp`` or ``vit``), initialised from torch's current RNG, on
     ``device``. Convolutions run channels-last: faster on the CPU (``make bench``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (one of: {', '.join(MODELS)})")

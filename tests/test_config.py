@@ -166,7 +166,7 @@ def test_nan_and_infinity_are_refused():
 ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, trust_clip, always_adapt, "
             "exclude_from_decay, exclude_from_trust, grad_clip_norm, fused, eps, clamp, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, warmup_epochs, log_interval, "
-            "eval_interval, data_dir, on_divergence, checkpoint_every")
+            "eval_interval, data_dir, validation, on_divergence, checkpoint_every")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -195,7 +195,7 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
     ("name: e\noptimizer: adamw\narms: [{name: a, model: resnet}]\n",
      ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam; did you mean adam?"
       " (got adamw)",
-      "error: x.yaml: arms[0].model: must be one of lenet, mlp (got resnet)"]),
+      "error: x.yaml: arms[0].model: must be one of lenet, mlp, vit (got resnet)"]),
     ("name: e\narms: [{name: a, rule: lars, device: tpu}]\n",
      [f"error: x.yaml: arms[0].rule: must be one of {', '.join(RULES)} (got lars)",
       "error: x.yaml: arms[0].device: must be one of auto, cpu, cuda (got tpu)"]),
@@ -226,7 +226,8 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
      ["error: x.yaml: expect[0]: within_epochs applies to measure min_train_loss only (got {above: 1, "
       "arm: a, claim: c, measure: r_max, within_epoch...)"]),
     ("name: e\narms: [{name: a}]\nexpect: [{claim: c, arm: a, measure: r_max, also: [speed], above: 1}]\n",
-     ["error: x.yaml: expect[0].also[0]: must be one of final_accuracy, best_accuracy, final_loss, "
+     ["error: x.yaml: expect[0].also[0]: must be one of final_accuracy, best_accuracy, "
+      "final_val_accuracy, best_val_accuracy, steps_to_target, samples_to_target, final_loss, "
       "min_train_loss, lr_range, diverged, r_max, r_median, r_start_median, r1_final_max, r1_growth_max "
       "(got speed)"]),
     ("name: e\nseed: 4294967296\narms: [{name: a, momentum: 1}]\n",

@@ -29,6 +29,7 @@ UNITS: dict[str, Callable[[float], str]] = {  # unit → how a value of it reads
     "yes/no": lambda v: "yes" if v else "no",  # 1.0 or 0.0
     "decades": _decades,  # log10 of a ratio: 1 decade, 1.5 decades
     "number": lambda v: f"{v:.4g}",  # 4.53, 0.0312
+    "count": lambda v: "not reached" if math.isinf(v) else f"{v:,.0f}",  # 1,234; inf: never got there
 }
 
 
@@ -41,6 +42,7 @@ class Measure:
     takes_layer: bool = False  # `layer:` narrows it to one parameter tensor
     takes_window: bool = False  # `within_epochs:` narrows it to the first N epochs
     over_pattern: bool = False  # of the arms an `arm` pattern (with *) matches, and a `threshold`
+    takes_target: bool = False  # `target:` the accuracy to reach
 
     @property
     def is_boolean(self) -> bool:
@@ -58,6 +60,16 @@ _OF_ONE_LAYER = "(all layers, or `layer`)"
 MEASURES: dict[str, Measure] = {  # in the order error messages list them
     "final_accuracy": Measure("test accuracy after the last epoch, in [0, 1]", "fraction"),
     "best_accuracy": Measure("best test accuracy over the epochs, in [0, 1]", "fraction"),
+    "final_val_accuracy": Measure("validation accuracy after the last epoch, in [0, 1] (`validation:`)",
+                                  "fraction"),
+    "best_val_accuracy": Measure("best validation accuracy over the evaluations, in [0, 1]", "fraction"),
+    "steps_to_target": Measure(
+        "optimizer steps until the validation accuracy (the test accuracy, where the arm holds out no"
+        " validation images) first reaches `target`, read at each evaluation (after each epoch, and"
+        " every `eval_interval` steps); infinite, shown as 'not reached', when it never does", "count",
+        takes_target=True),
+    "samples_to_target": Measure("training samples seen at that evaluation (steps_to_target × the batch"
+                                 " size); 'not reached' when it never does", "count", takes_target=True),
     "final_loss": Measure("last logged training loss"),
     "min_train_loss": Measure("lowest logged training loss (optionally within the first `within_epochs`)",
                               takes_window=True),

@@ -64,6 +64,8 @@ class Expectation(BaseModel):
     threshold: Annotated[float, Field(gt=0, le=1)] = Field(DEFAULT_THRESHOLD, description=(
         f"{names_where(lambda x: x.over_pattern)} only: the final test accuracy an lr must reach to count"
         f" (default {as_percent(DEFAULT_THRESHOLD)})"))
+    target: Annotated[float, Field(gt=0, le=1)] | None = Field(None, description=(
+        f"{names_where(lambda x: x.takes_target)} only: the accuracy to reach, e.g. 0.98"))
     judge: Literal["each_seed", "mean"] = Field("each_seed", description=(
         "each_seed: the claim is checked on every seed and reported k of n; mean: once, on the mean"
         " over seeds of the measure and of what it is compared with"))
@@ -105,6 +107,9 @@ class Expectation(BaseModel):
         if unlike:
             return (f"also: {', '.join(unlike)} cannot be shown beside {self.measure}: one measures a"
                     " pattern of arms, the other one arm")
+        if m.takes_target != (self.target is not None):
+            return (f"measure {names_where(lambda x: x.takes_target)} takes `target:` (an accuracy to"
+                    " reach, e.g. 0.98); other measures do not")
         if self.within_epochs is not None and not m.takes_window:
             return f"within_epochs applies to measure {names_where(lambda x: x.takes_window)} only"
         return None

@@ -25,11 +25,12 @@ from lambexp.config.expect import Expectation
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
 Rule = Literal[RULES]  # type: ignore[valid-type]  # the rows of lambexp.base.variants
-ModelName = Literal["lenet", "mlp"]
+ModelName = Literal["lenet", "mlp", "vit"]
 Device = Literal["auto", "cpu", "cuda"]
 
 MAX_SEED = 2**32 - 1  # torch.manual_seed's range
 MAX_BATCH = 60_000  # MNIST's training images: a larger batch is the whole set with more memory
+MAX_VALIDATION = 50_000  # training images a validation split may hold out: 10,000 at least train
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_RULE = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
 
@@ -40,6 +41,11 @@ MODEL_PARAMETERS: dict[str, tuple[tuple[str, int], ...]] = {
               ("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1)),
     "mlp": (("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1),
             ("fc3.weight", 2), ("fc3.bias", 1)),
+    "vit": (("cls", 2), ("pos", 2), ("patch.weight", 2), ("patch.bias", 1),
+            *((f"blocks.{i}.{layer}.{kind}", 2 if kind == "weight" and layer not in ("norm1", "norm2") else 1)
+              for i in range(4) for layer in ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+              for kind in ("weight", "bias")),
+            ("norm.weight", 1), ("norm.bias", 1), ("head.weight", 2), ("head.bias", 1)),
 }
 # A regular expression that starts like the rank form but is not it: parameter names never hold
 # <, > or =, so as a regular expression it could match nothing; it is a misspelt ndim<=1.
@@ -148,7 +154,8 @@ class Settings(_Frozen):
         "training samples per step, at most the 60,000 training images"))
     epochs: Int = Field(6, ge=1, description="passes over the 60k training images")
     seed: Int = Field(1, ge=0, le=MAX_SEED, description="seeds torch (init, shuffling) once per arm")
-    model: ModelName = Field("lenet", description="lenet: PyTorch's MNIST-example CNN; mlp")
+    model: ModelName = Field("lenet", description=(
+        "lenet: PyTorch's MNIST-example CNN; mlp; vit: a small vision transformer (7×7 patches, 4 blocks)"))
     device: Device = Field("auto", description="auto: cuda when available, else cpu")
     warmup_epochs: Float = Field(0.0, ge=0, description=(
         "linear learning-rate warm-up from 0 to lr over this many epochs, then constant; 0: none"))
@@ -156,6 +163,9 @@ class Settings(_Frozen):
     eval_interval: Annotated[Int, Field(ge=1)] | None = Field(None, description=(
         "steps between extra test evaluations; null: test only after each epoch"))
     data_dir: str | None = Field(None, description="folder holding MNIST; null: the default one")
+    validation: Int = Field(0, ge=0, le=MAX_VALIDATION, description=(
+        "training images held out as a validation set, never trained on and evaluated at each"
+        " evaluation beside the test set; the same seeded split for every arm and seed; 0: none"))
     on_divergence: Literal["stop", "continue"] = Field("stop", description=(
         f"when the arm diverges ({DEFINITION}): stop the arm there (a result, not an error), or"
         " continue to watch the collapse"))

@@ -18,6 +18,7 @@ from lambexp.data.tensors import (
     MnistTensors,
     batches_per_epoch,
     epoch_batches,
+    held_out,
     load_mnist,
     normalise,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "default_data_dir",
     "ensure_mnist",
     "epoch_batches",
+    "held_out",
     "expected_checksums",
     "load_mnist",
     "normalise",

@@ -17,14 +17,45 @@ MEAN, STD = 0.1307, 0.3081  # of MNIST's pixels scaled to [0, 1] (docs/claims.md
 Device = torch.device | str
 
 
+VALIDATION_SEED = 2019  # the held-out split's own seed: the same split for every arm and every seed
+
+
 @dataclass(frozen=True)
 class MnistTensors:
-    """The whole data set on one device."""
+    """The whole data set on one device; with a validation split (``held_out``), the training
+    images less the ones held out, and those as ``val_x``, ``val_y``."""
 
-    train_x: Tensor  # (60000, 1, 28, 28) float32, normalised
-    train_y: Tensor  # (60000,) int64, digits 0-9
+    train_x: Tensor  # (60000 - V, 1, 28, 28) float32, normalised
+    train_y: Tensor  # (60000 - V,) int64, digits 0-9
     test_x: Tensor  # (10000, 1, 28, 28) float32, normalised
     test_y: Tensor  # (10000,) int64
+    val_x: Tensor | None = None  # (V, 1, 28, 28): training images held out, never trained on
+    val_y: Tensor | None = None  # (V,)
+
+    @property
+    def validation(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.val_x is None else (self.val_x, self.val_y)
+
+
+def validation_split(n_train: int, n: int) -> tuple[Tensor, Tensor]:
+    """(training indices, validation indices), each ascending: the first ``n`` of a permutation of
+    range(``n_train``) drawn from a generator seeded with VALIDATION_SEED are held out. It depends
+    on ``n`` and ``n_train`` alone, so every arm and seed holds out the same images, and a larger
+    ``n`` holds out a superset of a smaller one's."""
+    if not 0 < n < n_train:
+        raise ValueError(f"validation must be between 1 and {n_train - 1} images, not {n}")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[n:].sort().values, order[:n].sort().values
+
+
+def held_out(data: MnistTensors, n: int) -> MnistTensors:
+    """``data`` with ``n`` of its training images held out as the validation set
+    (``validation_split``); ``data`` itself for 0."""
+    if n == 0:
+        return data
+    train, val = (i.to(data.train_x.device) for i in validation_split(len(data.train_x), n))
+    return MnistTensors(data.train_x[train], data.train_y[train], data.test_x, data.test_y,
+                        data.train_x[val], data.train_y[val])
 
 
 def load_mnist(data_dir: Path | None = None, device: Device = "cpu") -> MnistTensors:

@@ -185,6 +185,8 @@ class Summary:
     arm: str = ""
     final_test_accuracy: float | None = None
     best_test_accuracy: float | None = None
+    final_val_accuracy: float | None = None  # on the held-out training images (``validation``)
+    best_val_accuracy: float | None = None
     final_test_loss: float | None = None
     final_train_loss: float | None = None
     diverged: bool = False
@@ -279,6 +281,8 @@ SUMMARY_VALUES: dict[str, tuple[Callable[[object], bool], str]] = {
     "arm": (lambda v: isinstance(v, str), "text"),
     "final_test_accuracy": (_or_null(_fraction), "a number from 0 to 1, or null"),
     "best_test_accuracy": (_or_null(_fraction), "a number from 0 to 1, or null"),
+    "final_val_accuracy": (_or_null(_fraction), "a number from 0 to 1, or null"),
+    "best_val_accuracy": (_or_null(_fraction), "a number from 0 to 1, or null"),
     "final_test_loss": (_or_null(_number), "a number, or null"),
     "final_train_loss": (_or_null(_number), "a number, or null"),
     "diverged": (lambda v: isinstance(v, bool), "true or false"),

@@ -58,6 +58,18 @@ def _accuracy(s: ArmSeries) -> np.ndarray:
     return s.test_accuracy[:, 1] if len(s.test_accuracy) else np.array([])
 
 
+def _to_target(s: ArmSeries, target: float, unit: str) -> float:
+    """The ``unit`` ("step" or "samples") of the first evaluation whose validation accuracy (test
+    accuracy, for an arm without a validation split) reaches ``target``; inf when none does."""
+    history = s.summary.history
+    on = "val/accuracy" if any("val/accuracy" in h for h in history) else "test/accuracy"
+    return next((float(h[unit]) for h in history if h.get(on, -math.inf) >= target), math.inf)
+
+
+def _or_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _last(values: np.ndarray) -> float:
     """The last value as logged (NaN too), or NaN when none was."""
     return float(values[-1]) if len(values) else math.nan
@@ -68,6 +80,10 @@ def _last(values: np.ndarray) -> float:
 ON_ARM: dict[str, Callable[..., float]] = {
     "final_accuracy": lambda s: _last(_accuracy(s)),
     "best_accuracy": lambda s: _or_nan(_accuracy(s), np.max),
+    "final_val_accuracy": lambda s: _or_none(s.summary.final_val_accuracy),
+    "best_val_accuracy": lambda s: _or_none(s.summary.best_val_accuracy),
+    "steps_to_target": lambda s, target: _to_target(s, target, "step"),
+    "samples_to_target": lambda s, target: _to_target(s, target, "samples"),
     "final_loss": lambda s: _or_nan(_losses(s, None), lambda v: v[-1]),  # the last finite one
     "min_train_loss": lambda s, within_epochs: _or_nan(_losses(s, within_epochs), np.min),
     "diverged": lambda s: float(s.diverged),
@@ -80,7 +96,7 @@ ON_ARM: dict[str, Callable[..., float]] = {
 
 
 def measure(s: ArmSeries, name: str, layer: str | None = None,
-            within_epochs: float | None = None) -> float:
+            within_epochs: float | None = None, target: float | None = None) -> float:
     """The value of measure ``name`` (see lambexp.base.measures) on one arm; diverged is 1.0 or
     0.0. NaN when the run logged nothing to compute it from."""
     if name not in ON_ARM:
@@ -89,6 +105,8 @@ def measure(s: ArmSeries, name: str, layer: str | None = None,
     given = {"layer": layer} if takes.takes_layer else {}
     if takes.takes_window:
         given["within_epochs"] = within_epochs
+    if takes.takes_target:
+        given["target"] = target
     return ON_ARM[name](s, **given)
 
 
@@ -177,7 +195,7 @@ def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> flo
     if isinstance(ref, str) and MEASURES[name].over_pattern:
         return ON_GROUP[name]([arms[n] for n in match_arms(ref, list(arms))], e.threshold)
     if isinstance(ref, str):
-        return measure(arms[ref], name, e.layer, e.within_epochs)
+        return measure(arms[ref], name, e.layer, e.within_epochs, e.target)
     a, b = ref
     return _value_of(a, arms, e, name) - _value_of(b, arms, e, name)
 

@@ -17,7 +17,7 @@ from torch import nn
 from lambexp.base.files import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE
 from lambexp.base.statuses import Status
 from lambexp.config import Arm
-from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, load_mnist
+from lambexp.data import MnistTensors, batches_per_epoch, ensure_mnist, held_out, load_mnist
 from lambexp.errors import Interrupted, ResumableError, UserError
 from lambexp.folders.layout import Summary, prepare_arm_dir, truncate_jsonl, write_summary
 from lambexp.model import build_model
@@ -95,7 +95,7 @@ def arm_sink(arm_dir: Path, state: LoopState, resumed: bool, write: bool) -> Ite
         sink = Tee(board, jsonl)
         last = state.history[-1] if state.history else None
         if resumed and last and last["samples"] == samples:
-            sink.scalars(samples, {k: v for k, v in last.items() if k.startswith("test/")})
+            sink.scalars(samples, {k: v for k, v in last.items() if k.startswith(("test/", "val/"))})
         yield sink
 
 
@@ -109,7 +109,8 @@ class ArmRun:
     def __init__(self, arm: Arm, data: MnistTensors, device: torch.device, arm_dir: Path,
                  progress: Progress, stop_requested: Callable[[], bool] = lambda: False,
                  world: World = SINGLE, apply_changes: bool = False, stacked: bool = False):
-        self.arm, self.data, self.device, self.arm_dir = arm, data, device, arm_dir
+        self.arm, self.device, self.arm_dir = arm, device, arm_dir
+        self.data = held_out(data, arm.validation)  # the training images less the validation split
         self.progress, self.stop_requested, self.world = progress, stop_requested, world
         self.apply_changes, self.stacked = apply_changes, stacked
         self.checkpoint = arm_dir / CHECKPOINT_FILE
@@ -161,7 +162,7 @@ class ArmRun:
                                (data.test_x, data.test_y), epochs=arm.epochs, seed=arm.seed,
                                options=loop_options(arm, len(data.train_x), self.stop_requested, self.world),
                                sink=sink, progress=self.progress, state=self.state,
-                               on_epoch_end=self._at_epoch_end)
+                               on_epoch_end=self._at_epoch_end, validation=data.validation)
         self._held.enter_context(self.trainer)
         return self.trainer
 
@@ -286,11 +287,14 @@ def summarize(arm: Arm, state: LoopState, device: torch.device, status: Status,
               samples_per_epoch: int, changes: Sequence[dict] = (), error: str | None = None) -> Summary:
     """The arm's Summary from the loop's state (see lambexp.folders.layout.Summary)."""
     accuracies = [h["test/accuracy"] for h in state.history]
+    validated = [h["val/accuracy"] for h in state.history if "val/accuracy" in h]
     final = state.history[-1] if state.history else {}
     return Summary(
         status=status, arm=arm.name,
         final_test_accuracy=final.get("test/accuracy"),
         best_test_accuracy=max(accuracies) if accuracies else None,
+        final_val_accuracy=final.get("val/accuracy"),
+        best_val_accuracy=max(validated) if validated else None,
         final_test_loss=final.get("test/loss"),
         final_train_loss=state.last_loss,
         diverged=state.diverged_step is not None,

@@ -177,8 +177,9 @@ def check_stack(stack: int, given: str | None = None) -> None:
 
 def stack_key(arm: Arm, data_dir: Path | None) -> tuple:
     """Trainings with equal keys can share a stack: same model and batch shape, the same number of
-    steps, one device and one data set (``data_dir``: --data-dir, which overrides the arm's)."""
-    return arm.model, arm.batch_size, arm.epochs, arm.device, str(data_dir or arm.data_dir)
+    steps, one device and one data set (``data_dir``: --data-dir, which overrides the arm's) with
+    one validation split."""
+    return arm.model, arm.batch_size, arm.epochs, arm.device, str(data_dir or arm.data_dir), arm.validation
 
 
 def stack_units(work: Sequence[Training], size: int, data_dir: Path | None) -> list[list[Training]]:

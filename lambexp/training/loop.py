@@ -129,8 +129,13 @@ def log_train(sink: Sink, opt: torch.optim.Optimizer, x: int, step: int, loss: f
         sink.trust(x, opt.trust_stats())
 
 
-def log_eval(sink: Sink, state: LoopState, loss: float, accuracy: float) -> None:
-    metrics = {"test/loss": loss, "test/accuracy": accuracy}
+def log_eval(sink: Sink, state: LoopState, test: tuple[float, float],
+             validation: tuple[float, float] | None = None) -> None:
+    """An evaluation's (loss, accuracy) on the test set, and on the validation set when there is one,
+    logged at the samples seen and kept in ``state.history``."""
+    metrics = {"test/loss": test[0], "test/accuracy": test[1]}
+    if validation is not None:
+        metrics |= {"val/loss": validation[0], "val/accuracy": validation[1]}
     sink.scalars(state.samples, metrics)
     state.history.append({"step": state.step, "samples": state.samples, **metrics})
 
@@ -167,14 +172,17 @@ class Trainer:
     ``step`` is the three for a training alone. ``begin`` before the first step and ``end`` after
     the last (also after a failure): ``with Trainer(...) as trainer``.
     ``state`` continues an earlier run exactly where it stopped (see ``LoopState``);
-    ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint).
+    ``on_epoch_end`` runs after each epoch's evaluation (e.g. a checkpoint); ``validation``, held-out
+    training images, is evaluated at each evaluation beside ``test`` (``val/loss``, ``val/accuracy``).
     """
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, train: tuple[Tensor, Tensor],
                  test: tuple[Tensor, Tensor], *, epochs: int, seed: int, options: LoopOptions,
                  sink: Sink, progress: Progress | None = None, state: LoopState | None = None,
-                 on_epoch_end: Callable[[LoopState], None] = lambda state: None):
+                 on_epoch_end: Callable[[LoopState], None] = lambda state: None,
+                 validation: tuple[Tensor, Tensor] | None = None):
         self.model, self.opt, self.train, self.test = model, opt, train, test
+        self.validation = validation  # held-out training images, evaluated beside the test set
         self.epochs, self.options, self.sink = epochs, options, sink
         self.progress = progress or NoProgress()
         self.state = state or LoopState()
@@ -285,9 +293,12 @@ class Trainer:
         self._train_mark = time.perf_counter()
 
     def _evaluate(self) -> None:
-        """An evaluation on the test set, logged; its time is not training time."""
+        """An evaluation on the test set (and the validation set), logged; its time is not training
+        time."""
         self._stop_train_clock()
-        log_eval(self.sink, self.state, *evaluate(unwrap(self.net), *self.test, self.options.world))
+        model, world = unwrap(self.net), self.options.world
+        log_eval(self.sink, self.state, evaluate(model, *self.test, world),
+                 evaluate(model, *self.validation, world) if self.validation is not None else None)
         self._train_mark = time.perf_counter()
 
     def _end_epoch(self) -> None:
