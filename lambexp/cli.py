@@ -7,6 +7,7 @@ import os
 import select
 import subprocess
 import sys
+import textwrap
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -502,7 +503,7 @@ def rules_verb(ctx: typer.Context, json_out: Json = False, debug: Debug = False)
     code publishes it: where weight decay enters, the bias correction, the norm, the clamp, the
     global gradient clip, which tensors get the trust ratio, eps, betas, and the source."""
     with reported(ctx, debug):
-        from lambexp.base.variants import VARIANTS
+        from lambexp.base.variants import ROW_LEGEND, VARIANTS
 
         if json_out:  # numbers as numbers; the table below keeps them as text
             _print_json([variant.facts() for variant in VARIANTS.values()])
@@ -510,6 +511,8 @@ def rules_verb(ctx: typer.Context, json_out: Json = False, debug: Debug = False)
         rows = [variant.row() for variant in VARIANTS.values()]
         columns = [c for c in rows[0] if c != "source"]
         print_table(columns, [[row[c] for c in columns] for row in rows], typer.echo)
+        typer.echo("")
+        typer.echo(textwrap.fill(ROW_LEGEND, width=100))
         typer.echo("")
         print_table(("rule", "source"), [(row["rule"], row["source"]) for row in rows], typer.echo)
 

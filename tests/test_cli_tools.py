@@ -56,7 +56,7 @@ def test_without_debug_one_line_and_no_traceback():
     assert result.output.splitlines() == [
         "error: nope.yaml: no such file, and no bundled config of that name (bundled: adam_lr, "
         "adam_vs_lamb, lamb_lr, lamb_wd, readme_lr02, beyond/lamb_variants, beyond/large_batch, "
-        "beyond/lr_sweep; `lambexp configs` lists them)"]
+        "beyond/large_batch_check, beyond/lr_sweep; `lambexp configs` lists them)"]
 
 
 def test_configs_lists_every_bundled_config_and_json():

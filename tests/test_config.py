@@ -164,7 +164,7 @@ def test_nan_and_infinity_are_refused():
 # --- one exact line per problem ------------------------------------------------------------
 
 ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, trust_clip, always_adapt, "
-            "exclude_from_decay, exclude_from_trust, grad_clip_norm, fused, eps, clamp, momentum, "
+            "exclude_from_decay, exclude_from_trust, grad_clip_norm, fused, eps, clamp, clamp_min, momentum, "
             "trust_coefficient, batch_size, epochs, seed, model, device, warmup_epochs, log_interval, "
             "eval_interval, data_dir, validation, on_divergence, checkpoint_every")
 
@@ -173,8 +173,8 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
     ("name: e\narms:\n  - name: a\n  - name: b\n    lr: -0.1\n",
      ["error: x.yaml: arms[1].lr: must be > 0 (got -0.1)"]),
     ("name: e\nlrr: 0.1\narms: [{name: a}]\n",
-     ["error: x.yaml: lrr: unknown key (did you mean lr?); allowed: name, description, expect, arms, sweep, "
-      + ARM_KEYS.removeprefix("name, ") + " (got 0.1)"]),
+     ["error: x.yaml: lrr: unknown key (did you mean lr?); allowed: name, description, expect, tune, arms, "
+      "sweep, " + ARM_KEYS.removeprefix("name, ") + " (got 0.1)"]),
     ("name: e\narms: [{name: a, momentun: 0.5}]\n",
      ["error: x.yaml: arms[0].momentun: unknown key (did you mean momentum?); allowed: "
       + ARM_KEYS + " (got 0.5)"]),
@@ -193,8 +193,8 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
     ("name: e\narms: [{name: lamb}, {name: LAMB}]\n",
      ["error: x.yaml: arms[1].name: arms[0] is lamb: same folder name, case ignored (got LAMB)"]),
     ("name: e\noptimizer: adamw\narms: [{name: a, model: resnet}]\n",
-     ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam; did you mean adam?"
-      " (got adamw)",
+     ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam, torch_adamw, nesterov;"
+      " did you mean adam? (got adamw)",
       "error: x.yaml: arms[0].model: must be one of lenet, mlp, vit (got resnet)"]),
     ("name: e\narms: [{name: a, rule: lars, device: tpu}]\n",
      [f"error: x.yaml: arms[0].rule: must be one of {', '.join(RULES)} (got lars)",
@@ -351,7 +351,7 @@ def test_overrides_do_not_change_the_callers_mapping():
 @pytest.mark.parametrize(("token", "message"), [
     ("epochs", "an override must look like key=value, e.g. epochs=1 or arms.lamb.lr=0.1"),
     ("=1", "an override must look like key=value, e.g. epochs=1 or arms.lamb.lr=0.1"),
-    ("epoch=1", "unknown key (did you mean epochs?); allowed: name, description, expect, sweep, "
+    ("epoch=1", "unknown key (did you mean epochs?); allowed: name, description, expect, tune, sweep, "
                 + ARM_KEYS.removeprefix("name, ")),
     ("arms.adam.lrr=1", "unknown arm key (did you mean lr?); allowed: " + ARM_KEYS),
     ("arms.adamw.lr=1", "no arm adamw; arms are adam, lamb (indexes 0 to 1)"),

@@ -198,3 +198,28 @@ def test_torchrun_two_processes_write_one_run_folder_matching_one_process(tiny_m
         assert two["final_test_accuracy"] == one["final_test_accuracy"]
         assert two["final_test_loss"] == pytest.approx(one["final_test_loss"], rel=1e-4, abs=1e-6)
         assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_torchrun_trains_the_vit_with_a_validation_split_as_one_process_does(tiny_mnist_env, tmp_path):
+    """model: vit and validation: 64 under torchrun (2 ranks): the same 6 steps (192 training images,
+    batches of 33) and the same validation and test accuracy as one process."""
+    config = tmp_path / "vit.yaml"
+    config.write_text(tiny_config(batch_size=33, lr=0.003, model="vit", validation=64, expect=""))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    cmd = [*launcher, "--nproc-per-node", str(RANKS), "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "lambexp", "run", str(config),
+           "--runs-dir", str(tmp_path / "ddp"), "-q"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    single = CliRunner().invoke(app, ["run", str(config), "--runs-dir", str(tmp_path / "one"), "-q"])
+    assert single.exit_code == 0, single.output
+    [run_dir], [one_dir] = ([p for p in (tmp_path / d).glob("*/*") if p.is_dir()] for d in ("ddp", "one"))
+    for arm in ("adam", "lamb"):
+        two = json.loads((run_dir / arm / "summary.json").read_text())
+        one = json.loads((one_dir / arm / "summary.json").read_text())
+        assert two["steps"] == one["steps"] == 6 and two["samples_per_epoch"] == 192
+        assert two["final_val_accuracy"] == one["final_val_accuracy"]
+        assert two["final_test_accuracy"] == one["final_test_accuracy"]
+        assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-4, abs=1e-6)

@@ -28,9 +28,9 @@ def test_config_reference_names_every_setting_with_its_default():
     for key in SETTINGS:
         assert f"| `{key}` |" in text, key
     assert "| `lr` | number > 0 | `0.01` | every arm |" in text
-    assert "| `momentum` | number ≥ 0, < 1 | `0.9` | lars, sgd |" in text
+    assert "| `momentum` | number ≥ 0, < 1 | `0.9` | lars, sgd, nesterov |" in text
     assert "| `batch_size` | integer ≥ 1, ≤ 60000 | `512` | every arm |" in text
-    assert "| `eps` | number > 0 or null | `null` | adam, lamb, torch_adam |" in text
+    assert "| `eps` | number > 0 or null | `null` | adam, lamb, torch_adam, torch_adamw |" in text
 
 
 def test_a_stale_reference_is_caught():

@@ -312,8 +312,8 @@ def test_a_swept_key_counts_as_shared():
     assert [a.name for a in exp.arms] == ["a_clamp5", "a_clamp10", "b_clamp5", "b_clamp10"]
     assert exp.arms[0] == exp.arms[1].model_copy(update={"name": "a_clamp5"})
     assert errors_of("name: e\narms: [{name: a}]\n", sweeps=["momentum=0.5,0.6"]) == [
-        "error: x.yaml: sweep.momentum: no arm uses it: only lars and sgd have it (arm a_mom0.5 is optimizer"
-        " lamb) (got [0.5, 0.6])"]
+        "error: x.yaml: sweep.momentum: no arm uses it: only lars, sgd and nesterov have it (arm a_mom0.5 is"
+        " optimizer lamb) (got [0.5, 0.6])"]
     assert errors_of("name: e\narms: [{name: a}]\n", sweeps=["exclude_from_trust=[[bias], [bais]]"]) == [
         "error: x.yaml: sweep.exclude_from_trust: matches no parameter of lenet (its parameters:"
         " conv1.weight, conv1.bias, conv2.weight, conv2.bias, fc1.weight, …) (got bais)"]

@@ -173,3 +173,89 @@ def test_lars_weight_decay_and_zero_norm(foreach):
     assert_close(p.detach(), [3 - 1.25 * 1.2, 4 - 1.25 * 1.6])
     assert_close(z.detach(), [-0.6, -0.8])  # ‖w‖ = 0 → r = 1, d = g
     assert_close(opt.trust_stats()["r"], [1.25, 1.0])
+
+
+# --- φ's lower bound (clamp_min) and the zero-norm behaviour, on every path ---------------------------
+
+PATHS = [pytest.param({"foreach": False}, id="reference"), pytest.param({"foreach": True}, id="foreach"),
+         pytest.param({"fused": True}, id="fused")]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("n", [2, 300_000], ids=["small", "large"])  # large: the CPU Adam-kernel path
+def test_clamp_min_lifts_a_small_weight_norm(path, n):
+    """paper rule, ε = 0, step 1 with bias correction: u = m̂/√v̂ = sign(g) = ±1, ‖u‖ = √n.
+    w = ±0.005·√(2/n) each (‖w‖ = 0.005·√2 ≈ 0.00707) is below γ_l = 0.01, so r1 = φ(‖w‖) = 0.01,
+    r = 0.01/√n and w ← w − 0.1·r·sign(g); without the bound r = 0.00707/√n."""
+    sign = torch.ones(n, dtype=F64)
+    sign[1::2] = -1
+    w0 = 0.005 * math.sqrt(2 / n)
+    for clamp_min, r1 in ((0.01, 0.01), (None, 0.005 * math.sqrt(2))):
+        p = torch.nn.Parameter(w0 * sign)
+        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, rule="paper", clamp_min=clamp_min, **path)
+        step_with(opt, p, (0.5 * sign).tolist())
+        r = r1 / math.sqrt(n)
+        assert_close(p.detach(), ((w0 - 0.1 * r) * sign).tolist())
+        assert_close(opt.trust_stats()["r1"][0], r1)
+        assert_close(opt.trust_stats()["r"][0], r)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_clamp_min_of_the_other_w_norm_rules_and_with_the_upper_clamp(path):
+    """torch_optimizer (no correction: m = 0.1·g, √v = 0.1·|g|, u = sign(g)) and readme2019 read it
+    too; γ_l = c pins φ at c whatever ‖w‖: ‖w‖ = 0.00707 → r1 = 0.05, r = 0.05/√2."""
+    for rule in ("torch_optimizer", "readme2019"):
+        p = param(0.005, -0.005)
+        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, rule=rule, clamp=0.05, clamp_min=0.05, **path)
+        step_with(opt, p, [0.5, -0.5])
+        assert_close(p.detach(), [0.005 - 0.1 * 0.05 / math.sqrt(2), -0.005 + 0.1 * 0.05 / math.sqrt(2)])
+
+
+def test_clamp_min_is_refused_where_the_rule_does_not_clamp_the_weight_norm():
+    p = [torch.nn.Parameter(torch.ones(2))]
+    for rule in ("blog", "timm", "nvlamb", "optax", "tfa", "timm_decoupled"):
+        with pytest.raises(ValueError, match=rf"rule {rule} does not clamp ‖w‖ \(clamp_min=0.001\)"):
+            Lamb(p, rule=rule, clamp_min=1e-3)
+    for bad in (0.0, -1.0, 11.0):
+        with pytest.raises(ValueError, match="invalid clamp_min"):
+            Lamb(p, rule="paper", clamp_min=bad)
+    Lamb(p, rule="paper", clamp=None, clamp_min=1e-3)  # φ = max(‖w‖, γ_l)
+
+
+def test_a_config_refuses_clamp_min_on_a_rule_without_a_weight_norm_clamp():
+    from lambexp.config import parse_experiment
+    from lambexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"arms\[0\].clamp_min: rule timm does not clamp ‖w‖ \(arm a\)"):
+        parse_experiment("name: e\nrule: timm\narms: [{name: a, clamp_min: 0.001}]\n")
+    exp = parse_experiment("name: e\nrule: paper\narms: [{name: a, clamp_min: 0.001}]\n")
+    assert exp.arms[0].clamp_min == 0.001
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_zero_weight_moves_with_r_1_or_stays_with_r_0(path):
+    """w = 0, g = ±0.5, ε = 0, one step, no decay: u = sign(g) (both rules: readme2019 has no
+    correction, paper's divides m and √v alike). paper guards r1 = 0 with r = 1: w = ∓0.1;
+    readme2019 (pytorch-lamb 207f672) divides: r = 0/√2 = 0 and w stays 0."""
+    for rule, r, w in (("paper", 1.0, [-0.1, 0.1]), ("readme2019", 0.0, [0.0, 0.0])):
+        p = param(0.0, 0.0)
+        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=0.0, rule=rule, **path)
+        step_with(opt, p, [0.5, -0.5])
+        assert_close(p.detach(), w)
+        assert_close(opt.trust_stats()["r"][0], r)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_zero_update_keeps_w_with_r_1_or_turns_it_nan(path):
+    """g = 0, λ = 0: m = v = 0 and u = 0/(0 + ε) = 0. paper: r = 1, w unchanged; readme2019:
+    r = min(‖w‖, 10)/0 = ∞ and w − lr·∞·0 = NaN, as pytorch-lamb 207f672 lamb.py 113, 120 computes."""
+    for rule in ("paper", "readme2019"):
+        p = param(1.0, 2.0)
+        opt = Lamb([p], lr=0.1, betas=(B1, B2), eps=1e-6, rule=rule, **path)
+        step_with(opt, p, [0.0, 0.0])
+        r = opt.trust_stats()["r"][0]
+        if rule == "paper":
+            assert_close(p.detach(), [1.0, 2.0])
+            assert r == 1.0
+        else:
+            assert p.detach().isnan().all() and r == math.inf

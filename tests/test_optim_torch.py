@@ -420,3 +420,35 @@ def test_cuda_step_never_waits_for_the_host(name):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize(("optimizer", "reference"), [
+    ("torch_adamw", lambda params: torch.optim.AdamW(params, lr=0.003, betas=(0.9, 0.95), eps=1e-8,
+                                                     weight_decay=0.1)),
+    ("nesterov", lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.8, weight_decay=0.01,
+                                                nesterov=True)),
+])
+def test_the_torch_baselines_are_torchs_own_from_a_config(optimizer, reference):
+    """An arm of optimizer torch_adamw or nesterov, its settings as a config writes them, steps a
+    LeNet as torch.optim.AdamW / SGD(nesterov=True) built by hand does, five steps, bit for bit."""
+    from lambexp.config import parse_experiment
+    from lambexp.model import build_model
+    from lambexp.optim import build_optimizer
+    from lambexp.runner.arm import optimizer_args
+
+    settings = {"torch_adamw": "lr: 0.003\nbetas: [0.9, 0.95]\nweight_decay: 0.1\n",
+                "nesterov": "lr: 0.05\nmomentum: 0.8\nweight_decay: 0.01\n"}[optimizer]
+    [arm] = parse_experiment(f"name: b\noptimizer: {optimizer}\n{settings}arms: [{{name: a}}]\n").arms
+    torch.manual_seed(0)
+    ours_model, theirs_model = build_model("lenet"), build_model("lenet")
+    theirs_model.load_state_dict(ours_model.state_dict())
+    ours = build_optimizer(optimizer, list(ours_model.named_parameters()), **optimizer_args(arm))
+    theirs = reference(theirs_model.parameters())
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        for model, opt in ((ours_model, ours), (theirs_model, theirs)):
+            opt.zero_grad()
+            torch.nn.functional.nll_loss(model(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters(), strict=True):
+        assert torch.equal(a, b), name

@@ -486,3 +486,25 @@ def test_a_variant_that_diverged_before_any_test_reads_not_tested(tmp_path):
     report = build_report([tmp_path / "repro"], tmp_path / "out").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| paper |"))
     assert row.endswith("| not tested · 2 of 2 diverged |")
+
+
+def test_a_variant_that_stopped_at_its_divergence_says_its_accuracy_is_at_the_stop(tmp_path):
+    """Paper at lr 0.1, wd 0.01: seed 1 diverged and stopped after 1 of its 3 epochs (its "final"
+    accuracy is the stop's), seed 2 diverged and went on to the end (on_divergence: continue)."""
+    exp = tmp_path / "repro" / "variants"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text(VARIANTS_CONFIG)
+    for seed, done in ((1, 1), (2, 3)):
+        for rule in ("blog", "paper", "timm"):
+            folder = exp / f"seed{seed}" / f"{rule}_lr0.1_wd0.01"
+            write_arm(folder, acc=[0.90 + seed / 100], losses=[2.3, 1.0], r=[[0.5, 2.0]] * 2,
+                      r1=[[1.0, 1.0]] * 2, diverged=rule == "paper")
+            summary = json.loads((folder / "summary.json").read_text())
+            settings = {"rule": rule, "lr": 0.1, "weight_decay": 0.01, "epochs": 3}
+            summary |= {"epochs_done": done, "settings": settings}
+            (folder / "summary.json").write_text(json.dumps(summary))
+    report = build_report([tmp_path / "repro"], tmp_path / "out").read_text()
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines()
+            if line.startswith(("| paper |", "| blog |"))}
+    assert rows["paper"].endswith("| 91.50% ± 0.71% · 2 of 2 diverged (1 stopped: accuracy at the stop) |")
+    assert rows["blog"].endswith("| 91.50% ± 0.71% |")  # stopped early without diverging: not a stop

@@ -129,3 +129,16 @@ def test_a_claim_on_steps_to_target_is_judged_and_a_misplaced_target_refused():
                       ("measure: final_accuracy, target: 0.9, above: 0.5", "takes `target:`")]:
         with pytest.raises(Exception, match=why):
             parse_experiment(f"name: t\narms: [{{name: a}}]\nexpect:\n  - {{claim: c, arm: a, {text}}}\n")
+
+
+def test_a_ratio_of_two_arms_steps_is_judged_as_the_ratio():
+    """Shallue's form: steps to target at batch 256 over batch 1024, at least 2.5 (12 / 4 = 3 here;
+    one seed where the larger batch never gets there, so the ratio is 0: not held)."""
+    exp = parse_experiment("name: t\narms: [{name: b256}, {name: b1024}]\nexpect:\n"
+                           "  - {claim: scales, arm: [b256, b1024], pair: ratio, measure: steps_to_target,"
+                           " target: 0.98, above: 2.5}\n")
+    [e] = exp.expect
+    fast = series(LOG[2:])  # reaches 0.98 at its first evaluation, step 12 → as logged: 12
+    quick = series([{**LOG[0], "val/accuracy": 0.99}])  # step 4
+    result = judge(e, {1: {"b256": fast, "b1024": quick}, 2: {"b256": fast, "b1024": series(LOG[:1])}})
+    assert result.values == [3.0, 0.0] and result.holds == [True, False]

@@ -366,3 +366,199 @@ def test_kept_out_tensors_are_recorded_and_marked_in_the_per_layer_figure(tiny_m
     (labels,) = kept
     assert "conv1.bias (kept out of r)" in labels and "conv1.weight" in labels
     assert "conv1.weight (kept out of r)" not in labels
+
+
+# --- zero norms: r where ‖w‖ = 0 or ‖u‖ = 0, against each source ---------------------------------------
+
+ZERO_STEPS = 4
+
+
+def zero_case() -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Two tensors, float64: one of zeros with a gradient (‖w‖ = 0), one with weights and a zero
+    gradient at every step (with λ = 0, ‖u‖ = 0); the gradients of ``ZERO_STEPS`` steps."""
+    gen = torch.Generator().manual_seed(3)
+    weights = [torch.zeros(5, dtype=F64), torch.randn(4, generator=gen, dtype=F64)]
+    grads = [[torch.randn(5, generator=gen, dtype=F64), torch.zeros(4, dtype=F64)]
+             for _ in range(ZERO_STEPS)]
+    return weights, grads
+
+
+def torch_steps(make, weights, grads) -> list[torch.Tensor]:
+    """``make(params)`` (a torch optimizer) stepped on copies of ``weights`` with ``grads``."""
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = make(params)
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def array_steps(port, weights, grads) -> list[torch.Tensor]:
+    """A NumPy port stepped like ``torch_steps``."""
+    arrays = [w.numpy().copy() for w in weights]
+    for gs in grads:
+        port.step(arrays, [g.numpy().copy() for g in gs])
+    return [torch.from_numpy(a) for a in arrays]
+
+
+def optax_steps(weights, grads) -> list[torch.Tensor]:
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    transform = optax.lamb(0.05)
+    ws = [jnp.asarray(w.numpy()) for w in weights]
+    state = transform.init(ws)
+    for gs in grads:
+        updates, state = transform.update([jnp.asarray(g.numpy()) for g in gs], state, ws)
+        ws = optax.apply_updates(ws, updates)
+    return [torch.from_numpy(jax.device_get(w).copy()) for w in ws]
+
+
+def their_zero_norm_steps(rule: str, weights, grads) -> list[torch.Tensor]:
+    """The source of ``rule`` (installed, or ported), lr 0.05, λ 0, its other defaults."""
+    import sys
+    from pathlib import Path
+
+    if rule in ("timm", "timm_decoupled"):
+        timm_optim = pytest.importorskip("timm.optim")
+        return torch_steps(lambda ps: timm_optim.Lamb(ps, lr=0.05, weight_decay=0.0, always_adapt=True,
+                                                      decoupled_decay=rule == "timm_decoupled"),
+                           weights, grads)
+    if rule == "torch_optimizer":
+        torch_optimizer = pytest.importorskip("torch_optimizer")
+        return torch_steps(lambda ps: torch_optimizer.Lamb(ps, lr=0.05), weights, grads)
+    if rule == "optax":
+        return optax_steps(weights, grads)
+    if rule == "nvlamb":
+        from ports.apex_lamb import ApexFusedLamb
+        return array_steps(ApexFusedLamb([{"index": [0, 1], "weight_decay": 0.0}], lr=0.05,
+                                         use_nvlamb=True), weights, grads)
+    if rule == "tfa":
+        from ports.tfa_lamb import TfaLamb
+        return array_steps(TfaLamb(["a", "b"], lr=0.05), weights, grads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from seed_lamb import SeedLamb, SeedLambJune2019  # ports of pytorch-lamb ff2245e and 207f672
+
+    era = {"blog": SeedLamb, "readme2019": SeedLambJune2019}[rule]
+    return torch_steps(lambda ps: era(ps, lr=0.05), weights, grads)
+
+
+ZERO_RULES = [rule for rule in VARIANTS if rule != "paper"]  # the paper's is hand-worked (test_optim_rules)
+PATHS = [pytest.param({"foreach": False}, id="reference"), pytest.param({}, id="default-step"),
+         pytest.param({"fused": True}, id="compiled")]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("rule", ZERO_RULES)
+def test_a_zero_weight_and_a_zero_update_step_as_in_each_source(rule, path):
+    """r at ‖w‖ = 0 and at ‖u‖ = 0 as each code has it: 1 where it guards the division, r1/r2 where
+    it does not (pytorch-lamb 207f672: the zero tensor never moves, the still one turns NaN)."""
+    weights, grads = zero_case()
+    theirs = their_zero_norm_steps(rule, weights, grads)
+    ours = torch_steps(lambda ps: Lamb(ps, lr=0.05, rule=rule, always_adapt=True, **path),
+                       weights, grads)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL, equal_nan=True)
+    guarded = VARIANTS[rule].zero_norm == "one"
+    assert (ours[0].abs().sum() > 0) == guarded  # the zero tensor moved (r = 1), or not (r = 0)
+    assert bool(ours[1].isnan().all()) == (not guarded)  # r = ‖w‖/0 = ∞ times u = 0
+
+
+# --- step counters: a tensor without a gradient at some steps ------------------------------------------
+
+def dropping_batches():
+    """(x, y, dropped): the bias gradients (a whole group) are dropped at steps 1, 4, 7, ... and the
+    first weight's at steps 2, 6, 10, ...: those tensors are skipped there."""
+    return [(x, y, ({1, 3} if k % 3 == 1 else set()) | ({0} if k % 4 == 2 else set()))
+            for k, (x, y) in enumerate(batches(STEPS))]
+
+
+def train_dropping(net: nn.Module, opt, data) -> list[torch.Tensor]:
+    params = list(net.parameters())
+    for x, y, dropped in data:
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        for i in dropped:
+            params[i].grad = None
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def port_dropping(net: nn.Module, port, data) -> list[torch.Tensor]:
+    params = list(net.parameters())
+    for x, y, dropped in data:
+        net.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        arrays = [p.detach().numpy().copy() for p in params]
+        port.step(arrays, [None if i in dropped else p.grad.numpy().copy() for i, p in enumerate(params)])
+        with torch.no_grad():
+            for p, a in zip(params, arrays):
+                p.copy_(torch.from_numpy(a))
+    return [p.detach().clone() for p in params]
+
+
+def test_dropping_batches_drop_a_whole_group_and_a_single_tensor():
+    dropped = [d for _, _, d in dropping_batches()]
+    assert {1, 3} in dropped and {0} in dropped and {0, 1, 3} in dropped
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_timm_counts_steps_per_group_as_timm(path):
+    """timm's t is its group's count of step() calls, also where the group had no gradient."""
+    timm_optim = pytest.importorskip("timm.optim")
+    assert VARIANTS["timm"].step_counter == "group"
+    theirs_net, ours_net = small_net(), small_net()
+    data = dropping_batches()
+    theirs = timm_optim.Lamb(groups(theirs_net, 0.01), lr=0.05, always_adapt=True)
+    ours = Lamb(groups(ours_net, 0.01), lr=0.05, rule="timm", always_adapt=True, **path)
+    assert_close(train_dropping(ours_net, ours, data), train_dropping(theirs_net, theirs, data))
+
+
+@pytest.mark.parametrize("path", PATHS[:2])
+def test_torch_optimizer_counts_steps_per_tensor_as_torch_optimizer(path):
+    torch_optimizer = pytest.importorskip("torch_optimizer")
+    assert VARIANTS["torch_optimizer"].step_counter == "tensor"
+    theirs_net, ours_net = small_net(), small_net()
+    data = dropping_batches()
+    theirs = torch_optimizer.Lamb(theirs_net.parameters(), lr=0.02, weight_decay=0.01, debias=True)
+    ours = Lamb(ours_net.parameters(), lr=0.02, weight_decay=0.01, rule="torch_optimizer",
+                bias_correction=True, **path)
+    assert_close(train_dropping(ours_net, ours, data), train_dropping(theirs_net, theirs, data))
+
+
+@pytest.mark.parametrize("path", PATHS[:2])
+def test_apex_and_tfa_count_steps_per_group_and_globally_as_their_ports(path):
+    from ports.apex_lamb import ApexFusedLamb
+    from ports.tfa_lamb import TfaLamb
+
+    data = dropping_batches()
+    net = small_net()
+    names = [n for n, _ in net.named_parameters()]
+    port = ApexFusedLamb([{"index": [0, 2], "weight_decay": 0.01}, {"index": [1, 3], "weight_decay": 0.0}],
+                         lr=0.05, use_nvlamb=True)
+    theirs = port_dropping(net, port, data)
+    net = small_net()
+    ours = Lamb(groups(net, 0.01), lr=0.05, rule="nvlamb", **path)
+    assert_close(train_dropping(net, ours, data), theirs)
+    theirs = port_dropping(small_net(), TfaLamb(names, lr=0.02, weight_decay=0.01), data)
+    net = small_net()
+    ours = Lamb(net.parameters(), lr=0.02, weight_decay=0.01, rule="tfa", **path)
+    assert_close(train_dropping(net, ours, data), theirs)
+
+
+def test_a_group_added_later_counts_from_the_optimizer_step_where_the_counter_is_global():
+    """optax and TF-Addons share one count: a tensor first stepped at the optimizer's step 3 gets
+    t = 3 (TF-Addons: iterations + 1); timm's group counter starts the new group at 1."""
+    for rule, t in (("tfa", 3), ("optax", 3), ("timm", 1), ("paper", 3), ("blog", 1)):
+        a, b = torch.nn.Parameter(torch.ones(2, dtype=F64)), torch.nn.Parameter(torch.ones(2, dtype=F64))
+        opt = Lamb([a], rule=rule)
+        for _ in range(2):
+            a.grad = torch.ones(2, dtype=F64)
+            opt.step()
+        opt.add_param_group({"params": [b]})
+        a.grad, b.grad = torch.ones(2, dtype=F64), torch.ones(2, dtype=F64)
+        opt.step()
+        assert (opt.state[a]["step"], opt.state[b]["step"]) == (3, t), rule

@@ -7,3 +7,4 @@ METRICS_FILE = "metrics.jsonl"  # an arm's every logged number, exact
 SUMMARY_FILE = "summary.json"  # an arm's outcome
 CHECKPOINT_FILE = "checkpoint.pt"  # while an arm is unfinished
 MODEL_FILE = "model.pt"  # an arm's final weights, once finished
+TUNING_FILE = "tuning.json"  # a tuned experiment's picks, each arm's chosen point and every point tried

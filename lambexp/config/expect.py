@@ -55,7 +55,11 @@ class Expectation(BaseModel):
     quote: str | None = Field(None, description="the source's own sentence that the claim tests")
     source: str = Field("the post", description=(
         "where the quote comes from, e.g. 'pytorch-lamb README, commit 207f672'"))
-    arm: str | Pair = Field(description="the arm measured, or [a, b]: a's measure minus b's")
+    arm: str | Pair = Field(description=(
+        "the arm measured, or [a, b]: a's measure minus b's (or over b's: `pair`)"))
+    pair: Literal["difference", "ratio"] = Field("difference", description=(
+        "how a pair [a, b] combines its two measures: a − b, or a / b (e.g. steps_to_target at batch"
+        " 256 over batch 1024: how many times fewer steps)"))
     measure: MeasureName = Field(description="what is measured: " + "; ".join(MEASURES))
     layer: str | None = Field(None, description=(
         f"a parameter name (e.g. fc1.weight), for {names_where(lambda x: x.takes_layer)}"))

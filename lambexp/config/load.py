@@ -123,12 +123,34 @@ def validate_experiment(raw: object, source: str = "<mapping>", overrides: Seque
         raise _error(source, *in_file_order(raw, problems))
     experiment = resolve(spec)
     problems = []
+    problems += tune_problems(experiment) + clamp_problems(experiment)
     if not record:
         problems += unused_keys(raw, experiment, sweep)
         problems += unmatched_patterns(raw, experiment, sweep)
     if problems:
         raise _error(source, *in_file_order(raw, problems))
     return experiment
+
+
+def clamp_problems(experiment: Experiment) -> list[tuple[tuple, str]]:
+    """φ's lower bound above its upper one would clip every ‖w‖ to a point: refused where it loads."""
+    return [(("arms", i, "clamp_min"), f"arms[{i}].clamp_min: must be at most clamp ({arm.clamp:g}) (got"
+                                       f" {arm.clamp_min:g})")
+            for i, arm in enumerate(experiment.arms)
+            if arm.clamp_min is not None and arm.clamp is not None and arm.clamp_min > arm.clamp]
+
+
+def tune_problems(experiment: Experiment) -> list[tuple[tuple, str]]:
+    """`tune:` picks on validation accuracy: every arm must hold out validation images, so that the
+    test set never chooses."""
+    if experiment.tune is None:
+        return []
+    lacking = [arm.name for arm in experiment.arms if not arm.validation]
+    if not lacking:
+        return []
+    return [(("tune",), f"tune: picks on validation accuracy, and {', '.join(lacking)} hold"
+                        f"{'s' * (len(lacking) == 1)} out no images; set validation: N (e.g. 5000),"
+                        " so that the test set never chooses")]
 
 
 def unused_keys(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tuple, str]]:
@@ -160,13 +182,13 @@ def why_unused(arm: Arm, key: str) -> str:
 
 
 def _users(key: str) -> str:
-    """The optimizers that read ``key``: 'the LAMB rules', 'the LAMB rules and torch_adam', 'lars
-    and sgd'."""
+    """The optimizers that read ``key``: 'the LAMB rules', 'the LAMB rules, torch_adam and
+    torch_adamw', 'lars, sgd and nesterov'."""
     users = USED_BY[key]
     names = [name for name in users if name not in LAMB_OPTIMIZERS]
     if set(LAMB_OPTIMIZERS) <= set(users):
         names.insert(0, "the LAMB rules")
-    return " and ".join(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def unmatched_patterns(raw: dict, experiment: Experiment, swept: dict) -> list[tuple[tuple, str]]:
@@ -270,7 +292,9 @@ def experiment_to_yaml(experiment: Experiment) -> str:
     use (schema.unused_settings: bias_correction on a rule without the switch, momentum on LAMB,
     eps on LARS, …) is left out: it did not take part.
     """
-    data = experiment.model_dump(mode="json", include=set(Header.model_fields) - {"expect"})
+    data = experiment.model_dump(mode="json", include=set(Header.model_fields) - {"expect", "tune"})
+    if experiment.tune is not None:
+        data["tune"] = experiment.tune.model_dump(mode="json", exclude_none=True)
     data["arms"] = [Block(name=arm.name, **arm.model_dump(mode="json", exclude={
         "name", *unused_settings(arm.optimizer, arm.rule)})) for arm in experiment.arms]
     if experiment.expect:

@@ -22,8 +22,9 @@ from lambexp.base.variants import (
     uses_lamb_rule,
 )
 from lambexp.config.expect import Expectation
+from lambexp.config.tune import Tune
 
-Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam"]
+Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam", "torch_adamw", "nesterov"]
 Rule = Literal[RULES]  # type: ignore[valid-type]  # the rows of lambexp.base.variants
 ModelName = Literal["lenet", "mlp", "vit"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -110,13 +111,16 @@ class Settings(_Frozen):
 
     optimizer: Optimizer = Field("lamb", description=(
         "adam: LAMB with r computed and logged but not applied (the blog's Adam); lamb; lars; "
-        "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself"))
+        "sgd: momentum SGD with LARS's r logged, not applied; torch_adam: torch.optim.Adam itself;"
+        " torch_adamw: torch.optim.AdamW (decoupled decay); nesterov: torch.optim.SGD with Nesterov"
+        " momentum"))
     rule: Rule = Field("blog", description=(
-        "LAMB update rule: a name `lambexp rules` lists (docs/rules.md); lars, sgd and torch_adam"
-        " have none"))
+        "LAMB update rule: a name `lambexp rules` lists (docs/rules.md); the other optimizers have"
+        " none"))
     lr: Float = Field(0.01, gt=0, description="learning rate (global step size)")
     weight_decay: Float = Field(0.0, ge=0, description=(
-        "λ: added to the gradient (blog, lars, sgd, torch_adam) or to the update (paper)"))
+        "λ: added to the gradient (blog, lars, sgd, torch_adam, nesterov), to the update (paper), or"
+        " shrinking the weights (torch_adamw, timm_decoupled)"))
     betas: Annotated[tuple[Beta, Beta], BeforeValidator(_pair)] = Field((0.9, 0.99), description=(
         "[β1, β2]: decay rates of the moving averages m and v, each in [0, 1)"))
     bias_correction: bool | None = Field(None, description=(
@@ -147,7 +151,10 @@ class Settings(_Frozen):
         " 1e-6 (paper)"))
     clamp: Annotated[Float, Field(gt=0)] | None = Field(10.0, description=(
         "LAMB's c (docs/rules.md): clips r (blog) or ‖w‖ (paper); null: no clamp"))
-    momentum: Float = Field(0.9, ge=0, lt=1, description="lars/sgd momentum, in [0, 1)")
+    clamp_min: Annotated[Float, Field(gt=0)] | None = Field(None, description=(
+        "γ_l, the lower bound of the paper's φ(‖w‖) = min(max(‖w‖, clamp_min), clamp), for the rules"
+        " that clamp ‖w‖ (GluonNLP's LAMB: 0.001); null: none"))
+    momentum: Float = Field(0.9, ge=0, lt=1, description="lars/sgd/nesterov momentum, in [0, 1)")
     trust_coefficient: Float = Field(0.001, gt=0, description=(
         "LARS's η: layer rate = lr·η·‖w‖/(‖g‖+λ‖w‖)"))
     batch_size: Int = Field(512, ge=1, le=MAX_BATCH, description=(
@@ -181,10 +188,11 @@ PATTERN_KEYS = ("exclude_from_decay", "exclude_from_trust")  # parameter-name pa
 # default, so it changes nothing) and by the record (which leaves it out). The LAMB rules' own
 # switches are in RULE_SWITCHES.
 USED_BY: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("rule", "bias_correction", "clamp", "trust_clip", "always_adapt", *PATTERN_KEYS,
-                     "grad_clip_norm", "fused"), LAMB_OPTIMIZERS),
-    **dict.fromkeys(("eps", "betas"), (*LAMB_OPTIMIZERS, "torch_adam")),
-    **dict.fromkeys(("momentum", "trust_coefficient"), ("lars", "sgd")),
+    **dict.fromkeys(("rule", "bias_correction", "clamp", "clamp_min", "trust_clip", "always_adapt",
+                     *PATTERN_KEYS, "grad_clip_norm", "fused"), LAMB_OPTIMIZERS),
+    **dict.fromkeys(("eps", "betas"), (*LAMB_OPTIMIZERS, "torch_adam", "torch_adamw")),
+    "momentum": ("lars", "sgd", "nesterov"),
+    "trust_coefficient": ("lars", "sgd"),
 }
 
 
@@ -208,6 +216,9 @@ class Header(_Frozen):
     description: str = Field("", description="what it reproduces, in words")
     expect: tuple[Expectation, ...] = Field((), description=(
         "the post's claims, each judged on measured numbers (see lambexp/config/expect.py)"))
+    tune: Tune | None = Field(None, description=(
+        "each arm's lr (and warm-up) grid, trained once and picked on validation accuracy before the"
+        " chosen points train over the seeds (see lambexp/config/tune.py; `lambexp reproduce` only)"))
 
 
 class ArmSpec(Settings):
@@ -251,8 +262,8 @@ class Arm(ArmSpec):
         if variant is not None:  # what the arm leaves to its rule, filled as Lamb fills it
             return {**data, **variant.resolve({key: data.get(key, unset)
                                                for key, unset in LEFT_TO_RULE.items()})}
-        # lars, sgd, torch_adam: no rule; its switches are unused (the record leaves them out), and
-        # ε, unless set, is torch.optim.Adam's (torch_adam's; lars and sgd do not read it)
+        # lars, sgd, torch_adam(w), nesterov: no rule; its switches are unused (the record leaves
+        # them out), and ε, unless set, is torch.optim.Adam's (torch_adam(w)'s; the others ignore it)
         filled = {"eps": TORCH_ADAM_EPS, "bias_correction": True, "always_adapt": True,
                   "grad_clip_norm": None}
         return {**data, **{k: v for k, v in filled.items() if data.get(k) in (None, "rule")}}

@@ -39,6 +39,9 @@ class Lamb(TrustRatioOptimizer):
             because lambexp exists to reproduce the blog's experiments, which ran it.
         clamp: c (default 10), for the rules that have one: blog clips r at c; paper, readme2019
             and torch_optimizer clamp ‖w‖ at c (the paper's φ). ``None``: no clip or clamp.
+        clamp_min: γ_l, the lower bound of the paper's φ: φ(‖w‖) = min(max(‖w‖, clamp_min), clamp)
+            (GluonNLP's LAMB: 1e-3). Only for the rules that clamp ‖w‖ (paper, readme2019,
+            torch_optimizer); set on another rule it is refused. ``None`` (default): no lower bound.
         adam: compute and record r, r1, r2 but update with r = 1 (the blog's Adam baseline).
         bias_correction: where the rule has the switch (paper, timm, nvlamb: the moments;
             torch_optimizer: its ``debias``, folded into the step size). ``None`` (default): the
@@ -65,7 +68,10 @@ class Lamb(TrustRatioOptimizer):
             be combined with ``foreach=False``. Default ``False``.
 
     After each step, :meth:`trust_stats` returns the latest r, r1, r2 of every tensor, kept on
-    the device. Sparse gradients are refused; parameters without a gradient are skipped.
+    the device. Sparse gradients are refused; parameters without a gradient are skipped. The step
+    count t of the bias correction is the rule's ``step_counter``: the tensor's own steps
+    (pytorch-lamb, torch-optimizer), or every ``step()`` of its group (timm, apex) or of the
+    optimizer (optax, TF-Addons, the paper), kept in the group's ``"step"``.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -73,12 +79,12 @@ class Lamb(TrustRatioOptimizer):
                  clamp: float | None = 10.0, adam: bool = False, bias_correction: bool | None = None,
                  trust_clip: float | None = None, always_adapt: bool | None = None,
                  grad_clip_norm: float | str | None = "rule", trust_ratio: bool = True,
-                 foreach: bool | None = None, fused: bool = False):
+                 foreach: bool | None = None, fused: bool = False, clamp_min: float | None = None):
         if rule in VARIANTS:  # an unknown rule is refused by add_param_group
             grad_clip_norm = VARIANTS[rule].resolve({"grad_clip_norm": grad_clip_norm})["grad_clip_norm"]
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rule=rule,
-                        clamp=clamp, adam=adam, bias_correction=bias_correction, trust_clip=trust_clip,
-                        always_adapt=always_adapt, grad_clip_norm=grad_clip_norm,
+                        clamp=clamp, clamp_min=clamp_min, adam=adam, bias_correction=bias_correction,
+                        trust_clip=trust_clip, always_adapt=always_adapt, grad_clip_norm=grad_clip_norm,
                         trust_ratio=trust_ratio, foreach=foreach, fused=fused)
         self.grad_norm: Tensor | None = None  # G before the last step's clip (when clipping)
         self._fused = FusedStep()  # the compiled step's layouts; failed: take foreach
@@ -92,6 +98,9 @@ class Lamb(TrustRatioOptimizer):
         options = {key: group[key] for key in ("eps", "bias_correction", "always_adapt")}
         group.update(VARIANTS[group["rule"]].resolve(options))
         validate_group(group)
+        # the step() calls counted so far: none for a new group, unless the count is the optimizer's
+        group.setdefault("step", 0 if VARIANTS[group["rule"]].step_counter != "global"
+                         else max((g.get("step", 0) for g in self.param_groups[:-1]), default=0))
 
     def __setstate__(self, state: dict) -> None:
         """After ``load_state_dict``: groups saved before an option existed get its default."""
@@ -102,12 +111,18 @@ class Lamb(TrustRatioOptimizer):
             group.setdefault("always_adapt", variant.always_adapt)
             group.setdefault("grad_clip_norm", None)
             group.setdefault("trust_ratio", True)
+            group.setdefault("clamp_min", None)
+            group.setdefault("step", max((self.state[p].get("step", 0) for p in group["params"]
+                                          if p in self.state), default=0))
 
     def _kept_out(self, group: dict) -> bool:
         return not adapts(group)
 
     def _before_groups(self) -> None:
-        """The global gradient clip, over every gradient of every group, in place."""
+        """Each group's count of step() calls (the t of the rules counting per group or globally),
+        then the global gradient clip, over every gradient of every group, in place."""
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
         limit = self.defaults["grad_clip_norm"]
         if limit is None:
             return
@@ -117,8 +132,9 @@ class Lamb(TrustRatioOptimizer):
             torch._foreach_div_(grads, torch.clamp(self.grad_norm / limit, min=1.0))
 
     def _step_tensors(self, group: dict, w: list[Tensor]):
+        own = VARIANTS[group["rule"]].step_counter == "tensor"
         for p in w:
-            self._advance(p)
+            self._advance(p, None if own else group["step"])
         if group["foreach"] is False:
             return self._reference_step(group, w)
         if group.get("fused") and not self._fused.failed:
@@ -126,13 +142,14 @@ class Lamb(TrustRatioOptimizer):
                                reference=self._reference_step, foreach=partial(self._foreach_step, group))
         return self._foreach_step(group, w)
 
-    def _advance(self, p: Tensor) -> None:
+    def _advance(self, p: Tensor, t: int | None) -> None:
+        """The tensor's step count: its own plus one, or ``t``, its group's (or the optimizer's)."""
         state = self.state[p]
         if not state:
             state["step"] = 0
             state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
+        state["step"] = state["step"] + 1 if t is None else t
 
     def _reference_step(self, group: dict, w: list[Tensor]):
         variant, out = VARIANTS[group["rule"]], []
@@ -163,7 +180,7 @@ def hyper(group: dict, t: int) -> rules.Hyper:
     return rules.hyper(VARIANTS[group["rule"]], t, lr=group["lr"], beta1=beta1, beta2=beta2,
                        eps=group["eps"], weight_decay=group["weight_decay"], clamp=group["clamp"],
                        bias_correction=group["bias_correction"], trust_clip=group["trust_clip"],
-                       adapt=adapts(group), adam=group["adam"])
+                       adapt=adapts(group), adam=group["adam"], clamp_min=group.get("clamp_min"))
 
 
 def adapts(group: dict) -> bool:
@@ -183,6 +200,13 @@ def validate_group(group: dict) -> None:
     check_range("weight_decay", group["weight_decay"], group["weight_decay"] >= 0, ">= 0")
     clamp = group["clamp"]
     check_range("clamp", clamp, clamp is None or clamp > 0, "> 0 or None")
+    clamp_min = group.get("clamp_min")
+    if clamp_min is not None:
+        variant = VARIANTS[group["rule"]]
+        if not variant.has_switch("clamp_min"):
+            raise ValueError(variant.without("clamp_min", f"clamp_min={clamp_min!r}"))
+        check_range("clamp_min", clamp_min, clamp_min > 0 and (clamp is None or clamp_min <= clamp),
+                    "> 0 and at most clamp, or None")
     trust_clip = group.get("trust_clip")
     check_range("trust_clip", trust_clip, trust_clip is None or trust_clip > 0, "> 0 or None")
     if group.get("fused") and group["foreach"] is False:

@@ -37,7 +37,8 @@ def _lamb(params, *, adam: bool = False, **h) -> Lamb:
     if no_decay or no_trust:
         params = exclusion_groups(params, h["weight_decay"], no_decay, no_trust)
     return Lamb(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
-                rule=h["rule"], clamp=h["clamp"], adam=adam, fused=h.get("fused", False),
+                rule=h["rule"], clamp=h["clamp"], clamp_min=h.get("clamp_min"), adam=adam,
+                fused=h.get("fused", False),
                 bias_correction=h.get("bias_correction"), trust_clip=h.get("trust_clip"),
                 always_adapt=h.get("always_adapt"), grad_clip_norm=h.get("grad_clip_norm", "rule"),
                 foreach=h.get("foreach"))
@@ -54,6 +55,17 @@ def _torch_adam(params, **h) -> torch.optim.Adam:
                             weight_decay=h["weight_decay"])
 
 
+def _torch_adamw(params, **h) -> torch.optim.AdamW:
+    eps = TORCH_ADAM_EPS if h["eps"] is None else h["eps"]
+    return torch.optim.AdamW(params, lr=h["lr"], betas=h["betas"], eps=eps,
+                             weight_decay=h["weight_decay"])
+
+
+def _nesterov(params, **h) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"],
+                           nesterov=True)
+
+
 OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
     "lamb": (_lamb, "LAMB, the blog's or the paper's rule (docs/rules.md)"),
     "adam": (lambda params, **h: _lamb(params, adam=True, **h),
@@ -62,6 +74,8 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
     "sgd": (lambda params, **h: _lars(params, sgd=True, **h),
             "momentum SGD with L2 decay, LARS's r logged but not applied"),
     "torch_adam": (_torch_adam, "torch.optim.Adam itself (no trust statistics)"),
+    "torch_adamw": (_torch_adamw, "torch.optim.AdamW itself: decoupled weight decay (no trust statistics)"),
+    "nesterov": (_nesterov, "torch.optim.SGD with Nesterov momentum, L2 decay (no trust statistics)"),
 }
 
 
@@ -70,10 +84,11 @@ def build_optimizer(name: str, params, **hyper) -> torch.optim.Optimizer:
     parameters (needed where exclude_from_decay or exclude_from_trust names tensors).
 
     ``hyper`` holds lr, betas, eps (None: the rule's own) and weight_decay; for lamb and adam also
-    rule, clamp, bias_correction, trust_clip and always_adapt (None: the rule's published default),
+    rule, clamp, clamp_min (None: no lower bound of φ), bias_correction, trust_clip and
+    always_adapt (None: the rule's published default),
     grad_clip_norm ("rule", the default: the rule's own), exclude_from_decay, exclude_from_trust,
-    fused and foreach; for lars and sgd momentum and trust_coefficient. Each optimizer takes the
-    ones it uses.
+    fused and foreach; for lars and sgd momentum and trust_coefficient; for nesterov momentum.
+    Each optimizer takes the ones it uses.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (one of: {', '.join(OPTIMIZERS)})")

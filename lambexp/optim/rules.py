@@ -55,8 +55,18 @@ def clamped(x: Tensor, clamp: float | Tensor | None) -> Tensor:
     return torch.minimum(x, clamp) if isinstance(clamp, Tensor) else torch.clamp(x, max=clamp)
 
 
-def ratio(r1: Tensor, r2: Tensor, clamp: float | Tensor | None = None) -> Tensor:
-    """r = 1 if r1 = 0 or r2 = 0, else r1/r2 clipped at ``clamp`` (None: not clipped)."""
+def floored(x: Tensor, floor: float | Tensor) -> Tensor:
+    """max(x, γ_l): the lower bound of the paper's φ on ‖w‖ (0: x itself, as norms are ≥ 0)."""
+    if isinstance(floor, Tensor):
+        return torch.maximum(x, floor)
+    return torch.clamp(x, min=floor) if floor else x
+
+
+def ratio(r1: Tensor, r2: Tensor, clamp: float | Tensor | None = None, guard: bool = True) -> Tensor:
+    """r = 1 if r1 = 0 or r2 = 0, else r1/r2 clipped at ``clamp`` (None: not clipped).
+    ``guard=False``: r1/r2 even there (0 where r1 = 0; ∞ or NaN where r2 = 0)."""
+    if not guard:
+        return clamped(r1 / r2, clamp)
     return torch.where((r1 > 0) & (r2 > 0), clamped(r1 / r2, clamp), 1.0)
 
 
@@ -75,6 +85,7 @@ class Hyper(NamedTuple):
     eps: float
     weight_decay: float
     clamp: float | None  # c (None: none)
+    clamp_min: float  # γ_l, φ's lower bound on ‖w‖ (0: none)
     trust_clip: float | None  # r ≤ this (None: none)
     bc1: float  # 1−β1ᵗ where the correction divides the moments ("moments"), else 1
     sqrt_bc2: float  # √(1−β2ᵗ) likewise, else 1
@@ -84,17 +95,19 @@ class Hyper(NamedTuple):
 
 def hyper(variant: Variant, t: int, *, lr: float, beta1: float, beta2: float, eps: float,
           weight_decay: float, clamp: float | None, bias_correction: bool = True,
-          trust_clip: float | None = None, adapt: bool = True, adam: bool = False) -> Hyper:
+          trust_clip: float | None = None, adapt: bool = True, adam: bool = False,
+          clamp_min: float | None = None) -> Hyper:
     """The numbers of step ``t`` of ``variant``: where its bias correction goes decides s, bc1
-    and √bc2 (``Variant.correction_for``), so that the pieces never branch on it."""
+    and √bc2 (``Variant.correction_for``), so that the pieces never branch on it. ``clamp_min``
+    None (no lower bound) is 0."""
     correction = variant.correction_for(bias_correction)
     s, bc1, sqrt_bc2 = lr, 1.0, 1.0
     if correction == "step":
         s = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     elif correction == "moments":
         bc1, sqrt_bc2 = 1 - beta1**t, math.sqrt(1 - beta2**t)
-    return Hyper(lr, s, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, clamp, trust_clip, bc1,
-                 sqrt_bc2, not adapt, adam)
+    return Hyper(lr, s, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, clamp, clamp_min or 0.0,
+                 trust_clip, bc1, sqrt_bc2, not adapt, adam)
 
 
 class Whole:
@@ -140,11 +153,12 @@ def direction(variant: Variant, w: Tensor, m: Tensor, v: Tensor, h: Hyper) -> Te
 
 def trust(variant: Variant, r1: Tensor, r2: Tensor, h: Hyper) -> tuple[Tensor, Tensor]:
     """The ratio from the norms r1 = ‖w‖, r2 = ‖u‖ (0-dim, or one per tensor): φ on r1 (clamp_on
-    "w_norm"), r = r1/r2 (1 if either is 0), c on r (clamp_on "r"), trust_clip, and r = 1 on a
-    tensor kept out. Returns r and r1 as logged (r1 after φ). The multi-tensor step calls it too."""
+    "w_norm": min(max(r1, clamp_min), c)), r = r1/r2 (1 if either is 0, unless the variant's
+    zero_norm is "ratio"), c on r (clamp_on "r"), trust_clip, and r = 1 on a tensor kept out.
+    Returns r and r1 as logged (r1 after φ). The multi-tensor step calls it too."""
     if variant.clamp_on == "w_norm":
-        r1 = clamped(r1, h.clamp)
-    r = ratio(r1, r2, h.clamp if variant.clamp_on == "r" else None)
+        r1 = clamped(floored(r1, h.clamp_min), h.clamp)
+    r = ratio(r1, r2, h.clamp if variant.clamp_on == "r" else None, variant.zero_norm == "one")
     return one_where(h.kept_out, clamped(r, h.trust_clip)), r1
 
 
@@ -165,7 +179,7 @@ def lamb_update(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, h:
 def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float,
          beta1: float, beta2: float, eps: float, weight_decay: float, clamp: float | None,
          bias_correction: bool = True, trust_clip: float | None = None, adapt: bool = True,
-         adam: bool = False) -> LambStep:
+         adam: bool = False, clamp_min: float | None = None) -> LambStep:
     """One LAMB step of ``variant`` (lambexp.base.variants) on one tensor; each line an equation,
     run only where the variant's piece says so (docs/rules.md gives each variant's):
 
@@ -176,18 +190,19 @@ def lamb(variant: Variant, w: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *
         u  = m̂ / (√v̂ + ε)
         u  ← u + λ·w                                   (decay "update")
         r1 = ‖w‖ ;  r2 = ‖u‖                           (norm "l2"; "rms": ‖·‖/√n)
-        r1 ← min(r1, c)                                (clamp_on "w_norm": the paper's φ)
-        r  = 1 if r1 = 0 or r2 = 0, else r1/r2
+        r1 ← min(max(r1, γ_l), c)                      (clamp_on "w_norm": the paper's φ)
+        r  = 1 if r1 = 0 or r2 = 0, else r1/r2         (zero_norm "ratio": r1/r2 even there)
         r  ← min(r, c) ;  r ← min(r, trust_clip)       (clamp_on "r"; trust_clip given: LAMBC)
         r  ← 1                                         (not adapt: a tensor kept out of the ratio)
         s  = lr·√(1−β2ᵗ)/(1−β1ᵗ)                       (correction "step"; else s = lr)
         w  ← w − s·r·u                                 (r replaced by 1 when adam=True)
 
-    The global gradient clip (``grad_clip_norm``) scales g before this, over every tensor at once.
+    γ_l is ``clamp_min`` (None: none). The global gradient clip (``grad_clip_norm``) scales g
+    before this, over every tensor at once; t is the count of the variant's ``step_counter``.
     """
     h = hyper(variant, t, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
               clamp=clamp, bias_correction=bias_correction, trust_clip=trust_clip, adapt=adapt,
-              adam=adam)
+              adam=adam, clamp_min=clamp_min)
     return lamb_update(variant, w, g, m, v, h)
 
 

@@ -9,6 +9,7 @@ import math
 import statistics
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from lambexp.base.divergence import DEFINITION
@@ -22,6 +23,7 @@ from lambexp.report import figures, variants
 from lambexp.report.claims import ClaimResult, decades, judge, mean_std, measure, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+from lambexp.report.tuning import tuning_blocks
 from lambexp.report.variants import variant_grid
 
 MAX_ARMS_PER_PANEL_FIGURE = 12  # figures with a panel per arm: large_batch's 12 fit, a 42-arm sweep does not
@@ -29,19 +31,26 @@ MAX_ARMS_PER_PANEL_FIGURE = 12  # figures with a panel per arm: large_batch's 12
 
 def _reference(e: Expectation, result: ClaimResult) -> str:
     if e.comparator == "equals":
-        return f"= {fmt(e.measure, float(e.equals))}"
+        return f"= {_shown(e, float(e.equals))}"
     if e.comparator == "between":
-        return f"in [{fmt(e.measure, e.between[0])}, {fmt(e.measure, e.between[1])}]"
+        return f"in [{_shown(e, e.between[0])}, {_shown(e, e.between[1])}]"
     sign = ">" if e.comparator == "above" else "<"
     if isinstance(e.reference, float | int):
-        return f"{sign} {fmt(e.measure, float(e.reference))}"
+        return f"{sign} {_shown(e, float(e.reference))}"
     mean, std = mean_std(result.references)
-    return f"{sign} {_name(e.reference)}: {fmt(e.measure, mean)} ± {fmt(e.measure, std)}"
+    return f"{sign} {_name(e.reference, e)}: {_shown(e, mean)} ± {_shown(e, std)}"
 
 
-def _name(ref) -> str:
-    """An arm, or a pair [a, b] written as "a − b"."""
-    return ref if isinstance(ref, str) else f"{ref[0]} − {ref[1]}"
+def _name(ref, e: Expectation) -> str:
+    """An arm, or a pair [a, b] written as "a − b" (or "a / b")."""
+    return ref if isinstance(ref, str) else f"{ref[0]} {'/' if e.pair == 'ratio' else '−'} {ref[1]}"
+
+
+def _shown(e: Expectation, value: float) -> str:
+    """A value of the claim's measure as a person reads it; a ratio of two arms' as 2.5×."""
+    if e.pair == "ratio" and not isinstance(e.arm, str):
+        return "n/a" if value is None or math.isnan(value) else f"{value:.3g}×"
+    return fmt(e.measure, value)
 
 
 def _verdict(result: ClaimResult) -> str:
@@ -59,26 +68,29 @@ def _claim_text(e: Expectation) -> str:
     return e.claim + (f" — “{e.quote}” ({e.source})" if e.quote else "")
 
 
-def _summary(measure: str, values: list[float]) -> str:
+def _summary(measure: str, values: list[float], show=None) -> str:
+    """Mean ± std over seeds (k of n seeds for a yes/no measure), each as ``show`` writes it (by
+    default, as the measure reads)."""
     if MEASURES[measure].is_boolean:
         return f"{sum(v == 1.0 for v in values)} of {len(values)} seeds"
+    show = show or (lambda v: fmt(measure, v))
     mean, std = mean_std(values)
-    return f"{fmt(measure, mean)} ± {fmt(measure, std)}"
+    return f"{show(mean)} ± {show(std)}"
 
 
 def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:
     rows = []
     for e in runs.experiment.expect:
         result = judge(e, runs.seeds)
-        per_seed = " · ".join(f"s{s}: {fmt(e.measure, v)}" for s, v in zip(result.seeds, result.values))
-        summary = _summary(e.measure, result.values)
+        per_seed = " · ".join(f"s{s}: {_shown(e, v)}" for s, v in zip(result.seeds, result.values))
+        summary = _summary(e.measure, result.values, partial(_shown, e))
         missing = sum(not math.isfinite(v) for v in result.values)
         if e.judge == "mean" and missing:  # the verdict is on the mean of every seed: none to show
             summary = f"n/a ({missing} of {len(result.values)} seeds have no value)"
         for name, values in result.also.items():  # shown beside, not judged
             per_seed += f" ({name}: {', '.join(fmt(name, v) for v in values)})"
             summary += f" ({name}: {_summary(name, values)})"
-        what = f"{_name(e.arm)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
+        what = f"{_name(e.arm, e)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
         if e.within_epochs is not None:
             what += f" in the first {e.within_epochs:g} epoch{'s' * (e.within_epochs != 1)}"
         rows.append([label, _claim_text(e), what, per_seed or "n/a", summary,
@@ -311,6 +323,7 @@ def build_report(paths: list[Path], out_dir: Path, all_runs: list[ExperimentRuns
             blocks += [Para("Final test accuracy of each variant at each setting, mean ± std over seeds"
                             " (and how many seeds diverged; \"not tested\": every seed diverged, and"
                             " stopped, before its first evaluation):"), Table(*variants.table(grid))]
+        blocks += tuning_blocks(runs, out_dir, label)
         blocks += experiment_figures(runs, out_dir, label, grid)
     blocks += [Heading("Environment"),
                Table(["experiment", "device", "torch", "python", "CPU threads", "GPU", "commit"],

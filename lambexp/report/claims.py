@@ -156,7 +156,7 @@ def _arms_named(ref) -> list[str]:
 
 
 def _value(ref, arms: dict[str, ArmSeries], e: Expectation) -> float:
-    """An arm's measure, or for a pair [a, b] a's measure minus b's."""
+    """An arm's measure, or for a pair [a, b] a's measure minus b's (or over b's: ``e.pair``)."""
     return _value_of(ref, arms, e, e.measure)
 
 
@@ -196,8 +196,10 @@ def _value_of(ref, arms: dict[str, ArmSeries], e: Expectation, name: str) -> flo
         return ON_GROUP[name]([arms[n] for n in match_arms(ref, list(arms))], e.threshold)
     if isinstance(ref, str):
         return measure(arms[ref], name, e.layer, e.within_epochs, e.target)
-    a, b = ref
-    return _value_of(a, arms, e, name) - _value_of(b, arms, e, name)
+    a, b = (_value_of(x, arms, e, name) for x in ref)
+    if e.pair == "difference":
+        return a - b
+    return math.nan if b == 0 or math.isinf(b) and math.isinf(a) else a / b
 
 
 def judge(e: Expectation, runs: dict[int, dict[str, ArmSeries]]) -> ClaimResult:

@@ -31,8 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
 DPI = 110
 MIN_ACCURACY_SPAN = 5.0  # percentage points: the test-accuracy axis never zooms in further
-OPTIMIZER_COLORS = {"adam": "#1f77b4", "torch_adam": "#1f77b4", "lamb": "#d62728",
-                    "lars": "#2ca02c", "sgd": "#7f7f7f"}  # the post: Adam blue, LAMB red
+OPTIMIZER_COLORS = {"adam": "#1f77b4", "torch_adam": "#1f77b4", "torch_adamw": "#17becf",
+                    "lamb": "#d62728", "lars": "#2ca02c", "sgd": "#7f7f7f",
+                    "nesterov": "#ff7f0e"}  # the post: Adam blue, LAMB red
 PALETTE = ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 TRUST_TITLES = {"r": "r (trust ratio)", "r1": "r₁ (weight norm)", "r2": "r₂ (update norm)"}
 MAX_RIDGES = 40  # rows drawn per ridge panel; more logged steps are subsampled evenly

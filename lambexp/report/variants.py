@@ -24,6 +24,7 @@ class Cell:
     diverged: int  # seeds that diverged
     r_max: float  # mean over seeds of the largest r over training and layers
     r_median: float  # mean over seeds of the median r
+    stopped: int = 0  # seeds that diverged and stopped there: their "final" accuracy is at the stop
 
     @property
     def seeds(self) -> int:
@@ -67,7 +68,8 @@ def variant_grid(runs: ExperimentRuns) -> Grid | None:
         if series:
             cells[key] = Cell(tuple(s.summary.final_test_accuracy for s in series),
                               sum(s.diverged for s in series),
-                              *(mean_std([measure(s, m) for s in series])[0] for m in ("r_max", "r_median")))
+                              *(mean_std([measure(s, m) for s in series])[0] for m in ("r_max", "r_median")),
+                              stopped=sum(stopped_early(s) for s in series))
     columns = tuple(sorted({column for _, column in place}))
     return Grid(tuple(rows), columns, cells)
 
@@ -82,14 +84,27 @@ def variant_name(arm: str, lr: float, weight_decay: float) -> str:
     return arm
 
 
+def stopped_early(s) -> bool:
+    """The arm diverged and stopped before its last step (``on_divergence: stop``): its last
+    evaluation, the summary's "final" accuracy, is of the weights at the stop."""
+    return s.diverged and s.summary.settings is not None and \
+        s.summary.epochs_done < s.summary.settings.get("epochs", s.summary.epochs_done)
+
+
 def cell_text(cell: Cell | None) -> str:
-    """"98.91% ± 0.05%", with "· k of n diverged" when any did; "not tested" when no seed reached
-    an evaluation (each diverged, and stopped, within its first epoch); empty when not finished."""
+    """"98.91% ± 0.05%", with "· k of n diverged" when any did, and "(m stopped: accuracy at the
+    stop)" when their last evaluation came before the budget's end; "not tested" when no seed
+    reached an evaluation (each diverged, and stopped, within its first epoch); empty when not
+    finished."""
     if cell is None:
         return ""
     mean, std = cell.accuracy
     text = f"{mean:.2%} ± {std:.2%}" if math.isfinite(mean) else "not tested"
-    return text + (f" · {cell.diverged} of {cell.seeds} diverged" if cell.diverged else "")
+    if cell.diverged:
+        text += f" · {cell.diverged} of {cell.seeds} diverged"
+    if cell.stopped and math.isfinite(mean):
+        text += f" ({cell.stopped} stopped: accuracy at the stop)"
+    return text
 
 
 def table(grid: Grid) -> tuple[list[str], list[list[str]]]:

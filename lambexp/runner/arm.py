@@ -45,7 +45,7 @@ def optimizer_args(arm: Arm, fused: bool = False) -> dict:
     (``fused``: the arm's ``fused`` setting as resolved by ``use_fused``)."""
     return dict(lr=arm.lr, betas=tuple(arm.betas), eps=arm.eps, weight_decay=arm.weight_decay,
                 rule=arm.rule, bias_correction=arm.bias_correction, clamp=arm.clamp,
-                trust_clip=arm.trust_clip, always_adapt=arm.always_adapt,
+                clamp_min=arm.clamp_min, trust_clip=arm.trust_clip, always_adapt=arm.always_adapt,
                 grad_clip_norm=arm.grad_clip_norm, exclude_from_decay=arm.exclude_from_decay,
                 exclude_from_trust=arm.exclude_from_trust, momentum=arm.momentum,
                 trust_coefficient=arm.trust_coefficient, fused=fused)

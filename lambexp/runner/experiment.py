@@ -21,7 +21,7 @@ import torch
 
 from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE
 from lambexp.config import Arm, Experiment, experiment_to_yaml
-from lambexp.errors import Interrupted
+from lambexp.errors import Interrupted, UserError
 from lambexp.folders.layout import make_run_dir, write_json, write_text_atomically
 from lambexp.folders.lock import folder_lock
 from lambexp.runner.arm import ArmInputs, run_arm
@@ -81,6 +81,9 @@ def run_experiment(exp: Experiment, *, runs_root: Path, data_dir: Path | None = 
     rank 0 creates and locks the run folder (its path sent to the others) and alone calls
     ``on_start``.
     """
+    if exp.tune is not None:
+        raise UserError(f"{exp.name}: tune: trains every point of the grid, then the chosen ones over"
+                        " seeds; run it with `lambexp reproduce`")
     with process_group() as world, ExitStack() as held:
         inputs = world.local_first(lambda: ArmInputs(exp.arms, data_dir, say))
         if stop_requested():  # e.g. Ctrl-C while MNIST was fetched: leave nothing behind

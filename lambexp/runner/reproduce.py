@@ -41,6 +41,7 @@ from lambexp.runner.plan import (
     unfinished,
 )
 from lambexp.runner.stacked import run_stack
+from lambexp.runner.tuning import chosen, pick_lines, picks, trials, write_picks
 from lambexp.training.checkpoint import recorded
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -145,31 +146,60 @@ def reproduce(configs: Sequence[Path], *, seeds: int, out: Path, data_dir: Path 
         inputs = None if launch else world.local_first(
             lambda: ArmInputs([a for e in exps for a in e.arms], data_dir, say))
 
-        def prepare() -> list[tuple[str, Arm, Path]]:
-            for exp in exps:
-                claim_folder(out / exp.name, exp, argv)
-            plan = make_plan(exps, seeds, out, stop_requested)
-            link_shared(plan)
-            return plan.trainings
-
-        work = world.from_lead(prepare)
         if jobs > 1 and launch is None and world.active:
             raise UserError("--jobs: under torchrun the processes are torchrun's; leave --jobs at 1")
         launcher = launch or (ProcessPool(jobs) if jobs > 1 else None)
-        if launcher is not None:
-            dispatch(work, launcher, data_dir.resolve() if data_dir else None, say, stop_requested, stack)
-        else:
-            run_pending(work, inputs, say, progress_for, stop_requested, world, stack=stack)
+
+        def train(batch: list[Experiment], n_seeds: int) -> None:
+            def prepare() -> list[Training]:
+                for exp in batch:
+                    claim_folder(out / exp.name, exp, argv)
+                plan = make_plan(batch, n_seeds, out, stop_requested)
+                link_shared(plan)
+                return plan.trainings
+
+            work = world.from_lead(prepare)
+            if launcher is not None:
+                dispatch(work, launcher, data_dir.resolve() if data_dir else None, say, stop_requested, stack)
+            else:
+                run_pending(work, inputs, say, progress_for, stop_requested, world, stack=stack)
+
+        tuned = [exp for exp in exps if exp.tune]
+        if tuned:  # the trials first, one seed each; then every experiment, the tuned at their picks
+            train([trials(exp) for exp in tuned], 1)
+            exps = world.from_lead(lambda: [settle(exp, out, argv, say) if exp.tune else exp for exp in exps])
+        train(exps, seeds)
     return [out / exp.name for exp in exps]
+
+
+def settle(exp: Experiment, out: Path, argv: Sequence[str], say: Say) -> Experiment:
+    """``exp`` at each arm's pick from its finished trials: its folder claimed for the chosen points,
+    the picks written beside them (tuning.json) and said, a line per arm."""
+    made = picks(exp, out)
+    settled = chosen(exp, made)
+    claim_folder(out / exp.name, settled, argv)
+    write_picks(out / exp.name, exp, made)
+    for line in pick_lines(exp, made):
+        say(line)
+    return settled
 
 
 def read_plan(exps: list[Experiment], seeds: int, out: Path,
               stop_requested: Callable[[], bool] = lambda: False) -> Plan:
     """The trainings ``seeds`` seeds of ``exps`` need (``make_plan``), read from ``out`` without
-    writing to it; a folder of another config is refused first, as `reproduce` would refuse it."""
-    for exp in exps:
+    writing to it; a folder of another config is refused first, as `reproduce` would refuse it. A
+    tuned experiment plans its trials (one seed), and its chosen points once every trial is finished."""
+    tuned = [exp for exp in exps if exp.tune]
+    first = make_plan([trials(exp) for exp in tuned], 1, out, stop_requested)
+    ready = [exp for exp in tuned if all(is_finished(t.folder) for t in first.trainings
+                                         if t.label.startswith(trials(exp).name + "/"))]
+    then = [chosen(exp, picks(exp, out)) if exp in ready else exp for exp in exps
+            if not exp.tune or exp in ready]
+    for exp in then:
         check_folder(out / exp.name, exp)
-    return make_plan(exps, seeds, out, stop_requested)
+    second = make_plan(then, seeds, out, stop_requested)
+    return Plan(first.trainings + second.trainings, first.links + second.links, first.arms + second.arms,
+                first.stale + second.stale)
 
 
 def check_launcher(launch: Launcher, exps: list[Experiment], seeds: int, out: Path) -> None:

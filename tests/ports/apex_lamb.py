@@ -6,7 +6,8 @@ without CUDA. Written independently (not copied) from NVIDIA/apex at commit
 - csrc/multi_tensor_lamb.cu 38-192 (LAMBStage1Functor): the clip factor (53-54), the decay in
   the update when adam_w_mode (110-118), the moments and u = m̂/(√v̂ + ε); 196-267
   (LAMBStage2Functor): r = ‖w‖/‖u‖ where use_nvlamb or the group's decay is not 0 (210-217);
-  269-319: ‖w‖ per tensor before stage 1, ‖u‖ per tensor after it.
+  269-319: ‖w‖ per tensor before stage 1, ‖u‖ per tensor after it. A gradient of None is skipped
+  (fused_lamb.py 129-130, 178-180), while the group's step count still advances (167-172).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class ApexFusedLamb:
         self.m, self.v, self.steps = {}, {}, [0] * len(groups)
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
-        global_norm = np.sqrt(sum(float(np.sum(g * g)) for g in grads))
+        global_norm = np.sqrt(sum(float(np.sum(g * g)) for g in grads if g is not None))
         clip = global_norm / self.max_grad_norm if global_norm > self.max_grad_norm else 1.0
         beta1, beta2 = self.betas
         for k, group in enumerate(self.groups):
@@ -33,6 +34,8 @@ class ApexFusedLamb:
             t, decay = self.steps[k], group["weight_decay"]
             bc1, bc2 = 1 - beta1**t, 1 - beta2**t
             for i in group["index"]:
+                if grads[i] is None:
+                    continue
                 w, g = params[i], grads[i] / clip
                 weight_norm = np.sqrt(np.sum(w * w))
                 m = self.m.get(i, np.zeros_like(w)) * beta1 + (1 - beta1) * g

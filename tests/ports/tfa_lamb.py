@@ -2,7 +2,9 @@
 independently (not copied) from tensorflow/addons at commit d208d752e98c310280938efa939117bf635a60a8,
 tensorflow_addons/optimizers/lamb.py: the step t = iterations + 1 shared by every variable (122-142),
 the dense step (144-181), the exclusion tests (243-254: a regex search of each pattern in the
-variable's name; layer adaptation falls back to the decay list when it has none, 107-112).
+variable's name; layer adaptation falls back to the decay list when it has none, 107-112). A
+gradient of None is skipped (Keras' apply_gradients leaves the variable out), while the shared
+step t = iterations + 1 still counts every apply (125).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class TfaLamb:
         beta1, beta2 = self.betas
         t = self.iterations + 1
         for i, (w, g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
             m = self.m.get(i, np.zeros_like(w)) * beta1 + (1 - beta1) * g
             v = self.v.get(i, np.zeros_like(w)) * beta2 + (1 - beta2) * g * g
             self.m[i], self.v[i] = m, v

@@ -1,0 +1,84 @@
+"""A tuned experiment's picks in the report: per arm, the validation accuracy at every point it
+tried, the point chosen, a flag where it lies at the lr grid's edge, and the chosen point's test
+accuracy over the seeds; and the tuning curves as a figure (read from tuning.json, which
+lambexp.runner.tuning writes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lambexp.base.files import TUNING_FILE
+from lambexp.report.claims import mean_std
+from lambexp.report.collect import ExperimentRuns
+from lambexp.report.document import Block, Image, Para, Table
+from lambexp.report.figures import PALETTE, _save, plt
+
+EDGE = "at the grid's edge: the best lr may lie outside it"
+
+
+def read_picks(runs: ExperimentRuns) -> dict | None:
+    path = runs.folder / TUNING_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _value(point: dict) -> str:
+    if point["diverged"]:
+        return "diverged"
+    return "n/a" if point["value"] is None else f"{point['value']:.2%}"
+
+
+def pick_rows(runs: ExperimentRuns, picks: dict) -> list[list[str]]:
+    rows = []
+    for entry in picks["arms"]:
+        c = entry["chosen"]
+        tried = ", ".join(f"{p['lr']:g}/{p['warmup_epochs']:g}: {_value(p)}" for p in entry["tried"])
+        acc = mean_std([s.summary.final_test_accuracy for s in runs.arm_runs(entry["arm"])])
+        test = "not finished" if math.isnan(acc[0]) else f"{acc[0]:.2%} ± {acc[1]:.2%}"
+        rows.append([entry["arm"], f"{c['lr']:g}", f"{c['warmup_epochs']:g}", _value(c),
+                     EDGE if entry["edge"] else "inside", test, tried])
+    return rows
+
+
+def tuning_curves(title: str, picks: dict, path: Path) -> Path:
+    """Validation accuracy against lr (log x), a line per arm and warm-up; ★ the chosen point, ✕ a
+    point that diverged."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, entry in enumerate(picks["arms"]):
+        color = PALETTE[i % len(PALETTE)]
+        warmups = sorted({p["warmup_epochs"] for p in entry["tried"]})
+        for j, w in enumerate(warmups):
+            pts = sorted((p["lr"], np.nan if p["value"] is None or p["diverged"] else 100 * p["value"],
+                          p["diverged"]) for p in entry["tried"] if p["warmup_epochs"] == w)
+            label = entry["arm"] + (f", warm-up {w:g}" if len(warmups) > 1 else "")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o", ms=4,
+                    ls=("-", "--", ":", "-.")[j % 4], label=label)
+            bad = [p[0] for p in pts if p[2]]
+            ax.plot(bad, [1] * len(bad), "X", color=color, mec="black", ms=9, ls="")
+        c = entry["chosen"]
+        if c["value"] is not None and not c["diverged"]:
+            ax.plot([c["lr"]], [100 * c["value"]], "*", ms=16, color=color, mec="black", zorder=5)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel=f"{picks['by'].replace('_', ' ')} (%)",
+           title=f"{title}: tuning on validation", ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="★ chosen, ✕ diverged (drawn at 1%)", title_fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tuning_blocks(runs: ExperimentRuns, out_dir: Path, label: str) -> list[Block]:
+    """The picks' table and the tuning curves, for an experiment tuned with `tune:`; [] otherwise."""
+    picks = read_picks(runs)
+    if picks is None:
+        return []
+    path = tuning_curves(runs.experiment.name, picks, out_dir / "figures" / f"{label}_tuning.png")
+    return [Para(f"Each arm's lr and warm-up were picked on {picks['by']} (held-out training"
+                 " images, never the test set), one seed per point; the chosen point then trained over"
+                 " the seeds below."),
+            Table(["arm", "chosen lr", "warm-up", "validation", "edge", "test accuracy (chosen, seeds)",
+                   "tried (lr/warm-up: validation)"], pick_rows(runs, picks)),
+            Image(path.relative_to(out_dir), "validation accuracy against learning rate, per arm")]

@@ -1,0 +1,108 @@
+"""`tune:` under `lambexp reproduce`: the trials as their own experiment (``<name>-tuning``, one seed),
+each arm's pick read from their summaries on validation accuracy (lambexp.config.tune), and the
+chosen points as the experiment ``<name>``, trained over the seeds. The picks are recorded beside
+the chosen runs, in ``<out>/<name>/tuning.json``, for the report."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambexp.base.files import TUNING_FILE
+from lambexp.config import Experiment
+from lambexp.config.sweep import name_part
+from lambexp.config.tune import TUNING_SUFFIX, Tune, points
+from lambexp.folders.layout import read_summary, write_json
+from lambexp.runner.plan import seeded_arms
+
+
+def trial_name(arm: str, tune: Tune, lr: float, warmup: float) -> str:
+    """``adam`` → ``adam_lr0.001`` (and ``_warm1`` when the warm-up is tuned too)."""
+    parts = [name_part("lr", lr)] + ([name_part("warmup_epochs", warmup)] if tune.warmup_epochs else [])
+    return f"{arm}_{'_'.join(parts)}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trial: its settings and what it measured on validation (None: nothing to pick on)."""
+
+    lr: float
+    warmup_epochs: float
+    value: float | None  # the `on` measure; None when the trial diverged or has no evaluation
+    diverged: bool
+
+    @property
+    def score(self) -> float:
+        """What the pick compares: the value, or −∞ for a trial that diverged or has none."""
+        return -math.inf if self.value is None or self.diverged else self.value
+
+
+@dataclass(frozen=True)
+class Pick:
+    """An arm's chosen point, every point it tried, and whether the chosen lr is at the grid's edge."""
+
+    arm: str
+    chosen: Point
+    tried: tuple[Point, ...]
+    edge: bool  # the chosen lr is the grid's smallest or largest: the best may lie outside it
+
+    def as_json(self) -> dict:
+        point = lambda p: {"lr": p.lr, "warmup_epochs": p.warmup_epochs, "value": p.value,  # noqa: E731
+                           "diverged": p.diverged}
+        return {"arm": self.arm, "chosen": point(self.chosen), "edge": self.edge,
+                "tried": [point(p) for p in self.tried]}
+
+
+def pick(arm: str, tried: list[Point]) -> Pick:
+    """The best of ``tried`` (in grid order; the first of equals), flagged when its lr is at an end of
+    the grid. When every trial diverged, the first point is chosen; its record says so (diverged,
+    and flagged at the edge)."""
+    best = max(tried, key=lambda p: p.score)  # max keeps the first of equal scores
+    rates = [p.lr for p in tried]
+    return Pick(arm, best, tuple(tried), best.lr in (min(rates), max(rates)))
+
+
+def trials(exp: Experiment) -> Experiment:
+    """Every arm of ``exp`` at every point of its `tune:` grid, as one experiment of its own."""
+    arms = tuple(arm.model_copy(update={"name": trial_name(arm.name, exp.tune, lr, w), "lr": lr,
+                                        "warmup_epochs": w})
+                 for arm in exp.arms for lr, w in points(exp.tune, arm.lr, arm.warmup_epochs))
+    return Experiment(name=exp.name + TUNING_SUFFIX, arms=arms,
+                      description=f"the tuning trials of {exp.name}: every arm at every point of its"
+                                  f" grid, picked on {exp.tune.by}")
+
+
+def picks(exp: Experiment, out: Path) -> list[Pick]:
+    """Each arm's pick from its trials' summaries under ``out`` (all finished)."""
+    folders = dict((arm.name, folder) for arm, folder in
+                   seeded_arms(trials(exp), 1, out / (exp.name + TUNING_SUFFIX)))
+    chosen = []
+    for arm in exp.arms:
+        tried = []
+        for lr, w in points(exp.tune, arm.lr, arm.warmup_epochs):
+            summary = read_summary(folders[trial_name(arm.name, exp.tune, lr, w)])
+            value = getattr(summary, exp.tune.by) if summary else None
+            tried.append(Point(lr, w, value, bool(summary and summary.diverged)))
+        chosen.append(pick(arm.name, tried))
+    return chosen
+
+
+def chosen(exp: Experiment, made: list[Pick]) -> Experiment:
+    """``exp`` with each arm at its chosen lr and warm-up (its `tune:` kept, for the record)."""
+    by_arm = {p.arm: p.chosen for p in made}
+    return exp.model_copy(update={"arms": tuple(
+        arm.model_copy(update={"lr": by_arm[arm.name].lr, "warmup_epochs": by_arm[arm.name].warmup_epochs})
+        for arm in exp.arms)})
+
+
+def write_picks(exp_dir: Path, exp: Experiment, made: list[Pick]) -> None:
+    grid = exp.tune.model_dump(mode="json", exclude={"by"}, exclude_none=True)
+    write_json(exp_dir / TUNING_FILE, {"by": exp.tune.by, "grid": grid, "arms": [p.as_json() for p in made]})
+
+
+def pick_lines(exp: Experiment, made: list[Pick]) -> list[str]:
+    """What was chosen, a line per arm, for the terminal."""
+    return [f"{exp.name}: {p.arm} → lr {p.chosen.lr:g}, warm-up {p.chosen.warmup_epochs:g} epochs"
+            f" ({exp.tune.by} {'n/a' if p.chosen.value is None else f'{p.chosen.value:.2%}'})"
+            f"{'  [at the edge of the lr grid]' if p.edge else ''}" for p in made]

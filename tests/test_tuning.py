@@ -1,0 +1,136 @@
+"""`tune:` (issue 32): each arm's lr (and warm-up) grid trained once, the pick made on validation
+accuracy and never on the test set, flagged at the grid's edge, and the chosen points trained over
+the seeds by `lambexp reproduce`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from helpers import invoke, summary_json, write
+
+from lambexp.base.statuses import Status
+from lambexp.config import parse_experiment
+from lambexp.folders.layout import Summary, write_summary
+from lambexp.runner.plan import seeded_arms
+from lambexp.runner.tuning import Point, chosen, pick, picks, trial_name, trials
+
+TUNED = """\
+name: t
+validation: 64
+epochs: 1
+batch_size: 64
+log_interval: 2
+device: cpu
+tune:
+  lr: [0.0001, 0.003, 0.1]
+  warmup_epochs: [0, 0.5]
+arms:
+  - {name: adam, optimizer: adam}
+  - {name: lamb, optimizer: lamb}
+"""
+
+
+def test_a_tune_needs_a_validation_split_and_two_rates():
+    with pytest.raises(Exception, match="adam, lamb hold out no images; set validation"):
+        parse_experiment(TUNED.replace("validation: 64\n", ""))
+    with pytest.raises(Exception, match="tune.lr"):
+        parse_experiment(TUNED.replace("[0.0001, 0.003, 0.1]", "[0.003]"))
+    with pytest.raises(Exception, match="give exactly one of lr"):
+        parse_experiment(TUNED.replace("  lr: [0.0001, 0.003, 0.1]\n", ""))
+    exp = parse_experiment(TUNED)
+    names = [arm.name for arm in trials(exp).arms]
+    assert names[:2] == ["adam_lr0.0001_warm0", "adam_lr0.0001_warm0.5"] and len(names) == 12
+    assert trials(exp).name == "t-tuning"
+    one = parse_experiment(TUNED.replace("  warmup_epochs: [0, 0.5]\n", ""))
+    assert trial_name("adam", one.tune, 0.003, 0.0) == "adam_lr0.003"  # a warm-up not tuned: not named
+
+
+@pytest.mark.parametrize(("values", "chosen_lr", "edge"), [
+    ([0.90, 0.95, 0.93], 0.003, False),  # an interior best
+    ([0.96, 0.95, 0.93], 0.0001, True),  # the smallest lr: the best may lie below the grid
+    ([0.90, 0.95, 0.97], 0.1, True),  # the largest
+    ([0.95, 0.95, 0.90], 0.0001, True),  # equals: the first in grid order
+    ([None, 0.5, 0.99], 0.003, False),  # 0.99 diverged (below), None had no evaluation
+])
+def test_the_pick_on_hand_worked_points(values, chosen_lr, edge):
+    exp = parse_experiment(TUNED.replace("  warmup_epochs: [0, 0.5]\n", ""))
+    tried = [Point(lr, 0.0, v, diverged=(v == 0.99)) for lr, v in zip(exp.tune.lr, values, strict=True)]
+    made = pick("adam", tried)
+    assert made.chosen.lr == chosen_lr and made.edge is edge
+    assert made.tried[0].score == (-math.inf if values[0] is None else values[0])
+
+
+def test_the_pick_reads_validation_never_the_test_set(tmp_path):
+    """Hand-written summaries whose test accuracies rank the points the other way round: the pick
+    follows validation, and the chosen experiment holds the pick, each arm under its own name."""
+    exp = parse_experiment(TUNED.replace("  warmup_epochs: [0, 0.5]\n", ""))
+    val = {0.0001: 0.90, 0.003: 0.97, 0.1: 0.93}
+    test = {0.0001: 0.99, 0.003: 0.91, 0.1: 0.95}
+    for arm, folder in seeded_arms(trials(exp), 1, tmp_path / "t-tuning"):
+        folder.mkdir(parents=True)
+        write_summary(folder, Summary(Status.FINISHED, arm=arm.name, final_val_accuracy=val[arm.lr],
+                                      final_test_accuracy=test[arm.lr]))
+    made = picks(exp, tmp_path)
+    assert [(p.arm, p.chosen.lr, p.chosen.value) for p in made] == [("adam", 0.003, 0.97),
+                                                                    ("lamb", 0.003, 0.97)]
+    settled = chosen(exp, made)
+    assert [(a.name, a.lr) for a in settled.arms] == [("adam", 0.003), ("lamb", 0.003)]
+
+
+def test_reproduce_tunes_then_trains_the_chosen_points_over_the_seeds(tiny_mnist_env, tmp_path):
+    config = write(tmp_path / "t.yaml", TUNED)
+    out = tmp_path / "out"
+    result = invoke("reproduce", config, "--out", out, "--seeds", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "t" / "tuning.json").read_text())
+    report = (out / "REPORT.md").read_text()
+    assert (out / "figures" / "t_tuning.png").is_file()
+    assert record["by"] == "final_val_accuracy" and record["grid"]["lr"] == [0.0001, 0.003, 0.1]
+    settled = {a["name"]: a for a in yaml.safe_load((out / "t" / "config.yaml").read_text())["arms"]}
+    for entry in record["arms"]:
+        arm = entry["arm"]
+        tried = {}
+        for lr in (0.0001, 0.003, 0.1):
+            for warm in (0, 0.5):
+                s = summary_json(out / "t-tuning" / "seed1" / f"{arm}_lr{lr:g}_warm{warm:g}")
+                assert s["seed"] == 1 and s["samples_per_epoch"] == 192  # one seed; 64 held out
+                tried[(lr, warm)] = -math.inf if s["diverged"] else s["final_val_accuracy"]
+        best = max(tried, key=lambda k: tried[k])  # first of equals, in grid order (lr, then warm-up)
+        assert (entry["chosen"]["lr"], entry["chosen"]["warmup_epochs"]) == best
+        assert entry["edge"] is (best[0] in (0.0001, 0.1))
+        assert (settled[arm]["lr"], settled[arm]["warmup_epochs"]) == best
+        for seed in (1, 2):
+            s = summary_json(out / "t" / f"seed{seed}" / arm)
+            assert s["settings"]["lr"] == best[0] and s["seed"] == seed
+        assert f"t: {arm} → lr {best[0]:g}, warm-up {best[1]:g} epochs" in result.output
+        row = next(line for line in report.splitlines() if line.startswith(f"| {arm} | {best[0]:g} |"))
+        assert ("at the grid's edge" in row) is (best[0] in (0.0001, 0.1))
+        assert row.count("/0.5: ") == 3 and row.count("/0: ") == 3  # every point it tried
+    again = invoke("reproduce", config, "--out", out, "--seeds", "2")  # nothing left to train
+    assert again.exit_code == 0, again.output
+    assert "finished before, skipped" in again.output and "continuing" not in again.output
+
+
+def test_run_refuses_a_tuned_config(tiny_mnist_env, tmp_path):
+    result = invoke("run", write(tmp_path / "t.yaml", TUNED), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "run it with `lambexp reproduce`" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_lr_scale_tries_factors_of_each_arms_own_rate():
+    exp = parse_experiment("name: s\nvalidation: 10\ntune: {lr_scale: [0.1, 0.316, 1, 3.16, 10]}\n"
+                           "arms: [{name: lars, optimizer: lars, lr: 2.0},"
+                           " {name: adamw, optimizer: torch_adamw, lr: 0.001}]\n")
+    rates = {arm.name: arm.lr for arm in trials(exp).arms}
+    assert rates == {"lars_lr0.2": 0.2, "lars_lr0.632": 0.632, "lars_lr2": 2.0, "lars_lr6.32": 6.32,
+                     "lars_lr20": 20.0, "adamw_lr0.0001": 0.0001, "adamw_lr0.000316": 0.000316,
+                     "adamw_lr0.001": 0.001, "adamw_lr0.00316": 0.00316, "adamw_lr0.01": 0.01}
+    # the edge is each arm's own grid's: 0.632 is inside lars's grid, 0.0001 at adamw's lower end
+    lars = pick("lars", [Point(lr, 0.0, v, False)
+                         for lr, v in zip((0.2, 0.632, 2, 6.32, 20), (1, 5, 2, 1, 0))])
+    adamw = pick("adamw", [Point(lr, 0.0, v, False) for lr, v in zip((1e-4, 3e-4, 1e-3), (9, 5, 2))])
+    assert (lars.chosen.lr, lars.edge, adamw.chosen.lr, adamw.edge) == (0.632, False, 1e-4, True)
