@@ -36,7 +36,7 @@ arms:
 def test_a_tune_needs_a_validation_split_and_two_rates():
     with pytest.raises(Exception, match="adam, lamb hold out no images; set validation"):
         parse_experiment(TUNED.replace("validation: 64\n", ""))
-    with pytest.raises(Exception, match="tune.lr"):
+    with pytest.raises(Exception, match="lr: give at least 2 values"):
         parse_experiment(TUNED.replace("[0.0001, 0.003, 0.1]", "[0.003]"))
     with pytest.raises(Exception, match="give exactly one of lr"):
         parse_experiment(TUNED.replace("  lr: [0.0001, 0.003, 0.1]\n", ""))
@@ -134,3 +134,27 @@ def test_lr_scale_tries_factors_of_each_arms_own_rate():
                          for lr, v in zip((0.2, 0.632, 2, 6.32, 20), (1, 5, 2, 1, 0))])
     adamw = pick("adamw", [Point(lr, 0.0, v, False) for lr, v in zip((1e-4, 3e-4, 1e-3), (9, 5, 2))])
     assert (lars.chosen.lr, lars.edge, adamw.chosen.lr, adamw.edge) == (0.632, False, 1e-4, True)
+
+
+@pytest.mark.parametrize(("tune", "line"), [
+    ("{lr: [0.1, -1]}", "tune.lr[1]: must be > 0 (got -1)"),
+    ("{lr: [0.1]}", "tune: lr: give at least 2 values to choose from (got {lr: [0.1]})"),
+    ("{lr: [0.1, 0.2], bye: x}",
+     "tune.bye: unknown key (did you mean by?); allowed: lr, lr_scale, warmup_epochs, by (got x)"),
+    ("{lr: [0.1, 0.2], by: test_accuracy}", "tune.by: must be one of final_val_accuracy, best_val_accuracy;"
+                                            " did you mean best_val_accuracy? (got test_accuracy)"),
+])
+def test_a_bad_tune_gets_one_line_naming_its_key(tmp_path, tune, line):
+    config = write(tmp_path / "t.yaml", f"name: t\nvalidation: 10\ntune: {tune}\narms: [{{name: a}}]\n")
+    result = invoke("validate", config)
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"error: {tmp_path / 't.yaml'}: {line}"]
+
+
+def test_an_unquoted_on_key_is_explained():
+    """YAML reads `on:` (and yes, no, off) as the boolean true: the line says so, and how to write it."""
+    with pytest.raises(Exception) as caught:
+        parse_experiment("name: t\nvalidation: 10\ntune: {lr: [0.1, 0.2], on: x}\narms: [{name: a}]\n")
+    assert getattr(caught.value, "lines", None) == [
+        "error: <string>: tune: keys must be strings; YAML reads on, off, yes and no as true and false:"
+        " quote the key ('on') (got true)"]

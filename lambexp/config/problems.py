@@ -12,18 +12,21 @@ from pydantic import ValidationError
 
 from lambexp.config.expect import Expectation
 from lambexp.config.schema import ARM_KEYS, NAME_RULE, PATTERN_KEYS, TOP_KEYS
+from lambexp.config.tune import Tune
 from lambexp.config.yaml_io import flow
 
 EXPECT_KEYS: tuple[str, ...] = tuple(Expectation.model_fields)
+TUNE_KEYS: tuple[str, ...] = tuple(Tune.model_fields)
 # The names a key path holds: the config's keys. pydantic's loc holds more, the member of a union it
 # tried (`function-after[…]`, `literal['rule']`, `str`), which the user never wrote.
-_KEYS = frozenset({*TOP_KEYS, *ARM_KEYS, *EXPECT_KEYS})
+_KEYS = frozenset({*TOP_KEYS, *ARM_KEYS, *EXPECT_KEYS, *TUNE_KEYS})
 # Errors of a value of the right kind that breaks a bound: in a union, the member the user meant.
 _BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
            "value_error", "string_too_long", "string_pattern_mismatch")
 
 MISSING = object()  # "got" for a key that is not there at all
-_LISTS = ("arms", "betas", "expect", "between", "also", *PATTERN_KEYS)  # items addressed by [index]
+_LISTS = ("arms", "betas", "expect", "between", "also", *PATTERN_KEYS,  # items addressed by [index]
+          "lr", "lr_scale", "warmup_epochs")  # (tune's grids)
 
 _MESSAGES = {  # pydantic error type → our message; {…} are filled from the error's ctx
     "missing": "required key is missing",
@@ -93,6 +96,7 @@ def _message(err: dict) -> str:
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
         allowed = {"arms": ARM_KEYS, "expect": EXPECT_KEYS}.get(loc[0]) if len(loc) == 3 else None
+        allowed = TUNE_KEYS if loc[0] == "tune" else allowed
         return unknown_key_message(loc[-1], allowed or TOP_KEYS)
     if kind == "literal_error":  # ctx: "'adam', 'lamb' or 'sgd'"
         allowed = _literals(err)
@@ -150,9 +154,12 @@ def pydantic_problems(error: ValidationError) -> list[tuple[tuple, str]]:
     for loc, errors in by_loc.items():
         err, kind = errors[0], errors[0]["type"]
         value = MISSING if kind == "missing" else err.get("input", MISSING)
+        message = _message(err) if len(errors) == 1 else _union_message(errors)
         if kind == "invalid_key":  # loc ends with the offending key itself
             value = loc[-1]
-        message = _message(err) if len(errors) == 1 else _union_message(errors)
+            if isinstance(err.get("input"), bool):  # YAML 1.1: unquoted on, off, yes, no are booleans
+                message += "; YAML reads on, off, yes and no as true and false: quote the key ('on')"
+                value, loc = err["input"], loc[:-1]
         out.append((loc, problem(key_path(loc) or "(top level)", message, value)))
     return out
 

@@ -29,12 +29,12 @@ class Tune(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    lr: Annotated[tuple[Positive, ...], Field(min_length=2)] | None = Field(None, description=(
+    lr: tuple[Positive, ...] | None = Field(None, description=(
         "the learning rates each arm tries (at least 2; e.g. half-decades 1e-4, 3e-4, 1e-3, …)"))
-    lr_scale: Annotated[tuple[Positive, ...], Field(min_length=2)] | None = Field(None, description=(
+    lr_scale: tuple[Positive, ...] | None = Field(None, description=(
         "instead of lr: factors of each arm's own lr (e.g. 0.1, 0.316, 1, 3.16, 10), for arms whose"
         " good rates lie decades apart (LARS and AdamW)"))
-    warmup_epochs: tuple[NonNegative, ...] | None = Field(None, min_length=1, description=(
+    warmup_epochs: tuple[NonNegative, ...] | None = Field(None, description=(
         "the warm-ups each arm tries, in epochs; null: the arm's own"))
     by: Literal["final_val_accuracy", "best_val_accuracy"] = Field("final_val_accuracy", description=(
         "what picks: the validation accuracy after the last epoch, or the best over the evaluations"))
@@ -43,6 +43,11 @@ class Tune(BaseModel):
     def _one_grid(self) -> Tune:
         if (self.lr is None) == (self.lr_scale is None):
             raise ValueError("give exactly one of lr (the rates) and lr_scale (factors of each arm's lr)")
+        grid = "lr" if self.lr is not None else "lr_scale"
+        if len(getattr(self, grid)) < 2:
+            raise ValueError(f"{grid}: give at least 2 values to choose from")
+        if self.warmup_epochs is not None and not self.warmup_epochs:
+            raise ValueError("warmup_epochs: give at least 1 value, or leave it out (the arm's own)")
         return self
 
 
