@@ -142,3 +142,30 @@ def test_a_ratio_of_two_arms_steps_is_judged_as_the_ratio():
     quick = series([{**LOG[0], "val/accuracy": 0.99}])  # step 4
     result = judge(e, {1: {"b256": fast, "b1024": quick}, 2: {"b256": fast, "b1024": series(LOG[:1])}})
     assert result.values == [3.0, 0.0] and result.holds == [True, False]
+
+
+@pytest.mark.parametrize(("validation", "steps", "with_test", "with_val"), [
+    # 256 images, batches of 32: 8 steps an epoch; every 3 steps and at each epoch's end, the test set
+    (0, [3, 6, 8, 9, 12, 15, 16], [3, 6, 8, 9, 12, 15, 16], []),
+    # 64 held out: 6 steps an epoch; every 4 steps the validation split alone, both at an epoch's end
+    # (step 12 is both: one evaluation, not two)
+    (64, [4, 6, 8, 12], [6, 12], [4, 6, 8, 12]),
+])
+def test_eval_interval_evaluates_between_epochs_what_the_target_reads(tiny_mnist_env, tmp_path, validation,
+                                                                      steps, with_test, with_val):
+    config = write(tmp_path / "e.yaml", "name: e\nepochs: 2\nbatch_size: 32\nlog_interval: 100\n"
+                   f"device: cpu\neval_interval: {3 if not validation else 4}\nvalidation: {validation}\n"
+                   "arms: [{name: a, optimizer: lamb}]\n")
+    result = invoke("run", config, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    [run_dir] = run_dirs(tmp_path / "runs")
+    s = summary_json(run_dir / "a")
+    assert [h["step"] for h in s["history"]] == steps
+    assert [h["step"] for h in s["history"] if "test/accuracy" in h] == with_test
+    assert [h["step"] for h in s["history"] if "val/accuracy" in h] == with_val
+    last_test = next(h for h in reversed(s["history"]) if "test/accuracy" in h)
+    assert s["final_test_accuracy"] == last_test["test/accuracy"]
+    board = events(run_dir / "a")
+    assert [e.step for e in board.Scalars("test/accuracy")] == [32 * k for k in with_test]
+    if validation:
+        assert [e.step for e in board.Scalars("val/accuracy")] == [32 * k for k in with_val]

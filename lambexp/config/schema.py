@@ -168,7 +168,8 @@ class Settings(_Frozen):
         "linear learning-rate warm-up from 0 to lr over this many epochs, then constant; 0: none"))
     log_interval: Int = Field(30, ge=1, description="batches between train-loss and r, r1, r2 logs")
     eval_interval: Annotated[Int, Field(ge=1)] | None = Field(None, description=(
-        "steps between extra test evaluations; null: test only after each epoch"))
+        "steps between extra evaluations, of the validation split where the arm holds one (the steps"
+        " to a target read it), else of the test set; null: only after each epoch, where both are"))
     data_dir: str | None = Field(None, description="folder holding MNIST; null: the default one")
     validation: Int = Field(0, ge=0, le=MAX_VALIDATION, description=(
         "training images held out as a validation set, never trained on and evaluated at each"

@@ -202,7 +202,7 @@ class Summary:
     device: str = "?"
     torch: str = "?"
     seed: int | None = None
-    history: list[dict] = field(default_factory=list)  # one {step, samples, test/loss, test/accuracy}
+    history: list[dict] = field(default_factory=list)  # per evaluation {step, samples, test/*, val/*}
     settings: dict | None = None  # what the arm trained with (its resolved settings, name aside)
     setting_changes: list[dict] = field(default_factory=list)  # {step, changed: {key: [old, new]}}
     error: str | None = None  # why it failed (status failed)

@@ -171,7 +171,7 @@ class ArmRun:
         checkpoint goes (nothing left to resume)."""
         self.trainer.end()
         summary = self._record(Status.FINISHED)
-        final = self.state.history[-1] if self.state.history else {}
+        final = last_with(self.state.history, "test/accuracy")
         self.trainer.sink.scalars(self.state.samples,
                                   {"throughput/samples_per_s": summary.samples_per_second})
         self.trainer.sink.hparams(arm_hparams(self.arm, self.device),
@@ -283,17 +283,23 @@ def arm_hparams(arm: Arm, device: torch.device) -> dict:
             "beta2": arm.betas[1]}
 
 
+def last_with(history: list[dict], key: str) -> dict:
+    """The last evaluation that measured ``key`` (between epochs, an arm with a validation split
+    evaluates that alone), or {}."""
+    return next((h for h in reversed(history) if key in h), {})
+
+
 def summarize(arm: Arm, state: LoopState, device: torch.device, status: Status,
               samples_per_epoch: int, changes: Sequence[dict] = (), error: str | None = None) -> Summary:
     """The arm's Summary from the loop's state (see lambexp.folders.layout.Summary)."""
-    accuracies = [h["test/accuracy"] for h in state.history]
+    accuracies = [h["test/accuracy"] for h in state.history if "test/accuracy" in h]
     validated = [h["val/accuracy"] for h in state.history if "val/accuracy" in h]
-    final = state.history[-1] if state.history else {}
+    final, final_val = last_with(state.history, "test/accuracy"), last_with(state.history, "val/accuracy")
     return Summary(
         status=status, arm=arm.name,
         final_test_accuracy=final.get("test/accuracy"),
         best_test_accuracy=max(accuracies) if accuracies else None,
-        final_val_accuracy=final.get("val/accuracy"),
+        final_val_accuracy=final_val.get("val/accuracy"),
         best_val_accuracy=max(validated) if validated else None,
         final_test_loss=final.get("test/loss"),
         final_train_loss=state.last_loss,

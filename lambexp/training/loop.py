@@ -129,11 +129,11 @@ def log_train(sink: Sink, opt: torch.optim.Optimizer, x: int, step: int, loss: f
         sink.trust(x, opt.trust_stats())
 
 
-def log_eval(sink: Sink, state: LoopState, test: tuple[float, float],
+def log_eval(sink: Sink, state: LoopState, test: tuple[float, float] | None,
              validation: tuple[float, float] | None = None) -> None:
-    """An evaluation's (loss, accuracy) on the test set, and on the validation set when there is one,
+    """An evaluation's (loss, accuracy) on the test set and on the validation set, each when given,
     logged at the samples seen and kept in ``state.history``."""
-    metrics = {"test/loss": test[0], "test/accuracy": test[1]}
+    metrics = {} if test is None else {"test/loss": test[0], "test/accuracy": test[1]}
     if validation is not None:
         metrics |= {"val/loss": validation[0], "val/accuracy": validation[1]}
     sink.scalars(state.samples, metrics)
@@ -277,8 +277,8 @@ class Trainer:
                 return
             if checked.stop:
                 self._interrupt()
-        if evaluates:
-            self._evaluate()
+        if evaluates and not last:  # the epoch's end evaluates anyway
+            self._evaluate(test=self.validation is None)
             self.net.train()
         if last:
             self._end_epoch()
@@ -292,12 +292,14 @@ class Trainer:
         self.net.train()
         self._train_mark = time.perf_counter()
 
-    def _evaluate(self) -> None:
-        """An evaluation on the test set (and the validation set), logged; its time is not training
-        time."""
+    def _evaluate(self, test: bool = True) -> None:
+        """An evaluation on the test set (unless not ``test``) and on the validation set, logged; its
+        time is not training time. Between epochs (``eval_interval``) an arm with a validation split
+        evaluates that alone: the steps to a target read it, and the test set waits for the epoch's
+        end."""
         self._stop_train_clock()
         model, world = unwrap(self.net), self.options.world
-        log_eval(self.sink, self.state, evaluate(model, *self.test, world),
+        log_eval(self.sink, self.state, evaluate(model, *self.test, world) if test else None,
                  evaluate(model, *self.validation, world) if self.validation is not None else None)
         self._train_mark = time.perf_counter()
 
