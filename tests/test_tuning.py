@@ -95,8 +95,8 @@ def test_reproduce_tunes_then_trains_the_chosen_points_over_the_seeds(tiny_mnist
         tried = {}
         for lr in (0.0001, 0.003, 0.1):
             for warm in (0, 0.5):
-                s = summary_json(out / "t-tuning" / "seed1" / f"{arm}_lr{lr:g}_warm{warm:g}")
-                assert s["seed"] == 1 and s["samples_per_epoch"] == 192  # one seed; 64 held out
+                s = summary_json(out / "t-tuning" / "seed1001" / f"{arm}_lr{lr:g}_warm{warm:g}")
+                assert s["seed"] == 1001 and s["samples_per_epoch"] == 192  # a seed of its own; 64 held out
                 tried[(lr, warm)] = -math.inf if s["diverged"] else s["final_val_accuracy"]
         best = max(tried, key=lambda k: tried[k])  # first of equals, in grid order (lr, then warm-up)
         assert (entry["chosen"]["lr"], entry["chosen"]["warmup_epochs"]) == best
@@ -158,3 +158,34 @@ def test_an_unquoted_on_key_is_explained():
     assert getattr(caught.value, "lines", None) == [
         "error: <string>: tune: keys must be strings; YAML reads on, off, yes and no as true and false:"
         " quote the key ('on') (got true)"]
+
+
+def test_what_the_review_found_is_refused_or_said(tiny_mnist_env, tmp_path):
+    """Two points that would train under one name; a steps measure shown beside a claim without a
+    target; a ratio of one arm; every point diverged; trials resumed without a pick."""
+    from lambexp.errors import UserError
+    from lambexp.runner.tuning import pick_lines
+
+    same = parse_experiment(TUNED.replace("[0.0001, 0.003, 0.1]", "[0.001, 0.0010000001]"))
+    with pytest.raises(UserError, match="would both train as adam_lr0.001_warm0"):
+        trials(same)
+    with pytest.raises(Exception, match="also: steps_to_target needs `target:`"):
+        parse_experiment("name: t\narms: [{name: a}]\nexpect:\n  - {claim: c, arm: a,"
+                         " measure: final_accuracy, also: [steps_to_target], above: 0.5}\n")
+    with pytest.raises(Exception, match="pair: ratio combines a pair of arms"):
+        parse_experiment("name: t\narms: [{name: a}]\nexpect:\n  - {claim: c, arm: a, pair: ratio,"
+                         " measure: final_accuracy, above: 0.5}\n")
+    exp = parse_experiment(TUNED.replace("  warmup_epochs: [0, 0.5]\n", ""))
+    dead = pick("adam", [Point(lr, 0.0, 0.1, diverged=True) for lr in exp.tune.lr])
+    assert pick_lines(exp, [dead]) == ["t: adam → lr 0.0001, warm-up 0 epochs (every point diverged or has no"
+                                       " validation accuracy: the first is kept)"]
+    out = tmp_path / "out"
+    text = TUNED.replace("[0, 0.5]", "[0]").replace("[0.0001, 0.003, 0.1]", "[0.001, 0.003]")
+    config = write(tmp_path / "t.yaml", text)
+    assert invoke("reproduce", config, "--out", out, "--seeds", "1", "--quiet").exit_code == 0
+    assert "tune:" not in (out / "t" / "config.yaml").read_text()  # the record is the chosen points
+    assert not (out / "t" / "seed1" / "adam").is_symlink()  # never the trial its pick was made on
+    (out / "t" / "tuning.json").unlink()  # as if stopped before the pick
+    resumed = invoke("resume", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "t-tuning: its tuning trials are all here, but no point was picked yet" in resumed.output

@@ -114,6 +114,11 @@ class Expectation(BaseModel):
         if m.takes_target != (self.target is not None):
             return (f"measure {names_where(lambda x: x.takes_target)} takes `target:` (an accuracy to"
                     " reach, e.g. 0.98); other measures do not")
+        untargeted = [name for name in self.also if MEASURES[name].takes_target and self.target is None]
+        if untargeted:
+            return f"also: {', '.join(untargeted)} needs `target:` (an accuracy to reach)"
+        if self.pair == "ratio" and isinstance(self.arm, str):
+            return "pair: ratio combines a pair of arms, [a, b]; arm names one"
         if self.within_epochs is not None and not m.takes_window:
             return f"within_epochs applies to measure {names_where(lambda x: x.takes_window)} only"
         return None

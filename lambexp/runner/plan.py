@@ -26,6 +26,7 @@ from lambexp.output import optimizer_text, pct
 from lambexp.training.distributed import SINGLE, World
 
 Say = Callable[[str], None]
+MAX_SEEDS = 1000  # --seeds: each seed is a whole reproduction; more is a typo, not a plan
 
 
 def seeded_arms(exp: Experiment, seeds: int, exp_dir: Path) -> list[tuple[Arm, Path]]:

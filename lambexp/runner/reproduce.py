@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from lambexp.base.files import CHECKPOINT_FILE, CONFIG_FILE
+from lambexp.base.files import CHECKPOINT_FILE, CONFIG_FILE, TUNING_FILE
 from lambexp.config import MAX_SEED, Arm, Experiment, experiment_to_yaml, load_experiment
+from lambexp.config.tune import TUNING_SUFFIX
 from lambexp.errors import Interrupted, UserError
 from lambexp.folders.layout import (
     existing_arms,
@@ -30,6 +31,7 @@ from lambexp.runner.dispatch import Launcher, dispatch
 from lambexp.runner.experiment import write_run_header
 from lambexp.runner.jobs import ProcessPool
 from lambexp.runner.plan import (
+    MAX_SEEDS,
     Plan,
     Say,
     Training,
@@ -41,7 +43,15 @@ from lambexp.runner.plan import (
     unfinished,
 )
 from lambexp.runner.stacked import run_stack
-from lambexp.runner.tuning import chosen, pick_lines, picks, trials, write_picks
+from lambexp.runner.tuning import (
+    TUNING_SEED_OFFSET,
+    chosen,
+    pick_lines,
+    picks,
+    trials,
+    trials_finished,
+    write_picks,
+)
 from lambexp.training.checkpoint import recorded
 from lambexp.training.distributed import SINGLE, World, launched_world, process_group
 from lambexp.training.progress import NoProgress, Progress
@@ -98,9 +108,6 @@ def run_pending(work: list[Training], inputs: ArmInputs, say: Say,
         run_arm(t.arm, data, device, t.folder, progress_for(t.arm), stop_requested, world, apply_changes)
 
 
-MAX_SEEDS = 1000  # --seeds: each seed is a whole reproduction; more is a typo, not a plan
-
-
 def load_all(configs: Sequence[Path], seeds: int = 1) -> list[Experiment]:
     """Every config, validated, with distinct experiment names, and ``seeds`` seeds that stay
     within the seed range (each arm's seed, +1, … +seeds−1)."""
@@ -112,9 +119,10 @@ def load_all(configs: Sequence[Path], seeds: int = 1) -> list[Experiment]:
         raise UserError(f"two configs share an experiment name: {', '.join(names)}")
     for exp in exps:
         for arm in exp.arms:
-            if arm.seed + seeds - 1 > MAX_SEED:
+            last = arm.seed + max(seeds - 1, TUNING_SEED_OFFSET if exp.tune else 0)
+            if last > MAX_SEED:
                 raise UserError(f"--seeds {seeds}: {exp.name}'s arm {arm.name} has seed {arm.seed},"
-                                f" so its last seed would be {arm.seed + seeds - 1}, past the largest"
+                                f" so its last seed would be {last}, past the largest"
                                 f" seed, {MAX_SEED}; lower the config's seed or --seeds")
     return exps
 
@@ -191,8 +199,7 @@ def read_plan(exps: list[Experiment], seeds: int, out: Path,
     tuned experiment plans its trials (one seed), and its chosen points once every trial is finished."""
     tuned = [exp for exp in exps if exp.tune]
     first = make_plan([trials(exp) for exp in tuned], 1, out, stop_requested)
-    ready = [exp for exp in tuned if all(is_finished(t.folder) for t in first.trainings
-                                         if t.label.startswith(trials(exp).name + "/"))]
+    ready = [exp for exp in tuned if trials_finished(exp, out)]
     then = [chosen(exp, picks(exp, out)) if exp in ready else exp for exp in exps
             if not exp.tune or exp in ready]
     for exp in then:
@@ -238,13 +245,26 @@ def resume(run_dir: Path, *, data_dir: Path | None = None, say: Say = print,
         check_recorded_settings(work, apply_changes)
         if all(is_finished(t.folder) for t in work):  # nothing to train: no data needed
             say(f"every arm under {run_dir} is finished; nothing to resume")
+            unpicked(folders, tell)
             return folders
         with process_group() as world:
             inputs = world.local_first(lambda: ArmInputs([t.arm for t in work], data_dir, say))
             run_pending(work, inputs, say, progress_for, stop_requested, world, apply_changes, stack)
         if lead:
             rebuild_reports(folders, say, tell)
+            unpicked(folders, tell)
     return folders
+
+
+def unpicked(folders: list[Path], tell: Say) -> None:
+    """A line for each tuning folder whose picks were never made: resume trains trials, but picking
+    each arm's point and training it over the seeds is `reproduce`'s (it has the tuned config)."""
+    for folder in folders:
+        tuned = folder.with_name(folder.name.removesuffix(TUNING_SUFFIX))
+        if folder.name.endswith(TUNING_SUFFIX) and not (tuned / TUNING_FILE).is_file():
+            tell(f"{folder.name}: its tuning trials are all here, but no point was picked yet; run"
+                 f" `lambexp reproduce CONFIG --out {folder.parent}` with the tuned config to pick each"
+                 " arm's point and train it over the seeds")
 
 
 def rebuild_reports(folders: list[Path], say: Say, tell: Say) -> None:

@@ -9,12 +9,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lambexp.base.files import TUNING_FILE
 from lambexp.config import Experiment
 from lambexp.config.sweep import name_part
 from lambexp.config.tune import TUNING_SUFFIX, Tune, points
-from lambexp.folders.layout import read_summary, write_json
-from lambexp.runner.plan import seeded_arms
+from lambexp.errors import UserError
+from lambexp.folders.layout import is_finished, read_summary, write_json
+from lambexp.runner.plan import MAX_SEEDS, seeded_arms
 
 
 def trial_name(arm: str, tune: Tune, lr: float, warmup: float) -> str:
@@ -63,14 +66,39 @@ def pick(arm: str, tried: list[Point]) -> Pick:
     return Pick(arm, best, tuple(tried), best.lr in (min(rates), max(rates)))
 
 
+# The trials train at the arm's seed + this: never one of the seeds the chosen points train at
+# (`reproduce --seeds` stops below it), so no result is the very trial its pick was made on.
+TUNING_SEED_OFFSET = MAX_SEEDS
+
+
 def trials(exp: Experiment) -> Experiment:
-    """Every arm of ``exp`` at every point of its `tune:` grid, as one experiment of its own."""
-    arms = tuple(arm.model_copy(update={"name": trial_name(arm.name, exp.tune, lr, w), "lr": lr,
-                                        "warmup_epochs": w})
-                 for arm in exp.arms for lr, w in points(exp.tune, arm.lr, arm.warmup_epochs))
-    return Experiment(name=exp.name + TUNING_SUFFIX, arms=arms,
-                      description=f"the tuning trials of {exp.name}: every arm at every point of its"
-                                  f" grid, picked on {exp.tune.by}")
+    """Every arm of ``exp`` at every point of its `tune:` grid, as one experiment of its own, at a
+    seed of their own (``TUNING_SEED_OFFSET``). A UserError where two points of an arm would share
+    a trial's name (equal rates, or scales that round to one) or a name would be too long."""
+    arms, names = [], set()
+    for arm in exp.arms:
+        for lr, w in points(exp.tune, arm.lr, arm.warmup_epochs):
+            name = trial_name(arm.name, exp.tune, lr, w)
+            if name in names:
+                raise UserError(f"{exp.name}: tune: two points of arm {arm.name} would both train as {name};"
+                                " give rates (or scales) that differ in their first 4 digits")
+            names.add(name)
+            arms.append(arm.model_copy(update={"name": name, "lr": lr, "warmup_epochs": w,
+                                               "seed": arm.seed + TUNING_SEED_OFFSET}))
+    try:
+        return Experiment(name=exp.name + TUNING_SUFFIX, arms=tuple(arms),
+                          description=f"the tuning trials of {exp.name}: every arm at every point of"
+                                      f" its grid, picked on {exp.tune.by}")
+    except ValidationError:
+        raise UserError(f"{exp.name}: tune: its trials' names ({exp.name + TUNING_SUFFIX},"
+                        f" {max(names, key=len)}) would be too long for a folder; shorten the experiment"
+                        " or arm names") from None
+
+
+def trials_finished(exp: Experiment, out: Path) -> bool:
+    """Whether every trial of ``exp`` has finished in its folder under ``out`` (links followed)."""
+    made = trials(exp)
+    return all(is_finished(folder) for _, folder in seeded_arms(made, 1, out / made.name))
 
 
 def picks(exp: Experiment, out: Path) -> list[Pick]:
@@ -89,9 +117,11 @@ def picks(exp: Experiment, out: Path) -> list[Pick]:
 
 
 def chosen(exp: Experiment, made: list[Pick]) -> Experiment:
-    """``exp`` with each arm at its chosen lr and warm-up (its `tune:` kept, for the record)."""
+    """``exp`` with each arm at its chosen lr and warm-up and no `tune:`: what trains, and what its
+    config.yaml records (the grid and the picks are tuning.json's), so that the record reproduces
+    these points as they are."""
     by_arm = {p.arm: p.chosen for p in made}
-    return exp.model_copy(update={"arms": tuple(
+    return exp.model_copy(update={"tune": None, "arms": tuple(
         arm.model_copy(update={"lr": by_arm[arm.name].lr, "warmup_epochs": by_arm[arm.name].warmup_epochs})
         for arm in exp.arms)})
 
@@ -103,6 +133,13 @@ def write_picks(exp_dir: Path, exp: Experiment, made: list[Pick]) -> None:
 
 def pick_lines(exp: Experiment, made: list[Pick]) -> list[str]:
     """What was chosen, a line per arm, for the terminal."""
-    return [f"{exp.name}: {p.arm} → lr {p.chosen.lr:g}, warm-up {p.chosen.warmup_epochs:g} epochs"
-            f" ({exp.tune.by} {'n/a' if p.chosen.value is None else f'{p.chosen.value:.2%}'})"
-            f"{'  [at the edge of the lr grid]' if p.edge else ''}" for p in made]
+    lines = []
+    for p in made:
+        value = "n/a" if p.chosen.value is None else f"{p.chosen.value:.2%}"
+        line = f"{exp.name}: {p.arm} → lr {p.chosen.lr:g}, warm-up {p.chosen.warmup_epochs:g} epochs"
+        if all(t.score == -math.inf for t in p.tried):
+            line += " (every point diverged or has no validation accuracy: the first is kept)"
+        else:
+            line += f" ({exp.tune.by} {value}){'  [at the edge of the lr grid]' if p.edge else ''}"
+        lines.append(line)
+    return lines
