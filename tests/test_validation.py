@@ -169,3 +169,23 @@ def test_eval_interval_evaluates_between_epochs_what_the_target_reads(tiny_mnist
     assert [e.step for e in board.Scalars("test/accuracy")] == [32 * k for k in with_test]
     if validation:
         assert [e.step for e in board.Scalars("val/accuracy")] == [32 * k for k in with_val]
+
+
+def test_the_report_counts_seeds_that_never_reached_the_target(tmp_path):
+    """Three seeds: 12 steps, never, never. The row says each seed, the mean of those that reached it,
+    and how many did not; a ratio whose first arm never got there names that arm."""
+    from lambexp.report.build import claim_rows
+    from lambexp.report.collect import ExperimentRuns
+
+    exp = parse_experiment("name: t\narms: [{name: b256}, {name: b1024}]\nexpect:\n"
+                           "  - {claim: fast, arm: b256, measure: steps_to_target, target: 0.98, below: 20}\n"
+                           "  - {claim: scales, arm: [b256, b1024], pair: ratio, measure: steps_to_target,"
+                           " target: 0.98, above: 2.5}\n")
+    never = series(LOG[:1])
+    runs = ExperimentRuns(tmp_path, exp, {1: {"b256": series(LOG), "b1024": series(LOG[2:])},
+                                          2: {"b256": never, "b1024": never},
+                                          3: {"b256": never, "b1024": series(LOG[2:])}}, {})
+    fast, scales = claim_rows(runs, "t")
+    assert fast[3] == "s1: 12 · s2: not reached · s3: not reached"
+    assert fast[4] == "12 ± 0 (2 of 3 seeds not reached)"
+    assert scales[3] == "s1: 1× · s2: n/a · s3: b256 not reached"  # 12/12; inf/inf is no number

@@ -47,7 +47,10 @@ def _name(ref, e: Expectation) -> str:
 
 
 def _shown(e: Expectation, value: float) -> str:
-    """A value of the claim's measure as a person reads it; a ratio of two arms' as 2.5×."""
+    """A value of the claim's measure as a person reads it; a ratio of two arms' as 2.5×; for a pair
+    whose side never reached its target, which side (a − b is +∞ when a did not, −∞ when b did not)."""
+    if not isinstance(e.arm, str) and value is not None and math.isinf(value):
+        return f"{e.arm[0] if value > 0 else e.arm[1]} not reached"
     if e.pair == "ratio" and not isinstance(e.arm, str):
         return "n/a" if value is None or math.isnan(value) else f"{value:.3g}×"
     return fmt(e.measure, value)
@@ -70,12 +73,15 @@ def _claim_text(e: Expectation) -> str:
 
 def _summary(measure: str, values: list[float], show=None) -> str:
     """Mean ± std over seeds (k of n seeds for a yes/no measure), each as ``show`` writes it (by
-    default, as the measure reads)."""
+    default, as the measure reads); seeds whose value is infinite (a target never reached) are
+    counted beside it, not averaged."""
     if MEASURES[measure].is_boolean:
         return f"{sum(v == 1.0 for v in values)} of {len(values)} seeds"
     show = show or (lambda v: fmt(measure, v))
     mean, std = mean_std(values)
-    return f"{show(mean)} ± {show(std)}"
+    never = sum(v is not None and math.isinf(v) for v in values)
+    text = show(values[0]) if never and never == len(values) else f"{show(mean)} ± {show(std)}"
+    return text + (f" ({never} of {len(values)} seeds not reached)" if never and never < len(values) else "")
 
 
 def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:

@@ -36,8 +36,10 @@ def pick_rows(runs: ExperimentRuns, picks: dict) -> list[list[str]]:
     for entry in picks["arms"]:
         c = entry["chosen"]
         tried = ", ".join(f"{p['lr']:g}/{p['warmup_epochs']:g}: {_value(p)}" for p in entry["tried"])
-        acc = mean_std([s.summary.final_test_accuracy for s in runs.arm_runs(entry["arm"])])
-        test = "not finished" if math.isnan(acc[0]) else f"{acc[0]:.2%} ± {acc[1]:.2%}"
+        series = runs.arm_runs(entry["arm"])
+        acc = mean_std([s.summary.final_test_accuracy for s in series])
+        test = "not finished" if math.isnan(acc[0]) else \
+            f"{acc[0]:.2%} ± {acc[1]:.2%} ({len(series)} seed{'s' * (len(series) != 1)})"
         rows.append([entry["arm"], f"{c['lr']:g}", f"{c['warmup_epochs']:g}", _value(c),
                      EDGE if entry["edge"] else "inside", test, tried])
     return rows
