@@ -526,7 +526,7 @@ def test_the_valid_seed_of_the_mutations_is_valid():
         ("adam", 2, 1e-8, 10.0), ("lamb", 2, 1e-6, None)]
 
 
-# --- the module boundary (STYLE.md 5) ------------------------------------------------------
+# --- the module boundary (docs/design.md) ------------------------------------------------------
 
 def test_config_imports_no_torch_and_only_yaml_io_imports_yaml():
     code = "import sys, lambexp.config; assert 'torch' not in sys.modules, 'config imported torch'"
