@@ -5,6 +5,7 @@ the chosen runs, in ``<out>/<name>/tuning.json``, for the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,7 @@ class Pick:
     edge: bool  # the chosen lr is the grid's smallest or largest: the best may lie outside it
 
     def as_json(self) -> dict:
-        point = lambda p: {"lr": p.lr, "warmup_epochs": p.warmup_epochs, "value": p.value,  # noqa: E731
-                           "diverged": p.diverged}
-        return {"arm": self.arm, "chosen": point(self.chosen), "edge": self.edge,
-                "tried": [point(p) for p in self.tried]}
+        return dataclasses.asdict(self)  # its fields and each Point's, as tuning.json holds them
 
 
 def pick(arm: str, tried: list[Point]) -> Pick:
