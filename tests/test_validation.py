@@ -189,3 +189,21 @@ def test_the_report_counts_seeds_that_never_reached_the_target(tmp_path):
     assert fast[3] == "s1: 12 · s2: not reached · s3: not reached"
     assert fast[4] == "12 ± 0 (2 of 3 seeds not reached)"
     assert scales[3] == "s1: 1× · s2: n/a · s3: b256 not reached"  # 12/12; inf/inf is no number
+
+
+def test_an_also_measure_beside_a_ratio_claim_is_shown_as_a_ratio(tmp_path):
+    """`also: [samples_to_target]` beside Shallue's ratio: 768 samples over 256 is 3×, not "3"
+    samples; and a side that never got there is named, as for the claim's own measure."""
+    from lambexp.report.build import claim_rows
+    from lambexp.report.collect import ExperimentRuns
+
+    exp = parse_experiment("name: t\narms: [{name: b256}, {name: b1024}]\nexpect:\n"
+                           "  - {claim: scales, arm: [b256, b1024], pair: ratio, measure: steps_to_target,"
+                           " target: 0.98, above: 2.5, also: [samples_to_target]}\n")
+    quick = series([{**LOG[0], "val/accuracy": 0.99}])  # step 4, 256 samples
+    runs = ExperimentRuns(tmp_path, exp, {1: {"b256": series(LOG), "b1024": quick},
+                                          2: {"b256": series(LOG[:1]), "b1024": quick}}, {})
+    [row] = claim_rows(runs, "t")
+    assert row[3] == "s1: 3× · s2: b256 not reached (samples_to_target: 3×, b256 not reached)"
+    once = "3× ± 0× (1 of 2 seeds not reached)"
+    assert row[4] == f"{once} (samples_to_target: {once})"

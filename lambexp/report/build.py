@@ -46,14 +46,15 @@ def _name(ref, e: Expectation) -> str:
     return ref if isinstance(ref, str) else f"{ref[0]} {'/' if e.pair == 'ratio' else '−'} {ref[1]}"
 
 
-def _shown(e: Expectation, value: float) -> str:
-    """A value of the claim's measure as a person reads it; a ratio of two arms' as 2.5×; for a pair
-    whose side never reached its target, which side (a − b is +∞ when a did not, −∞ when b did not)."""
+def _shown(e: Expectation, value: float, name: str | None = None) -> str:
+    """A value of the claim's measure (or of ``name``, one of its `also:`) as a person reads it; a
+    ratio of two arms' as 2.5×; for a pair whose side never reached its target, which side (a − b
+    is +∞ when a did not, −∞ when b did not)."""
     if not isinstance(e.arm, str) and value is not None and math.isinf(value):
         return f"{e.arm[0] if value > 0 else e.arm[1]} not reached"
     if e.pair == "ratio" and not isinstance(e.arm, str):
         return "n/a" if value is None or math.isnan(value) else f"{value:.3g}×"
-    return fmt(e.measure, value)
+    return fmt(name or e.measure, value)
 
 
 def _verdict(result: ClaimResult) -> str:
@@ -93,9 +94,10 @@ def claim_rows(runs: ExperimentRuns, label: str) -> list[list[str]]:
         missing = sum(not math.isfinite(v) for v in result.values)
         if e.judge == "mean" and missing:  # the verdict is on the mean of every seed: none to show
             summary = f"n/a ({missing} of {len(result.values)} seeds have no value)"
-        for name, values in result.also.items():  # shown beside, not judged
-            per_seed += f" ({name}: {', '.join(fmt(name, v) for v in values)})"
-            summary += f" ({name}: {_summary(name, values)})"
+        for name, values in result.also.items():  # shown beside, not judged, as the claim's pair is
+            show = partial(_shown, e, name=name)
+            per_seed += f" ({name}: {', '.join(show(v) for v in values)})"
+            summary += f" ({name}: {_summary(name, values, show)})"
         what = f"{_name(e.arm, e)}: {e.measure}" + (f" [{e.layer}]" if e.layer else "")
         if e.within_epochs is not None:
             what += f" in the first {e.within_epochs:g} epoch{'s' * (e.within_epochs != 1)}"
