@@ -189,3 +189,50 @@ def test_what_the_review_found_is_refused_or_said(tiny_mnist_env, tmp_path):
     resumed = invoke("resume", out)
     assert resumed.exit_code == 0, resumed.output
     assert "t-tuning: its tuning trials are all here, but no point was picked yet" in resumed.output
+
+
+def test_a_pick_that_moved_after_the_grid_grew_is_named_and_its_old_runs_kept(tmp_path):
+    """The grid grown past its edge (0.003 was the best of two, 0.1 is better): `reproduce` says
+    which arm's pick moved, from what to what, and leaves the runs at the old pick as they were."""
+    from lambexp.errors import UserError
+    from lambexp.runner.reproduce import settle
+
+    def tried(text: str, val: dict[float, float]):
+        exp = parse_experiment(text.replace("  warmup_epochs: [0, 0.5]\n", ""))
+        for arm, folder in seeded_arms(trials(exp), 1, tmp_path / "t-tuning"):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_summary(folder, Summary(Status.FINISHED, arm=arm.name, final_val_accuracy=val[arm.lr]))
+        return exp
+
+    narrow = tried(TUNED.replace("[0.0001, 0.003, 0.1]", "[0.0001, 0.003]"), {0.0001: 0.9, 0.003: 0.95})
+    assert [a.lr for a in settle(narrow, tmp_path, [], print).arms] == [0.003, 0.003]
+    record = (tmp_path / "t" / "config.yaml").read_text()
+    wide = tried(TUNED, {0.0001: 0.9, 0.003: 0.95, 0.1: 0.97})
+    with pytest.raises(UserError, match=r"t: the pick moved for adam \(lr 0.003 → 0.1, warm-up 0 → 0\),"
+                                        r" lamb \(lr 0.003 → 0.1, warm-up 0 → 0\), since"):
+        settle(wide, tmp_path, [], print)
+    assert (tmp_path / "t" / "config.yaml").read_text() == record
+    assert json.loads((tmp_path / "t" / "tuning.json").read_text())["grid"]["lr"] == [0.0001, 0.003]
+
+
+def test_a_stale_tuning_record_is_left_out_of_the_report_and_said(tmp_path):
+    """tuning.json says lamb was picked at lr 0.1, but the folder's lamb trained at 0.003: that row
+    is another tuning's, so the report leaves it out and says so; adam's, which matches, is shown."""
+    from lambexp.report.collect import ExperimentRuns
+    from lambexp.report.document import Para, Table
+    from lambexp.report.tuning import tuning_blocks
+
+    exp = parse_experiment("name: t\nvalidation: 64\narms:\n  - {name: adam, optimizer: adam, lr: 0.003}\n"
+                           "  - {name: lamb, optimizer: lamb, lr: 0.003}\n")
+
+    def entry(arm: str, lr: float) -> dict:
+        point = {"lr": lr, "warmup_epochs": 0.0, "value": 0.9, "diverged": False}
+        return {"arm": arm, "chosen": point, "tried": [point], "edge": False}
+
+    record = {"by": "final_val_accuracy", "grid": {"lr": [0.003, 0.1]},
+              "arms": [entry("adam", 0.003), entry("lamb", 0.1)]}
+    (tmp_path / "tuning.json").write_text(json.dumps(record))
+    note, _, table, _ = tuning_blocks(ExperimentRuns(tmp_path, exp, {}, {}), tmp_path, "t")
+    assert isinstance(note, Para)
+    assert "tuning.json does not match the points these runs trained at for lamb" in note.text
+    assert isinstance(table, Table) and [row[:2] for row in table.rows] == [["adam", "0.003"]]

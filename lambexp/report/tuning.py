@@ -72,13 +72,29 @@ def tuning_curves(title: str, picks: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def stale(runs: ExperimentRuns, picks: dict) -> list[str]:
+    """The arms of tuning.json whose chosen point is not what the folder's config says they trained
+    at (or that it no longer has): a record from another tuning, not to be shown as this one's."""
+    trained = {arm.name: (arm.lr, arm.warmup_epochs) for arm in runs.experiment.arms}
+    return [e["arm"] for e in picks["arms"]
+            if trained.get(e["arm"]) != (e["chosen"]["lr"], e["chosen"]["warmup_epochs"])]
+
+
 def tuning_blocks(runs: ExperimentRuns, out_dir: Path, label: str) -> list[Block]:
-    """The picks' table and the tuning curves, for an experiment tuned with `tune:`; [] otherwise."""
+    """The picks' table and the tuning curves, for an experiment tuned with `tune:`; [] otherwise.
+    Arms whose record is stale (``stale``) are left out, and said."""
     picks = read_picks(runs)
     if picks is None:
         return []
+    old = stale(runs, picks)
+    picks = {**picks, "arms": [e for e in picks["arms"] if e["arm"] not in old]}
+    note = [Para(f"{TUNING_FILE} does not match the points these runs trained at for {', '.join(old)}"
+                 " (it records another tuning): left out here; run `lambexp reproduce` with the tuned"
+                 " config again to renew it.")] if old else []
+    if not picks["arms"]:
+        return note
     path = tuning_curves(runs.experiment.name, picks, out_dir / "figures" / f"{label}_tuning.png")
-    return [Para(f"Each arm's lr and warm-up were picked on {picks['by']} (held-out training"
+    return [*note, Para(f"Each arm's lr and warm-up were picked on {picks['by']} (held-out training"
                  " images, never the test set), one seed per point; the chosen point then trained over"
                  " the seeds below."),
             Table(["arm", "chosen lr", "warm-up", "validation", "edge", "test accuracy (chosen, seeds)",

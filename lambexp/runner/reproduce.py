@@ -185,11 +185,29 @@ def settle(exp: Experiment, out: Path, argv: Sequence[str], say: Say) -> Experim
     the picks written beside them (tuning.json) and said, a line per arm."""
     made = picks(exp, out)
     settled = chosen(exp, made)
+    refuse_moved_picks(out / exp.name, settled)
     claim_folder(out / exp.name, settled, argv)
     write_picks(out / exp.name, exp, made)
     for line in pick_lines(exp, made):
         say(line)
     return settled
+
+
+def refuse_moved_picks(exp_dir: Path, settled: Experiment) -> None:
+    """A UserError naming each arm whose pick moved since ``exp_dir``'s runs were trained at the
+    old one (a grid grown past its edge, say): those runs are kept, not overwritten."""
+    config = exp_dir / CONFIG_FILE
+    if not config.is_file():
+        return
+    before = {arm.name: arm for arm in load_experiment(config).arms}
+    moved = [f"{arm.name} (lr {before[arm.name].lr:g} → {arm.lr:g}, warm-up"
+             f" {before[arm.name].warmup_epochs:g} → {arm.warmup_epochs:g})" for arm in settled.arms
+             if arm.name in before and before[arm.name] != arm and arm == before[arm.name].model_copy(
+                 update={"lr": arm.lr, "warmup_epochs": arm.warmup_epochs})]
+    if moved:
+        raise UserError(f"{exp_dir}: the pick moved for {', '.join(moved)}, since its runs were trained"
+                        f" at the old one (the tuning grid or its trials changed); move {exp_dir} away"
+                        " (the trials stay where they are and are not trained again) or pass another --out")
 
 
 def read_plan(exps: list[Experiment], seeds: int, out: Path,
