@@ -47,3 +47,21 @@ def fresh_tiny_mnist(tmp_path: Path) -> TinyMnist:
 def fresh_tiny_mnist_env(fresh_tiny_mnist: TinyMnist, monkeypatch: pytest.MonkeyPatch) -> TinyMnist:
     """``fresh_tiny_mnist`` with ``LAMBEXP_MNIST_MD5SUMS`` and ``LAMBEXP_DATA`` pointed at it."""
     return point_env_at(monkeypatch, fresh_tiny_mnist)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every Figure the report saves, kept open for inspection (and still written to disk)."""
+    from lambexp.report.figures import plt
+
+    kept, save, close = [], plt.Figure.savefig, plt.close
+
+    def keep(fig, path, **kwargs):
+        kept.append(fig)
+        save(fig, path, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    yield kept
+    for fig in kept:
+        close(fig)

@@ -154,3 +154,9 @@ def events(arm_dir: Path) -> EventAccumulator:
     acc = EventAccumulator(str(arm_dir), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     return acc
+
+
+def line(ax, label: str):
+    """The one line of a matplotlib Axes with this label."""
+    [found] = [ln for ln in ax.lines if ln.get_label() == label]
+    return found

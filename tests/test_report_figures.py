@@ -5,6 +5,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from helpers import line
 
 from lambexp.base.statuses import Status
 from lambexp.folders.layout import Summary
@@ -88,12 +89,6 @@ def test_layer_norms(runs, tmp_path):
     assert_png(path, min_width=800)
 
 
-def test_accuracy_vs_batch(tmp_path):
-    points = {"adam": [(512, 0.98, 0.002), (4096, 0.95, 0.01)],
-              "lamb": [(4096, 0.97, 0.0), (512, 0.985, 0.001)]}  # unsorted on purpose
-    assert_png(figures.accuracy_vs_batch("test: batch", points, COLORS, tmp_path / "b.png"))
-
-
 def test_arm_colors_by_optimizer_when_distinct():
     colors = figures.arm_colors([("adam", "adam"), ("lamb", "lamb")])
     assert colors == {"adam": "#1f77b4", "lamb": "#d62728"}
@@ -118,27 +113,6 @@ def test_fmt_samples():
 
 # What the figures show, read back from the matplotlib Figure each one saves: the plotted data must
 # be the series given (computed here from the hand-built inputs), not merely a PNG of some size.
-
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """Every Figure the figures module saves, kept open for inspection (and still written to disk)."""
-    kept, save, close = [], figures.plt.Figure.savefig, figures.plt.close
-
-    def keep(fig, path, **kwargs):
-        kept.append(fig)
-        save(fig, path, **kwargs)
-
-    monkeypatch.setattr(figures.plt.Figure, "savefig", keep)
-    monkeypatch.setattr(figures.plt, "close", lambda fig=None: None)
-    yield kept
-    for fig in kept:
-        close(fig)
-
-
-def line(ax, label: str):
-    [found] = [ln for ln in ax.lines if ln.get_label() == label]
-    return found
-
 
 def test_curves_draw_the_seed_means_and_mark_where_each_seed_diverged(runs, drawn, tmp_path):
     figures.curves("t", runs, COLORS, tmp_path / "c.png")
@@ -186,16 +160,6 @@ def test_layer_norms_draw_each_tensor_and_where_values_turn_bad(runs, drawn, tmp
         assert np.allclose(y[:6], lamb.r1[:6, j]) and np.isnan(y[6:]).all()
     assert line(ax_lamb, "first NaN/inf").get_xdata()[0] == lamb.trust_steps[6]
     assert ax_adam.get_yscale() == "log"
-
-
-def test_accuracy_vs_batch_draws_the_means_in_batch_order(drawn, tmp_path):
-    points = {"lamb": [(4096, 0.97, 0.01), (512, 0.985, 0.002)]}
-    figures.accuracy_vs_batch("t", points, COLORS, tmp_path / "b.png")
-    ax = drawn[0].axes[0]
-    [bars] = ax.containers
-    ln = bars.lines[0]  # the data line of the error bars
-    assert list(ln.get_xdata()) == [512, 4096] and np.allclose(ln.get_ydata(), [98.5, 97.0])
-    assert ax.get_xscale() == "log"
 
 
 def test_accuracy_vs_lr_draws_means_bands_and_diverged_marks(drawn, tmp_path):

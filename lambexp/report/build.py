@@ -19,7 +19,7 @@ from lambexp.config.expect import Expectation
 from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, own_folder, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
-from lambexp.report import figures, variants
+from lambexp.report import figures, scaling, variants
 from lambexp.report.claims import ClaimResult, decades, judge, mean_std, measure, widest_run
 from lambexp.report.collect import ExperimentRuns, collect, folder_labels
 from lambexp.report.document import Block, Heading, Image, Para, Table, to_html, to_markdown
@@ -167,8 +167,8 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
                            f" figure (one panel per arm) are drawn for at most {MAX_ARMS_PER_PANEL_FIGURE}"
                            " arms; TensorBoard has them for every arm."))
     if len({a.batch_size for a in exp.arms}) >= 3:
-        made.append((batch_figure(runs, title, folder / f"{label}_batch.png"),
-                     "final test accuracy against batch size (mean ± std over seeds)"))
+        made += scaling.scaling_figures(runs, title, folder, label)
+        blocks.append(Table(*scaling.scaling_rows(runs)))
     if len({a.lr for a in exp.arms}) >= 4:  # a learning-rate sweep
         thresholds = lr_thresholds(exp)
         made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png", thresholds),
@@ -227,22 +227,6 @@ def lr_range_rows(runs: ExperimentRuns, threshold: float = DEFAULT_THRESHOLD) ->
         span = f"{fmt('lr_range', decades(run))} ({run[0]:g} to {run[-1]:g})" if run else "none"
         rows.append([group, ", ".join(f"{lr:g}" for lr in ok) or "none", span])
     return rows
-
-
-BATCH_COLORS = {"adam": "#1f77b4", "lamb (blog)": "#d62728", "lamb (paper)": "#9467bd"}
-
-
-def batch_figure(runs: ExperimentRuns, title: str, path: Path) -> Path:
-    """Final test accuracy against batch size, one line per optimizer (and LAMB rule)."""
-    points: dict[str, list[tuple[int, float, float]]] = {}
-    for arm in runs.experiment.arms:
-        finished = runs.arm_runs(arm.name)
-        if not finished:
-            continue
-        label = f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
-        mean, std = mean_std([s.summary.final_test_accuracy for s in finished])
-        points.setdefault(label, []).append((arm.batch_size, mean, std))
-    return figures.accuracy_vs_batch(title, points, BATCH_COLORS, path)
 
 
 def _samples_per_epoch(by_arm: dict) -> int | None:

@@ -1,5 +1,5 @@
 """The report's figures as PNG files: training curves, the post's trust-ratio ridge plots, per-layer norms,
-accuracy against batch size and learning rate, and the grid of LAMB variants. Every function takes plain
+accuracy against learning rate, and the grid of LAMB variants. Every function takes plain
 data (``ArmSeries``, dicts, a ``Grid``) and returns the path.
 """
 
@@ -329,28 +329,6 @@ def layer_norms(title: str, runs: dict[str, ArmSeries], path: Path, key: str = "
     axes[0, -1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1),
                        fontsize=9, title="parameter (-- bias, ·· kept out of r)", title_fontsize=9)
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def accuracy_vs_batch(title: str, points: dict[str, list[tuple[int, float, float]]], colors: dict[str, str],
-                      path: Path) -> Path:
-    """Final test accuracy against batch size (log2 x), one line per optimizer label; each point is
-    (batch size, mean accuracy, std over seeds) with accuracies in [0, 1], drawn in % with ±1 std bars.
-    """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    batches = sorted({b for pts in points.values() for b, _, _ in pts})
-    for i, (label, pts) in enumerate(points.items()):
-        b, mean, std = (np.array(c, dtype=float) for c in zip(*sorted(pts))) if pts else ([], [], [])
-        ax.errorbar(b, np.asarray(mean) * 100, yerr=np.asarray(std) * 100, color=_color(colors, label, i),
-                    marker="o", ms=5, lw=1.8, capsize=4, label=label)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(batches))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set(xlabel="batch size (log2 scale)", ylabel="final test accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(title="mean ± 1 std over seeds", fontsize=9, title_fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

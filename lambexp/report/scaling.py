@@ -1,0 +1,180 @@
+"""How an experiment's arms scale with the batch size: per model and optimizer, the test accuracy
+(final and best) and the optimizer steps until validation accuracy first reaches a target, at each
+batch size; as a table and two figures, the second Shallue et al.'s (2019) steps to target against
+batch size, log-log, beside the perfect-scaling line (steps ∝ 1/batch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from lambexp.base.measures import MEASURES, fmt
+from lambexp.config.schema import Arm
+from lambexp.report.claims import mean_std, measure
+from lambexp.report.collect import ExperimentRuns
+from lambexp.report.figures import PALETTE, _save, plt
+from lambexp.report.series import ArmSeries
+
+# model → optimizer (and rule) → [(batch size, the seeds' values)], batch sizes in order
+Points = dict[str, dict[str, list[tuple[int, list[float]]]]]
+ACCURACIES = (("final_test_accuracy", "final test accuracy"), ("best_test_accuracy", "best test accuracy"))
+LINE_COLORS = {"adam": "#1f77b4", "torch_adamw": "#17becf", "nesterov": "#ff7f0e", "lars": "#2ca02c",
+               "lamb (blog)": "#d62728", "lamb (paper)": "#9467bd", "lamb (timm)": "#8c564b"}
+
+
+def line_of(arm: Arm) -> str:
+    """What a line of the scaling figures is: the optimizer, and LAMB's rule."""
+    return f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
+
+
+def points(runs: ExperimentRuns, value: Callable[[ArmSeries], float]) -> Points:
+    """``value`` of each finished seed, by model, optimizer line and batch size (arms that share
+    all three pool their seeds)."""
+    pooled: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for arm in runs.experiment.arms:
+        values = [value(s) for s in runs.arm_runs(arm.name)]
+        if values:
+            lines = pooled.setdefault(arm.model, {})
+            lines.setdefault(line_of(arm), {}).setdefault(arm.batch_size, []).extend(values)
+    return {model: {line: sorted(by_batch.items()) for line, by_batch in lines.items()}
+            for model, lines in pooled.items()}
+
+
+def target_of(runs: ExperimentRuns) -> float | None:
+    """The validation accuracy the experiment's steps-to-target claims count to (the first's); None
+    when it has none."""
+    return next((e.target for e in runs.experiment.expect if MEASURES[e.measure].takes_target), None)
+
+
+def steps_to(target: float) -> Callable[[ArmSeries], float]:
+    return lambda s: measure(s, "steps_to_target", target=target)
+
+
+def reached(values: list[float]) -> tuple[float, int]:
+    """The mean of the seeds that reached the target, and how many did not (inf); NaN mean if none did."""
+    finite = [v for v in values if math.isfinite(v)]
+    return (float(np.mean(finite)) if finite else math.nan), sum(math.isinf(v) for v in values)
+
+
+def scaling_rows(runs: ExperimentRuns) -> tuple[list[str], list[list[str]]]:
+    """A row per model and optimizer, a column per batch size: the final test accuracy (mean ± std
+    over seeds), and the steps to target where the experiment has one."""
+    target = target_of(runs)
+    final = points(runs, lambda s: s.summary.final_test_accuracy)
+    steps = points(runs, steps_to(target)) if target is not None else {}
+    batches = sorted({b for lines in final.values() for pts in lines.values() for b, _ in pts})
+    rows = []
+    for model, lines in final.items():
+        for line, pts in lines.items():
+            cells = dict(pts)
+            to = dict(steps.get(model, {}).get(line, []))
+            row = [model, line]
+            for b in batches:
+                if b not in cells:
+                    row.append("")
+                    continue
+                mean, std = mean_std(cells[b])
+                text = f"{mean:.2%} ± {std:.2%}"
+                if b in to:
+                    text += f"; {_steps_text(to[b])}"
+                row.append(text)
+            rows.append(row)
+    what = "final test accuracy (mean ± std over seeds)" + (
+        f"; steps to {target:.0%} validation accuracy (mean of the seeds that reached it)" if target else "")
+    return [f"model: {what}", "optimizer", *(f"batch {b}" for b in batches)], rows
+
+
+def _steps_text(values: list[float]) -> str:
+    mean, never = reached(values)
+    if never == len(values):
+        return "not reached"
+    text = f"{fmt('steps_to_target', mean)} steps"
+    return text + (f" ({never} of {len(values)} not reached)" if never else "")
+
+
+def _batch_axis(ax: plt.Axes, batches: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(batches))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(alpha=0.3)
+
+
+def _color(line: str, index: int) -> str:
+    return LINE_COLORS.get(line, PALETTE[index % len(PALETTE)])
+
+
+def accuracy_vs_batch(title: str, panels: dict[str, Points], path: Path) -> Path:
+    """Test accuracy against batch size (log2 x): a column per measure (``panels``: its label →
+    points), a row per model, a line per optimizer; mean ± 1 std over seeds, in %."""
+    models = sorted({m for pts in panels.values() for m in pts})
+    fig, axes = plt.subplots(len(models), len(panels), figsize=(6.5 * len(panels), 4.2 * len(models)),
+                             squeeze=False)
+    for col, (label, pts) in enumerate(panels.items()):
+        for row, model in enumerate(models):
+            ax = axes[row][col]
+            lines = pts.get(model, {})
+            for i, (line, by_batch) in enumerate(lines.items()):
+                b = [batch for batch, _ in by_batch]
+                mean, std = zip(*(mean_std(v) for _, v in by_batch)) if by_batch else ((), ())
+                ax.errorbar(b, 100 * np.asarray(mean, dtype=float), yerr=100 * np.asarray(std, dtype=float),
+                            color=_color(line, i), marker="o", ms=5, lw=1.8, capsize=4, label=line)
+            _batch_axis(ax, sorted({b for by_batch in lines.values() for b, _ in by_batch}))
+            ax.set(xlabel="batch size (log2 scale)", ylabel=f"{label} (%)", title=f"{model}: {label}")
+            ax.legend(title="mean ± 1 std over seeds", fontsize=8, title_fontsize=8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def steps_vs_batch(title: str, pts: Points, target: float, path: Path) -> Path:
+    """Optimizer steps to ``target`` validation accuracy against batch size, log-log: a panel per
+    model, a line per optimizer (the mean of the seeds that reached it; ✕ on the top edge where no
+    seed did), and the perfect-scaling line, steps ∝ 1/batch, through the smallest batch's
+    geometric mean over the optimizers that reached it there."""
+    models = sorted(pts)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        lines = pts[model]
+        batches = sorted({b for by_batch in lines.values() for b, _ in by_batch})
+        top = []
+        for i, (line, by_batch) in enumerate(lines.items()):
+            means = [(b, *reached(v)) for b, v in by_batch]
+            ok = [(b, m) for b, m, _ in means if math.isfinite(m)]
+            ax.plot([b for b, _ in ok], [m for _, m in ok], color=_color(line, i), marker="o", ms=5, lw=1.8,
+                    label=line)
+            top += [(b, _color(line, i)) for b, m, _ in means if not math.isfinite(m)]
+        first = [reached(v)[0] for by_batch in lines.values() for b, v in by_batch if b == batches[0]]
+        first = [m for m in first if math.isfinite(m)]
+        if first:
+            s0 = math.exp(float(np.mean(np.log(first))))
+            ax.plot(batches, [s0 * batches[0] / b for b in batches], color="grey", ls="--", lw=1.2,
+                    label="perfect scaling (steps ∝ 1/batch)")
+        ax.set_yscale("log")
+        for b, color in top:  # no seed reached the target: a cross on the top edge
+            ax.plot([b], [1], "X", color=color, mec="black", ms=9, transform=ax.get_xaxis_transform(),
+                    clip_on=False)
+        _batch_axis(ax, batches)
+        ax.set(xlabel="batch size (log2 scale)", ylabel=f"steps to {target:.0%} validation accuracy (log)",
+               title=f"{model}: steps to target")
+        ax.legend(title="✕ on the top edge: not reached", fontsize=8, title_fontsize=8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def scaling_figures(runs: ExperimentRuns, title: str, folder: Path, label: str) -> list[tuple[Path, str]]:
+    """The accuracy figure, and the steps figure where the experiment has a target: (path, alt)."""
+    panels = {name: points(runs, lambda s, key=key: getattr(s.summary, key)) for key, name in ACCURACIES}
+    made = [(accuracy_vs_batch(title, panels, folder / f"{label}_batch.png"),
+             "final and best test accuracy against batch size, per optimizer (mean ± std over seeds)")]
+    target = target_of(runs)
+    if target is not None:
+        path = folder / f"{label}_steps.png"
+        made.append((steps_vs_batch(title, points(runs, steps_to(target)), target, path),
+                     f"steps to {target:.0%} validation accuracy against batch size, with perfect scaling"))
+    return made

@@ -1,0 +1,99 @@
+"""The batch-scaling table and figures (issue 32): per model and optimizer, the test accuracy and
+the steps to a validation target at each batch size, checked against hand-worked means; the
+perfect-scaling line through the smallest batch's geometric mean."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from helpers import line
+
+from lambexp.base.statuses import Status
+from lambexp.config import parse_experiment
+from lambexp.folders.layout import Summary
+from lambexp.report import scaling
+from lambexp.report.collect import ExperimentRuns
+from lambexp.report.series import ArmSeries
+
+EXP = parse_experiment("""\
+name: s
+validation: 64
+arms:
+  - {name: adam_b256, optimizer: adam, batch_size: 256}
+  - {name: adam_b1024, optimizer: adam, batch_size: 1024}
+  - {name: lamb_b256, optimizer: lamb, batch_size: 256}
+  - {name: lamb_b1024, optimizer: lamb, batch_size: 1024}
+  - {name: vit_adam_b256, optimizer: adam, batch_size: 256, model: vit}
+expect:
+  - {claim: c, arm: [adam_b256, adam_b1024], pair: ratio, measure: steps_to_target, target: 0.98, above: 2.5}
+""")
+
+
+def run(final: float, best: float, step: int | None) -> ArmSeries:
+    """Validation 0.5 at step 1, then 0.99 at ``step`` (None: never reaches 0.98)."""
+    history = [{"step": 1, "samples": 1, "val/accuracy": 0.5}]
+    history += [{"step": step, "samples": step, "val/accuracy": 0.99}] if step else []
+    empty = np.empty((0, 2))
+    return ArmSeries("a", 1, empty, empty, empty, np.empty(0), [], np.empty((0, 0)), np.empty((0, 0)),
+                     np.empty((0, 0)), Summary(Status.FINISHED, arm="a", history=history,
+                                               final_test_accuracy=final, best_test_accuracy=best))
+
+
+RUNS = ExperimentRuns(None, EXP, {
+    1: {"adam_b256": run(0.98, 0.985, 40), "adam_b1024": run(0.97, 0.975, 20),
+        "lamb_b256": run(0.99, 0.99, 30), "lamb_b1024": run(0.985, 0.99, 10),
+        "vit_adam_b256": run(0.95, 0.96, None)},
+    2: {"adam_b256": run(0.99, 0.99, 60), "adam_b1024": run(0.96, 0.97, None),
+        "lamb_b256": run(0.99, 0.995, 30), "lamb_b1024": run(0.985, 0.985, 10),
+        "vit_adam_b256": run(0.95, 0.95, None)}}, {})
+
+
+def test_the_table_has_a_row_per_model_and_optimizer_and_a_column_per_batch():
+    header, rows = scaling.scaling_rows(RUNS)
+    assert header[1:] == ["optimizer", "batch 256", "batch 1024"]
+    assert "steps to 98% validation accuracy" in header[0]
+    # adam at 256: finals 0.98 and 0.99 → 98.50% ± 0.71% (sample std); steps 40 and 60 → 50
+    assert rows == [["lenet", "adam", "98.50% ± 0.71%; 50 steps",
+                     "96.50% ± 0.71%; 20 steps (1 of 2 not reached)"],
+                    ["lenet", "lamb (blog)", "99.00% ± 0.00%; 30 steps", "98.50% ± 0.00%; 10 steps"],
+                    ["vit", "adam", "95.00% ± 0.00%; not reached", ""]]
+
+
+def test_the_figures_draw_the_hand_worked_means_and_the_perfect_scaling_line(drawn, tmp_path):
+    made = scaling.scaling_figures(RUNS, "t", tmp_path, "s")
+    assert [p.name for p, _ in made] == ["s_batch.png", "s_steps.png"]
+    accuracy, steps = drawn
+    final_lenet, best_lenet, final_vit, _ = accuracy.axes
+    for ax, adam, lamb in [(final_lenet, [98.5, 96.5], [99.0, 98.5]),
+                           (best_lenet, [98.75, 97.25], [99.25, 98.75])]:
+        means = [bars.lines[0] for bars in ax.containers]
+        assert [list(m.get_xdata()) for m in means] == [[256, 1024], [256, 1024]]
+        assert np.allclose(means[0].get_ydata(), adam) and np.allclose(means[1].get_ydata(), lamb)
+    assert final_vit.get_title() == "vit: final test accuracy" and len(final_vit.containers) == 1
+    lenet, vit = steps.axes
+    assert list(line(lenet, "adam").get_xdata()) == [256, 1024]
+    assert np.allclose(line(lenet, "adam").get_ydata(), [50, 20])  # the seeds that reached it
+    assert np.allclose(line(lenet, "lamb (blog)").get_ydata(), [30, 10])
+    perfect = line(lenet, "perfect scaling (steps ∝ 1/batch)")
+    s0 = math.sqrt(50 * 30)  # the geometric mean at batch 256
+    assert np.allclose(perfect.get_ydata(), [s0, s0 / 4])
+    assert lenet.get_xscale() == "log" and lenet.get_yscale() == "log"
+    assert len(line(vit, "adam").get_xdata()) == 0  # never reached: no point, a cross on the top edge
+    [cross] = [ln for ln in vit.lines if ln.get_marker() == "X"]
+    assert list(cross.get_xdata()) == [256] and list(cross.get_ydata()) == [1]
+
+
+def test_no_target_no_steps_figure(drawn, tmp_path):
+    runs = ExperimentRuns(None, EXP.model_copy(update={"expect": ()}), RUNS.seeds, {})
+    assert [p.name for p, _ in scaling.scaling_figures(runs, "t", tmp_path, "s")] == ["s_batch.png"]
+    header, rows = scaling.scaling_rows(runs)
+    assert "steps" not in header[0] and rows[0][2] == "98.50% ± 0.71%"
+
+
+@pytest.mark.parametrize(("values", "mean", "never"), [([40, 60], 50, 0), ([20, math.inf], 20, 1),
+                                                       ([math.inf], math.nan, 1)])
+def test_reached_averages_only_the_seeds_that_got_there(values, mean, never):
+    got = scaling.reached(values)
+    assert (math.isnan(got[0]) if math.isnan(mean) else got[0] == mean) and got[1] == never
