@@ -132,3 +132,17 @@ def test_trainings_back_interrupted_unasked_are_counted_after_the_others_finish(
                               " run the same command again to continue")
     assert "toy/seed1/a: interrupted, checkpointed" in said
     assert "toy/seed1/d: finished, final test accuracy 50.00%" in said  # the others went on
+
+
+def test_a_training_that_diverged_says_so_where_it_comes_back():
+    """A worker's diverged training (its summary, as written) is said as diverged, where and why, not
+    as a plain "finished"."""
+    from lambexp.runner.plan import say_result
+
+    said = []
+    summary = {"final_test_accuracy": None, "diverged": True, "diverged_step": 36,
+               "diverged_reason": "loss rose to 12.96, above its first logged value 2.327"}
+    say_result("t/seed1/a", Status.FINISHED, summary, said.append)
+    say_result("t/seed1/b", Status.FINISHED, {"final_test_accuracy": 0.9, "diverged": False}, said.append)
+    assert said == ["t/seed1/a: finished; diverged at step 36 (loss rose to 12.96, above its first logged"
+                    " value 2.327)", "t/seed1/b: finished, final test accuracy 90.00%"]

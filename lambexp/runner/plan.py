@@ -220,5 +220,9 @@ def say_result(label: str, status: Status, summary: dict | None, say: Say) -> No
     if status == Status.INTERRUPTED:
         say(f"{label}: interrupted, checkpointed")
         return
-    accuracy = (summary or {}).get("final_test_accuracy")
-    say(f"{label}: finished" + (f", final test accuracy {pct(accuracy)}" if accuracy is not None else ""))
+    summary = summary or {}
+    accuracy = summary.get("final_test_accuracy")
+    line = f"{label}: finished" + (f", final test accuracy {pct(accuracy)}" if accuracy is not None else "")
+    if summary.get("diverged"):
+        line += f"; diverged at step {summary.get('diverged_step')} ({summary.get('diverged_reason')})"
+    say(line)
