@@ -155,6 +155,8 @@ def steps_vs_batch(title: str, pts: Points, target: float, path: Path) -> Path:
             ax.plot(batches, [s0 * batches[0] / b for b in batches], color="grey", ls="--", lw=1.2,
                     label="perfect scaling (steps ∝ 1/batch)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:.1g}"[0] in "25" else ""))
         for b, color in top:  # no seed reached the target: a cross on the top edge
             ax.plot([b], [1], "X", color=color, mec="black", ms=9, transform=ax.get_xaxis_transform(),
                     clip_on=False)
