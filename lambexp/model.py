@@ -47,13 +47,17 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """A pre-norm transformer block: t + attention(LayerNorm(t)), then t + MLP(LayerNorm(t)), the MLP
     dim → hidden → GELU → dim. Attention is written out with one qkv projection, so that it stacks
-    (torch.func.vmap) like every other layer."""
+    (torch.func.vmap) like every other layer; each head's queries and keys are LayerNormed before
+    their product (QK-norm: Dehghani et al. 2023, Wortsman et al. 2023), which keeps the attention
+    logits from growing at the post's high learning rates: docs/measured.md has what it changed."""
 
     def __init__(self, dim: int, heads: int, hidden: int):
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.LayerNorm(dim // heads)
+        self.k_norm = nn.LayerNorm(dim // heads)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
@@ -63,6 +67,7 @@ class Block(nn.Module):
         b, n, d = t.shape
         qkv = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, N, D/H)
+        q, k = self.q_norm(q), self.k_norm(k)
         weights = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)  # (B, H, N, N)
         t = t + self.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
         return t + self.fc2(F.gelu(self.fc1(self.norm2(t))))
@@ -70,7 +75,7 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     """A small vision transformer: the 28×28 image as 16 patches of 7×7, each embedded to 64
-    dimensions; a class token and learned positions; 4 blocks (``Block``, 4 heads, MLP 128); a final
+    dimensions; a class token and learned positions; 4 blocks (``Block``, 4 heads, QK-norm, MLP 128); a final
     LayerNorm and a linear head on the class token → log-softmax. 0.14M parameters, with the layer
     kinds (embeddings, LayerNorm, attention) where weight decay and trust exclusions matter."""
 

@@ -19,7 +19,8 @@ F64 = torch.float64
 def reference_forward(params: dict[str, torch.Tensor], x: torch.Tensor, heads: int = 4) -> torch.Tensor:
     """The ViT of the docstring, from its parameters: unfold 7×7 patches (row-major, as F.unfold
     orders them), embed, prepend the class token, add positions, 4 pre-norm blocks with torch's
-    scaled-dot-product attention, LayerNorm, head on the class token, log-softmax."""
+    scaled-dot-product attention on LayerNormed queries and keys, LayerNorm, head on the class
+    token, log-softmax."""
     b = x.shape[0]
     patches = F.unfold(x, kernel_size=7, stride=7).transpose(1, 2)  # (B, 16, 49)
     t = F.linear(patches, params["patch.weight"], params["patch.bias"])
@@ -30,6 +31,8 @@ def reference_forward(params: dict[str, torch.Tensor], x: torch.Tensor, heads: i
         h = F.layer_norm(t, (d,), p["norm1.weight"], p["norm1.bias"])
         q, k, v = F.linear(h, p["qkv.weight"], p["qkv.bias"]).split(d, dim=-1)
         q, k, v = (z.reshape(b, -1, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+        q = F.layer_norm(q, (d // heads,), p["q_norm.weight"], p["q_norm.bias"])  # QK-norm, per head
+        k = F.layer_norm(k, (d // heads,), p["k_norm.weight"], p["k_norm.bias"])
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, d)
         t = t + F.linear(a, p["proj.weight"], p["proj.bias"])
         h = F.layer_norm(t, (d,), p["norm2.weight"], p["norm2.bias"])
@@ -58,8 +61,9 @@ def test_the_vit_equals_an_independent_forward_with_its_gradients():
 def test_the_vits_size_and_parameter_table():
     model = build_model("vit")
     # class token 64 + positions 17·64 + patch embedding 49·64+64 + 4 blocks × (2 LayerNorms 2·128,
-    # qkv 64·192+192, proj 64·64+64, fc1 64·128+128, fc2 128·64+64) + LayerNorm 128 + head 64·10+10
-    block = 2 * 128 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
+    # qkv 64·192+192, QK-norm 2·(16+16), proj 64·64+64, fc1 64·128+128, fc2 128·64+64) + LayerNorm 128
+    # + head 64·10+10
+    block = 2 * 128 + (64 * 192 + 192) + 2 * 32 + (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
     assert sum(p.numel() for p in model.parameters()) == 64 + 17 * 64 + 49 * 64 + 64 + 4 * block + 128 + 650
     assert MODEL_PARAMETERS["vit"] == tuple((n, p.ndim) for n, p in model.named_parameters())
     check_stackable(model)  # LayerNorm is per sample: a stack may pad a batch

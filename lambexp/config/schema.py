@@ -43,8 +43,9 @@ MODEL_PARAMETERS: dict[str, tuple[tuple[str, int], ...]] = {
     "mlp": (("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1),
             ("fc3.weight", 2), ("fc3.bias", 1)),
     "vit": (("cls", 2), ("pos", 2), ("patch.weight", 2), ("patch.bias", 1),
-            *((f"blocks.{i}.{layer}.{kind}", 2 if kind == "weight" and layer not in ("norm1", "norm2") else 1)
-              for i in range(4) for layer in ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+            *((f"blocks.{i}.{layer}.{kind}", 2 if kind == "weight" and "norm" not in layer else 1)
+              for i in range(4)
+              for layer in ("norm1", "qkv", "q_norm", "k_norm", "proj", "norm2", "fc1", "fc2")
               for kind in ("weight", "bias")),
             ("norm.weight", 1), ("norm.bias", 1), ("head.weight", 2), ("head.bias", 1)),
 }
@@ -162,7 +163,8 @@ class Settings(_Frozen):
     epochs: Int = Field(6, ge=1, description="passes over the 60k training images")
     seed: Int = Field(1, ge=0, le=MAX_SEED, description="seeds torch (init, shuffling) once per arm")
     model: ModelName = Field("lenet", description=(
-        "lenet: PyTorch's MNIST-example CNN; mlp; vit: a small vision transformer (7×7 patches, 4 blocks)"))
+        "lenet: PyTorch's MNIST-example CNN; mlp; vit: a small vision transformer (7×7 patches, 4 blocks,"
+        " QK-norm)"))
     device: Device = Field("auto", description="auto: cuda when available, else cpu")
     warmup_epochs: Float = Field(0.0, ge=0, description=(
         "linear learning-rate warm-up from 0 to lr over this many epochs, then constant; 0: none"))
