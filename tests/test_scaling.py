@@ -97,3 +97,18 @@ def test_no_target_no_steps_figure(drawn, tmp_path):
 def test_reached_averages_only_the_seeds_that_got_there(values, mean, never):
     got = scaling.reached(values)
     assert (math.isnan(got[0]) if math.isnan(mean) else got[0] == mean) and got[1] == never
+
+
+def test_it_applies_to_three_batch_sizes_with_one_arm_each():
+    """A tuning's trials (two lrs of one optimizer at one batch) would pool lrs: not a scaling
+    experiment; neither is one of two batch sizes."""
+    arms = ["{name: a1, batch_size: 256}", "{name: a2, batch_size: 1024}", "{name: a3, batch_size: 4096}"]
+
+    def exp(*more: str):
+        return parse_experiment("name: e\narms: [" + ", ".join([*arms, *more]) + "]\n")
+
+    assert scaling.applies(exp())
+    assert scaling.applies(exp("{name: v, batch_size: 256, model: vit}",
+                               "{name: l, batch_size: 256, optimizer: lars}"))
+    assert not scaling.applies(exp("{name: a4, batch_size: 256, lr: 0.1}"))
+    assert not scaling.applies(parse_experiment("name: e\narms: [" + ", ".join(arms[:2]) + "]\n"))

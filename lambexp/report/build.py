@@ -166,7 +166,7 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
         blocks.append(Para(f"{len(by_arm)} arms: the ridge plots of r, r1, r2 and the per-layer r1"
                            f" figure (one panel per arm) are drawn for at most {MAX_ARMS_PER_PANEL_FIGURE}"
                            " arms; TensorBoard has them for every arm."))
-    if len({a.batch_size for a in exp.arms}) >= 3:
+    if scaling.applies(exp):
         made += scaling.scaling_figures(runs, title, folder, label)
         blocks.append(Table(*scaling.scaling_rows(runs)))
     if len({a.lr for a in exp.arms}) >= 4:  # a learning-rate sweep

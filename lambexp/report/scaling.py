@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from lambexp.base.measures import MEASURES, fmt
-from lambexp.config.schema import Arm
+from lambexp.config.schema import Arm, Experiment
 from lambexp.report.claims import mean_std, measure
 from lambexp.report.collect import ExperimentRuns
 from lambexp.report.figures import PALETTE, _save, plt
@@ -31,9 +31,16 @@ def line_of(arm: Arm) -> str:
     return f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
 
 
+def applies(exp: Experiment) -> bool:
+    """Whether ``exp`` is a batch-scaling experiment: 3 batch sizes or more, and one arm at most per
+    model, optimizer line and batch size (a tuning's trials, or an lr sweep across batches, have
+    several: pooling their lrs into one mean would say nothing; the lr figure shows them)."""
+    keys = [(arm.model, line_of(arm), arm.batch_size) for arm in exp.arms]
+    return len({arm.batch_size for arm in exp.arms}) >= 3 and len(set(keys)) == len(keys)
+
+
 def points(runs: ExperimentRuns, value: Callable[[ArmSeries], float]) -> Points:
-    """``value`` of each finished seed, by model, optimizer line and batch size (arms that share
-    all three pool their seeds)."""
+    """``value`` of each finished seed, by model, optimizer line and batch size."""
     pooled: dict[str, dict[str, dict[int, list[float]]]] = {}
     for arm in runs.experiment.arms:
         values = [value(s) for s in runs.arm_runs(arm.name)]
