@@ -112,3 +112,13 @@ def test_it_applies_to_three_batch_sizes_with_one_arm_each():
                                "{name: l, batch_size: 256, optimizer: lars}"))
     assert not scaling.applies(exp("{name: a4, batch_size: 256, lr: 0.1}"))
     assert not scaling.applies(parse_experiment("name: e\narms: [" + ", ".join(arms[:2]) + "]\n"))
+
+
+def test_a_seed_that_diverged_before_any_test_is_counted_not_averaged():
+    """final_test_accuracy is null in summary.json for a run that diverged before its first epoch
+    ended: the row averages the others and says how many had none."""
+    seeds = {1: {"adam_b256": run(0.98, 0.98, 40)}, 2: {"adam_b256": run(None, None, None)},
+             3: {"adam_b1024": run(None, None, None)}}
+    _, rows = scaling.scaling_rows(ExperimentRuns(None, EXP, seeds, {}))
+    assert rows == [["lenet", "adam", "98.00% ± 0.00% (1 of 2 seeds without one); 40 steps"
+                     " (1 of 2 not reached)", "no test accuracy; not reached"]]

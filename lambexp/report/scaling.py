@@ -85,7 +85,10 @@ def scaling_rows(runs: ExperimentRuns) -> tuple[list[str], list[list[str]]]:
                     row.append("")
                     continue
                 mean, std = mean_std(cells[b])
-                text = f"{mean:.2%} ± {std:.2%}"
+                none = sum(v is None for v in cells[b])  # diverged before its first test evaluation
+                text = "no test accuracy" if none == len(cells[b]) else f"{mean:.2%} ± {std:.2%}"
+                if 0 < none < len(cells[b]):
+                    text += f" ({none} of {len(cells[b])} seeds without one)"
                 if b in to:
                     text += f"; {_steps_text(to[b])}"
                 row.append(text)
