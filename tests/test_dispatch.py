@@ -144,5 +144,7 @@ def test_a_training_that_diverged_says_so_where_it_comes_back():
                "diverged_reason": "loss rose to 12.96, above its first logged value 2.327"}
     say_result("t/seed1/a", Status.FINISHED, summary, said.append)
     say_result("t/seed1/b", Status.FINISHED, {"final_test_accuracy": 0.9, "diverged": False}, said.append)
-    assert said == ["t/seed1/a: finished; diverged at step 36 (loss rose to 12.96, above its first logged"
-                    " value 2.327)", "t/seed1/b: finished, final test accuracy 90.00%"]
+    say_result("t/seed1/c", Status.FINISHED, {"final_test_accuracy": 0.5, "diverged": True}, said.append)
+    assert said == ["t/seed1/a: diverged at step 36 (loss rose to 12.96, above its first logged value 2.327),"
+                    " stopped", "t/seed1/b: finished, final test accuracy 90.00%",
+                    "t/seed1/c: diverged, stopped; final test accuracy 50.00% at the stop"]

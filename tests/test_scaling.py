@@ -31,13 +31,13 @@ expect:
 """)
 
 
-def run(final: float, best: float, step: int | None) -> ArmSeries:
+def run(final: float | None, best: float | None, step: int | None, diverged: bool = False) -> ArmSeries:
     """Validation 0.5 at step 1, then 0.99 at ``step`` (None: never reaches 0.98)."""
     history = [{"step": 1, "samples": 1, "val/accuracy": 0.5}]
     history += [{"step": step, "samples": step, "val/accuracy": 0.99}] if step else []
     empty = np.empty((0, 2))
     return ArmSeries("a", 1, empty, empty, empty, np.empty(0), [], np.empty((0, 0)), np.empty((0, 0)),
-                     np.empty((0, 0)), Summary(Status.FINISHED, arm="a", history=history,
+                     np.empty((0, 0)), Summary(Status.FINISHED, arm="a", history=history, diverged=diverged,
                                                final_test_accuracy=final, best_test_accuracy=best))
 
 
@@ -51,14 +51,14 @@ RUNS = ExperimentRuns(None, EXP, {
 
 
 def test_the_table_has_a_row_per_model_and_optimizer_and_a_column_per_batch():
-    header, rows = scaling.scaling_rows(RUNS)
-    assert header[1:] == ["optimizer", "batch 256", "batch 1024"]
-    assert "steps to 98% validation accuracy" in header[0]
+    what, header, rows = scaling.scaling_rows(RUNS)
+    assert header == ["model", "optimizer", "batch 256", "batch 1024"]
+    assert "steps until 98% validation accuracy is first reached" in what
     # adam at 256: finals 0.98 and 0.99 → 98.50% ± 0.71% (sample std); steps 40 and 60 → 50
-    assert rows == [["lenet", "adam", "98.50% ± 0.71%; 50 steps",
+    assert rows == [["lenet", "adam (blog)", "98.50% ± 0.71%; 50 steps",
                      "96.50% ± 0.71%; 20 steps (1 of 2 not reached)"],
                     ["lenet", "lamb (blog)", "99.00% ± 0.00%; 30 steps", "98.50% ± 0.00%; 10 steps"],
-                    ["vit", "adam", "95.00% ± 0.00%; not reached", ""]]
+                    ["vit", "adam (blog)", "95.00% ± 0.00%; not reached", ""]]
 
 
 def test_the_figures_draw_the_hand_worked_means_and_the_perfect_scaling_line(drawn, tmp_path):
@@ -73,14 +73,14 @@ def test_the_figures_draw_the_hand_worked_means_and_the_perfect_scaling_line(dra
         assert np.allclose(means[0].get_ydata(), adam) and np.allclose(means[1].get_ydata(), lamb)
     assert final_vit.get_title() == "vit: final test accuracy" and len(final_vit.containers) == 1
     lenet, vit = steps.axes
-    assert list(line(lenet, "adam").get_xdata()) == [256, 1024]
-    assert np.allclose(line(lenet, "adam").get_ydata(), [50, 20])  # the seeds that reached it
+    assert list(line(lenet, "adam (blog)").get_xdata()) == [256, 1024]
+    assert np.allclose(line(lenet, "adam (blog)").get_ydata(), [50, 20])  # the seeds that reached it
     assert np.allclose(line(lenet, "lamb (blog)").get_ydata(), [30, 10])
     perfect = line(lenet, "perfect scaling (steps ∝ 1/batch)")
     s0 = math.sqrt(50 * 30)  # the geometric mean at batch 256
     assert np.allclose(perfect.get_ydata(), [s0, s0 / 4])
     assert lenet.get_xscale() == "log" and lenet.get_yscale() == "log"
-    assert len(line(vit, "adam").get_xdata()) == 0  # never reached: no point, a cross on the top edge
+    assert len(line(vit, "adam (blog)").get_xdata()) == 0  # never reached: no point, a cross on the top edge
     [cross] = [ln for ln in vit.lines if ln.get_marker() == "X"]
     assert list(cross.get_xdata()) == [256] and list(cross.get_ydata()) == [1]
 
@@ -88,8 +88,8 @@ def test_the_figures_draw_the_hand_worked_means_and_the_perfect_scaling_line(dra
 def test_no_target_no_steps_figure(drawn, tmp_path):
     runs = ExperimentRuns(None, EXP.model_copy(update={"expect": ()}), RUNS.seeds, {})
     assert [p.name for p, _ in scaling.scaling_figures(runs, "t", tmp_path, "s")] == ["s_batch.png"]
-    header, rows = scaling.scaling_rows(runs)
-    assert "steps" not in header[0] and rows[0][2] == "98.50% ± 0.71%"
+    what, _, rows = scaling.scaling_rows(runs)
+    assert "steps" not in what and rows[0][2] == "98.50% ± 0.71%"
 
 
 @pytest.mark.parametrize(("values", "mean", "never"), [([40, 60], 50, 0), ([20, math.inf], 20, 1),
@@ -117,8 +117,53 @@ def test_it_applies_to_three_batch_sizes_with_one_arm_each():
 def test_a_seed_that_diverged_before_any_test_is_counted_not_averaged():
     """final_test_accuracy is null in summary.json for a run that diverged before its first epoch
     ended: the row averages the others and says how many had none."""
-    seeds = {1: {"adam_b256": run(0.98, 0.98, 40)}, 2: {"adam_b256": run(None, None, None)},
-             3: {"adam_b1024": run(None, None, None)}}
-    _, rows = scaling.scaling_rows(ExperimentRuns(None, EXP, seeds, {}))
-    assert rows == [["lenet", "adam", "98.00% ± 0.00% (1 of 2 seeds without one); 40 steps"
-                     " (1 of 2 not reached)", "no test accuracy; not reached"]]
+    seeds = {1: {"adam_b256": run(0.98, 0.98, 40)}, 2: {"adam_b256": run(None, None, None, diverged=True)},
+             3: {"adam_b1024": run(None, None, None, diverged=True)}}
+    _, _, rows = scaling.scaling_rows(ExperimentRuns(None, EXP, seeds, {}))
+    assert rows == [["lenet", "adam (blog)", "98.00% (1 of 2 diverged, 1 of 2 without a test evaluation);"
+                     " 40 steps (1 of 2 not reached)", "no test accuracy (1 of 1 diverged); not reached"]]
+
+
+def test_a_seed_that_diverged_later_is_averaged_and_said_and_marked(drawn, tmp_path):
+    """A seed that diverged in its last epoch keeps the accuracy of its last test evaluation: it is
+    in the mean, the cell says it diverged, and its point in the figure has a ✕."""
+    seeds = {1: {"adam_b256": run(0.98, 0.98, 40), "adam_b1024": run(0.97, 0.97, 20)},
+             2: {"adam_b256": run(0.90, 0.95, 40, diverged=True), "adam_b1024": run(0.97, 0.97, 20)}}
+    runs = ExperimentRuns(None, EXP, seeds, {})
+    _, _, rows = scaling.scaling_rows(runs)
+    assert rows[0][2] == "94.00% ± 5.66% (1 of 2 diverged); 40 steps"  # (0.98 + 0.90) / 2, std 0.0566
+    scaling.scaling_figures(runs, "t", tmp_path, "s")
+    final = drawn[0].axes[0]
+    [cross] = [ln for ln in final.lines if ln.get_marker() == "X" and len(ln.get_xdata())]
+    assert list(cross.get_xdata()) == [256] and np.allclose(cross.get_ydata(), [94.0])
+
+
+def test_a_line_is_an_optimizer_and_its_rule_and_perfect_scaling_starts_where_it_is_first_reached(
+        drawn, tmp_path):
+    """Adam on the blog's rule and on the paper's are two lines, not one; nothing reaches the target
+    at batch 256, so the perfect-scaling line goes through batch 1024's geometric mean."""
+    exp = parse_experiment("name: s\nvalidation: 64\narms:\n"
+                           "  - {name: a256, optimizer: adam, rule: blog, batch_size: 256}\n"
+                           "  - {name: a1024, optimizer: adam, rule: blog, batch_size: 1024}\n"
+                           "  - {name: p1024, optimizer: adam, rule: paper, batch_size: 1024}\n"
+                           "  - {name: p4096, optimizer: adam, rule: paper, batch_size: 4096}\n"
+                           "expect:\n  - {claim: c, arm: a256, measure: steps_to_target, target: 0.98,"
+                           " below: 9}\n")
+    assert scaling.applies(exp)
+    runs = ExperimentRuns(None, exp, {1: {"a256": run(0.9, 0.9, None), "a1024": run(0.98, 0.98, 8),
+                                          "p1024": run(0.98, 0.98, 2), "p4096": run(0.98, 0.98, 1)}}, {})
+    assert [row[1] for row in scaling.scaling_rows(runs)[2]] == ["adam (blog)", "adam (paper)"]
+    scaling.scaling_figures(runs, "t", tmp_path, "s")
+    [ax] = drawn[1].axes
+    assert np.allclose(line(ax, "adam (paper)").get_ydata(), [2, 1])
+    perfect = line(ax, "perfect scaling (steps ∝ 1/batch)")
+    assert list(perfect.get_xdata()) == [256, 1024, 4096]
+    assert np.allclose(perfect.get_ydata(), [16, 4, 1])  # √(8·2) = 4 at 1024, so 16 at 256 and 1 at 4096
+
+
+def test_without_a_validation_split_the_target_is_named_on_the_test_set():
+    """steps_to_target reads test accuracy where no split is held out: the labels say so."""
+    bare = ExperimentRuns(None, EXP.model_copy(update={"arms": tuple(
+        a.model_copy(update={"validation": 0}) for a in EXP.arms)}), RUNS.seeds, {})
+    assert scaling.target_text(RUNS, 0.98) == "98% validation accuracy"
+    assert scaling.target_text(bare, 0.98) == "98% test accuracy"

@@ -193,7 +193,8 @@ def test_what_the_review_found_is_refused_or_said(tiny_mnist_env, tmp_path):
 
 def test_a_pick_that_moved_after_the_grid_grew_is_named_and_its_old_runs_kept(tmp_path):
     """The grid grown past its edge (0.003 was the best of two, 0.1 is better): `reproduce` says
-    which arm's pick moved, from what to what, and leaves the runs at the old pick as they were."""
+    which arm's pick moved, from what to what, and leaves the runs at the old pick as they were;
+    with none trained at the old picks, the new picks are recorded and train."""
     from lambexp.errors import UserError
     from lambexp.runner.reproduce import settle
 
@@ -206,13 +207,16 @@ def test_a_pick_that_moved_after_the_grid_grew_is_named_and_its_old_runs_kept(tm
 
     narrow = tried(TUNED.replace("[0.0001, 0.003, 0.1]", "[0.0001, 0.003]"), {0.0001: 0.9, 0.003: 0.95})
     assert [a.lr for a in settle(narrow, tmp_path, [], print).arms] == [0.003, 0.003]
+    (tmp_path / "t" / "seed1" / "adam").mkdir(parents=True)  # adam trained at the old pick; lamb not yet
     record = (tmp_path / "t" / "config.yaml").read_text()
     wide = tried(TUNED, {0.0001: 0.9, 0.003: 0.95, 0.1: 0.97})
-    with pytest.raises(UserError, match=r"t: the pick moved for adam \(lr 0.003 → 0.1, warm-up 0 → 0\),"
-                                        r" lamb \(lr 0.003 → 0.1, warm-up 0 → 0\), since"):
+    with pytest.raises(UserError, match=r"t: the pick moved for adam \(lr 0.003 → 0.1\), which trained at"):
         settle(wide, tmp_path, [], print)
     assert (tmp_path / "t" / "config.yaml").read_text() == record
     assert json.loads((tmp_path / "t" / "tuning.json").read_text())["grid"]["lr"] == [0.0001, 0.003]
+    (tmp_path / "t" / "seed1" / "adam").rmdir()  # nothing trained at the old picks: the new ones stand
+    assert [a.lr for a in settle(wide, tmp_path, [], print).arms] == [0.1, 0.1]
+    assert "lr: 0.1" in (tmp_path / "t" / "config.yaml").read_text()
 
 
 def test_a_stale_tuning_record_is_left_out_of_the_report_and_said(tmp_path):

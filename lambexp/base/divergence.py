@@ -16,6 +16,11 @@ NONFINITE_LOSS = "non-finite loss"
 NONFINITE_PARAMETER = "non-finite parameter"
 
 
+def diverged_text(step: int | None, reason: str | None) -> str:
+    """How a divergence is said, the same wherever it is: "diverged at step 36 (loss rose to …)"."""
+    return "diverged" + (f" at step {step}" if step is not None else "") + (f" ({reason})" if reason else "")
+
+
 def loss_rise_reason(first: float, loss: float) -> str:
     return (f"loss rose to {loss:.4g}, above its first logged value {first:.4g},"
             " after falling below half of it")

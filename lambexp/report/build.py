@@ -50,7 +50,8 @@ def _shown(e: Expectation, value: float, name: str | None = None) -> str:
     """A value of the claim's measure (or of ``name``, one of its `also:`) as a person reads it; a
     ratio of two arms' as 2.5×; for a pair whose side never reached its target, which side (a − b
     is +∞ when a did not, −∞ when b did not)."""
-    if not isinstance(e.arm, str) and value is not None and math.isinf(value):
+    if (not isinstance(e.arm, str) and value is not None and math.isinf(value)
+            and MEASURES[name or e.measure].takes_target):
         return f"{e.arm[0] if value > 0 else e.arm[1]} not reached"
     if e.pair == "ratio" and not isinstance(e.arm, str):
         return "n/a" if value is None or math.isnan(value) else f"{value:.3g}×"
@@ -168,7 +169,11 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
                            " arms; TensorBoard has them for every arm."))
     if scaling.applies(exp):
         made += scaling.scaling_figures(runs, title, folder, label)
-        blocks.append(Table(*scaling.scaling_rows(runs)))
+        what, header, rows = scaling.scaling_rows(runs)
+        blocks += [Para(what), Table(header, rows)]
+    elif len({a.batch_size for a in exp.arms}) >= 3:
+        blocks.append(Para("No batch-scaling figures: some optimizer has several arms at one batch size"
+                           " (other learning rates, say), and one mean over them would say nothing."))
     if len({a.lr for a in exp.arms}) >= 4:  # a learning-rate sweep
         thresholds = lr_thresholds(exp)
         made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png", thresholds),

@@ -14,21 +14,22 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from lambexp.base.measures import MEASURES, fmt
 from lambexp.config.schema import Arm, Experiment
+from lambexp.output import optimizer_text
 from lambexp.report.claims import mean_std, measure
 from lambexp.report.collect import ExperimentRuns
-from lambexp.report.figures import PALETTE, _save, plt
+from lambexp.report.figures import OPTIMIZER_COLORS, PALETTE, _save, plt
 from lambexp.report.series import ArmSeries
 
 # model → optimizer (and rule) → [(batch size, the seeds' values)], batch sizes in order
 Points = dict[str, dict[str, list[tuple[int, list[float]]]]]
 ACCURACIES = (("final_test_accuracy", "final test accuracy"), ("best_test_accuracy", "best test accuracy"))
-LINE_COLORS = {"adam": "#1f77b4", "torch_adamw": "#17becf", "nesterov": "#ff7f0e", "lars": "#2ca02c",
-               "lamb (blog)": "#d62728", "lamb (paper)": "#9467bd", "lamb (timm)": "#8c564b"}
+RULE_COLORS = {"lamb (blog)": "#d62728", "lamb (paper)": "#9467bd", "lamb (timm)": "#8c564b"}
 
 
 def line_of(arm: Arm) -> str:
-    """What a line of the scaling figures is: the optimizer, and LAMB's rule."""
-    return f"{arm.optimizer} ({arm.rule})" if arm.optimizer == "lamb" else arm.optimizer
+    """What a line of the scaling figures is: the optimizer, with the rule it runs where it takes
+    one (``output.optimizer_text``)."""
+    return optimizer_text(arm.optimizer, arm.rule, arm.bias_correction)
 
 
 def applies(exp: Experiment) -> bool:
@@ -52,9 +53,16 @@ def points(runs: ExperimentRuns, value: Callable[[ArmSeries], float]) -> Points:
 
 
 def target_of(runs: ExperimentRuns) -> float | None:
-    """The validation accuracy the experiment's steps-to-target claims count to (the first's); None
-    when it has none."""
+    """The accuracy the experiment's steps-to-target claims count to (the first's); None when it has
+    none."""
     return next((e.target for e in runs.experiment.expect if MEASURES[e.measure].takes_target), None)
+
+
+def target_text(runs: ExperimentRuns, target: float) -> str:
+    """"98% validation accuracy", or test accuracy where some arm holds out no validation split
+    (what steps_to_target then reads)."""
+    held_out = all(arm.validation for arm in runs.experiment.arms)
+    return f"{target:.0%} {'validation' if held_out else 'test'} accuracy"
 
 
 def steps_to(target: float) -> Callable[[ArmSeries], float]:
@@ -67,35 +75,44 @@ def reached(values: list[float]) -> tuple[float, int]:
     return (float(np.mean(finite)) if finite else math.nan), sum(math.isinf(v) for v in values)
 
 
-def scaling_rows(runs: ExperimentRuns) -> tuple[list[str], list[list[str]]]:
-    """A row per model and optimizer, a column per batch size: the final test accuracy (mean ± std
-    over seeds), and the steps to target where the experiment has one."""
+def scaling_rows(runs: ExperimentRuns) -> tuple[str, list[str], list[list[str]]]:
+    """What the table holds, its header, and a row per model and optimizer with a column per batch
+    size: the final test accuracy (mean ± std over seeds, seeds that diverged counted), and the
+    steps to target where the experiment has one."""
     target = target_of(runs)
     final = points(runs, lambda s: s.summary.final_test_accuracy)
+    diverged = points(runs, lambda s: s.diverged)
     steps = points(runs, steps_to(target)) if target is not None else {}
     batches = sorted({b for lines in final.values() for pts in lines.values() for b, _ in pts})
     rows = []
     for model, lines in final.items():
         for line, pts in lines.items():
-            cells = dict(pts)
+            cells, bad = dict(pts), dict(diverged[model][line])
             to = dict(steps.get(model, {}).get(line, []))
             row = [model, line]
             for b in batches:
-                if b not in cells:
-                    row.append("")
-                    continue
-                mean, std = mean_std(cells[b])
-                none = sum(v is None for v in cells[b])  # diverged before its first test evaluation
-                text = "no test accuracy" if none == len(cells[b]) else f"{mean:.2%} ± {std:.2%}"
-                if 0 < none < len(cells[b]):
-                    text += f" ({none} of {len(cells[b])} seeds without one)"
-                if b in to:
-                    text += f"; {_steps_text(to[b])}"
-                row.append(text)
+                row.append("" if b not in cells else _accuracy_text(cells[b], sum(bad[b])) +
+                           (f"; {_steps_text(to[b])}" if b in to else ""))
             rows.append(row)
-    what = "final test accuracy (mean ± std over seeds)" + (
-        f"; steps to {target:.0%} validation accuracy (mean of the seeds that reached it)" if target else "")
-    return [f"model: {what}", "optimizer", *(f"batch {b}" for b in batches)], rows
+    what = ("Final test accuracy at each batch size, mean ± std over seeds"
+            + (f"; steps until {target_text(runs, target)} is first reached, the mean of the seeds that"
+               " reached it" if target is not None else "") + ".")
+    return what, ["model", "optimizer", *(f"batch {b}" for b in batches)], rows
+
+
+def _accuracy_text(values: list[float | None], diverged: int) -> str:
+    """Mean ± std of the seeds' accuracies (no ± for one), how many diverged, and how many did so
+    before any test evaluation (no accuracy: null in summary.json)."""
+    n, none = len(values), sum(v is None for v in values)
+    mean, std = mean_std(values)
+    if none == n:
+        text = "no test accuracy"
+    else:
+        text = f"{mean:.2%}" + (f" ± {std:.2%}" if n - none > 1 else "")
+    notes = [f"{diverged} of {n} diverged"] if diverged else []
+    if 0 < none < n or (none and not diverged):
+        notes.append(f"{none} of {n} without a test evaluation")
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _steps_text(values: list[float]) -> str:
@@ -115,12 +132,14 @@ def _batch_axis(ax: plt.Axes, batches: list[int]) -> None:
 
 
 def _color(line: str, index: int) -> str:
-    return LINE_COLORS.get(line, PALETTE[index % len(PALETTE)])
+    """A LAMB rule's own colour, else the optimizer's (the first word of the line), else the palette's."""
+    return RULE_COLORS.get(line) or OPTIMIZER_COLORS.get(line.split(" ")[0]) or PALETTE[index % len(PALETTE)]
 
 
-def accuracy_vs_batch(title: str, panels: dict[str, Points], path: Path) -> Path:
+def accuracy_vs_batch(title: str, panels: dict[str, Points], diverged: Points, path: Path) -> Path:
     """Test accuracy against batch size (log2 x): a column per measure (``panels``: its label →
-    points), a row per model, a line per optimizer; mean ± 1 std over seeds, in %."""
+    points), a row per model, a line per optimizer; mean ± 1 std over seeds, in %; ✕ on a point
+    where a seed diverged (``diverged``: the seeds' flags, as points)."""
     models = sorted({m for pts in panels.values() for m in pts})
     fig, axes = plt.subplots(len(models), len(panels), figsize=(6.5 * len(panels), 4.2 * len(models)),
                              squeeze=False)
@@ -133,19 +152,23 @@ def accuracy_vs_batch(title: str, panels: dict[str, Points], path: Path) -> Path
                 mean, std = zip(*(mean_std(v) for _, v in by_batch)) if by_batch else ((), ())
                 ax.errorbar(b, 100 * np.asarray(mean, dtype=float), yerr=100 * np.asarray(std, dtype=float),
                             color=_color(line, i), marker="o", ms=5, lw=1.8, capsize=4, label=line)
+                flags = dict(diverged.get(model, {}).get(line, []))
+                bad = [(x, 100 * m) for x, m in zip(b, mean) if any(flags.get(x, ())) and math.isfinite(m)]
+                ax.plot([x for x, _ in bad], [y for _, y in bad], "X", color=_color(line, i), mec="black",
+                        ms=9, ls="")
             _batch_axis(ax, sorted({b for by_batch in lines.values() for b, _ in by_batch}))
             ax.set(xlabel="batch size (log2 scale)", ylabel=f"{label} (%)", title=f"{model}: {label}")
-            ax.legend(title="mean ± 1 std over seeds", fontsize=8, title_fontsize=8)
+            ax.legend(title="mean ± 1 std over seeds; ✕ a seed diverged", fontsize=8, title_fontsize=8)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def steps_vs_batch(title: str, pts: Points, target: float, path: Path) -> Path:
-    """Optimizer steps to ``target`` validation accuracy against batch size, log-log: a panel per
-    model, a line per optimizer (the mean of the seeds that reached it; ✕ on the top edge where no
-    seed did), and the perfect-scaling line, steps ∝ 1/batch, through the smallest batch's
-    geometric mean over the optimizers that reached it there."""
+def steps_vs_batch(title: str, pts: Points, target: str, path: Path) -> Path:
+    """Optimizer steps to ``target`` (its text: "98% validation accuracy") against batch size,
+    log-log: a panel per model, a line per optimizer (the mean of the seeds that reached it; ✕ on
+    the top edge where no seed did), and the perfect-scaling line, steps ∝ 1/batch, through the
+    geometric mean of the optimizers that reached it at the smallest batch any of them did."""
     models = sorted(pts)
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -158,11 +181,12 @@ def steps_vs_batch(title: str, pts: Points, target: float, path: Path) -> Path:
             ax.plot([b for b, _ in ok], [m for _, m in ok], color=_color(line, i), marker="o", ms=5, lw=1.8,
                     label=line)
             top += [(b, _color(line, i)) for b, m, _ in means if not math.isfinite(m)]
-        first = [reached(v)[0] for by_batch in lines.values() for b, v in by_batch if b == batches[0]]
-        first = [m for m in first if math.isfinite(m)]
-        if first:
-            s0 = math.exp(float(np.mean(np.log(first))))
-            ax.plot(batches, [s0 * batches[0] / b for b in batches], color="grey", ls="--", lw=1.2,
+        got = sorted((b, m) for by_batch in lines.values() for b, v in by_batch
+                     if math.isfinite(m := reached(v)[0]))
+        if got:  # through the smallest batch any optimizer reached it at, their geometric mean
+            b0 = got[0][0]
+            s0 = math.exp(float(np.mean([math.log(m) for b, m in got if b == b0])))
+            ax.plot(batches, [s0 * b0 / b for b in batches], color="grey", ls="--", lw=1.2,
                     label="perfect scaling (steps ∝ 1/batch)")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
@@ -171,7 +195,7 @@ def steps_vs_batch(title: str, pts: Points, target: float, path: Path) -> Path:
             ax.plot([b], [1], "X", color=color, mec="black", ms=9, transform=ax.get_xaxis_transform(),
                     clip_on=False)
         _batch_axis(ax, batches)
-        ax.set(xlabel="batch size (log2 scale)", ylabel=f"steps to {target:.0%} validation accuracy (log)",
+        ax.set(xlabel="batch size (log2 scale)", ylabel=f"steps to {target} (log)",
                title=f"{model}: steps to target")
         ax.legend(title="✕ on the top edge: not reached", fontsize=8, title_fontsize=8)
     fig.suptitle(title, fontsize=12)
@@ -182,11 +206,12 @@ def steps_vs_batch(title: str, pts: Points, target: float, path: Path) -> Path:
 def scaling_figures(runs: ExperimentRuns, title: str, folder: Path, label: str) -> list[tuple[Path, str]]:
     """The accuracy figure, and the steps figure where the experiment has a target: (path, alt)."""
     panels = {name: points(runs, lambda s, key=key: getattr(s.summary, key)) for key, name in ACCURACIES}
-    made = [(accuracy_vs_batch(title, panels, folder / f"{label}_batch.png"),
+    diverged = points(runs, lambda s: s.diverged)
+    made = [(accuracy_vs_batch(title, panels, diverged, folder / f"{label}_batch.png"),
              "final and best test accuracy against batch size, per optimizer (mean ± std over seeds)")]
     target = target_of(runs)
     if target is not None:
-        path = folder / f"{label}_steps.png"
-        made.append((steps_vs_batch(title, points(runs, steps_to(target)), target, path),
-                     f"steps to {target:.0%} validation accuracy against batch size, with perfect scaling"))
+        path, text = folder / f"{label}_steps.png", target_text(runs, target)
+        made.append((steps_vs_batch(title, points(runs, steps_to(target)), text, path),
+                     f"steps to {text} against batch size, with perfect scaling"))
     return made

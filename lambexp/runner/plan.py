@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambexp.base.divergence import diverged_text
 from lambexp.base.files import CONFIG_FILE
 from lambexp.base.statuses import Status
 from lambexp.config import Arm, Experiment, load_experiment
@@ -222,7 +223,9 @@ def say_result(label: str, status: Status, summary: dict | None, say: Say) -> No
         return
     summary = summary or {}
     accuracy = summary.get("final_test_accuracy")
-    line = f"{label}: finished" + (f", final test accuracy {pct(accuracy)}" if accuracy is not None else "")
+    said = f"final test accuracy {pct(accuracy)}" if accuracy is not None else ""
     if summary.get("diverged"):
-        line += f"; diverged at step {summary.get('diverged_step')} ({summary.get('diverged_reason')})"
-    say(line)
+        what = diverged_text(summary.get("diverged_step"), summary.get("diverged_reason"))
+        say(f"{label}: {what}, stopped" + (f"; {said} at the stop" if said else ""))
+    else:
+        say(f"{label}: finished" + (f", {said}" if said else ""))

@@ -194,20 +194,30 @@ def settle(exp: Experiment, out: Path, argv: Sequence[str], say: Say) -> Experim
 
 
 def refuse_moved_picks(exp_dir: Path, settled: Experiment) -> None:
-    """A UserError naming each arm whose pick moved since ``exp_dir``'s runs were trained at the
-    old one (a grid grown past its edge, say): those runs are kept, not overwritten."""
+    """A UserError naming each arm whose pick moved (a grid grown past its edge, say) since it trained
+    at the old one in ``exp_dir``: those runs are kept, not overwritten. Where no arm trained at
+    the old picks yet, the record is the new picks'."""
     config = exp_dir / CONFIG_FILE
     if not config.is_file():
         return
     before = {arm.name: arm for arm in load_experiment(config).arms}
-    moved = [f"{arm.name} (lr {before[arm.name].lr:g} → {arm.lr:g}, warm-up"
-             f" {before[arm.name].warmup_epochs:g} → {arm.warmup_epochs:g})" for arm in settled.arms
-             if arm.name in before and before[arm.name] != arm and arm == before[arm.name].model_copy(
-                 update={"lr": arm.lr, "warmup_epochs": arm.warmup_epochs})]
-    if moved:
-        raise UserError(f"{exp_dir}: the pick moved for {', '.join(moved)}, since its runs were trained"
-                        f" at the old one (the tuning grid or its trials changed); move {exp_dir} away"
-                        " (the trials stay where they are and are not trained again) or pass another --out")
+    moved = [arm for arm in settled.arms if arm.name in before and before[arm.name] != arm and
+             arm == before[arm.name].model_copy(update={"lr": arm.lr, "warmup_epochs": arm.warmup_epochs})]
+    trained = [arm for arm in moved if any(exp_dir.glob(f"seed*/{arm.name}"))]
+    if not trained:
+        if moved:
+            write_text_atomically(config, experiment_to_yaml(settled))
+        return
+
+    def change(arm) -> str:
+        old = before[arm.name]
+        parts = [f"{key} {getattr(old, key):g} → {getattr(arm, key):g}" for key in ("lr", "warmup_epochs")
+                 if getattr(old, key) != getattr(arm, key)]
+        return f"{arm.name} ({', '.join(parts)})"
+
+    raise UserError(f"{exp_dir}: the pick moved for {', '.join(map(change, trained))}, which trained at the"
+                    f" old one (the tuning grid or its trials changed); move {exp_dir} away (the trials stay"
+                    " where they are and are not trained again) or pass another --out")
 
 
 def read_plan(exps: list[Experiment], seeds: int, out: Path,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lambexp.base.divergence import diverged_text
 from lambexp.data import batches_per_epoch, epoch_batches
 from lambexp.errors import Interrupted
 from lambexp.training.distributed import SINGLE, World, unwrap
@@ -317,7 +318,7 @@ class Trainer:
     def _diverge(self) -> None:
         self._stop_train_clock()
         self.ended = True
-        self.progress.note(f"diverged at step {self.state.diverged_step} ({self.state.diverged_reason});"
+        self.progress.note(f"{diverged_text(self.state.diverged_step, self.state.diverged_reason)};"
                            " this arm stops here")
 
     def _interrupt(self) -> None:
