@@ -240,3 +240,36 @@ def test_a_stale_tuning_record_is_left_out_of_the_report_and_said(tmp_path):
     assert isinstance(note, Para)
     assert "tuning.json does not match the points these runs trained at for lamb" in note.text
     assert isinstance(table, Table) and [row[:2] for row in table.rows] == [["adam", "0.003"]]
+
+
+def test_many_arms_are_drawn_a_panel_per_model_and_batch_each_from_its_own_floor(drawn, tmp_path):
+    """Nine arms, of two batch sizes: two panels, each with its own arms' lines; a panel's accuracy
+    axis starts 1 point under the whole percent below its lowest point (94.6% → 93%), and a diverged
+    point sits on that floor."""
+    from lambexp.report.collect import ExperimentRuns
+    from lambexp.report.tuning import panels, tuning_curves
+
+    arms = [f"{{name: a{i}, batch_size: {256 if i < 5 else 1024}, lr: 0.01}}" for i in range(9)]
+    runs = ExperimentRuns(tmp_path, parse_experiment("name: t\narms: [" + ", ".join(arms) + "]\n"), {}, {})
+
+    def entry(i: int) -> dict:
+        tried = [{"lr": 0.001, "warmup_epochs": 0.0, "value": 0.946 + i / 1000, "diverged": False},
+                 {"lr": 0.01, "warmup_epochs": 0.0, "value": 0.98, "diverged": False},
+                 {"lr": 0.1, "warmup_epochs": 0.0, "value": 0.1 if i == 6 else 0.97, "diverged": i == 6}]
+        return {"arm": f"a{i}", "chosen": tried[1], "tried": tried, "edge": False}
+
+    titles = panels(runs)
+    assert titles["a0"] == "lenet, batch 256" and titles["a8"] == "lenet, batch 1024"
+    tuning_curves("t", {"by": "final_val_accuracy", "arms": [entry(i) for i in range(9)]}, tmp_path / "c.png",
+                  titles)
+    small, large = drawn[0].axes[:2]
+    assert small.get_title() == "lenet, batch 256" and large.get_title() == "lenet, batch 1024"
+    names = [ln.get_label() for ln in small.lines if ln.get_label().startswith("a")]
+    assert names == [f"a{i}" for i in range(5)]
+    assert small.get_ylim() == (93.0, 100.0)  # lowest 94.6%: 94 − 1
+    assert large.get_ylim() == (94.0, 100.0)  # lowest 95.1% (a5): 95 − 1
+    [cross] = [ln for ln in large.lines if ln.get_marker() == "X" and len(ln.get_xdata())]
+    assert list(cross.get_xdata()) == [0.1] and list(cross.get_ydata()) == [94.0]
+    assert len(drawn[0].axes) == 2  # a panel each, side by side
+    assert panels(ExperimentRuns(tmp_path, parse_experiment("name: t\narms: [" + ", ".join(arms[:3]) + "]\n"),
+                                 {}, {})) is None

@@ -45,31 +45,59 @@ def pick_rows(runs: ExperimentRuns, picks: dict) -> list[list[str]]:
     return rows
 
 
-def tuning_curves(title: str, picks: dict, path: Path) -> Path:
+def tuning_curves(title: str, picks: dict, path: Path, panel_of: dict[str, str] | None = None) -> Path:
     """Validation accuracy against lr (log x), a line per arm and warm-up; ★ the chosen point, ✕ a
-    point that diverged."""
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for i, entry in enumerate(picks["arms"]):
-        color = PALETTE[i % len(PALETTE)]
-        warmups = sorted({p["warmup_epochs"] for p in entry["tried"]})
-        for j, w in enumerate(warmups):
-            pts = sorted((p["lr"], np.nan if p["value"] is None or p["diverged"] else 100 * p["value"],
-                          p["diverged"]) for p in entry["tried"] if p["warmup_epochs"] == w)
-            label = entry["arm"] + (f", warm-up {w:g}" if len(warmups) > 1 else "")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o", ms=4,
-                    ls=("-", "--", ":", "-.")[j % 4], label=label)
-            bad = [p[0] for p in pts if p[2]]
-            ax.plot(bad, [1] * len(bad), "X", color=color, mec="black", ms=9, ls="")
-        c = entry["chosen"]
-        if c["value"] is not None and not c["diverged"]:
-            ax.plot([c["lr"]], [100 * c["value"]], "*", ms=16, color=color, mec="black", zorder=5)
-    ax.set_xscale("log")
-    ax.set(xlabel="learning rate (log scale)", ylabel=f"{picks['by'].replace('_', ' ')} (%)",
-           title=f"{title}: tuning on validation", ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="★ chosen, ✕ diverged (drawn at 1%)", title_fontsize=8)
+    point that diverged (on the panel's floor). ``panel_of``: arm → panel title, a panel per title
+    (a model and batch size, say), so that 36 arms are not 36 lines in one; each panel's accuracy
+    axis runs from just under its lowest point to 100%."""
+    groups: dict[str, list[dict]] = {}
+    for entry in picks["arms"]:
+        groups.setdefault((panel_of or {}).get(entry["arm"], ""), []).append(entry)
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(8, 4.8) if len(groups) == 1 else (6 * cols, 4.4 * rows),
+                             squeeze=False)
+    for ax, (panel, entries) in zip(axes.flat, groups.items()):
+        values = [100 * p["value"] for e in entries for p in e["tried"] if p["value"] is not None
+                  and not p["diverged"]]
+        floor = max(0.0, math.floor(min(values)) - 1.0) if values else 0.0
+        for i, entry in enumerate(entries):
+            _tuning_lines(ax, entry, PALETTE[i % len(PALETTE)], floor)
+        ax.set_xscale("log")
+        ax.set(xlabel="learning rate (log scale)", ylabel=f"{picks['by'].replace('_', ' ')} (%)",
+               title=panel or f"{title}: tuning on validation", ylim=(floor, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="★ chosen, ✕ diverged (on the floor)", title_fontsize=8)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    if len(groups) > 1:
+        fig.suptitle(f"{title}: tuning on validation", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _tuning_lines(ax: plt.Axes, entry: dict, color: str, floor: float) -> None:
+    """One arm's points tried, a line per warm-up, its diverged points on ``floor`` and its pick."""
+    warmups = sorted({p["warmup_epochs"] for p in entry["tried"]})
+    for j, w in enumerate(warmups):
+        pts = sorted((p["lr"], np.nan if p["value"] is None or p["diverged"] else 100 * p["value"],
+                      p["diverged"]) for p in entry["tried"] if p["warmup_epochs"] == w)
+        label = entry["arm"] + (f", warm-up {w:g}" if len(warmups) > 1 else "")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o", ms=4,
+                ls=("-", "--", ":", "-.")[j % 4], label=label)
+        bad = [p[0] for p in pts if p[2]]
+        ax.plot(bad, [floor] * len(bad), "X", color=color, mec="black", ms=9, ls="", clip_on=False)
+    c = entry["chosen"]
+    if c["value"] is not None and not c["diverged"]:
+        ax.plot([c["lr"]], [100 * c["value"]], "*", ms=16, color=color, mec="black", zorder=5)
+
+
+def panels(runs: ExperimentRuns) -> dict[str, str] | None:
+    """Arm → "lenet, batch 256" where the tuning has more arms than one panel reads well and they
+    differ in model or batch size; None otherwise (one panel)."""
+    arms = runs.experiment.arms
+    titles = {arm.name: f"{arm.model}, batch {arm.batch_size}" for arm in arms}
+    return titles if len(arms) > len(PALETTE) and len(set(titles.values())) > 1 else None
 
 
 def stale(runs: ExperimentRuns, picks: dict) -> list[str]:
@@ -93,7 +121,8 @@ def tuning_blocks(runs: ExperimentRuns, out_dir: Path, label: str) -> list[Block
                  " config again to renew it.")] if old else []
     if not picks["arms"]:
         return note
-    path = tuning_curves(runs.experiment.name, picks, out_dir / "figures" / f"{label}_tuning.png")
+    path = out_dir / "figures" / f"{label}_tuning.png"
+    tuning_curves(runs.experiment.name, picks, path, panels(runs))
     return [*note, Para(f"Each arm's lr and warm-up were picked on {picks['by']} (held-out training"
                  " images, never the test set), one seed per point; the chosen point then trained over"
                  " the seeds below."),
