@@ -74,10 +74,10 @@ def test_units_are_sent_within_capacity_in_order_and_said_once_each(tmp_path):
     assert launcher.submitted == [["toy/seed1/a"], ["toy/seed1/b"], ["toy/seed1/c"], ["toy/seed1/d"]]
     assert launcher.most_in_flight == 2
     assert said == ["4 trainings, on a script", "toy/seed1/a: training", "toy/seed1/b: training",
-                    "toy/seed1/a: finished, final test accuracy 50.00%", "toy/seed1/c: training",
-                    "toy/seed1/b: finished, final test accuracy 50.00%", "toy/seed1/d: training",
-                    "toy/seed1/c: finished, final test accuracy 50.00%",
-                    "toy/seed1/d: finished, final test accuracy 50.00%"]
+                    "toy/seed1/a: finished, final test accuracy 50.00% [1/4]", "toy/seed1/c: training",
+                    "toy/seed1/b: finished, final test accuracy 50.00% [2/4]", "toy/seed1/d: training",
+                    "toy/seed1/c: finished, final test accuracy 50.00% [3/4]",
+                    "toy/seed1/d: finished, final test accuracy 50.00% [4/4]"]
     assert launcher.cancelled == []  # nothing left in flight at the end
 
 
@@ -87,7 +87,7 @@ def test_without_a_capacity_every_unit_is_sent_at_once_in_stacks(tmp_path):
     assert launcher.submitted == [["toy/seed1/a", "toy/seed1/b"], ["toy/seed1/c", "toy/seed1/d"]]
     assert said[0] == "4 trainings in 2 stacks of up to 2, on a script"
     assert said[1] == "2 trainings as one stacked model: toy/seed1/a (training), toy/seed1/b (training)"
-    assert said.count("toy/seed1/d: finished, final test accuracy 50.00%") == 1
+    assert said.count("toy/seed1/d: finished, final test accuracy 50.00% [4/4]") == 1
 
 
 def test_the_first_failure_names_its_unit_keeps_its_type_and_cancels_every_other_unit(tmp_path):
@@ -130,8 +130,8 @@ def test_trainings_back_interrupted_unasked_are_counted_after_the_others_finish(
         dispatch(trainings(tmp_path), launcher, None, said.append, lambda: False)
     assert str(err.value) == ("2 trainings stopped before the end (a scripted reason) and were checkpointed:"
                               " run the same command again to continue")
-    assert "toy/seed1/a: interrupted, checkpointed" in said
-    assert "toy/seed1/d: finished, final test accuracy 50.00%" in said  # the others went on
+    assert "toy/seed1/a: interrupted, checkpointed [1/4]" in said
+    assert "toy/seed1/d: finished, final test accuracy 50.00% [4/4]" in said  # the others went on
 
 
 def test_a_training_that_diverged_says_so_where_it_comes_back():
@@ -148,3 +148,20 @@ def test_a_training_that_diverged_says_so_where_it_comes_back():
     assert said == ["t/seed1/a: diverged at step 36 (loss rose to 12.96, above its first logged value 2.327),"
                     " stopped", "t/seed1/b: finished, final test accuracy 90.00%",
                     "t/seed1/c: diverged, stopped; final test accuracy 50.00% at the stop"]
+
+
+def test_the_tally_counts_and_says_the_time_left_once_a_minute_has_passed():
+    """A clock read by hand: 4 trainings; after 30 s one is back (no estimate yet: too soon); at
+    600 s two are (300 s each, 2 to come: 10 min); at 7,800 s three (2,600 s each: 43 min)."""
+    from lambexp.runner.dispatch import Tally
+
+    now = [0.0]
+    tally = Tally(4, clock=lambda: now[0])
+    lines = []
+    for t in (30.0, 600.0, 7800.0, 7900.0):
+        now[0] = t
+        lines.append(tally("x"))
+    assert lines == ["x [1/4]", "x [2/4, about 10 min left]", "x [3/4, about 43 min left]", "x [4/4]"]
+    big = Tally(100, clock=lambda: now[0])
+    now[0] += 3600.0
+    assert big("y") == "y [1/100, about 99 h 0 min left]"

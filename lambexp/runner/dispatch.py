@@ -11,6 +11,7 @@ strings) and returns what it returned; it never prints.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +62,28 @@ class Launcher(Protocol):
         wait a while for them, and let go of what ``submit`` took (a pool, a connection)."""
 
 
+class Tally:
+    """How far a dispatch has come, for the end of each result line: "[3/166, about 2 h 5 min left]".
+    The time left is the time so far per training back, times those still to come: rough (the
+    trainings differ), and said only once a minute has passed, where it means something."""
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
+        self.total, self.done, self.clock, self.start = total, 0, clock, clock()
+
+    def __call__(self, line: str) -> str:
+        self.done += 1
+        elapsed, left = self.clock() - self.start, self.total - self.done
+        eta = f", about {_duration(elapsed / self.done * left)} left" if left and elapsed >= 60 else ""
+        return f"{line} [{self.done}/{self.total}{eta}]"
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
 def dispatch(work: Sequence[Training], launcher: Launcher, data_dir: Path | None, say: Say,
              stop_requested: Callable[[], bool], stack: int = 1) -> None:
     """Train the unfinished trainings of ``work`` through ``launcher``, in units of up to ``stack``
@@ -79,11 +102,13 @@ def dispatch(work: Sequence[Training], launcher: Launcher, data_dir: Path | None
     try:
         lines = _submit_more(queue, in_flight, launcher, data)
         say(banner(len(pending), units, stack, launcher.describe()))
+        tally = Tally(len(pending))
         while in_flight:
             for line in lines:
                 say(line)
             for handle, outcome in launcher.poll(list(in_flight)):
-                early += _came_back(in_flight.pop(handle), outcome, say, stop_requested)
+                early += _came_back(in_flight.pop(handle), outcome, lambda line: say(tally(line)),
+                                    stop_requested)
             if stop_requested():
                 raise Interrupted(STOPPED)
             lines = _submit_more(queue, in_flight, launcher, data)
