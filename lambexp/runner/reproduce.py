@@ -185,7 +185,7 @@ def settle(exp: Experiment, out: Path, argv: Sequence[str], say: Say) -> Experim
     the picks written beside them (tuning.json) and said, a line per arm."""
     made = picks(exp, out)
     settled = chosen(exp, made)
-    refuse_moved_picks(out / exp.name, settled)
+    check_moved_picks(out / exp.name, settled)
     claim_folder(out / exp.name, settled, argv)
     write_picks(out / exp.name, exp, made)
     for line in pick_lines(exp, made):
@@ -193,7 +193,7 @@ def settle(exp: Experiment, out: Path, argv: Sequence[str], say: Say) -> Experim
     return settled
 
 
-def refuse_moved_picks(exp_dir: Path, settled: Experiment) -> None:
+def check_moved_picks(exp_dir: Path, settled: Experiment) -> None:
     """A UserError naming each arm whose pick moved (a grid grown past its edge, say) since it trained
     at the old one in ``exp_dir``: those runs are kept, not overwritten. Where no arm trained at
     the old picks yet, the record is the new picks'."""
