@@ -80,9 +80,27 @@ def test_the_figures_draw_the_hand_worked_means_and_the_perfect_scaling_line(dra
     s0 = math.sqrt(50 * 30)  # the geometric mean at batch 256
     assert np.allclose(perfect.get_ydata(), [s0, s0 / 4])
     assert lenet.get_xscale() == "log" and lenet.get_yscale() == "log"
-    assert len(line(vit, "adam (blog)").get_xdata()) == 0  # never reached: no point, a cross on the top edge
+    assert len(line(vit, "adam (blog)").get_xdata()) == 0  # never reached: no point, a cross near the top
     [cross] = [ln for ln in vit.lines if ln.get_marker() == "X"]
-    assert list(cross.get_xdata()) == [256] and list(cross.get_ydata()) == [1]
+    assert list(cross.get_xdata()) == [256] and list(cross.get_ydata()) == [scaling.NOT_REACHED_Y]
+    [said] = [t.get_text() for t in vit.texts]
+    assert said == "no optimizer reached 98% validation accuracy\nat any batch size"
+    assert not lenet.texts
+
+
+def test_optimizers_that_never_reached_the_target_at_one_batch_get_a_cross_each(drawn, tmp_path):
+    never = {seed: {**arms, "lamb_b1024": run(0.9, 0.9, None), "adam_b1024": run(0.9, 0.9, None)}
+             for seed, arms in RUNS.seeds.items()}
+    scaling.scaling_figures(ExperimentRuns(None, EXP, never, {}), "t", tmp_path, "s")
+    lenet = drawn[1].axes[0]
+    crosses = [ln for ln in lenet.lines if ln.get_marker() == "X"]
+    xs = sorted(x for ln in crosses for x in ln.get_xdata())
+    # two crosses at batch 1024, 0.06 octave either side of it (DODGE = 0.12 apart)
+    assert np.allclose(xs, [1024 * 2 ** -0.06, 1024 * 2 ** 0.06])
+    assert {ln.get_color() for ln in crosses} == {line(lenet, "adam (blog)").get_color(),
+                                                  line(lenet, "lamb (blog)").get_color()}
+    low, high = lenet.get_ylim()
+    assert high > 60  # head room above the highest point (adam's 50 steps at 256) for the crosses
 
 
 def test_no_target_no_steps_figure(drawn, tmp_path):

@@ -23,6 +23,8 @@ from lambexp.report.series import ArmSeries
 # model → optimizer (and rule) → [(batch size, the seeds' values)], batch sizes in order
 Points = dict[str, dict[str, list[tuple[int, list[float]]]]]
 ACCURACIES = (("final_test_accuracy", "final test accuracy"), ("best_test_accuracy", "best test accuracy"))
+NOT_REACHED_Y = 0.95  # where a ✕ for "no seed reached the target" sits, in axes height (above the data)
+DODGE = 0.12  # the ✕s of several optimizers at one batch lie this many octaves apart
 RULE_COLORS = {"lamb (blog)": "#d62728", "lamb (paper)": "#9467bd", "lamb (timm)": "#8c564b"}
 
 
@@ -166,21 +168,24 @@ def accuracy_vs_batch(title: str, panels: dict[str, Points], diverged: Points, p
 
 def steps_vs_batch(title: str, pts: Points, target: str, path: Path) -> Path:
     """Optimizer steps to ``target`` (its text: "98% validation accuracy") against batch size,
-    log-log: a panel per model, a line per optimizer (the mean of the seeds that reached it; ✕ on
-    the top edge where no seed did), and the perfect-scaling line, steps ∝ 1/batch, through the
-    geometric mean of the optimizers that reached it at the smallest batch any of them did."""
+    log-log: a panel per model, a line per optimizer (the mean of the seeds that reached it; ✕ near
+    the top where no seed did, side by side where several did not), and the perfect-scaling line,
+    steps ∝ 1/batch, through the geometric mean of the optimizers that reached it at the smallest
+    batch any of them did. A panel where nothing reached it says so."""
     models = sorted(pts)
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         lines = pts[model]
         batches = sorted({b for by_batch in lines.values() for b, _ in by_batch})
-        top = []
+        missed: dict[int, list[str]] = {}  # batch → the colours of the optimizers that never reached it
         for i, (line, by_batch) in enumerate(lines.items()):
             means = [(b, *reached(v)) for b, v in by_batch]
             ok = [(b, m) for b, m, _ in means if math.isfinite(m)]
             ax.plot([b for b, _ in ok], [m for _, m in ok], color=_color(line, i), marker="o", ms=5, lw=1.8,
                     label=line)
-            top += [(b, _color(line, i)) for b, m, _ in means if not math.isfinite(m)]
+            for b, m, _ in means:
+                if not math.isfinite(m):
+                    missed.setdefault(b, []).append(_color(line, i))
         got = sorted((b, m) for by_batch in lines.values() for b, v in by_batch
                      if math.isfinite(m := reached(v)[0]))
         if got:  # through the smallest batch any optimizer reached it at, their geometric mean
@@ -188,16 +193,27 @@ def steps_vs_batch(title: str, pts: Points, target: str, path: Path) -> Path:
             s0 = math.exp(float(np.mean([math.log(m) for b, m in got if b == b0])))
             ax.plot(batches, [s0 * b0 / b for b in batches], color="grey", ls="--", lw=1.2,
                     label="perfect scaling (steps ∝ 1/batch)")
+            if missed:  # head room for the crosses, above the highest point
+                ax.set_yscale("log")
+                low, high = ax.get_ylim()
+                ax.set_ylim(low, high * (high / low) ** 0.15)
+        else:
+            ax.text(0.5, 0.5, f"no optimizer reached {target}\nat any batch size", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=10)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:.1g}"[0] in "25" else ""))
-        for b, color in top:  # no seed reached the target: a cross on the top edge
-            ax.plot([b], [1], "X", color=color, mec="black", ms=9, transform=ax.get_xaxis_transform(),
-                    clip_on=False)
+        for b, colors in missed.items():  # no seed reached the target: crosses near the top, side by side
+            for k, color in enumerate(colors):
+                x = b * 2 ** (DODGE * (k - (len(colors) - 1) / 2))
+                ax.plot([x], [NOT_REACHED_Y], "X", color=color, mec="black", ms=8,
+                        transform=ax.get_xaxis_transform())
+        if not got:  # no steps to read: no step scale
+            ax.tick_params(axis="y", which="both", left=False, labelleft=False)
         _batch_axis(ax, batches)
         ax.set(xlabel="batch size (log2 scale)", ylabel=f"steps to {target} (log)",
                title=f"{model}: steps to target")
-        ax.legend(title="✕ on the top edge: not reached", fontsize=8, title_fontsize=8)
+        ax.legend(title="✕ near the top: no seed reached it", fontsize=8, title_fontsize=8)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
