@@ -5,6 +5,7 @@ perfect-scaling line through the smallest batch's geometric mean."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ from helpers import line
 from lambexp.base.statuses import Status
 from lambexp.config import parse_experiment
 from lambexp.folders.layout import Summary
-from lambexp.report import scaling
+from lambexp.report import build, scaling
 from lambexp.report.collect import ExperimentRuns
+from lambexp.report.document import Image
 from lambexp.report.series import ArmSeries
+from lambexp.report.variants import variant_grid
 
 EXP = parse_experiment("""\
 name: s
@@ -185,3 +188,24 @@ def test_without_a_validation_split_the_target_is_named_on_the_test_set():
         a.model_copy(update={"validation": 0}) for a in EXP.arms)}), RUNS.seeds, {})
     assert scaling.target_text(RUNS, 0.98) == "98% validation accuracy"
     assert scaling.target_text(bare, 0.98) == "98% test accuracy"
+
+
+def test_lrs_set_by_tuning_are_neither_an_lr_sweep_nor_a_variant_grid(tmp_path):
+    """Each tuned arm has its own pick: four lrs across arms at two batches are no sweep. The same
+    arms untuned are one (the gate is what leaves it out), and the trials (``<name>-tuning``) too."""
+    arms = "".join(f"  - {{name: {rule}_b{b}, optimizer: lamb, rule: {rule}, batch_size: {b}, lr: {lr}}}\n"
+                   for (rule, b), lr in zip([(r, b) for r in ("blog", "paper", "timm") for b in (256, 1024)],
+                                            [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]))
+    untuned = parse_experiment("name: u\nvalidation: 64\narms:\n" + arms)
+    tuned = parse_experiment("name: u\nvalidation: 64\ntune: {lr_scale: [0.5, 2]}\narms:\n" + arms)
+    trials = untuned.model_copy(update={"name": "u-tuning"})
+    seeds = {1: {a.name: run(0.98, 0.98, 10) for a in untuned.arms}}
+    made = {}
+    for exp in (untuned, tuned, trials):
+        runs = ExperimentRuns(None, exp, seeds, {})
+        blocks = build.experiment_figures(runs, tmp_path / exp.name, exp.name, variant_grid(runs))
+        made[exp.name if exp is not tuned else "tuned"] = (
+            {Path(b.path).name.removeprefix(f"{exp.name}_") for b in blocks if isinstance(b, Image)},
+            variant_grid(runs) is not None)
+    assert made["u"] == ({"curves.png", "variants.png", "trust.png", "r1_layers.png", "lr.png"}, True)
+    assert made["tuned"] == made["u-tuning"] == ({"curves.png", "trust.png", "r1_layers.png"}, False)
