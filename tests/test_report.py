@@ -508,3 +508,21 @@ def test_a_variant_that_stopped_at_its_divergence_says_its_accuracy_is_at_the_st
             if line.startswith(("| paper |", "| blog |"))}
     assert rows["paper"].endswith("| 91.50% ± 0.71% · 2 of 2 diverged (1 stopped: accuracy at the stop) |")
     assert rows["blog"].endswith("| 91.50% ± 0.71% |")  # stopped early without diverging: not a stop
+
+
+def test_a_batch_scaling_experiment_is_drawn_a_row_per_model_and_batch_a_line_per_optimizer():
+    """Its optimizers' lrs and batches all differ, so "lr 0.002" would name neither: each row is one
+    model at one batch size, and each line an optimizer."""
+    from lambexp.config import parse_experiment
+    from lambexp.report.build import arm_groups
+
+    exp = parse_experiment("name: s\narms:\n" + "".join(
+        f"  - {{name: {o}_{m}_b{b}, optimizer: {o}, batch_size: {b}, lr: {lr}, model: {m}}}\n"
+        for o, lr in (("adam", 0.001), ("lamb", 0.004)) for m in ("lenet", "vit") for b in (256, 1024, 4096)))
+    by_arm = {a.name: [a.name] for a in exp.arms if a.name != "lamb_vit_b1024"}  # one unfinished
+    groups = arm_groups(exp, by_arm)
+    assert list(groups) == ["lenet, batch 256", "lenet, batch 1024", "lenet, batch 4096", "vit, batch 256",
+                            "vit, batch 1024", "vit, batch 4096"]
+    assert groups["lenet, batch 1024"] == {"adam (blog)": ["adam_lenet_b1024"],
+                                           "lamb (blog)": ["lamb_lenet_b1024"]}
+    assert groups["vit, batch 1024"] == {"adam (blog)": ["adam_vit_b1024"]}

@@ -186,7 +186,15 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
 
 def arm_groups(exp, by_arm: dict) -> dict[str, dict[str, list]]:
     """The finished arms by ``lr_group`` (optimizer, rule, weight decay), each group's arms by
-    learning rate and then batch size, labelled by what tells them apart within the group."""
+    learning rate and then batch size, labelled by what tells them apart within the group. A
+    batch-scaling experiment (``scaling.applies``) instead by model and batch size, a line per
+    optimizer: the arms a row compares then share a batch, and its lines say which optimizer."""
+    if scaling.applies(exp):
+        rows: dict[str, dict[str, list]] = {}
+        for arm in sorted((a for a in exp.arms if a.name in by_arm), key=lambda a: (a.model, a.batch_size)):
+            row = rows.setdefault(f"{arm.model}, batch {arm.batch_size}", {})
+            row[scaling.line_of(arm)] = by_arm[arm.name]
+        return rows
     groups: dict[str, list] = {}
     for arm in sorted((a for a in exp.arms if a.name in by_arm), key=lambda a: (a.lr, a.batch_size)):
         groups.setdefault(lr_group(arm), []).append(arm)

@@ -86,7 +86,8 @@ def _tuning_lines(ax: plt.Axes, entry: dict, color: str, floor: float) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker="o", ms=4,
                 ls=("-", "--", ":", "-.")[j % 4], label=label)
         bad = [p[0] for p in pts if p[2]]
-        ax.plot(bad, [floor] * len(bad), "X", color=color, mec="black", ms=9, ls="", clip_on=False)
+        if bad:  # an empty unclipped line would stretch the panel's layout box to the figure's corner
+            ax.plot(bad, [floor] * len(bad), "X", color=color, mec="black", ms=9, ls="", clip_on=False)
     c = entry["chosen"]
     if c["value"] is not None and not c["diverged"]:
         ax.plot([c["lr"]], [100 * c["value"]], "*", ms=16, color=color, mec="black", zorder=5)
