@@ -178,29 +178,28 @@ def steps_vs_batch(title: str, pts: Points, target: str, path: Path) -> Path:
         lines = pts[model]
         batches = sorted({b for by_batch in lines.values() for b, _ in by_batch})
         missed: dict[int, list[str]] = {}  # batch → the colours of the optimizers that never reached it
+        got: list[tuple[int, float]] = []  # (batch, mean steps) of every optimizer that reached it
         for i, (line, by_batch) in enumerate(lines.items()):
             means = [(b, *reached(v)) for b, v in by_batch]
             ok = [(b, m) for b, m, _ in means if math.isfinite(m)]
+            got += ok
             ax.plot([b for b, _ in ok], [m for _, m in ok], color=_color(line, i), marker="o", ms=5, lw=1.8,
                     label=line)
             for b, m, _ in means:
                 if not math.isfinite(m):
                     missed.setdefault(b, []).append(_color(line, i))
-        got = sorted((b, m) for by_batch in lines.values() for b, v in by_batch
-                     if math.isfinite(m := reached(v)[0]))
+        ax.set_yscale("log")
         if got:  # through the smallest batch any optimizer reached it at, their geometric mean
-            b0 = got[0][0]
+            b0 = min(b for b, _ in got)
             s0 = math.exp(float(np.mean([math.log(m) for b, m in got if b == b0])))
             ax.plot(batches, [s0 * b0 / b for b in batches], color="grey", ls="--", lw=1.2,
                     label="perfect scaling (steps ∝ 1/batch)")
             if missed:  # head room for the crosses, above the highest point
-                ax.set_yscale("log")
                 low, high = ax.get_ylim()
                 ax.set_ylim(low, high * (high / low) ** 0.15)
         else:
             ax.text(0.5, 0.5, f"no optimizer reached {target}\nat any batch size", transform=ax.transAxes,
                     ha="center", va="center", fontsize=10)
-        ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:.1g}"[0] in "25" else ""))
         for b, colors in missed.items():  # no seed reached the target: crosses near the top, side by side
