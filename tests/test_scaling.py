@@ -192,7 +192,8 @@ def test_without_a_validation_split_the_target_is_named_on_the_test_set():
 
 def test_lrs_set_by_tuning_are_neither_an_lr_sweep_nor_a_variant_grid(tmp_path):
     """Each tuned arm has its own pick: four lrs across arms at two batches are no sweep. The same
-    arms untuned are one (the gate is what leaves it out), and the trials (``<name>-tuning``) too."""
+    arms untuned are one (the gate is what leaves it out), and the trials (``<name>-tuning``) too, and
+    the chosen points as reproduce records them: config.yaml without `tune:`, tuning.json beside it."""
     arms = "".join(f"  - {{name: {rule}_b{b}, optimizer: lamb, rule: {rule}, batch_size: {b}, lr: {lr}}}\n"
                    for (rule, b), lr in zip([(r, b) for r in ("blog", "paper", "timm") for b in (256, 1024)],
                                             [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]))
@@ -200,12 +201,16 @@ def test_lrs_set_by_tuning_are_neither_an_lr_sweep_nor_a_variant_grid(tmp_path):
     tuned = parse_experiment("name: u\nvalidation: 64\ntune: {lr_scale: [0.5, 2]}\narms:\n" + arms)
     trials = untuned.model_copy(update={"name": "u-tuning"})
     seeds = {1: {a.name: run(0.98, 0.98, 10) for a in untuned.arms}}
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "tuning.json").write_text('{"by": "final_val_accuracy", "grid": {}, "arms": []}')
     made = {}
-    for exp in (untuned, tuned, trials):
-        runs = ExperimentRuns(None, exp, seeds, {})
-        blocks = build.experiment_figures(runs, tmp_path / exp.name, exp.name, variant_grid(runs))
-        made[exp.name if exp is not tuned else "tuned"] = (
-            {Path(b.path).name.removeprefix(f"{exp.name}_") for b in blocks if isinstance(b, Image)},
-            variant_grid(runs) is not None)
+    for key, exp, folder in (("u", untuned, None), ("tuned", tuned, None), ("u-tuning", trials, None),
+                             ("recorded", untuned, recorded)):
+        runs = ExperimentRuns(folder, exp, seeds, {})
+        blocks = build.experiment_figures(runs, tmp_path / key, exp.name, variant_grid(runs))
+        made[key] = ({Path(b.path).name.removeprefix(f"{exp.name}_") for b in blocks if isinstance(b, Image)},
+                     variant_grid(runs) is not None)
     assert made["u"] == ({"curves.png", "variants.png", "trust.png", "r1_layers.png", "lr.png"}, True)
-    assert made["tuned"] == made["u-tuning"] == ({"curves.png", "trust.png", "r1_layers.png"}, False)
+    plain = ({"curves.png", "trust.png", "r1_layers.png"}, False)
+    assert made["tuned"] == made["u-tuning"] == made["recorded"] == plain

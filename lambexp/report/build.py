@@ -16,7 +16,6 @@ from lambexp.base.divergence import DEFINITION
 from lambexp.base.measures import DEFAULT_THRESHOLD, MEASURES, as_percent, fmt
 from lambexp.base.statuses import MIXED, NO_DATA, NOT_REPRODUCED, REPRODUCED, VERDICTS
 from lambexp.config.expect import Expectation
-from lambexp.config.tune import lr_per_arm
 from lambexp.errors import UserError
 from lambexp.folders.layout import find_experiments, own_folder, writable_folder, write_text_atomically
 from lambexp.output import optimizer_text
@@ -175,7 +174,7 @@ def experiment_figures(runs: ExperimentRuns, out_dir: Path, label: str,
     elif len({a.batch_size for a in exp.arms}) >= 3:
         blocks.append(Para("No batch-scaling figures: some optimizer has several arms at one batch size"
                            " (other learning rates, say), and one mean over them would say nothing."))
-    if len({a.lr for a in exp.arms}) >= 4 and not lr_per_arm(exp):  # a learning-rate sweep
+    if len({a.lr for a in exp.arms}) >= 4 and not runs.lr_per_arm:  # a learning-rate sweep
         thresholds = lr_thresholds(exp)
         made.append((figures.accuracy_vs_lr(title, lr_points(runs), folder / f"{label}_lr.png", thresholds),
                      "final test accuracy against learning rate, per optimizer and weight decay"))

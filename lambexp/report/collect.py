@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE
+from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE, TUNING_FILE
 from lambexp.config import Experiment, load_experiment
+from lambexp.config.tune import lr_per_arm
 from lambexp.errors import UserError
 from lambexp.folders.layout import existing_arms, is_finished
 from lambexp.report.series import ArmSeries, load_arm
@@ -23,6 +24,13 @@ class ExperimentRuns:
 
     def arm_runs(self, arm: str) -> list[ArmSeries]:
         return [arms[arm] for _, arms in sorted(self.seeds.items()) if arm in arms]
+
+    @property
+    def lr_per_arm(self) -> bool:
+        """Whether tuning set each arm's lr (``config.tune.lr_per_arm``), also where only the folder
+        says so: reproduce records the chosen points' config.yaml without `tune:`, tuning.json beside it."""
+        recorded = self.folder is not None and (self.folder / TUNING_FILE).is_file()
+        return lr_per_arm(self.experiment) or recorded
 
 
 def collect(exp_dir: Path) -> ExperimentRuns:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from lambexp.base.variants import uses_lamb_rule
 from lambexp.config.sweep import value_text
-from lambexp.config.tune import lr_per_arm
 from lambexp.report.claims import mean_std, measure
 from lambexp.report.collect import ExperimentRuns
 
@@ -51,9 +50,9 @@ class Grid:
 def variant_grid(runs: ExperimentRuns) -> Grid | None:
     """The grid of ``runs``, or None when it is not a comparison of variants: fewer than MIN_RULES
     rules among its LAMB arms, two arms in one cell (they differ in something else too), or lrs set per
-    arm by tuning (``lr_per_arm``)."""
+    arm by tuning (``ExperimentRuns.lr_per_arm``)."""
     arms = [a for a in runs.experiment.arms if uses_lamb_rule(a.optimizer)]
-    if len({a.rule for a in arms}) < MIN_RULES or lr_per_arm(runs.experiment):
+    if len({a.rule for a in arms}) < MIN_RULES or runs.lr_per_arm:
         return None
     rows: dict[str, None] = {}
     place: dict[tuple[str, tuple[float, float]], str] = {}
