@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/adam_vs_lamb.yaml
 SEEDS ?= 3
 
-.PHONY: install install-test run reproduce-all test test-fast test-install docs bench bench-optim bench-stack bench-watch profile gpu-pack tensorboard clean
+.PHONY: install install-test run reproduce-all test test-fast test-install docs bench bench-optim bench-stack bench-watch bench-models profile gpu-pack tensorboard clean
 
 # Two stamps, one per install: running needs lambexp alone; the tests and benchmarks also need the
 # test extras (Ray, submitit, Lightning, Transformers, timm, JAX, optax...), which a first run should
@@ -63,6 +63,9 @@ bench-stack: install-test  ## N trainings stacked (one vmap'd model) against one
 
 bench-optim: install-test  ## ms per optimizer step, side by side, against torch's fused Adam
 	$(PY) benchmarks/bench_optim.py
+
+bench-models: install-test  ## each model's training step (batch 512, LAMB), samples/s side by side, against LeNet's
+	$(PY) benchmarks/bench_models.py
 
 bench-watch: install-test  ## lambexp.watch's cost: step time and peak memory, watched against not (LeNet, a 10M transformer)
 	$(PY) benchmarks/bench_watch.py

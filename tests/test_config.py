@@ -195,7 +195,7 @@ ARM_KEYS = ("name, optimizer, rule, lr, weight_decay, betas, bias_correction, tr
     ("name: e\noptimizer: adamw\narms: [{name: a, model: resnet}]\n",
      ["error: x.yaml: optimizer: must be one of adam, lamb, lars, sgd, torch_adam, torch_adamw, nesterov;"
       " did you mean adam? (got adamw)",
-      "error: x.yaml: arms[0].model: must be one of lenet, mlp, vit (got resnet)"]),
+      "error: x.yaml: arms[0].model: must be one of lenet, mlp, vit, vit16 (got resnet)"]),
     ("name: e\narms: [{name: a, rule: lars, device: tpu}]\n",
      [f"error: x.yaml: arms[0].rule: must be one of {', '.join(RULES)} (got lars)",
       "error: x.yaml: arms[0].device: must be one of auto, cpu, cuda (got tpu)"]),

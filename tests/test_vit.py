@@ -1,10 +1,12 @@
-"""model: vit (lambexp/model.py): the small vision transformer against an independent forward written
-with torch's own building blocks (F.unfold for the patches, F.layer_norm, F.scaled_dot_product_attention,
-F.linear), its hand-counted size, the parameter table configs are checked against, and a stack of ViTs
-equal to the same ViTs trained one by one."""
+"""model: vit and vit16 (lambexp/model.py): the small vision transformers against an independent forward
+written with torch's own building blocks (F.unfold for the patches and the stem's convolutions,
+F.layer_norm, F.scaled_dot_product_attention, F.linear), vit's 7×7 patches 4 pixels apart seen through
+its gradients, their hand-counted sizes, the parameter table configs are checked against, and a stack
+of ViTs equal to the same ViTs trained one by one."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,15 +18,27 @@ from lambexp.training.stack import Stack, check_stackable
 F64 = torch.float64
 
 
+def unfold_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 3×3, stride 2, padding 1 convolution as unfolded patches times the flattened kernels."""
+    out, side = weight.shape[0], (x.shape[-1] + 1) // 2
+    cols = F.unfold(x, kernel_size=3, padding=1, stride=2)  # (B, C·9, side²)
+    return (weight.reshape(out, -1) @ cols + bias[:, None]).reshape(x.shape[0], out, side, side)
+
+
 def reference_forward(params: dict[str, torch.Tensor], x: torch.Tensor, heads: int = 4) -> torch.Tensor:
-    """The ViT of the docstring, from its parameters: unfold 7×7 patches (row-major, as F.unfold
-    orders them), embed, prepend the class token, add positions, 4 pre-norm blocks with torch's
-    scaled-dot-product attention on LayerNormed queries and keys, LayerNorm, head on the class
-    token, log-softmax."""
+    """The ViTs of the docstrings, from their parameters. vit: two unfolded 3×3 stride-2 convolutions
+    with a GELU between, their 7×7 outputs as 49 tokens, row-major; vit16: unfolded 7×7 patches
+    (row-major, as F.unfold orders them), embedded. Then: prepend the class token, add positions, 4
+    pre-norm blocks with torch's scaled-dot-product attention on LayerNormed queries and keys,
+    LayerNorm, head on the class token, log-softmax."""
     b = x.shape[0]
-    patches = F.unfold(x, kernel_size=7, stride=7).transpose(1, 2)  # (B, 16, 49)
-    t = F.linear(patches, params["patch.weight"], params["patch.bias"])
-    t = torch.cat([params["cls"].expand(b, 1, -1), t], dim=1) + params["pos"]  # (B, 17, 64)
+    if "patch.weight" in params:  # vit16
+        patches = F.unfold(x, kernel_size=7, stride=7).transpose(1, 2)  # (B, 16, 49)
+        t = F.linear(patches, params["patch.weight"], params["patch.bias"])
+    else:
+        h = F.gelu(unfold_conv(x, params["stem1.weight"], params["stem1.bias"]))  # (B, 32, 14, 14)
+        t = unfold_conv(h, params["stem2.weight"], params["stem2.bias"]).reshape(b, 64, 49).transpose(1, 2)
+    t = torch.cat([params["cls"].expand(b, 1, -1), t], dim=1) + params["pos"]  # (B, N+1, 64)
     d = t.shape[-1]
     for i in range(4):
         p = {k.split(f"blocks.{i}.", 1)[1]: v for k, v in params.items() if k.startswith(f"blocks.{i}.")}
@@ -41,9 +55,10 @@ def reference_forward(params: dict[str, torch.Tensor], x: torch.Tensor, heads: i
     return F.log_softmax(F.linear(t, params["head.weight"], params["head.bias"]), dim=1)
 
 
-def test_the_vit_equals_an_independent_forward_with_its_gradients():
+@pytest.mark.parametrize("name", ["vit", "vit16"])
+def test_the_vits_equal_an_independent_forward_with_their_gradients(name):
     torch.manual_seed(0)
-    model = build_model("vit").to(F64)
+    model = build_model(name).to(F64)
     with torch.no_grad():  # a class token away from 0, so that a mistake in its place shows
         model.cls.normal_()
     x = torch.randn(6, 1, 28, 28, dtype=F64)
@@ -54,19 +69,39 @@ def test_the_vit_equals_an_independent_forward_with_its_gradients():
     assert torch.allclose(out, ref, atol=1e-12, rtol=0)
     ours = torch.autograd.grad(out.square().sum(), list(params.values()))
     theirs = torch.autograd.grad(ref.square().sum(), list(params.values()))
-    for name, g, h in zip(params, ours, theirs, strict=True):
-        assert torch.allclose(g, h, atol=1e-12, rtol=1e-9), name
+    for param, g, h in zip(params, ours, theirs, strict=True):
+        assert torch.allclose(g, h, atol=1e-12, rtol=1e-9), (name, param)
 
 
-def test_the_vits_size_and_parameter_table():
-    model = build_model("vit")
-    # class token 64 + positions 17·64 + patch embedding 49·64+64 + 4 blocks × (2 LayerNorms 2·128,
-    # qkv 64·192+192, QK-norm 2·(16+16), proj 64·64+64, fc1 64·128+128, fc2 128·64+64) + LayerNorm 128
-    # + head 64·10+10
+def test_each_vit_token_sees_a_7x7_patch_4_pixels_apart():
+    """Token (i, j) of the stem depends on exactly the pixels of rows 4i-3..4i+3 and columns 4j-3..4j+3
+    inside the image (two 3×3 stride-2 convolutions, padding 1: hand-worked), and on no other."""
+    torch.manual_seed(0)
+    model = build_model("vit").to(F64)
+    x = torch.randn(1, 1, 28, 28, dtype=F64, requires_grad=True)
+    tokens = model.embed(x)  # (1, 49, 64)
+    assert tokens.shape == (1, 49, 64)
+    for i, j in [(0, 0), (0, 6), (3, 2), (6, 6)]:
+        (grad,) = torch.autograd.grad(tokens[0, 7 * i + j].square().sum(), x, retain_graph=True)
+        seen = grad[0, 0].abs()  # (28, 28)
+        rows, cols = seen.sum(1).nonzero().flatten(), seen.sum(0).nonzero().flatten()
+        assert rows.tolist() == list(range(max(0, 4 * i - 3), min(27, 4 * i + 3) + 1)), (i, j)
+        assert cols.tolist() == list(range(max(0, 4 * j - 3), min(27, 4 * j + 3) + 1)), (i, j)
+
+
+def test_the_vits_sizes_and_parameter_tables():
+    # 4 blocks × (2 LayerNorms 2·128, qkv 64·192+192, QK-norm 2·(16+16), proj 64·64+64, fc1 64·128+128,
+    # fc2 128·64+64), a LayerNorm 128, a head 64·10+10, a class token 64 and positions (N+1)·64 around
+    # the patch embedding: vit's stem 1·32·9+32 and 32·64·9+64 for 49 tokens, vit16's 49·64+64 for 16
     block = 2 * 128 + (64 * 192 + 192) + 2 * 32 + (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
-    assert sum(p.numel() for p in model.parameters()) == 64 + 17 * 64 + 49 * 64 + 64 + 4 * block + 128 + 650
-    assert MODEL_PARAMETERS["vit"] == tuple((n, p.ndim) for n, p in model.named_parameters())
-    check_stackable(model)  # LayerNorm is per sample: a stack may pad a batch
+    body = 4 * block + 128 + 650 + 64
+    sizes = {"vit": body + 50 * 64 + (9 * 32 + 32) + (32 * 64 * 9 + 64),
+             "vit16": body + 17 * 64 + 49 * 64 + 64}
+    for name, size in sizes.items():
+        model = build_model(name)
+        assert sum(p.numel() for p in model.parameters()) == size, name
+        assert MODEL_PARAMETERS[name] == tuple((n, p.ndim) for n, p in model.named_parameters())
+        check_stackable(model)  # LayerNorm is per sample: a stack may pad a batch
 
 
 def test_a_stack_of_vits_equals_them_trained_one_by_one():

@@ -26,7 +26,7 @@ from lambexp.config.tune import Tune
 
 Optimizer = Literal["adam", "lamb", "lars", "sgd", "torch_adam", "torch_adamw", "nesterov"]
 Rule = Literal[RULES]  # type: ignore[valid-type]  # the rows of lambexp.base.variants
-ModelName = Literal["lenet", "mlp", "vit"]
+ModelName = Literal["lenet", "mlp", "vit", "vit16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 MAX_SEED = 2**32 - 1  # torch.manual_seed's range
@@ -35,6 +35,17 @@ MAX_VALIDATION = 50_000  # training images a validation split may hold out: 10,0
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_RULE = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
 
+
+def _vit(embedding: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """A ViT's parameters (lambexp.model.ViT), around those of its patch embedding."""
+    return (("cls", 2), ("pos", 2), *embedding,
+            *((f"blocks.{i}.{layer}.{kind}", 2 if kind == "weight" and "norm" not in layer else 1)
+              for i in range(4)
+              for layer in ("norm1", "qkv", "q_norm", "k_norm", "proj", "norm2", "fc1", "fc2")
+              for kind in ("weight", "bias")),
+            ("norm.weight", 1), ("norm.bias", 1), ("head.weight", 2), ("head.bias", 1))
+
+
 # Each model's parameters as lambexp.model builds them, (name, ndim) in its order: torch-free, so that
 # a config's patterns are checked when it loads (tests/test_hostile_config.py holds it to the models).
 MODEL_PARAMETERS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -42,12 +53,8 @@ MODEL_PARAMETERS: dict[str, tuple[tuple[str, int], ...]] = {
               ("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1)),
     "mlp": (("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1),
             ("fc3.weight", 2), ("fc3.bias", 1)),
-    "vit": (("cls", 2), ("pos", 2), ("patch.weight", 2), ("patch.bias", 1),
-            *((f"blocks.{i}.{layer}.{kind}", 2 if kind == "weight" and "norm" not in layer else 1)
-              for i in range(4)
-              for layer in ("norm1", "qkv", "q_norm", "k_norm", "proj", "norm2", "fc1", "fc2")
-              for kind in ("weight", "bias")),
-            ("norm.weight", 1), ("norm.bias", 1), ("head.weight", 2), ("head.bias", 1)),
+    "vit": _vit((("stem1.weight", 4), ("stem1.bias", 1), ("stem2.weight", 4), ("stem2.bias", 1))),
+    "vit16": _vit((("patch.weight", 2), ("patch.bias", 1))),
 }
 # A regular expression that starts like the rank form but is not it: parameter names never hold
 # <, > or =, so as a regular expression it could match nothing; it is a misspelt ndim<=1.
@@ -163,8 +170,9 @@ class Settings(_Frozen):
     epochs: Int = Field(6, ge=1, description="passes over the 60k training images")
     seed: Int = Field(1, ge=0, le=MAX_SEED, description="seeds torch (init, shuffling) once per arm")
     model: ModelName = Field("lenet", description=(
-        "lenet: PyTorch's MNIST-example CNN; mlp; vit: a small vision transformer (7×7 patches, 4 blocks,"
-        " QK-norm)"))
+        "lenet: PyTorch's MNIST-example CNN; mlp; vit: a small vision transformer (49 overlapping 7×7"
+        " patches from a conv stem, 4 blocks, QK-norm); vit16: the first vit (16 7×7 patches, linear"
+        " embedding), which configs/beyond/large_batch_check.yaml ran"))
     device: Device = Field("auto", description="auto: cuda when available, else cpu")
     warmup_epochs: Float = Field(0.0, ge=0, description=(
         "linear learning-rate warm-up from 0 to lr over this many epochs, then constant; 0: none"))
