@@ -74,14 +74,15 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """A small vision transformer: the 28×28 image as 49 overlapping 7×7 patches, 4 pixels apart,
-    embedded to 64 dimensions by a convolutional stem (conv 1→32 3×3 stride 2 → GELU → conv 32→64
-    3×3 stride 2: each output sees a 7×7 patch; Xiao et al. 2021, "Early convolutions help
-    transformers see better"); a class token and learned positions; 4 blocks (``Block``, 4 heads,
-    QK-norm, MLP 128); a final LayerNorm and a linear head on the class token → log-softmax. 0.157M
-    parameters, with the layer kinds (embeddings, LayerNorm, attention) where weight decay and trust
-    exclusions matter. At the post's settings it ends above 97% on the mean over seeds, where ``ViT16``
-    ends half a point short (docs/results.md); each step costs 3.6 times ViT16's (make bench-models)."""
+    """A small vision transformer: the 28×28 image as 49 overlapping 7×7 patches, 4 pixels apart
+    (clipped at the image's border), embedded to 64 dimensions by a convolutional stem (conv 1→32 3×3
+    stride 2 → GELU → conv 32→64 3×3 stride 2: each output sees a 7×7 patch; Xiao et al. 2021, "Early
+    convolutions help transformers see better"); a class token and learned positions; 4 blocks
+    (``Block``, 4 heads, QK-norm, MLP 128); a final LayerNorm and a linear head on the class token →
+    log-softmax. 0.157M parameters, with the layer kinds (embeddings, LayerNorm, attention) where weight
+    decay and trust exclusions matter. At the post's settings it ends above 97% on the mean over seeds,
+    where ``ViT16`` ends short of it (docs/results.md); each step costs 3.6 times ViT16's (make
+    bench-models)."""
 
     TOKENS, DIM, DEPTH, HEADS, HIDDEN = 49, 64, 4, 4, 128
 
@@ -112,9 +113,10 @@ class ViT(nn.Module):
 
 
 class ViT16(ViT):
-    """The first ``vit``, kept because configs/beyond/large_batch_check.yaml's ViT arms ran on it: the
-    image as 16 non-overlapping 7×7 patches, each embedded by one linear layer; the rest as ``ViT``.
-    0.139M parameters. At the post's settings it ends half a point short of 97% (docs/measured.md)."""
+    """The earlier ``vit`` (until 2026-12-06), kept because configs/beyond/large_batch_check.yaml's ViT
+    arms ran on it: the image as 16 non-overlapping 7×7 patches, each embedded by one linear layer; the
+    rest as ``ViT``. 0.139M parameters. At the post's settings it ends short of 97% on the mean over
+    seeds, Adam by half a point, LAMB by 0.08 (docs/measured.md)."""
 
     TOKENS, PATCH = 16, 7
 

@@ -74,8 +74,9 @@ def test_the_vits_equal_an_independent_forward_with_their_gradients(name):
 
 
 def test_each_vit_token_sees_a_7x7_patch_4_pixels_apart():
-    """Token (i, j) of the stem depends on exactly the pixels of rows 4i-3..4i+3 and columns 4j-3..4j+3
-    inside the image (two 3×3 stride-2 convolutions, padding 1: hand-worked), and on no other."""
+    """Token (i, j) of the stem depends on pixels of rows 4i-3..4i+3 and columns 4j-3..4j+3 inside the
+    image (two 3×3 stride-2 convolutions, padding 1: hand-worked), on each of those rows and columns,
+    and on no pixel outside them."""
     torch.manual_seed(0)
     model = build_model("vit").to(F64)
     x = torch.randn(1, 1, 28, 28, dtype=F64, requires_grad=True)

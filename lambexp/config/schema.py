@@ -171,7 +171,7 @@ class Settings(_Frozen):
     seed: Int = Field(1, ge=0, le=MAX_SEED, description="seeds torch (init, shuffling) once per arm")
     model: ModelName = Field("lenet", description=(
         "lenet: PyTorch's MNIST-example CNN; mlp; vit: a small vision transformer (49 overlapping 7×7"
-        " patches from a conv stem, 4 blocks, QK-norm); vit16: the first vit (16 7×7 patches, linear"
+        " patches from a conv stem, 4 blocks, QK-norm); vit16: the earlier vit (16 7×7 patches, linear"
         " embedding), which configs/beyond/large_batch_check.yaml ran"))
     device: Device = Field("auto", description="auto: cuda when available, else cpu")
     warmup_epochs: Float = Field(0.0, ge=0, description=(
