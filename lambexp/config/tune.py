@@ -51,13 +51,6 @@ class Tune(BaseModel):
         return self
 
 
-def lr_per_arm(exp) -> bool:
-    """Whether tuning set each arm's lr: the chosen points of a `tune:` config, or its trials
-    (``<name>-tuning``), each arm at each point of its own grid. Their lrs are not one sweep shared
-    by every arm, nor settings shared by a grid of variants; the tuning curves draw them instead."""
-    return exp.tune is not None or exp.name.endswith(TUNING_SUFFIX)
-
-
 def points(tune: Tune, arm_lr: float, arm_warmup: float) -> list[tuple[float, float]]:
     """(lr, warm-up) in grid order: each warm-up (the arm's own when not tuned) for each lr (the
     grid's, or the arm's lr times each scale, rounded to 4 significant digits so that it names

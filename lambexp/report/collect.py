@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lambexp.base.files import CONFIG_FILE, ENVIRONMENT_FILE, TUNING_FILE
 from lambexp.config import Experiment, load_experiment
-from lambexp.config.tune import lr_per_arm
+from lambexp.config.tune import TUNING_SUFFIX
 from lambexp.errors import UserError
 from lambexp.folders.layout import existing_arms, is_finished
 from lambexp.report.series import ArmSeries, load_arm
@@ -27,10 +27,13 @@ class ExperimentRuns:
 
     @property
     def lr_per_arm(self) -> bool:
-        """Whether tuning set each arm's lr (``config.tune.lr_per_arm``), also where only the folder
-        says so: reproduce records the chosen points' config.yaml without `tune:`, tuning.json beside it."""
+        """Whether tuning set each arm's lr: the chosen points of a `tune:` config (reproduce records
+        their config.yaml without `tune:`, tuning.json beside it), or its trials (``<name>-tuning``),
+        each arm at each point of its own grid. Their lrs are not one sweep shared by every arm, nor
+        settings shared by a grid of variants; the tuning curves draw them instead."""
+        exp = self.experiment
         recorded = self.folder is not None and (self.folder / TUNING_FILE).is_file()
-        return lr_per_arm(self.experiment) or recorded
+        return exp.tune is not None or exp.name.endswith(TUNING_SUFFIX) or recorded
 
 
 def collect(exp_dir: Path) -> ExperimentRuns:
